@@ -1,0 +1,37 @@
+"""msagent: agentic interactive medical image segmentation.
+
+A policy (a multimodal LLM, or a simulated expert) drives a promptable segmentation backbone
+with one tool call per turn. Backbones, policies, rewards and trajectory generators are
+plugins discovered through the ``msagent`` entry-point group.
+"""
+
+from .agent import Agent
+from .api import (
+    Result,
+    list_policies,
+    list_rewards,
+    list_segmenters,
+    list_trajectory_generators,
+    load_policy,
+    load_reward,
+    load_segmenter,
+    load_trajectory_generator,
+    segment,
+)
+from .hookspecs import hookimpl
+from .plugins import lazy
+from .policy import Episode, Policy, Reply
+from .reward import MedSAMReward, Reward, RewardBreakdown
+from .segmenter import CacheInfo, Embedding, Segmenter
+from .trajectories import TrajectoryGenerator
+from .types import Action, BBox, Case, MaskPrediction, Observation, Point, Prompts, Step, Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
+    "MedSAMReward", "Observation", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
+    "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator", "hookimpl",
+    "list_policies", "list_rewards", "list_segmenters", "list_trajectory_generators", "lazy",
+    "load_policy", "load_reward", "load_segmenter", "load_trajectory_generator", "segment",
+]

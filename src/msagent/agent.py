@@ -1,0 +1,187 @@
+"""The episode loop: observe → act → parse → segment → overlay → repeat.
+
+One episode keeps one state (accumulated prompts and the previous low-res logits) for all
+tools; the image is encoded once (through the segmenter's cache). Rules (as the released
+checkpoint's inference): at most ``max_turns`` executed actions; an invalid reply, or a
+stop before any mask exists, is retried once — two failures in a row end the episode;
+a valid action resets the count. Rejected replies are recorded on the trajectory but not
+shown to the policy again (a retry sees the same conversation; LLM policies sample on retries,
+``episode.feedback`` says what was wrong).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, Mapping
+
+import attrs
+import numpy as np
+
+from . import metrics, protocol
+from .errors import PolicyError, PolicyOutputError
+from .policy import Episode, Policy, Reply
+from .render import overlay
+from .segmenter import Embedding, Segmenter
+from .types import Action, MaskPrediction, Prompts, Step, Trajectory
+
+log = logging.getLogger(__name__)
+PROMPT_MODES = ("accumulate", "latest")
+
+
+@attrs.define
+class Agent:
+    """Runs episodes of ``policy`` driving ``segmenter``.
+
+    ``multimask``: keep the best of the decoder's candidate masks (default: the backbone's
+    choice). ``prompt_mode``: "accumulate" sends the box and every click so far with the previous
+    logits (SAM's interactive protocol, our default); "latest" sends only the newest prompt
+    with the previous logits (upstream MedSAM-Agent's server).
+    """
+
+    policy: Policy
+    segmenter: Segmenter
+    max_turns: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    multimask: bool | None = None  # None: the segmenter's multimask_default
+    prompt_mode: str = attrs.field(default="accumulate", validator=attrs.validators.in_(PROMPT_MODES))
+    max_failures: int = 2
+
+    @property
+    def use_multimask(self) -> bool:
+        return self.segmenter.multimask_default if self.multimask is None else self.multimask
+
+    def run(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None, *,
+            case_id: str = "", meta: Mapping[str, Any] | None = None) -> Trajectory:
+        """Run one episode. ``image`` is H×W×3 uint8 RGB (see :func:`msagent.io.to_rgb_uint8`);
+        ``ground_truth`` an optional H×W bool mask used for per-step IoU/Dice (and by experts)."""
+        runner = self._runner(image, target, ground_truth, case_id, meta)
+        runner.start(self.segmenter.encode(image))
+        try:
+            while runner.active:
+                runner.handle(self._ask(runner, self.policy.act))
+        finally:
+            self.policy.end_episode(runner.episode)
+        return runner.trajectory()
+
+    async def arun(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None,
+                   *, case_id: str = "", meta: Mapping[str, Any] | None = None) -> Trajectory:
+        """Async :meth:`run`: the policy is awaited, encode/decode run in worker threads."""
+        runner = self._runner(image, target, ground_truth, case_id, meta)
+        runner.start(await asyncio.to_thread(self.segmenter.encode, image))
+        try:
+            while runner.active:
+                try:
+                    reply = await self.policy.aact(runner.episode)
+                except PolicyError as exc:
+                    reply = exc
+                await asyncio.to_thread(runner.handle, reply)
+        finally:
+            self.policy.end_episode(runner.episode)
+        return runner.trajectory()
+
+    def _ask(self, runner: "_Runner", act) -> Reply | PolicyError:
+        try:
+            return act(runner.episode)
+        except PolicyError as exc:
+            return exc
+
+    def _runner(self, image, target, ground_truth, case_id, meta) -> "_Runner":
+        if self.policy.needs_ground_truth and ground_truth is None:
+            raise PolicyError(f"policy {self.policy.name!r} simulates an expert and needs "
+                              "ground_truth=")
+        episode = Episode(id=uuid.uuid4().hex, image=image, target=target,
+                          max_turns=self.max_turns, ground_truth=ground_truth)
+        info = {"backbone": self.segmenter.name, "policy": self.policy.name,
+                "max_turns": self.max_turns, "prompt_mode": self.prompt_mode,
+                "multimask": self.use_multimask, **(meta or {})}
+        return _Runner(self, episode, case_id, info)
+
+
+@attrs.define(eq=False)
+class _Runner:
+    """The state of one episode (one per episode, never one per tool)."""
+
+    agent: Agent
+    episode: Episode
+    case_id: str
+    meta: dict
+    embedding: Embedding | None = None
+    prompts: Prompts = Prompts()
+    failures: int = 0
+    stop_reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return not self.stop_reason
+
+    def start(self, embedding: Embedding) -> None:
+        self.embedding = embedding
+        self.episode.preview = self.preview
+
+    def _next_prompts(self, action: Action) -> Prompts:
+        prompt = protocol.action_to_prompt(action, self.episode.image_size)
+        if self.agent.prompt_mode == "latest":
+            return self.prompts.latest_only(prompt)
+        return self.prompts.add(prompt)
+
+    def preview(self, action: Action) -> MaskPrediction:
+        """Decode ``action`` on top of the current state without committing it."""
+        prev = self.episode.prediction
+        return self.agent.segmenter.decode(
+            self.embedding, self._next_prompts(action),
+            None if prev is None else prev.low_res_logits, multimask=self.agent.use_multimask)
+
+    def handle(self, reply: Reply | PolicyError) -> None:
+        index = len(self.episode.steps)
+        if isinstance(reply, PolicyError):
+            self._record(Step(index, "", error=f"policy failed: {reply}"))
+            self.stop_reason = "policy_error"
+            return
+        try:
+            action = protocol.parse_action(reply.text)
+        except PolicyOutputError as exc:
+            self._fail(Step(index, reply.text, error=str(exc), usage=reply.usage), str(exc))
+            return
+        if action.is_stop:
+            if self.episode.executed_turns == 0:
+                error = "stop_action before any mask exists; make a first action"
+                self._fail(Step(index, reply.text, action, error=error, usage=reply.usage), error)
+            else:
+                self._record(Step(index, reply.text, action, usage=reply.usage))
+                self.stop_reason = "stop"
+            return
+        self._execute(index, action, reply)
+
+    def _execute(self, index: int, action: Action, reply: Reply) -> None:
+        prediction = self.preview(action)
+        self.prompts = self._next_prompts(action)
+        gt = self.episode.ground_truth
+        step = Step(index, reply.text, action, mask=prediction.mask, score=float(prediction.score),
+                    iou=None if gt is None else metrics.iou(prediction.mask, gt),
+                    dice=None if gt is None else metrics.dice(prediction.mask, gt),
+                    usage=reply.usage)
+        self.episode.prediction = prediction
+        self.episode.observations.append(overlay(self.episode.image, prediction.mask))
+        self._record(step)
+        self.failures = 0
+        self.episode.feedback = None
+        if self.episode.executed_turns >= self.agent.max_turns:
+            self.stop_reason = "max_turns"
+
+    def _fail(self, step: Step, why: str) -> None:
+        self._record(step)
+        self.failures += 1
+        self.episode.feedback = why
+        log.debug("episode %s: rejected reply (%s)", self.episode.id, why)
+        if self.failures >= self.agent.max_failures:
+            self.stop_reason = "invalid_output" if step.action is None else "stopped_without_mask"
+
+    def _record(self, step: Step) -> None:
+        self.episode.steps.append(step)
+
+    def trajectory(self) -> Trajectory:
+        height, width = self.episode.image_size
+        return Trajectory(target=self.episode.target, image_size=(height, width),
+                          steps=tuple(self.episode.steps), stop_reason=self.stop_reason,
+                          case_id=self.case_id, image_sha256=self.embedding.key, meta=self.meta)

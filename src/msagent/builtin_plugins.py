@@ -1,0 +1,20 @@
+"""The plugin that ships with the core: it registers through the same hooks as any other."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+from .plugins import lazy
+
+
+@hookimpl
+def msagent_register_policies(register):
+    register("expert", lazy("msagent.policies.expert:ExpertPolicy"),
+             "Simulated clinician from the ground truth: box, then ΔIoU-accepted corrective clicks")
+    register("oracle-box", lazy("msagent.policies.expert:OracleBoxPolicy"),
+             "Baseline: one tight ground-truth box, then stop")
+
+
+@hookimpl
+def msagent_register_rewards(register):
+    register("medsam", lazy("msagent.reward:MedSAMReward"),
+             "MedSAM-Agent process reward (format, quality, penalty, bonus)")

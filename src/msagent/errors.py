@@ -1,0 +1,61 @@
+"""One exception hierarchy for everything msagent raises on purpose.
+
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class MsAgentError(Exception):
+    """Base class of all msagent errors."""
+
+
+class PluginError(MsAgentError):
+    """A plugin is broken: bad registration, duplicate name, wrong base class."""
+
+
+class DuplicateRegistration(PluginError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class PluginNotFound(MsAgentError, LookupError):
+    """No installed plugin provides the requested name.
+
+    A ``LookupError`` subclass (not ``KeyError``, whose ``str()`` quotes the message).
+    """
+
+
+class WeightsNotFound(MsAgentError, FileNotFoundError):
+    """Model weights could not be resolved from a path, an environment variable or the HF cache."""
+
+
+class WeightsMismatch(MsAgentError):
+    """Weights were found but are not the expected file (checksum, keys or shapes differ)."""
+
+
+class InvalidInput(MsAgentError, ValueError):
+    """User input that cannot be used as given."""
+
+
+class InvalidImage(InvalidInput):
+    """An image that is unreadable, empty, non-finite, of the wrong shape or too large."""
+
+
+class InvalidMask(InvalidInput):
+    """A mask (ground truth) that is empty, of the wrong size or not binary-convertible."""
+
+
+class InvalidTarget(InvalidInput):
+    """A target description that is empty or not text."""
+
+
+class PolicyOutputError(MsAgentError, ValueError):
+    """A policy's text has no valid tool call (no call, bad JSON, unknown tool, bad arguments)."""
+
+
+class PolicyError(MsAgentError):
+    """A policy failed to answer at all (API error, timeout, missing model)."""
+
+
+class SegmenterError(MsAgentError):
+    """A segmenter failed or was misused (e.g. decode before encode, wrong prompt shapes)."""

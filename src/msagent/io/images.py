@@ -1,0 +1,163 @@
+"""Reading images and masks for 2-D calls, and turning any array into H×W×3 uint8 RGB.
+
+Intensity rules (documented in the README):
+- ``uint8`` is kept as is; ``bool`` becomes 0/255;
+- any other integer or float image is windowed to its 0.5th–99.5th percentile and scaled
+  to 0–255 (robust to a few hot pixels in 16-bit MR/CT);
+- gray (H×W or H×W×1) is repeated to three channels; alpha is dropped; channel-first
+  3×H×W is transposed.
+Images over ``max_pixels`` (default 64 megapixels, ``MSAGENT_MAX_PIXELS``) are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InvalidImage, InvalidMask
+
+DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    if max_pixels is not None:
+        return int(max_pixels)
+    return int(os.environ.get("MSAGENT_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def load_array(source: Any, *, max_pixels: int | None = None) -> np.ndarray:
+    """An array from a path (PNG/JPEG/TIFF/BMP/.npy), a PIL image or an array-like."""
+    limit = max_pixels_limit(max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        return _read_file(Path(source), limit)
+    if isinstance(source, Image.Image):
+        _check_pixels(source.width * source.height, limit, "image")
+        return np.asarray(source.convert("RGB") if source.mode in ("P", "CMYK", "LA", "PA")
+                          else source)
+    try:
+        return np.asarray(source)
+    except Exception as exc:  # e.g. ragged lists
+        raise InvalidImage(f"cannot interpret {type(source).__name__} as an image: {exc}") from None
+
+
+def _read_file(path: Path, limit: int) -> np.ndarray:
+    if not path.is_file():
+        raise InvalidImage(f"image file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False, mmap_mode="r")
+        except Exception as exc:
+            raise InvalidImage(f"{path} is not a readable .npy array: {exc}") from None
+    if suffix not in IMAGE_SUFFIXES and not path.name.endswith((".nii", ".nii.gz", ".dcm")):
+        raise InvalidImage(f"unsupported image format {path.name!r}; use PNG, JPEG, TIFF, BMP "
+                           "or .npy (NIfTI/DICOM volumes: msagent.io.read_volume)")
+    if suffix not in IMAGE_SUFFIXES:
+        raise InvalidImage(f"{path.name} is a volume; pick a slice first (msagent segment "
+                           "VOLUME TARGET --slices ...) or pass a 2-D image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(img.width * img.height, limit, str(path))
+                img.load()
+                if img.mode in ("P", "CMYK", "LA", "PA", "YCbCr"):
+                    img = img.convert("RGB")
+                return np.asarray(img)
+    except InvalidImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"{path} is too large to decode safely: {exc}") from None
+    except Exception as exc:
+        raise InvalidImage(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_pixels(count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise InvalidImage(f"{what} has {count:,} pixels, over the limit of {limit:,}; "
+                           "downsample it or raise MSAGENT_MAX_PIXELS")
+
+
+def to_rgb_uint8(image: Any, *, max_pixels: int | None = None) -> np.ndarray:
+    """Normalize an image (path, PIL, array) to a contiguous H×W×3 uint8 RGB array."""
+    array = load_array(image, max_pixels=max_pixels)
+    array = _to_hwc(array)
+    _check_pixels(array.shape[0] * array.shape[1], max_pixels_limit(max_pixels), "image")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        array = _window(array)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _to_hwc(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise InvalidImage(f"image must be numeric, got dtype {array.dtype}")
+    if array.size == 0 or 0 in array.shape:
+        raise InvalidImage(f"image is empty (shape {array.shape})")
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        return array
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] > 4:
+        return np.moveaxis(array, 0, -1)
+    raise InvalidImage(
+        f"expected a 2-D image (H×W, H×W×C or C×H×W with C in 1, 3, 4), got shape {array.shape}; "
+        "a 3-D volume must be segmented slice by slice (msagent.io.read_volume / --slices)")
+
+
+def _window(array: np.ndarray) -> np.ndarray:
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise InvalidImage("image contains NaN or infinite values; fill or mask them first")
+    low, high = np.percentile(values, [0.5, 99.5])
+    if high <= low:
+        low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    scaled = (np.clip(values, low, high) - low) / (high - low) * 255.0
+    return np.round(scaled).astype(np.uint8)
+
+
+def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty: bool = False,
+            what: str = "ground truth") -> np.ndarray:
+    """A bool H×W mask from a path, PIL image or array (nonzero = foreground)."""
+    try:
+        array = load_array(mask)
+    except InvalidImage as exc:
+        raise InvalidMask(f"{what}: {exc}") from None
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        raise InvalidMask(f"{what} must be a 2-D mask, got shape {array.shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidMask(f"{what} contains NaN or infinite values")
+    out = np.asarray(array) != 0
+    if image_size is not None and out.shape != tuple(image_size):
+        raise InvalidMask(f"{what} has size {out.shape[1]}×{out.shape[0]} (W×H) but the image is "
+                          f"{image_size[1]}×{image_size[0]}; masks must match the image pixel for pixel")
+    if not allow_empty and not out.any():
+        raise InvalidMask(f"{what} is empty (no foreground pixels); IoU/Dice are undefined")
+    return out
+
+
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a bool mask as an 8-bit PNG (0 / 255), atomically."""
+    save_png(np.asarray(mask, dtype=np.uint8) * 255, path)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 image as PNG through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Built-in policies: the simulated expert and the oracle baselines."""

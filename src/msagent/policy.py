@@ -1,0 +1,86 @@
+"""The Policy contract: read the episode so far, answer with one tool call.
+
+A policy returns a :class:`Reply` (its raw text, plus usage such as token counts and cost).
+The agent parses the text with :func:`msagent.protocol.parse_action`, so every policy —
+an LLM or the simulated expert — goes through the same protocol. I/O-bound policies
+override :meth:`Policy.aact`; the default runs :meth:`Policy.act` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Mapping
+
+import attrs
+import numpy as np
+
+from .types import Action, MaskPrediction, Step
+
+
+@attrs.frozen
+class Reply:
+    """A policy's answer for one turn."""
+
+    text: str
+    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+
+@attrs.define(eq=False)
+class Episode:
+    """The read-only view of an episode that a policy acts on.
+
+    ``image`` is the original H×W×3 uint8 image; ``observations`` the overlay images after
+    each executed action (same size); ``steps`` every reply so far. ``ground_truth`` is set
+    only when the caller gave one (the expert needs it). ``preview(action)`` decodes an
+    action against the current state without committing it (the expert's ΔIoU test).
+    ``feedback`` explains why the previous reply was rejected when the agent asks again.
+    """
+
+    id: str
+    image: np.ndarray
+    target: str
+    max_turns: int
+    steps: list[Step] = attrs.field(factory=list)
+    observations: list[np.ndarray] = attrs.field(factory=list)
+    ground_truth: np.ndarray | None = None
+    prediction: MaskPrediction | None = None
+    preview: Callable[[Action], MaskPrediction] | None = None
+    feedback: str | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.image.shape[:2]
+
+    @property
+    def executed_turns(self) -> int:
+        return sum(1 for s in self.steps if s.executed)
+
+    def history(self) -> list[tuple[Step, np.ndarray | None]]:
+        """The valid replies in order, each with the overlay it produced (None for stop)."""
+        out, overlays = [], iter(self.observations)
+        for step in self.steps:
+            if step.action is None or step.error is not None:
+                continue
+            out.append((step, next(overlays) if step.executed else None))
+        return out
+
+
+class Policy(ABC):
+    """Decides the next tool call. Stateless policies need only :meth:`act`."""
+
+    #: registered name, set by the plugin
+    name: str = ""
+    #: True if :meth:`act` needs ``episode.ground_truth`` (simulated experts)
+    needs_ground_truth: bool = False
+
+    @abstractmethod
+    def act(self, episode: Episode) -> Reply:
+        """Return the reply (rationale + one ``<tool_call>``) for the next turn."""
+
+    async def aact(self, episode: Episode) -> Reply:
+        """Async variant; the default runs :meth:`act` in a thread."""
+        return await asyncio.to_thread(self.act, episode)
+
+    def end_episode(self, episode: Episode) -> None:
+        """Release any per-episode state (KV caches, sessions). Called once per episode."""

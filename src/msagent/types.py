@@ -1,0 +1,261 @@
+"""Value types that cross module boundaries.
+
+Conventions: images are H×W×3 ``uint8`` RGB arrays; masks are H×W ``bool`` arrays; pixel
+coordinates are XY in the original image frame (x to the right, y down, integer pixel
+indices). Tool-call coordinates in the 0–999 frame live only in :mod:`msagent.protocol`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Mapping
+
+import attrs
+import numpy as np
+
+ActionKind = Literal["add_bbox", "add_point", "stop_action"]
+ACTION_KINDS: tuple[str, ...] = ("add_bbox", "add_point", "stop_action")
+
+
+@attrs.frozen
+class BBox:
+    """An axis-aligned box in pixel XYXY, corners inclusive, ``x1 <= x2`` and ``y1 <= y2``."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    def __attrs_post_init__(self) -> None:
+        if self.x1 > self.x2 or self.y1 > self.y2:
+            raise ValueError(f"BBox corners out of order: {self}; use BBox.ordered(...)")
+
+    @classmethod
+    def ordered(cls, x1: int, y1: int, x2: int, y2: int) -> "BBox":
+        return cls(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
+@attrs.frozen
+class Point:
+    """A click in pixel XY; ``positive`` is True for foreground, False for background."""
+
+    x: int
+    y: int
+    positive: bool = True
+
+    @property
+    def label(self) -> int:
+        """SAM's point label: 1 foreground, 0 background."""
+        return 1 if self.positive else 0
+
+
+@attrs.frozen
+class Action:
+    """One tool call of the policy.
+
+    ``arguments`` are exactly as in the tool schema (0–999 frame), e.g.
+    ``{"bbox_2d": [x1, y1, x2, y2]}`` or ``{"point_2d": [x, y], "point_type": "positive"}``.
+    ``raw_text`` is the policy's whole reply (rationale plus call).
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(ACTION_KINDS))
+    arguments: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, eq=True, hash=False)
+    raw_text: str = ""
+
+    @property
+    def is_stop(self) -> bool:
+        return self.kind == "stop_action"
+
+
+@attrs.frozen
+class Prompts:
+    """Prompts accumulated within one episode: at most one box (the latest) and all clicks."""
+
+    box: BBox | None = None
+    points: tuple[Point, ...] = ()
+
+    def add(self, prompt: BBox | Point) -> "Prompts":
+        if isinstance(prompt, BBox):
+            return attrs.evolve(self, box=prompt)
+        return attrs.evolve(self, points=self.points + (prompt,))
+
+    def latest_only(self, prompt: BBox | Point) -> "Prompts":
+        """Upstream's semantics: only the newest prompt (the mask input carries the rest)."""
+        return Prompts(box=prompt) if isinstance(prompt, BBox) else Prompts(points=(prompt,))
+
+    @property
+    def empty(self) -> bool:
+        return self.box is None and not self.points
+
+
+@attrs.frozen(eq=False)
+class MaskPrediction:
+    """A decoder output: ``mask`` H×W bool (original size), ``low_res_logits`` 256×256 float32
+    (the mask input for the next turn), ``score`` the predicted IoU of the kept mask."""
+
+    mask: np.ndarray
+    low_res_logits: np.ndarray
+    score: float
+
+
+@attrs.frozen(eq=False)
+class Observation:
+    """What the policy sees after an executed action: the overlay (H×W×3 uint8) and a text."""
+
+    image: np.ndarray
+    text: str
+
+
+@attrs.frozen(eq=False)
+class Step:
+    """One policy reply and what came of it.
+
+    ``action`` is None when the reply was invalid (then ``error`` says why). Executed actions
+    carry the mask and score after the call, and ``iou``/``dice`` when a ground truth was given.
+    """
+
+    index: int
+    raw_text: str
+    action: Action | None = None
+    error: str | None = None
+    mask: np.ndarray | None = None
+    score: float | None = None
+    iou: float | None = None
+    dice: float | None = None
+    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    @property
+    def executed(self) -> bool:
+        return self.action is not None and not self.action.is_stop and self.mask is not None
+
+
+@attrs.frozen(eq=False)
+class Trajectory:
+    """A finished episode. Serializes to JSON losslessly (masks as run-length codes)."""
+
+    target: str
+    image_size: tuple[int, int]  # (height, width)
+    steps: tuple[Step, ...] = ()
+    stop_reason: str = ""
+    case_id: str = ""
+    image_sha256: str = ""
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    @property
+    def executed_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.executed)
+
+    @property
+    def turns(self) -> int:
+        """Number of mask-producing tool calls."""
+        return len(self.executed_steps)
+
+    @property
+    def final_mask(self) -> np.ndarray:
+        executed = self.executed_steps
+        if executed:
+            return executed[-1].mask
+        return np.zeros(self.image_size, dtype=bool)
+
+    @property
+    def usage(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for step in self.steps:
+            for key, value in step.usage.items():
+                if isinstance(value, (int, float)):
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "image_size": list(self.image_size),
+            "steps": [_step_to_dict(s) for s in self.steps],
+            "stop_reason": self.stop_reason,
+            "case_id": self.case_id,
+            "image_sha256": self.image_sha256,
+            "meta": dict(self.meta),
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Trajectory":
+        return cls(
+            target=data["target"],
+            image_size=tuple(data["image_size"]),
+            steps=tuple(_step_from_dict(s) for s in data["steps"]),
+            stop_reason=data.get("stop_reason", ""),
+            case_id=data.get("case_id", ""),
+            image_sha256=data.get("image_sha256", ""),
+            meta=data.get("meta", {}),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trajectory":
+        return cls.from_dict(json.loads(text))
+
+
+@attrs.frozen(eq=False)
+class Case:
+    """One segmentation task: an image, a target text, optionally the ground truth."""
+
+    id: str
+    image: np.ndarray
+    target: str
+    ground_truth: np.ndarray | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Lossless run-length code of a bool mask (row-major, runs start with False)."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    values = np.zeros(len(rle["counts"]), dtype=bool)
+    values[1::2] = True
+    flat = np.repeat(values, rle["counts"])
+    return flat.reshape(rle["size"])
+
+
+def _step_to_dict(step: Step) -> dict[str, Any]:
+    action = step.action
+    return {
+        "index": step.index,
+        "raw_text": step.raw_text,
+        "action": None if action is None else
+        {"kind": action.kind, "arguments": dict(action.arguments), "raw_text": action.raw_text},
+        "error": step.error,
+        "mask": None if step.mask is None else encode_mask(step.mask),
+        "score": step.score,
+        "iou": step.iou,
+        "dice": step.dice,
+        "usage": dict(step.usage),
+    }
+
+
+def _step_from_dict(data: Mapping[str, Any]) -> Step:
+    action = data.get("action")
+    return Step(
+        index=data["index"],
+        raw_text=data["raw_text"],
+        action=None if action is None else Action(**action),
+        error=data.get("error"),
+        mask=None if data.get("mask") is None else decode_mask(data["mask"]),
+        score=data.get("score"),
+        iou=data.get("iou"),
+        dice=data.get("dice"),
+        usage=data.get("usage", {}),
+    )
