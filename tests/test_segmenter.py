@@ -1,0 +1,89 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import msagent
+from msagent.errors import SegmenterError
+from msagent.segmenter import check_prev_logits, check_prompts
+from msagent.types import BBox, MaskPrediction, Point, Prompts
+
+
+class Counting(msagent.Segmenter):
+    def __init__(self, delay=0.0, **kw):
+        super().__init__(**kw)
+        self.encodes = 0
+        self.delay = delay
+
+    def encode_image(self, image):
+        time.sleep(self.delay)
+        self.encodes += 1
+        return float(image.mean())
+
+    def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
+        mask = np.zeros(embedding.image_size, bool)
+        return MaskPrediction(mask, np.zeros((256, 256), np.float32), embedding.features)
+
+
+def image(value=0, shape=(8, 9, 3)):
+    return np.full(shape, value, np.uint8)
+
+
+def test_one_image_is_encoded_once_across_many_episodes():
+    seg = Counting()
+    embeddings = [seg.encode(image(5).copy()) for _ in range(8)]
+    assert seg.encodes == 1
+    assert seg.cache_info() == msagent.CacheInfo(hits=7, misses=1, size=1, maxsize=16)
+    assert len({e.key for e in embeddings}) == 1
+
+
+def test_lru_evicts_oldest_and_distinguishes_content():
+    seg = Counting(cache_size=2)
+    for value in (1, 2, 3, 1):
+        seg.encode(image(value))
+    assert seg.encodes == 4  # 1 was evicted by 3
+    assert seg.cache_info().size == 2
+
+
+def test_concurrent_first_requests_wait_for_one_encode():
+    seg = Counting(delay=0.2)
+    threads = [threading.Thread(target=seg.encode, args=(image(7),)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seg.encodes == 1 and seg.cache_info().hits == 5
+
+
+def test_encode_batch_uses_the_batched_encoder_for_misses_only():
+    seg = Counting()
+    seg.encode(image(1))
+    out = seg.encode_batch([image(1), image(2), image(3), image(2)])
+    assert seg.encodes == 3 and [e.features for e in out] == [1.0, 2.0, 3.0, 2.0]
+    assert seg.cache_info().misses == 3
+
+
+def test_encode_rejects_non_rgb_uint8():
+    with pytest.raises(SegmenterError, match="to_rgb_uint8"):
+        Counting().encode(np.zeros((8, 8), np.float32))
+
+
+def test_prompt_and_logit_checks():
+    with pytest.raises(SegmenterError, match="at least one"):
+        check_prompts(Prompts(), (10, 10))
+    with pytest.raises(SegmenterError, match="outside"):
+        check_prompts(Prompts(points=(Point(10, 0),)), (10, 10))
+    check_prompts(Prompts(box=BBox(0, 0, 9, 9)), (10, 10))
+    assert check_prev_logits(np.zeros((1, 1, 256, 256))).shape == (256, 256)
+    with pytest.raises(SegmenterError, match="256"):
+        check_prev_logits(np.zeros((64, 64)))
+
+
+def test_decode_batch_default_matches_decode_and_checks_lengths():
+    seg = Counting()
+    emb = seg.encode(image(4))
+    out = seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))] * 3)
+    assert len(out) == 3
+    with pytest.raises(SegmenterError, match="prev_logits"):
+        seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))], [None, None])
