@@ -52,7 +52,7 @@ def run(replies, gt=None, **agent_kw):
 
 
 def _phantom():
-    from conftest import make_phantom
+    from msagent.testing import make_phantom
     return make_phantom()
 
 

@@ -1,0 +1,60 @@
+"""Core agent-loop benchmark on litemedsam (CPU), as ratios against baselines of the same run.
+
+1. A 5-turn episode vs a 1-turn episode on the same image, each starting from an empty
+   embedding cache (goal ≤ 1.3×: decoding is cheap next to the one encode).
+2. Encodes per 8 episodes on one image (goal 1: the content-hash cache).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import msagent
+from msagent.testing import mni152_slice
+from msagent import io
+
+BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [150, 130, 850, 860]}}</tool_call>'
+POINTS = [f'<tool_call>{{"name": "add_point", "arguments": {{"point_2d": [{x}, {y}], '
+          f'"point_type": "positive"}}}}</tool_call>' for x, y in
+          ((210, 450), (500, 300), (700, 600), (400, 700))]
+STOP = '<tool_call>{"name": "stop_action", "arguments": {}}</tool_call>'
+
+
+class Scripted(msagent.Policy):
+    def __init__(self, replies):
+        self.replies = replies
+
+    def act(self, episode):
+        return msagent.Reply(self.replies[len(episode.steps)])
+
+
+def timed_episode(segmenter, image, replies, repeats=5) -> float:
+    times = []
+    for _ in range(repeats):
+        segmenter.clear_cache()
+        start = time.perf_counter()
+        msagent.Agent(Scripted(replies), segmenter).run(image, "brain")
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    image = io.to_rgb_uint8(mni152_slice("brain")[0])
+    seg = msagent.load_segmenter("litemedsam", device="cpu")
+    seg.encode(image)  # warm-up
+    one = timed_episode(seg, image, [BOX, STOP])
+    five = timed_episode(seg, image, [BOX, *POINTS])
+    print(f"1-turn episode {one * 1000:.0f} ms, 5-turn episode {five * 1000:.0f} ms "
+          f"-> ratio {five / one:.2f}x (goal <= 1.3x)")
+    seg.clear_cache()
+    policy = msagent.load_policy("oracle-box")
+    gt = mni152_slice("brain")[1]
+    for _ in range(8):
+        msagent.Agent(policy, seg).run(image, "brain", gt)
+    info = seg.cache_info()
+    print(f"encodes per 8 episodes on one image: {info.misses} (goal 1; cache hits {info.hits})")
+
+
+if __name__ == "__main__":
+    main()
