@@ -2,12 +2,12 @@ import asyncio
 
 import numpy as np
 import pytest
+from my_msagent_plugin import MySegmenter
 
 import msagent
 from msagent import protocol
 from msagent.errors import PolicyError
 from msagent.types import BBox, Point
-from my_msagent_plugin import MySegmenter
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 700, 700]}}</tool_call>'
 POS = '<tool_call>{"name": "add_point", "arguments": {"point_2d": [500, 500], "point_type": "positive"}}</tool_call>'

@@ -12,7 +12,8 @@ import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -121,6 +122,9 @@ class Segmenter(ABC):
     #: whether decode keeps the best of several candidate masks by default (backbones whose
     #: multimask heads were never trained, like LiteMedSAM, set False)
     multimask_default: bool = True
+    #: whether :meth:`decode` takes a keyword-only ``text: str | None`` (the target, e.g.
+    #: "liver") as an extra prompt; the Agent passes ``text=episode.target`` only then
+    accepts_text: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
         self._cache = _EmbeddingCache(cache_size)
@@ -128,8 +132,12 @@ class Segmenter(ABC):
     # -- the cached front door -------------------------------------------------
     def encode(self, image: np.ndarray) -> Embedding:
         """Encode ``image`` (H×W×3 uint8), reusing a cached embedding for identical content."""
+        return self.encode_with_key(image, image_key(image))
+
+    def encode_with_key(self, image: np.ndarray, key: str) -> Embedding:
+        """:meth:`encode` for a caller that already holds ``image_key(image)`` (a server that
+        stores images by content hash): skips hashing the image again."""
         _check_image(image)
-        key = image_key(image)
         return self._cache.get_or_compute(key, lambda: self._wrap(image, key))
 
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[Embedding]:
@@ -196,7 +204,8 @@ class Segmenter(ABC):
             raise SegmenterError(
                 f"decode_batch got {len(prompt_sets)} prompt sets but {len(prev)} prev_logits"
             )
-        return [self.decode(embedding, p, l, multimask=multimask) for p, l in zip(prompt_sets, prev)]
+        return [self.decode(embedding, p, logits, multimask=multimask)
+                for p, logits in zip(prompt_sets, prev)]
 
 
 def _check_image(image: np.ndarray) -> None:

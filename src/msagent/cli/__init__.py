@@ -33,7 +33,8 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msagent", description="Agentic interactive medical image segmentation.")
+    parser = argparse.ArgumentParser(prog="msagent",
+                                     description="Agentic interactive medical image segmentation.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _available().items():
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args._run(args) or 0)
     except MsAgentError as exc:
