@@ -11,8 +11,8 @@ import statistics
 import time
 
 import msagent
-from msagent.testing import mni152_slice
 from msagent import io
+from msagent.testing import mni152_slice
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [150, 130, 850, 860]}}</tool_call>'
 POINTS = [f'<tool_call>{{"name": "add_point", "arguments": {{"point_2d": [{x}, {y}], '

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import numpy as np
@@ -128,9 +129,12 @@ class _Runner:
     def preview(self, action: Action) -> MaskPrediction:
         """Decode ``action`` on top of the current state without committing it."""
         prev = self.episode.prediction
-        return self.agent.segmenter.decode(
+        segmenter = self.agent.segmenter
+        text = {"text": self.episode.target} if getattr(segmenter, "accepts_text", False) else {}
+        return segmenter.decode(
             self.embedding, self._next_prompts(action),
-            None if prev is None else prev.low_res_logits, multimask=self.agent.use_multimask)
+            None if prev is None else prev.low_res_logits, multimask=self.agent.use_multimask,
+            **text)
 
     def handle(self, reply: Reply | PolicyError) -> None:
         index = len(self.episode.steps)

@@ -18,3 +18,15 @@ def msagent_register_policies(register):
 def msagent_register_rewards(register):
     register("medsam", lazy("msagent.reward:MedSAMReward"),
              "MedSAM-Agent process reward (format, quality, penalty, bonus)")
+
+
+@hookimpl
+def msagent_register_segmenters(register):
+    register("remote", lazy("msagent.remote:RemoteSegmenter"),
+             "A backbone served by `msagent serve` over HTTP (url= or $MSAGENT_REMOTE_URL)")
+
+
+@hookimpl
+def msagent_register_trajectory_generators(register):
+    register("hybrid", lazy("msagent.generation.hybrid:HybridGenerator"),
+             "Box-to-Point and Sequential-Click expert trajectories, ΔIoU-accepted (τ=0.01, N=5)")

@@ -8,7 +8,7 @@ FN, negative in FP. Pixels clicked before are never clicked again.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 import cv2

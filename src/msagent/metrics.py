@@ -7,9 +7,8 @@ interactive challenge): both empty → 1.0; exactly one empty → 0.0.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-import cv2
 import numpy as np
 
 
@@ -38,37 +37,69 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return int(np.logical_and(pred, gt).sum()) / union
 
 
-def _border(mask: np.ndarray) -> np.ndarray:
-    """Pixels of the mask that touch the background (4-connectivity)."""
-    eroded = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                       borderValue=0)
-    return mask & ~eroded.astype(bool)
+# Contour length of each 2×2 neighbourhood code (top-left 8, top-right 4, bottom-left 2,
+# bottom-right 1), as in DeepMind's surface-distance package that the CVPR challenges use.
+def _contour_lengths(spacing: tuple[float, float]) -> np.ndarray:
+    vertical, horizontal = float(spacing[0]), float(spacing[1])
+    diag = 0.5 * float(np.hypot(vertical, horizontal))
+    table = np.zeros(16)
+    table[[0b0001, 0b0010, 0b0100, 0b1000, 0b0111, 0b1011, 0b1101, 0b1110]] = diag
+    table[[0b0110, 0b1001]] = 2 * diag
+    table[[0b0011, 0b1100]] = horizontal
+    table[[0b0101, 0b1010]] = vertical
+    return table
 
 
-def _distance_to(border: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
-    """Euclidean distance (in spacing units) of every pixel to the nearest border pixel."""
-    if spacing[0] != spacing[1]:
-        from scipy import ndimage  # anisotropic spacing needs sampling-aware EDT
+def _corner_codes(mask: np.ndarray) -> np.ndarray:
+    """Neighbour code of every pixel corner: an (H+1)×(W+1) array of 0..15."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return (8 * padded[:-1, :-1] + 4 * padded[:-1, 1:] + 2 * padded[1:, :-1] + padded[1:, 1:])
 
-        return ndimage.distance_transform_edt(~border, sampling=spacing)
-    dist = cv2.distanceTransform((~border).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return dist * spacing[0]
+
+def surface_distances(pred: np.ndarray, gt: np.ndarray,
+                      spacing: tuple[float, float] = (1.0, 1.0)) -> dict[str, np.ndarray]:
+    """Contour elements of both masks with their lengths and distances to the other contour.
+
+    The contour lives on pixel corners (2×2 neighbourhood codes), each element weighted by
+    its length in spacing units: DeepMind's ``compute_surface_distances`` for 2-D masks.
+    ``spacing`` is (row, column) pixel size. Keys: ``distances_gt_to_pred``,
+    ``distances_pred_to_gt``, ``lengths_gt``, ``lengths_pred`` (1-D arrays).
+    """
+    from scipy import ndimage
+
+    pred, gt = _pair(pred, gt)
+    ys, xs = np.nonzero(pred | gt)
+    if ys.size == 0:
+        empty = np.zeros(0)
+        return {"distances_gt_to_pred": empty, "distances_pred_to_gt": empty,
+                "lengths_gt": empty, "lengths_pred": empty}
+    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    table = _contour_lengths(spacing)
+    codes = {"gt": _corner_codes(gt[crop]), "pred": _corner_codes(pred[crop])}
+    borders = {k: (c != 0) & (c != 15) for k, c in codes.items()}
+    dist = {k: ndimage.distance_transform_edt(~b, sampling=spacing) if b.any()
+            else np.full(b.shape, np.inf) for k, b in borders.items()}
+    return {"distances_gt_to_pred": dist["pred"][borders["gt"]],
+            "distances_pred_to_gt": dist["gt"][borders["pred"]],
+            "lengths_gt": table[codes["gt"][borders["gt"]]],
+            "lengths_pred": table[codes["pred"][borders["pred"]]]}
 
 
 def nsd(pred: np.ndarray, gt: np.ndarray, tolerance: float = 2.0,
         spacing: tuple[float, float] = (1.0, 1.0)) -> float:
-    """Normalized surface distance: the fraction of both borders lying within ``tolerance``
-    (in spacing units, pixels by default) of the other border."""
+    """Normalized surface Dice (surface Dice at ``tolerance``): the length of both contours
+    lying within ``tolerance`` (spacing units; pixels by default) of the other contour, over
+    the total contour length. Same definition as DeepMind's
+    ``compute_surface_dice_at_tolerance``, used by the CVPR 2024/2025 challenges."""
     pred, gt = _pair(pred, gt)
     if not pred.any() and not gt.any():
         return 1.0
     if not pred.any() or not gt.any():
         return 0.0
-    pred_border, gt_border = _border(pred), _border(gt)
-    gt_dist = _distance_to(gt_border, spacing)
-    pred_dist = _distance_to(pred_border, spacing)
-    close = int((gt_dist[pred_border] <= tolerance).sum()) + int((pred_dist[gt_border] <= tolerance).sum())
-    return close / (int(pred_border.sum()) + int(gt_border.sum()))
+    d = surface_distances(pred, gt, spacing)
+    close = d["lengths_gt"][d["distances_gt_to_pred"] <= tolerance].sum() \
+        + d["lengths_pred"][d["distances_pred_to_gt"] <= tolerance].sum()
+    return float(close / (d["lengths_gt"].sum() + d["lengths_pred"].sum()))
 
 
 def noc(ious: Sequence[float], threshold: float, max_clicks: int = 20) -> int:
@@ -80,15 +111,20 @@ def noc(ious: Sequence[float], threshold: float, max_clicks: int = 20) -> int:
     return max_clicks
 
 
-def curve_auc(values: Sequence[float]) -> float:
-    """Area under a per-step curve by the trapezoid rule with unit steps, normalised by the
-    number of intervals (a constant curve at v has AUC v); one value gives that value."""
-    values = list(values)
+def curve_auc(values: Sequence[float], normalize: bool = True) -> float:
+    """Area under a per-step curve by the trapezoid rule with unit steps.
+
+    ``normalize`` (default) divides by the number of intervals, so a constant curve at v has
+    AUC v and one value gives that value. ``normalize=False`` is the CVPR 2025 challenge's
+    ``DSC_AUC``/``NSD_AUC``: the raw trapezoid area (5 click steps: at most 4.0).
+    """
+    values = [float(v) for v in values]
     if not values:
         return 0.0
     if len(values) == 1:
-        return float(values[0])
-    return float(np.trapezoid(values)) / (len(values) - 1)
+        return values[0] if normalize else 0.0
+    area = float(np.trapezoid(values))
+    return area / (len(values) - 1) if normalize else area
 
 
 def aggregate(rows: Iterable[Mapping], metrics: Sequence[str], by: str | None = None) -> dict:

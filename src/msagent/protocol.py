@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .errors import PolicyOutputError
-from .render import overlay
-from .types import Action, BBox, Point
 from ._prompts import (  # noqa: F401  (re-exported: the pinned strings)
     FIRST_USER_TEXT,
     FOLLOW_UP_TEXT,
     SYSTEM_PROMPT,
     TOOL_SCHEMAS,
 )
+from .errors import PolicyOutputError
+from .render import overlay
+from .types import Action, BBox, Point
 
 if TYPE_CHECKING:
     from .policy import Episode

@@ -6,7 +6,7 @@ nothing else drawn. Annotated views (prompts drawn) are for people only.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -10,7 +10,7 @@ the paper's (and the upstream ``compute_score``'s).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 

@@ -9,7 +9,7 @@ Imported only by torch-based plugins; ``import msagent`` never imports it.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,9 +41,15 @@ def prompt_batch(geometry: InputGeometry, prompt_sets: Sequence[Prompts], device
 def decode_sam(prompt_encoder, mask_decoder, image_embedding: torch.Tensor,
                geometry: InputGeometry, prompt_sets: Sequence[Prompts],
                prev_logits: Sequence[np.ndarray | None], multimask: bool,
-               dtype: torch.dtype = torch.float32) -> list[MaskPrediction]:
+               dtype: torch.dtype = torch.float32,
+               upscale_fn: Callable[[torch.Tensor, InputGeometry], np.ndarray] | None = None,
+               ) -> list[MaskPrediction]:
     """Decode prompt sets against one image embedding (1×C×h×w), batching sets of equal
-    structure. Returns one prediction per prompt set, in order."""
+    structure. Returns one prediction per prompt set, in order.
+
+    ``upscale_fn`` turns the kept 256×256 logits into the H×W mask (default :func:`upscale`;
+    a backbone passes its official post-processing where that differs)."""
+    upscale_fn = upscale if upscale_fn is None else upscale_fn
     for prompts in prompt_sets:
         check_prompts(prompts, geometry.image_size)
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -71,7 +77,7 @@ def decode_sam(prompt_encoder, mask_decoder, image_embedding: torch.Tensor,
         for row, index in enumerate(indices):
             logits = best_logits[row]
             results[index] = MaskPrediction(
-                mask=upscale(logits, geometry), low_res_logits=logits.cpu().numpy(),
+                mask=upscale_fn(logits, geometry), low_res_logits=logits.cpu().numpy(),
                 score=float(best_scores[row]))
     return results
 

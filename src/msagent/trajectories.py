@@ -1,12 +1,31 @@
-"""Expert trajectory generation: the abstract TrajectoryGenerator."""
+"""Expert trajectory generation: the abstract TrajectoryGenerator.
+
+A generator turns a :class:`~msagent.types.Case` with its ground truth into expert
+trajectories by driving a :class:`~msagent.segmenter.Segmenter`. :meth:`generate` yields the
+trajectories that pass the generator's filters; :meth:`attempt` yields every trajectory it
+ran, each with its verdict, so that a long job can record what was dropped and why.
+The built-in ``hybrid`` generator lives in :mod:`msagent.generation.hybrid`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from collections.abc import Iterator
+
+import attrs
 
 from .segmenter import Segmenter
 from .types import Case, Trajectory
+
+
+@attrs.frozen(eq=False)
+class Attempt:
+    """One generated trajectory and its verdict: ``kept`` (passes the filters) or the
+    ``reason`` it was dropped (e.g. "low_final_iou")."""
+
+    trajectory: Trajectory
+    kept: bool = True
+    reason: str = ""
 
 
 class TrajectoryGenerator(ABC):
@@ -17,3 +36,13 @@ class TrajectoryGenerator(ABC):
     @abstractmethod
     def generate(self, case: Case, segmenter: Segmenter) -> Iterator[Trajectory]:
         """Yield the accepted trajectories for ``case`` (possibly none)."""
+
+    def attempt(self, case: Case, segmenter: Segmenter) -> Iterator[Attempt]:
+        """Yield every trajectory run for ``case`` with its verdict. The default reports the
+        trajectories of :meth:`generate` as kept; generators with filters override it."""
+        for trajectory in self.generate(case, segmenter):
+            yield Attempt(trajectory)
+
+    def options(self) -> dict:
+        """The generator's settings as JSON-safe values (recorded in a job's manifest)."""
+        return {}

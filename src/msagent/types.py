@@ -8,7 +8,8 @@ indices). Tool-call coordinates in the 0–999 frame live only in :mod:`msagent.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import attrs
 import numpy as np

@@ -3,13 +3,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from msagent_litemedsam import segmenter as lite
 
 import msagent
 from msagent.errors import WeightsMismatch, WeightsNotFound
 from msagent.geometry import InputGeometry
-from msagent.types import BBox, Point, Prompts
-from msagent_litemedsam import segmenter as lite
 from msagent.testing import make_phantom
+from msagent.types import BBox, Point, Prompts
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""``msagent segment IMAGE TARGET``: one agent episode on a 2-D image."""
+"""``msagent segment IMAGE TARGET``: one agent episode on a 2-D image; on a volume (NIfTI file
+or DICOM series) one episode per slice (``--slices``; see :mod:`msagent.cli._volume`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="PNG/JPEG/TIFF/.npy image")
+    parser.add_argument("image", help="PNG/JPEG/TIFF/.npy image, or a volume: .nii/.nii.gz or a "
+                        "DICOM series (directory or .dcm)")
     parser.add_argument("target", help='what to segment, e.g. "left kidney in abdomen CT"')
     parser.add_argument("--backbone", help="registered backbone (default $MSAGENT_BACKBONE, then medsam2)")
     parser.add_argument("--policy", help="registered policy (default $MSAGENT_POLICY, then qwen)")
@@ -22,6 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the final mask as PNG")
     parser.add_argument("--overlay", type=Path, help="write a per-turn overlay strip as PNG")
     parser.add_argument("--trajectory", type=Path, help="write the trajectory as JSON")
+    volume = parser.add_argument_group("volumes (NIfTI / DICOM input)")
+    volume.add_argument("--slices", help="slices to segment: all (default), A:B, A:B:STEP or A,B,C "
+                        "(voxel indices along the plane's axis)")
+    volume.add_argument("--plane", choices=["axial", "coronal", "sagittal"], default="axial")
+    volume.add_argument("--window", help="CT window: a preset (abdomen, lung, bone, brain, liver, "
+                        "mediastinum, soft_tissue, ...) or WIDTH/LEVEL in HU, e.g. 400/40")
+    volume.add_argument("--label", type=int, help="label value of the target in a --ground-truth "
+                        "label map (default: any nonzero)")
+    volume.add_argument("--dicom-seg", type=Path, help="also write a DICOM SEG (DICOM input)")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -42,6 +53,14 @@ def parse_options(pairs: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import api, io, render
+    from ._volume import is_volume, run_volume
+
+    if is_volume(args.image):
+        return run_volume(args)
+    if args.slices or args.dicom_seg:
+        from ..errors import InvalidInput
+
+        raise InvalidInput("--slices/--dicom-seg apply to volumes (.nii/.nii.gz or DICOM) only")
 
     result = api.segment(
         args.image, args.target, backbone=args.backbone, policy=args.policy,

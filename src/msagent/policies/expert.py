@@ -4,7 +4,14 @@ Both read ``episode.ground_truth``. The expert's first action is a box around th
 truth (optionally jittered) or, with ``first="click"``, a positive click at its interior
 maximum; then corrective clicks (:mod:`msagent.clicker`). A click is taken only if its
 previewed IoU gain is at least ``tau``; otherwise the next candidate is tried, up to
-``candidates`` of them. The expert stops at ``target_iou`` or when no candidate helps.
+``candidates`` of them. With ``first_tries > 1`` the first action is tested the same way
+(IoU of the previewed mask at least ``tau``), drawing a new jittered box (or another interior
+click) for each try. The expert stops at ``target_iou``, when no candidate helps, or after
+``max_actions`` executed actions.
+
+Each reply's ``usage`` records ``expert_previews`` (candidate decodes spent on the turn) and
+``expert_accepted`` (1 when the action passed the ΔIoU test, 0 when the expert gave up), so a
+trajectory set can report its acceptance rate.
 """
 
 from __future__ import annotations
@@ -66,46 +73,84 @@ class ExpertPolicy(Policy):
     candidates: int = 5
     target_iou: float = 0.9
     seed: int = 0
+    first_tries: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    max_actions: int | None = None
     needs_ground_truth = True
 
     def act(self, episode: Episode) -> Reply:
         gt = _need_gt(episode)
         rng = episode_rng(self.seed, episode)
         if episode.prediction is None:
-            return Reply(self._first_action(episode, gt, rng))
+            return self._first_action(episode, gt, rng)
         current = metrics.iou(episode.prediction.mask, gt)
         if current >= self.target_iou:
-            return Reply(self._stop(text.STOP_GOOD, episode, rng))
-        return Reply(self._corrective_click(episode, gt, current, rng))
+            return _reply(self._stop(text.STOP_GOOD, episode, rng), 0, None)
+        if self.max_actions is not None and episode.executed_turns >= self.max_actions:
+            return _reply(self._stop(text.STOP_BUDGET, episode, rng), 0, None)
+        return self._corrective_click(episode, gt, current, rng)
 
-    def _first_action(self, episode: Episode, gt: np.ndarray, rng: np.random.Generator) -> str:
+    def _first_action(self, episode: Episode, gt: np.ndarray, rng: np.random.Generator) -> Reply:
         size = episode.image_size
-        where = text.where(*text.mask_center(gt), size[1], size[0])
         if self.first == "box":
-            box = jitter_bbox(mask_bbox(gt), self.box_jitter, size, rng)
-            why = text.pick(text.BOX, rng, target=episode.target, where=where)
-            return protocol.bbox_action(box, size, why).raw_text
-        point = clicker.next_click(gt, None)
-        why = text.pick(text.FIRST_CLICK, rng, target=episode.target, where=where)
-        return protocol.point_action(point, size, why).raw_text
+            tight = mask_bbox(gt)
+            proposals = [jitter_bbox(tight, self.box_jitter, size, rng) for _ in range(self.first_tries)]
+            actions = [protocol.bbox_action(box, size) for box in proposals]
+        else:
+            proposals = clicker.click_candidates(gt, None, (), self.first_tries, rng)
+            actions = [protocol.point_action(point, size) for point in proposals]
+        previews, chosen = 0, actions[0]
+        if self.first_tries > 1:
+            chosen = None
+            for action in actions:
+                previews += 1
+                if metrics.iou(episode.preview(action).mask, gt) >= self.tau:
+                    chosen = action
+                    break
+            if chosen is None:
+                return _reply(self._stop(text.STOP_NO_START, episode, rng), previews, False)
+        facts = {"target": episode.target, "where": text.where(*text.mask_center(gt), size[1], size[0]),
+                 "size": text.size_word(float(gt.mean()))}
+        why = text.pick(text.BOX if self.first == "box" else text.FIRST_CLICK, rng, **facts)
+        return _reply(protocol.format_action(chosen, why), previews, True if previews else None)
 
     def _corrective_click(self, episode: Episode, gt: np.ndarray, current: float,
-                          rng: np.random.Generator) -> str:
+                          rng: np.random.Generator) -> Reply:
         size = episode.image_size
         clicked = _clicked_points(episode)
+        tried = 0
         for point in clicker.click_candidates(gt, episode.prediction.mask, clicked,
                                               self.candidates, rng):
-            templates = text.POSITIVE if point.positive else text.NEGATIVE
-            why = text.pick(templates, rng, target=episode.target,
-                            where=text.where(point.x, point.y, size[1], size[0]))
-            action = protocol.point_action(point, size, why)
+            tried += 1
+            action = protocol.point_action(point, size)
             gain = metrics.iou(episode.preview(action).mask, gt) - current
             if gain >= self.tau:
-                return action.raw_text
-        return self._stop(text.STOP_STUCK, episode, rng)
+                why = _click_rationale(point, gt, episode, rng)
+                return _reply(protocol.format_action(action, why), tried, True)
+        stuck = text.STOP_STUCK_CLOSE if current >= text.CLOSE_IOU else text.STOP_STUCK
+        return _reply(self._stop(stuck, episode, rng), tried, False)
 
     def _stop(self, templates: tuple[str, ...], episode: Episode, rng: np.random.Generator) -> str:
         return protocol.stop_action(text.pick(templates, rng, target=episode.target)).raw_text
+
+
+def _reply(raw_text: str, previews: int, accepted: bool | None) -> Reply:
+    """A reply whose usage says how many candidates were decoded and whether one passed."""
+    usage = {"expert_previews": previews}
+    if accepted is not None:
+        usage["expert_accepted"] = int(accepted)
+    return Reply(raw_text, usage)
+
+
+def _click_rationale(point: Point, gt: np.ndarray, episode: Episode,
+                     rng: np.random.Generator) -> str:
+    """The rationale of a corrective click: where its error region lies and how large it is."""
+    height, width = episode.image_size
+    pred = episode.prediction.mask
+    region = (gt & ~pred) if point.positive else (pred & ~gt)
+    fraction = text.region_fraction(region, point.x, point.y, int(gt.sum()))
+    return text.pick(text.POSITIVE if point.positive else text.NEGATIVE, rng,
+                     target=episode.target, where=text.where(point.x, point.y, width, height),
+                     extent=text.extent_word(fraction))
 
 
 def _clicked_points(episode: Episode) -> list[Point]:

@@ -1,0 +1,205 @@
+"""IMIS-Net as an msagent Segmenter (encode once, decode many; optional text prompt)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from msagent.errors import SegmenterError
+from msagent.geometry import InputGeometry
+from msagent.sam_decoding import resolve_device, resolve_dtype
+from msagent.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts
+from msagent.types import MaskPrediction, Prompts
+
+from .model import INPUT_SIZE, IMISNet, build_imisnet
+from .text import TOKENIZER_HINT, resolve_tokenizer, tokenize
+from .weights import load_into, load_state_dict, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+TextArg = str | Sequence[str | None] | None
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """IMIS-Net's input: H×W×3 uint8 stretched to 1024×1024 with PIL's NEAREST (no aspect
+    kept, no padding), still uint8 on the 0–255 scale (normalised inside the network)."""
+    return np.asarray(Image.fromarray(image).resize((INPUT_SIZE, INPUT_SIZE), Image.NEAREST))
+
+
+def upscale(logits: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
+    """B×256×256 logits → B×H×W bool: bilinear to 1024, then to the original size,
+    foreground where sigmoid > 0.5 (as upstream)."""
+    full = F.interpolate(logits[:, None].float(), size=(INPUT_SIZE, INPUT_SIZE),
+                         mode="bilinear", align_corners=False)
+    full = F.interpolate(full, size=tuple(image_size), mode="bilinear", align_corners=False)
+    return (torch.sigmoid(full[:, 0]) > 0.5).cpu().numpy()
+
+
+class IMISNetSegmenter(Segmenter):
+    """IMIS-Net ViT-B (1024 px input) with box, point, mask and text prompts.
+
+    Options: ``checkpoint`` (path to ``IMISNet-B.pth``; else ``$MSAGENT_IMISNET_CHECKPOINT``
+    or the HF/ModelScope cache), ``device`` ("cpu", "cuda"; default CUDA when available),
+    ``dtype`` ("float32" | "float16" | "bfloat16", CUDA only), ``cache_size`` (embeddings),
+    ``use_text_prompt`` (None: use the episode's target as a text prompt when a CLIP tokenizer
+    is available; True: require one; False: never), ``tokenizer`` (a tokenizer object or
+    folder; see :func:`msagent_imisnet.text.resolve_tokenizer`), ``encode_batch_size``.
+
+    Decoding always yields IMIS-Net's three multimask candidates and keeps the one with the
+    best predicted IoU (``multimask=False`` gives the single-mask token instead).
+    """
+
+    multimask_default = True
+    accepts_text = True
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | None = None,
+                 dtype: str | None = None, cache_size: int = 16, *,
+                 use_text_prompt: bool | None = None, tokenizer: Any = None,
+                 encode_batch_size: int = 2, text_cache_size: int = 64) -> None:
+        super().__init__(cache_size=cache_size)
+        if encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size must be >= 1, got {encode_batch_size}")
+        path = resolve_checkpoint(checkpoint)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        model = build_imisnet()
+        load_into(model, load_state_dict(path), path)
+        self.checkpoint = path
+        gaussian = model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        self.model: IMISNet = model.to(self.device, self.dtype).eval()
+        # positional frequencies stay float32 under fp16/bf16 (the encoding is computed in fp32)
+        self.model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix = \
+            gaussian.to(self.device, torch.float32)
+        self.encode_batch_size = encode_batch_size
+        self.tokenizer = None
+        if use_text_prompt is not False:
+            self.tokenizer = resolve_tokenizer(tokenizer, required=use_text_prompt is True)
+            if self.tokenizer is None:
+                log.warning("IMIS-Net text prompts are off: %s", TOKENIZER_HINT)
+        self.accepts_text = self.tokenizer is not None
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._text_lock = threading.Lock()
+        log.info("loaded IMIS-Net from %s on %s (%s)", path, self.device, self.dtype)
+
+    # -- encoder ---------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        return self.encode_images([image])[0]
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Batched image encoder (uncached): 1×768×64×64 features per image, in chunks of
+        ``encode_batch_size``."""
+        from tqdm.auto import tqdm
+
+        out: list[torch.Tensor] = []
+        size = self.encode_batch_size
+        starts = range(0, len(images), size)
+        for start in tqdm(starts, desc="IMIS-Net encode", disable=len(starts) < 4):
+            batch = np.stack([preprocess(img) for img in images[start:start + size]])
+            tensor = torch.as_tensor(batch, device=self.device).permute(0, 3, 1, 2)
+            features = self.model.embed_image(tensor)
+            out.extend(features[i:i + 1] for i in range(features.shape[0]))
+        return out
+
+    # -- text --------------------------------------------------------------------
+    @torch.inference_mode()
+    def text_embedding(self, text: str) -> torch.Tensor:
+        """The 768-d text prompt token for ``text`` (cached per string)."""
+        if self.tokenizer is None:
+            raise SegmenterError("text prompts are off for this IMIS-Net segmenter "
+                                 "(use_text_prompt=False or no tokenizer). " + TOKENIZER_HINT)
+        with self._text_lock:
+            if text in self._text_cache:
+                self._text_cache.move_to_end(text)
+                return self._text_cache[text]
+        ids, mask = tokenize(self.tokenizer, [text], self.device)
+        embedding = self.model.embed_text(ids, mask)[0]
+        with self._text_lock:
+            self._text_cache[text] = embedding
+            while len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
+        return embedding
+
+    # -- decoder -----------------------------------------------------------------
+    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
+               *, multimask: bool = True, text: str | None = None) -> MaskPrediction:
+        """Decode box/points (pixel XY of the original image), the previous 256×256 logits and
+        an optional ``text`` target (e.g. "liver"); ``prompts`` may be empty when ``text`` is
+        given. Returns the H×W mask, the kept 256×256 logits and its predicted IoU."""
+        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask,
+                                 text=text)[0]
+
+    @torch.inference_mode()
+    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
+                     multimask: bool = True, text: TextArg = None) -> list[MaskPrediction]:
+        """Decode several prompt sets against one embedding, batching sets of equal structure.
+        ``text`` is one string for all sets or one (or None) per set."""
+        count = len(prompt_sets)
+        prev = list(prev_logits) if prev_logits is not None else [None] * count
+        texts = [text] * count if text is None or isinstance(text, str) else list(text)
+        if len(prev) != count or len(texts) != count:
+            raise SegmenterError(f"decode_batch got {count} prompt sets, {len(prev)} prev_logits "
+                                 f"and {len(texts)} texts; give one of each per set")
+        for prompts, target in zip(prompt_sets, texts):
+            _check(prompts, target, embedding.image_size)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, prompts in enumerate(prompt_sets):
+            groups[(prompts.box is not None, len(prompts.points), prev[i] is not None,
+                    texts[i] is not None)].append(i)
+        geometry = InputGeometry(embedding.image_size, INPUT_SIZE, mode="stretch")
+        results: list[MaskPrediction | None] = [None] * count
+        for indices in groups.values():
+            logits, scores = self._decode_group(
+                embedding.features, geometry, [prompt_sets[i] for i in indices],
+                [prev[i] for i in indices], [texts[i] for i in indices], multimask)
+            masks = upscale(logits, embedding.image_size)
+            low_res = logits.float().cpu().numpy()
+            for row, index in enumerate(indices):
+                results[index] = MaskPrediction(mask=masks[row], low_res_logits=low_res[row],
+                                                score=float(scores[row]))
+        return results
+
+    def _decode_group(self, features: torch.Tensor, geometry: InputGeometry,
+                      prompt_sets: list[Prompts], prev: list[np.ndarray | None],
+                      texts: list[str | None], multimask: bool,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of same-structure prompt sets → (kept logits B×256×256, scores B)."""
+        arrays = [geometry.prompt_arrays(p) for p in prompt_sets]
+        device = features.device
+        points = boxes = masks = text = None
+        if arrays[0][0] is not None:
+            points = (torch.as_tensor(np.stack([a[0] for a in arrays]), device=device),
+                      torch.as_tensor(np.stack([a[1] for a in arrays]), device=device))
+        if arrays[0][2] is not None:
+            boxes = torch.as_tensor(np.stack([a[2] for a in arrays]), device=device)
+        if prev[0] is not None:
+            stacked = np.stack([check_prev_logits(p) for p in prev])[:, None]
+            masks = torch.as_tensor(stacked, device=device, dtype=self.dtype)
+        if texts[0] is not None:
+            text = torch.stack([self.text_embedding(t) for t in texts])
+        logits, iou = self.model.decode(features, points, boxes, masks, text)
+        if not multimask:
+            return logits[:, 0].float(), iou[:, 0].float()
+        best = iou[:, 1:].float().argmax(dim=1) + 1
+        rows = torch.arange(logits.shape[0], device=device)
+        return logits[rows, best].float(), iou[rows, best].float()
+
+
+def _check(prompts: Prompts, text: str | None, image_size: tuple[int, int]) -> None:
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        raise SegmenterError(f"text must be a non-empty string such as 'liver', got {text!r}")
+    if prompts.empty and text is None:
+        raise SegmenterError("decode needs a box, a point or text=")
+    if not prompts.empty:
+        check_prompts(prompts, image_size)

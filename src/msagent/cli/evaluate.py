@@ -1,0 +1,85 @@
+"""``msagent eval DATA... --backbone B --policy P --protocol noc --out DIR``.
+
+DATA is a dataset path understood by :mod:`msagent.datasets` (BiomedParse layout, image/mask
+folders with a CSV, NIfTI label maps) or ``mni152`` (axial MNI152 slices with brain, grey and
+white matter masks, built with nilearn). Reruns into the same ``--out`` resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="+", help="dataset path(s), or 'mni152'")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
+    parser.add_argument("--backbone", action="append", default=[], required=True,
+                        help="registered backbone (repeatable), e.g. litemedsam")
+    parser.add_argument("--policy", action="append", default=[],
+                        help="agent policy (repeatable): expert, oracle-box, qwen, gpt, ...")
+    parser.add_argument("--protocol", action="append", default=[], choices=["noc", "cvpr"],
+                        help="click protocol (repeatable): noc (RITM NoC@85/90, ≤20 clicks), "
+                             "cvpr (CVPR 2025: box + 5 clicks, DSC/NSD AUC)")
+    parser.add_argument("--max-turns", type=int, default=5, help="agent turns (default 5)")
+    parser.add_argument("--prompt-mode", choices=["accumulate", "latest"], default="accumulate")
+    parser.add_argument("--multimask", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--max-clicks", type=int, default=20, help="NoC protocol click limit")
+    parser.add_argument("--nsd-tolerance", type=float, default=2.0,
+                        help="NSD tolerance in mm (pixels when a case has no spacing)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N cases of the data")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="concurrent episodes (asyncio; for API policies)")
+    parser.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                        help="run on a Ray cluster ('auto' or ray://host:10001)")
+    parser.add_argument("--no-retry-errors", action="store_true",
+                        help="on resume, keep failed cases failed instead of running them again")
+    parser.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    parser.add_argument("--no-masks", action="store_true", help="do not save predicted masks")
+    parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE")
+
+
+def open_data(specs: list[str], out: Path):
+    """One dataset (or refs list) from the DATA arguments."""
+    from ..errors import InvalidInput
+
+    try:
+        from .. import datasets
+    except ImportError:
+        raise InvalidInput("reading datasets needs msagent.datasets (this install lacks it)") from None
+    parts = []
+    for spec in specs:
+        if spec.lower() == "mni152":
+            parts.append(datasets.open_dataset(datasets.make_mni152_dataset(out / "data-mni152")))
+        else:
+            parts.append(datasets.open_dataset(spec))
+    return parts[0] if len(parts) == 1 else datasets.concat(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import EvalConfig, evaluate, markdown_table
+    from .segment import parse_options
+
+    if not args.policy and not args.protocol:
+        from ..errors import InvalidInput
+
+        raise InvalidInput("nothing to evaluate: give --policy (e.g. expert, oracle-box) and/or "
+                           "--protocol noc/cvpr")
+    config = EvalConfig(max_turns=args.max_turns, prompt_mode=args.prompt_mode,
+                        multimask={"auto": None, "on": True, "off": False}[args.multimask],
+                        max_clicks=args.max_clicks, nsd_tolerance=args.nsd_tolerance)
+    data = open_data(args.data, args.out)
+    cases = getattr(data, "refs", data)  # lazy refs: a failing file becomes an error record
+    summary = evaluate(
+        cases, args.out, backbones=args.backbone, policies=args.policy, protocols=args.protocol,
+        config=config, backbone_options=parse_options(args.backbone_option),
+        policy_options=parse_options(args.policy_option), concurrency=args.concurrency,
+        limit=args.limit, retry_errors=not args.no_retry_errors, report=not args.no_report,
+        ray_address=args.ray, save_masks=not args.no_masks)
+    print(markdown_table(summary))
+    print(f"\nresults: {args.out / 'results.csv'}; summary: {args.out / 'summary.json'}"
+          + ("" if args.no_report else f"; report: {args.out / 'report.html'}"), file=sys.stdout)
+    errors = sum(s["n_errors"] for s in summary.values())
+    return 0 if errors == 0 else 1

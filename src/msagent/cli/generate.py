@@ -1,0 +1,49 @@
+"""``msagent generate DATASET... --out DIR``: expert trajectories as a sharded Parquet set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("datasets", nargs="+", metavar="DATASET",
+                        help="dataset paths: BiomedParse folder, image/mask folder with targets.csv, "
+                             "or MSD/nnU-Net NIfTI folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
+    parser.add_argument("--backbone", default="litemedsam", help="registered backbone (default litemedsam)")
+    parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="backbone option (repeatable), e.g. device=cpu")
+    parser.add_argument("--generator", default="hybrid", help="registered generator (default hybrid)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="generator option (repeatable), e.g. box_ratio=0.7 tau=0.02")
+    parser.add_argument("--seed", type=int, help="generator seed (same as --option seed=N)")
+    parser.add_argument("--split", help="dataset split, e.g. train (BiomedParse; default all)")
+    parser.add_argument("--limit", type=int, help="only the first N cases")
+    parser.add_argument("--shard-size", type=int, default=16, help="cases per shard (default 16)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per segmenter (default 1); part of the job's identity")
+    parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on Ray: a local cluster without ADDRESS, else join ADDRESS")
+    parser.add_argument("--workers", type=int, help="Ray workers (default: CPUs // threads)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..generation import generate
+    from .segment import parse_options
+
+    options = parse_options(args.option)
+    if args.seed is not None:
+        options["seed"] = args.seed
+    summary = generate(
+        args.datasets, args.out, backbone=args.backbone,
+        backbone_options=parse_options(args.backbone_option), generator=args.generator,
+        generator_options=options, split=args.split, limit=args.limit,
+        shard_size=args.shard_size, threads=args.threads, overlays=not args.no_overlays,
+        ray=args.ray, workers=args.workers, progress=not args.quiet)
+    print(f"{summary.out}: {summary.cases} cases in {summary.shards} shards "
+          f"({summary.shards_written} written now); {summary.trajectories} trajectories, "
+          f"{summary.kept} kept")
+    return 0

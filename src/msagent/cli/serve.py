@@ -1,0 +1,93 @@
+"""``msagent serve --backbone NAME``: the segmentation session server (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+log = logging.getLogger("msagent.serve")
+ENV_API_KEY = "MSAGENT_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", help="registered backbone (default $MSAGENT_BACKBONE)")
+    parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="option for the backbone (repeatable), e.g. device=cuda")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default loopback; 0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, default=8265)
+    parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default ${ENV_API_KEY})")
+    parser.add_argument("--max-sessions", type=int, default=256)
+    parser.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
+                        help="delete sessions idle this long (default 3600)")
+    parser.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body")
+    parser.add_argument("--max-pixels", type=int, help="largest image, width × height "
+                        "(default $MSAGENT_MAX_PIXELS or 64 megapixels)")
+    parser.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="longest encode or decode before answering 503")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0,
+                        help="wait this long to batch decodes on one image (0: no batching)")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--cache-size", type=int, default=64,
+                        help="image embeddings kept by the backbone's shared cache")
+    parser.add_argument("--decode-workers", type=int, default=4)
+    parser.add_argument("--encode-workers", type=int, default=2)
+    parser.add_argument("--no-compat", action="store_true",
+                        help="do not serve upstream MedSAM-Agent's /session/* and /predict routes")
+    parser.add_argument("--static-dir", help="files to serve at /ui (default: the bundled UI, if any)")
+
+
+def build_config(args: argparse.Namespace):
+    from ..io import max_pixels_limit
+    from ..server import ServerConfig
+
+    return ServerConfig(
+        api_key=args.api_key or os.environ.get(ENV_API_KEY) or None,
+        max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=max_pixels_limit(args.max_pixels),
+        request_timeout_s=args.request_timeout, batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch, encode_workers=args.encode_workers,
+        decode_workers=args.decode_workers, compat=not args.no_compat, static_dir=args.static_dir)
+
+
+def load_backbone(name: str | None, options: dict, cache_size: int):
+    from .. import api
+    from ..errors import InvalidInput
+
+    name = name or os.environ.get("MSAGENT_BACKBONE")
+    if not name:
+        raise InvalidInput(f"which backbone? --backbone NAME (installed: "
+                           f"{', '.join(api.list_segmenters())})")
+    try:
+        return api.load_segmenter(name, **{"cache_size": cache_size, **options})
+    except TypeError as exc:
+        if "cache_size" not in str(exc):
+            raise
+        log.warning("backbone %s takes no cache_size option; using its default cache", name)
+        return api.load_segmenter(name, **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        from ..errors import MsAgentError
+
+        raise MsAgentError("msagent serve needs the server extra: pip install 'msagent[server]'") \
+            from None
+    from ..server import create_app
+    from ..server.config import LOOPBACK_HOSTS
+    from .segment import parse_options
+
+    config = build_config(args)
+    segmenter = load_backbone(args.backbone, parse_options(args.backbone_option), args.cache_size)
+    if args.host not in LOOPBACK_HOSTS and not config.api_key:
+        log.warning("serving on %s without an API key: anyone who can reach this port can use "
+                    "the backbone; set --api-key or $%s", args.host, ENV_API_KEY)
+    app = create_app(segmenter, config)
+    log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs)", segmenter.name, args.host,
+             args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
+                timeout_keep_alive=30)
+    return 0

@@ -1,0 +1,75 @@
+"""Dataset readers: every reader returns a :class:`Dataset`, an ordered, lazily loaded
+iterable of :class:`msagent.types.Case` (image H×W×3 uint8, target text, H×W bool ground
+truth) with stable ids and ``meta`` holding ``dataset``, ``modality``, ``class`` and
+``split`` (empty strings when unknown).
+
+Layouts:
+
+- BiomedParse / UniBioMed (``{split}.json``, ``{split}/``, ``{split}_mask/``, nested
+  sub-datasets): :func:`read_biomedparse`;
+- a plain folder of image/mask pairs with ``targets.csv``: :func:`read_folder`;
+- NIfTI volumes with label maps: :func:`read_nifti_pair` (one volume) and
+  :func:`read_nifti_folder` (MSD / nnU-Net ``dataset.json`` layout).
+
+:func:`open_dataset` picks the reader from a path. :func:`make_mni152_dataset` writes a small
+real dataset (MNI152 slices) in the plain-folder layout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InvalidInput
+from ._base import CaseRef, Dataset, ImageMaskFiles, concat
+from .biomedparse import find_split_files, read_biomedparse
+from .folder import DEFAULT_CSV, make_mni152_dataset, read_folder, write_folder
+from .nifti import NiftiSlice, read_nifti_folder, read_nifti_pair
+
+__all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "NiftiSlice", "concat", "make_mni152_dataset",
+           "open_dataset", "read_biomedparse", "read_folder", "read_nifti_folder",
+           "read_nifti_pair", "write_folder"]
+
+LAYOUTS = ("biomedparse", "folder", "nifti")
+
+
+def detect_layout(path: str | os.PathLike) -> str:
+    """"biomedparse", "folder" or "nifti" for a dataset path (see :func:`open_dataset`)."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInput(f"dataset path not found: {path}")
+    if path.is_file():
+        if path.suffix == ".csv":
+            return "folder"
+        if path.name == "dataset.json":
+            return "nifti"
+        if path.suffix == ".json":
+            return "biomedparse"
+    elif (path / DEFAULT_CSV).is_file():
+        return "folder"
+    elif (path / "dataset.json").is_file():
+        return "nifti"
+    elif find_split_files(path):
+        return "biomedparse"
+    raise InvalidInput(
+        f"cannot tell the layout of {path}: expected a folder with {DEFAULT_CSV} (image/mask "
+        "pairs), a BiomedParse folder ({split}.json with {split}/ and {split}_mask/), or an "
+        "MSD/nnU-Net folder with dataset.json (NIfTI); for a single volume use read_nifti_pair")
+
+
+def open_dataset(spec: str | os.PathLike, *, split: str | None = None, **options) -> Dataset:
+    """The dataset at ``spec`` with the reader its layout needs. ``split`` selects a
+    BiomedParse split (default: all) and is ignored by the other layouts unless their cases
+    carry it; ``options`` go to the reader (e.g. ``modality=``, ``dataset=``)."""
+    path = Path(spec)
+    layout = detect_layout(path)
+    if layout == "biomedparse":
+        return read_biomedparse(path, split, **options)
+    if layout == "folder":
+        dataset = read_folder(path, **options)
+    else:
+        dataset = read_nifti_folder(path.parent if path.is_file() else path, **options)
+    if split:
+        dataset = Dataset(tuple(r for r in dataset.refs if r.meta.get("split") in ("", split)),
+                          dataset.name)
+    return dataset

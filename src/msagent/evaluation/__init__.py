@@ -1,0 +1,26 @@
+"""Evaluation: datasets × backbones × policies/protocols → per-case results and summaries.
+
+>>> from msagent.evaluation import evaluate
+>>> summary = evaluate(cases, "eval-out", backbones=["litemedsam"],
+...                    policies=["expert", "oracle-box"], protocols=["noc", "cvpr"])
+
+Protocols (:mod:`~msagent.evaluation.protocols`): agent episodes (a policy drives the
+backbone), RITM's NoC@85/90 (clicks only, at most 20) and the CVPR 2025 interactive protocol
+(box + 5 clicks, DSC/NSD AUC). Output directory:
+
+- ``records.jsonl``: append-only per-case records (the resume state);
+- ``results.csv``/``results.parquet``: one row per (backbone, method, case);
+- ``summary.json``: aggregates (:mod:`~msagent.evaluation.summary`);
+- ``masks/``, ``overlays/``, ``trajectories/``: per case, under ``backbone/method/``;
+- ``plots/*.png`` and ``report.html`` (self-contained).
+"""
+
+from .job import evaluate, finish
+from .protocols import Outcome, cvpr_click, ritm_click, run_agent, run_cvpr, run_noc
+from .records import CaseRecord, RecordStore
+from .runner import EvalConfig, Evaluation, Method, methods_from
+from .summary import markdown_table, summarize
+
+__all__ = ["CaseRecord", "EvalConfig", "Evaluation", "Method", "Outcome", "RecordStore",
+           "cvpr_click", "evaluate", "finish", "markdown_table", "methods_from", "ritm_click",
+           "run_agent", "run_cvpr", "run_noc", "summarize"]

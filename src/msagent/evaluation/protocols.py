@@ -1,0 +1,185 @@
+"""One case under one evaluation protocol → an :class:`Outcome` (final mask and per-step curves).
+
+- ``agent``: a policy drives the backbone through :class:`msagent.Agent` (Dice/IoU/NSD after
+  every executed turn; turns; stop reason).
+- ``noc`` (RITM): clicks only, no box. Each click is the standard corrective click
+  (:func:`ritm_click`: the interior maximum of the larger error region; RITM's tie rule, a
+  tie goes to the false-positive region), decoded with all clicks so far and the previous
+  low-res logits. IoU after each of up to ``max_clicks`` (20) clicks; NoC@85/90 is the first
+  click reaching the threshold, 20 when never reached (:func:`msagent.metrics.noc`).
+- ``cvpr`` (CVPR 2025 interactive challenge, 2-D form): a tight ground-truth box, then 5
+  corrective clicks (:func:`cvpr_click`: the centre, by Euclidean distance transform, of the
+  largest connected error component; foreground if it lies in the ground truth), each
+  decoded with the box, all clicks and the previous logits. DSC and NSD (2 mm — pixels when
+  the case has no spacing) after each of the 6 steps; NSD counts 0 when DSC ≤ 0.2, as in the
+  challenge. DSC_AUC/NSD_AUC: the raw trapezoid area over the 5 click steps (0–4), final DSC/NSD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .. import clicker, metrics
+from ..agent import Agent
+from ..policies.expert import mask_bbox
+from ..segmenter import Segmenter
+from ..types import Case, Point, Prompts, Trajectory
+
+NOC_THRESHOLDS = (0.85, 0.90)
+CVPR_CLICKS = 5
+CVPR_NSD_MIN_DICE = 0.2
+
+
+@attrs.frozen(eq=False)
+class Outcome:
+    """What a protocol produced for one case. ``values`` holds the protocol's scalars
+    (e.g. ``noc90``, ``dsc_auc``), ``curves`` its per-step series (``dice``, ``iou``, ``nsd``)."""
+
+    mask: np.ndarray
+    turns: int
+    stop_reason: str = ""
+    curves: Mapping[str, Sequence[float]] = attrs.field(factory=dict)
+    values: Mapping[str, Any] = attrs.field(factory=dict)
+    usage: Mapping[str, float] = attrs.field(factory=dict)
+    trajectory: Trajectory | None = None
+
+
+def case_spacing(case: Case) -> tuple[float, float]:
+    """(row, column) pixel size from ``case.meta["spacing"]`` (mm), else (1, 1): pixels."""
+    spacing = case.meta.get("spacing")
+    if spacing is None:
+        return (1.0, 1.0)
+    values = [float(v) for v in (spacing if isinstance(spacing, (list, tuple)) else [spacing] * 2)]
+    return (values[0], values[1] if len(values) > 1 else values[0])
+
+
+def _final_metrics(mask: np.ndarray, gt: np.ndarray, spacing, tolerance: float) -> dict[str, float]:
+    return {"dice": metrics.dice(mask, gt), "iou": metrics.iou(mask, gt),
+            "nsd": metrics.nsd(mask, gt, tolerance, spacing)}
+
+
+def agent_outcome(trajectory: Trajectory, gt: np.ndarray, spacing=(1.0, 1.0),
+                  tolerance: float = 2.0) -> Outcome:
+    """Score a finished agent episode against the ground truth."""
+    steps = trajectory.executed_steps
+    curves = {"dice": [metrics.dice(s.mask, gt) for s in steps],
+              "iou": [metrics.iou(s.mask, gt) for s in steps],
+              "nsd": [metrics.nsd(s.mask, gt, tolerance, spacing) for s in steps]}
+    mask = trajectory.final_mask
+    values = _final_metrics(mask, gt, spacing, tolerance)
+    values["invalid_replies"] = sum(1 for s in trajectory.steps if s.error is not None)
+    return Outcome(mask=mask, turns=trajectory.turns, stop_reason=trajectory.stop_reason,
+                   curves=curves, values=values, usage=trajectory.usage, trajectory=trajectory)
+
+
+def run_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcome:
+    """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it)."""
+    trajectory = agent.run(case.image, case.target, case.ground_truth, case_id=case.id)
+    return agent_outcome(trajectory, case.ground_truth, case_spacing(case), tolerance)
+
+
+async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcome:
+    """Async :func:`run_agent` (:meth:`msagent.Agent.arun`): for API policies."""
+    import asyncio
+
+    trajectory = await agent.arun(case.image, case.target, case.ground_truth, case_id=case.id)
+    return await asyncio.to_thread(agent_outcome, trajectory, case.ground_truth,
+                                   case_spacing(case), tolerance)
+
+
+def ritm_click(gt: np.ndarray, pred: np.ndarray | None, exclude: Sequence[Point] = ()) -> Point | None:
+    """RITM's next click: like :func:`msagent.clicker.next_click`, but a tie between the two
+    error regions' maximum distances goes to the false-positive region (RITM's
+    ``is_positive = fn_max > fp_max``)."""
+    regions = clicker.error_regions(gt, pred, exclude)
+    if regions.fn_max == 0 and regions.fp_max == 0:
+        return None
+    positive = regions.fn_max > regions.fp_max
+    distance = regions.fn_distance if positive else regions.fp_distance
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return Point(int(x), int(y), bool(positive))
+
+
+def run_noc(segmenter: Segmenter, case: Case, max_clicks: int = 20,
+            thresholds: Sequence[float] = NOC_THRESHOLDS, multimask: bool | None = None,
+            stop_iou: float | None = None, tolerance: float = 2.0) -> Outcome:
+    """The RITM click protocol on ``case``; see the module docstring."""
+    gt = case.ground_truth
+    multimask = segmenter.multimask_default if multimask is None else multimask
+    embedding = segmenter.encode(case.image)
+    clicks: list[Point] = []
+    mask, logits = np.zeros_like(gt), None
+    ious: list[float] = []
+    dices: list[float] = []
+    stop = "max_clicks"
+    while len(clicks) < max_clicks:
+        click = ritm_click(gt, mask, clicks)
+        if click is None:  # no error left (or only pixels clicked before)
+            stop = "perfect" if not (mask != gt).any() else "no_click_left"
+            break
+        clicks.append(click)
+        prediction = segmenter.decode(embedding, Prompts(points=tuple(clicks)), logits,
+                                      multimask=multimask)
+        mask, logits = prediction.mask, prediction.low_res_logits
+        ious.append(metrics.iou(mask, gt))
+        dices.append(metrics.dice(mask, gt))
+        if stop_iou is not None and ious[-1] >= stop_iou:
+            stop = "target_iou"
+            break
+    values = _final_metrics(mask, gt, case_spacing(case), tolerance)
+    for threshold in thresholds:
+        values[f"noc{round(threshold * 100)}"] = metrics.noc(ious, threshold, max_clicks)
+    return Outcome(mask=mask, turns=len(clicks), stop_reason=stop,
+                   curves={"iou": ious, "dice": dices}, values=values)
+
+
+def cvpr_click(gt: np.ndarray, pred: np.ndarray) -> Point | None:
+    """The CVPR 2025 challenge's click: the centre of the largest connected error component
+    (8-connected), i.e. its Euclidean-distance-transform maximum (ties drawn with seed 42, as
+    the challenge does); positive if the pixel belongs to the ground truth."""
+    import cv2
+    from scipy import ndimage
+
+    error = (np.asarray(gt, bool) != np.asarray(pred, bool)).astype(np.uint8)
+    if not error.any():
+        return None
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    component = np.pad(labels == largest, 1)
+    distance = ndimage.distance_transform_edt(component)[1:-1, 1:-1]
+    candidates = np.argwhere(distance == distance.max())
+    y, x = candidates[np.random.RandomState(42).choice(len(candidates))]
+    return Point(int(x), int(y), bool(gt[y, x]))
+
+
+def run_cvpr(segmenter: Segmenter, case: Case, clicks: int = CVPR_CLICKS,
+             multimask: bool | None = None, tolerance: float = 2.0) -> Outcome:
+    """The CVPR 2025 interactive protocol on ``case``; see the module docstring."""
+    gt = case.ground_truth
+    spacing = case_spacing(case)
+    multimask = segmenter.multimask_default if multimask is None else multimask
+    embedding = segmenter.encode(case.image)
+    prompts = Prompts(box=mask_bbox(gt))
+    prediction = segmenter.decode(embedding, prompts, None, multimask=multimask)
+    mask, logits = prediction.mask, prediction.low_res_logits
+    dscs, nsds, ious = [], [], []
+    for step in range(clicks + 1):
+        if step > 0:
+            click = cvpr_click(gt, mask)
+            if click is not None:  # a perfect mask gets no click and stays as it is
+                prompts = prompts.add(click)
+                prediction = segmenter.decode(embedding, prompts, logits, multimask=multimask)
+                mask, logits = prediction.mask, prediction.low_res_logits
+        dsc = metrics.dice(mask, gt)
+        dscs.append(dsc)
+        ious.append(metrics.iou(mask, gt))
+        nsds.append(metrics.nsd(mask, gt, tolerance, spacing) if dsc > CVPR_NSD_MIN_DICE else 0.0)
+    values = {"dice": dscs[-1], "iou": ious[-1], "nsd": nsds[-1],
+              "dsc_auc": metrics.curve_auc(dscs[-clicks:], normalize=False),
+              "nsd_auc": metrics.curve_auc(nsds[-clicks:], normalize=False)}
+    return Outcome(mask=mask, turns=len(prompts.points) + 1, stop_reason="protocol",
+                   curves={"dice": dscs, "nsd": nsds, "iou": ious}, values=values)

@@ -1,0 +1,218 @@
+"""Plots (matplotlib) and a self-contained HTML report (images embedded as base64 PNG).
+
+Plots, written to ``plots/``: ``dice_by_turn.png`` (agent methods: mean Dice after each turn),
+``per_class.png`` (mean Dice per class and method), ``noc_curve.png`` (mean IoU after each
+click, NoC protocol, with the 0.85/0.90 lines), ``cvpr_curve.png`` (mean DSC and NSD after
+the box and each click). ``report.html`` shows the headline table, per-class/dataset tables,
+the plots and, for every backbone/method, the best and worst cases by Dice as overlays
+(prediction in green, ground-truth contour in yellow).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..render import overlay
+from .records import CaseRecord, write_atomic
+from .summary import table_rows
+
+THUMB = 256
+
+
+def case_overlay(image: np.ndarray, gt: np.ndarray, mask: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """A thumbnail (longest side ``size``): prediction blended green, ground truth outlined."""
+    out = overlay(image, mask)
+    contours, _ = cv2.findContours(np.asarray(gt, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(image.shape[:2]) / 200))
+    cv2.drawContours(out, contours, -1, (255, 220, 0), thickness)
+    scale = size / max(out.shape[:2])
+    if scale < 1:
+        out = cv2.resize(out, (max(1, round(out.shape[1] * scale)), max(1, round(out.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def plot_curves(summary: dict[str, Any], key: str, title: str, xlabel: str, ylabel: str,
+                path: Path, first_x: int = 1, hlines: Sequence[float] = ()) -> Path | None:
+    """One line per backbone/method that has the curve ``key``; None when none has it."""
+    series = {name: s[key] for name, s in summary.items() if s.get(key)}
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in series.items():
+        ax.plot(range(first_x, first_x + len(values)), values, marker="o", markersize=3, label=name)
+    for y in hlines:
+        ax.axhline(y, color="gray", linestyle=":", linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_cvpr(summary: dict[str, Any], path: Path) -> Path | None:
+    series = {name: s for name, s in summary.items() if s.get("dsc_by_step")}
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in series.items():
+        steps = range(len(s["dsc_by_step"]))
+        line, = ax.plot(steps, s["dsc_by_step"], marker="o", markersize=3, label=f"{name} DSC")
+        ax.plot(steps, s["nsd_by_step"], marker="s", markersize=3, linestyle="--",
+                color=line.get_color(), label=f"{name} NSD")
+    ax.set_xticks(list(range(len(next(iter(series.values()))["dsc_by_step"]))))
+    ax.set_xticklabels(["box"] + [f"+{i}" for i in range(1, len(ax.get_xticks()))])
+    ax.set(title="CVPR 2025 protocol: box, then corrective clicks", xlabel="interaction",
+           ylabel="mean score", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_per_class(summary: dict[str, Any], path: Path, metric: str = "dice") -> Path | None:
+    classes = sorted({c for s in summary.values() for c in s.get("per_class", {})})
+    if not classes:
+        return None
+    plt = _pyplot()
+    names = list(summary)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(classes) * max(1, len(names)) / 2 + 3), 4))
+    x = np.arange(len(classes))
+    for i, name in enumerate(names):
+        groups = summary[name].get("per_class", {})
+        values = [(groups.get(c) or {}).get(metric) or 0.0 for c in classes]
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels([c[:28] for c in classes], rotation=30, ha="right", fontsize=8)
+    ax.set(title=f"Mean {metric.upper() if metric != 'dice' else 'Dice'} per class", ylim=(0, 1.02))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    plots = out_dir / "plots"
+    made = [
+        plot_curves(summary, "dice_by_turn", "Agent: Dice after each turn", "turn", "mean Dice",
+                    plots / "dice_by_turn.png"),
+        plot_per_class(summary, plots / "per_class.png"),
+        plot_curves(summary, "iou_by_click", "NoC protocol: IoU after each click", "clicks",
+                    "mean IoU", plots / "noc_curve.png", hlines=(0.85, 0.9)),
+        plot_cvpr(summary, plots / "cvpr_curve.png"),
+    ]
+    return [p for p in made if p is not None]
+
+
+def _img(path: Path, alt: str, width: int | None = None) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    size = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"{size}>'
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+HEADERS = {"noc85": "NoC@85", "noc90": "NoC@90", "dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC",
+           "dice": "Dice", "iou": "IoU", "nsd": "NSD", "n": "cases"}
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _group_table(summary: dict[str, Any], key: str) -> str:
+    rows = [{"method": name, "group": group, **values}
+            for name, s in summary.items() for group, values in s.get(key, {}).items()]
+    return _table(rows, ["method", "group", "n", "dice", "iou", "nsd"])
+
+
+def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
+    parts = []
+    by_method: dict[str, list[CaseRecord]] = {}
+    for r in records:
+        if r.ok and r.dice is not None and r.overlay_file and (out_dir / r.overlay_file).exists():
+            by_method.setdefault(f"{r.backbone}/{r.method}", []).append(r)
+    for name, group in sorted(by_method.items()):
+        ranked = sorted(group, key=lambda r: r.dice, reverse=True)
+        worst = ranked[max(count, len(ranked) - count):][::-1]
+        for title, chosen in (("best", ranked[:count]), ("worst", worst)):
+            if not chosen:
+                continue
+            figures = "".join(
+                f'<figure>{_img(out_dir / r.overlay_file, r.case_id)}<figcaption>'
+                f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {r.dice:.3f}"
+                f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}</figcaption></figure>"
+                for r in chosen)
+            parts.append(f"<h3>{html.escape(name)}: {title}</h3><div class='cases'>{figures}</div>")
+    return "".join(parts)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;
+padding:3px 8px;text-align:right}th{background:#f0f0f0}.cases{display:flex;flex-wrap:wrap;
+gap:8px}figure{margin:0;font-size:12px;text-align:center}.plots img{max-width:48%;margin:4px}"""
+
+
+def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir: Path,
+                 cases_shown: int = 3) -> Path:
+    """Write ``plots/*.png`` and the self-contained ``report.html``; return the HTML path."""
+    plots = write_plots(summary, out_dir)
+    columns = ["backbone", "method", "n", "errors", "dice", "iou", "nsd", "turns", "noc85",
+               "noc90", "dsc_auc", "nsd_auc"]
+    failures = [{"method": name, "errors": s["n_errors"], "no_mask": s.get("no_mask"),
+                 "invalid_replies": s.get("invalid_replies"),
+                 "stop_reasons": ", ".join(f"{k}: {v}" for k, v in s.get("stop_reasons", {}).items())}
+                for name, s in summary.items()]
+    body = [
+        "<h1>msagent evaluation</h1>",
+        f"<p>{len(records)} case runs; Dice/IoU/NSD are means over the cases that ran.</p>",
+        "<h2>Summary</h2>", _table(table_rows(summary), columns),
+        "<h2>Failures and stops</h2>",
+        _table(failures, ["method", "errors", "no_mask", "invalid_replies", "stop_reasons"]),
+        "<h2>Plots</h2><div class='plots'>" + "".join(_img(p, p.stem) for p in plots) + "</div>",
+        "<h2>Per class</h2>", _group_table(summary, "per_class"),
+        "<h2>Per dataset</h2>", _group_table(summary, "per_dataset"),
+        "<h2>Per modality</h2>", _group_table(summary, "per_modality"),
+        "<h2>Best and worst cases</h2>", _cases(records, out_dir, cases_shown),
+    ]
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>msagent evaluation</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+    path = out_dir / "report.html"
+    write_atomic(path, page.encode())
+    return path

@@ -1,0 +1,157 @@
+"""Aggregates over case records, with the upstream MedSAM-Agent definitions.
+
+Per (backbone, method), over the cases that ran (status ``ok``; failures are counted in
+``n_errors``, cases with an empty ground truth in ``n_skipped`` as upstream skips them; neither
+is averaged in):
+
+- ``dice``/``iou``/``nsd``: mean over cases (upstream ``mean_dice``/``mean_iou``);
+- ``class_dice``/``class_iou``: mean of the per-class means (upstream ``mean_class_dice``),
+  the class being ``case.meta["label"]`` or else the target text, as upstream;
+- ``per_class``, ``per_dataset``, ``per_modality``: n and the means per group;
+- agent: turn statistics (mean, median, histogram), stop reasons, invalid replies, usage;
+  ``dice_by_turn``: mean Dice after turn t, an episode that stopped keeping its final mask;
+- noc: mean NoC@85/90 and ``noc85_over_max``/``noc90_over_max`` (RITM's count of cases with
+  NoC = max clicks), ``iou_by_click`` (mean IoU after click k, carried forward);
+- cvpr: mean DSC_AUC, NSD_AUC, final DSC/NSD and the mean DSC/NSD after each step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from .records import CaseRecord
+
+MAIN_METRICS = ("dice", "iou", "nsd")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def curve_mean(curves: Sequence[Sequence[float]], length: int | None = None) -> list[float]:
+    """Mean of per-case curves of unequal length, each carried forward at its last value."""
+    curves = [list(c) for c in curves if len(c)]
+    if not curves:
+        return []
+    length = length or max(len(c) for c in curves)
+    padded = np.array([c[:length] + [c[-1]] * (length - len(c[:length])) for c in curves], float)
+    return [float(v) for v in padded.mean(axis=0)]
+
+
+def _rows(records: Sequence[CaseRecord]) -> list[dict[str, Any]]:
+    return [{"label": r.label or r.target, "dataset": r.dataset or "-",
+             "modality": r.modality or "-", "dice": r.dice, "iou": r.iou, "nsd": r.nsd}
+            for r in records]
+
+
+def summarize_group(records: Sequence[CaseRecord]) -> dict[str, Any]:
+    """The summary of one (backbone, method)'s records."""
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if r.status == "error"]
+    out: dict[str, Any] = {"n": len(records), "n_ok": len(ok), "n_errors": len(failed),
+                           "n_skipped": len(records) - len(ok) - len(failed)}
+    errors = Counter((r.error or "").split(":")[0] for r in failed)
+    out["errors"] = dict(errors)
+    for name in MAIN_METRICS:
+        out[name] = _mean(getattr(r, name) for r in ok)
+    rows = _rows(ok)
+    per_class = metrics.aggregate(rows, MAIN_METRICS, by="label")
+    out["class_dice"] = _mean(g["dice"] for g in per_class.values())
+    out["class_iou"] = _mean(g["iou"] for g in per_class.values())
+    out["per_class"] = per_class
+    out["per_dataset"] = metrics.aggregate(rows, MAIN_METRICS, by="dataset")
+    out["per_modality"] = metrics.aggregate(rows, MAIN_METRICS, by="modality")
+    out["seconds"] = _mean(r.seconds for r in ok)
+    out.update(_turn_stats(ok))
+    out.update(_protocol_stats(ok))
+    return out
+
+
+def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
+    ok = [r for r in ok if r.protocol == "agent"]
+    turns = [r.turns for r in ok if r.turns is not None]
+    if not turns:
+        return {}
+    stats: dict[str, Any] = {
+        "turns_mean": float(np.mean(turns)), "turns_median": float(np.median(turns)),
+        "turns_histogram": {str(k): v for k, v in sorted(Counter(turns).items())},
+        "stop_reasons": dict(Counter(r.stop_reason for r in ok)),
+        "no_mask": sum(1 for r in ok if r.turns == 0),
+        "dice_by_turn": curve_mean([r.curves.get("dice", []) for r in ok]),
+        "iou_by_turn": curve_mean([r.curves.get("iou", []) for r in ok]),
+    }
+    invalid = [r.values.get("invalid_replies") for r in ok if "invalid_replies" in r.values]
+    if invalid:
+        stats["invalid_replies"] = int(sum(invalid))
+    usage: Counter = Counter()
+    for r in ok:
+        usage.update({k: v for k, v in r.usage.items() if isinstance(v, (int, float))})
+    if usage:
+        stats["usage"] = dict(usage)
+    return stats
+
+
+def _protocol_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    for key in sorted({k for r in ok for k in r.values if k.startswith("noc")}):
+        values = [r.values[key] for r in ok if r.values.get(key) is not None]
+        stats[key] = _mean(values)
+        max_clicks = max(r.values.get("max_clicks", 20) for r in ok)
+        stats[f"{key}_over_max"] = sum(1 for v in values if v >= max_clicks)
+    noc = [r for r in ok if r.protocol == "noc"]
+    if noc:
+        stats["clicks_mean"] = float(np.mean([r.turns or 0 for r in noc]))
+        stats["iou_by_click"] = curve_mean([r.curves.get("iou", []) for r in noc])
+    cvpr = [r for r in ok if r.protocol == "cvpr"]
+    if cvpr:
+        ok = cvpr
+        for key in ("dsc_auc", "nsd_auc"):
+            stats[key] = _mean(r.values.get(key) for r in ok)
+        stats["dsc_by_step"] = curve_mean([r.curves.get("dice", []) for r in ok])
+        stats["nsd_by_step"] = curve_mean([r.curves.get("nsd", []) for r in ok])
+    return stats
+
+
+def summarize(records: Iterable[CaseRecord]) -> dict[str, Any]:
+    """``{"backbone/method": summary}`` for every pair in ``records`` (sorted)."""
+    groups: dict[str, list[CaseRecord]] = defaultdict(list)
+    for record in records:
+        groups[f"{record.backbone}/{record.method}"].append(record)
+    return {name: summarize_group(group) for name, group in sorted(groups.items())}
+
+
+def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per backbone/method with the headline numbers (for README/HTML tables)."""
+    rows = []
+    for name, s in summary.items():
+        backbone, _, method = name.partition("/")
+        rows.append({"backbone": backbone, "method": method, "n": s["n_ok"],
+                     "errors": s["n_errors"], "dice": s["dice"], "iou": s["iou"], "nsd": s["nsd"],
+                     "turns": s.get("turns_mean"), "noc85": s.get("noc85"),
+                     "noc90": s.get("noc90"), "dsc_auc": s.get("dsc_auc"),
+                     "nsd_auc": s.get("nsd_auc")})
+    return rows
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The headline table as Markdown (blank where a metric does not apply)."""
+    rows = table_rows(summary)
+    columns = ["backbone", "method", "n", "dice", "iou", "nsd", "turns", "noc85", "noc90",
+               "dsc_auc", "nsd_auc"]
+    header = ["Backbone", "Method", "Cases", "Dice", "IoU", "NSD", "Turns", "NoC@85", "NoC@90",
+              "DSC AUC", "NSD AUC"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row[column]
+            cells.append("" if value is None else f"{value:.3f}" if isinstance(value, float)
+                         else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""Export trajectory sets (and datasets) to training formats.
+
+- ``verl-sft``: verl 0.9 MultiTurnSFTDataset Parquet, one row per kept trajectory
+  (:mod:`msagent.export.verl`);
+- ``llamafactory``: LLaMA-Factory ShareGPT multimodal JSON plus its ``dataset_info.json``
+  entry (:mod:`msagent.export.llamafactory`);
+- ``verl-rl``: verl RLHFDataset prompt Parquet, one row per case (from a trajectory set or a
+  dataset).
+
+The conversations are the released checkpoint's (:mod:`msagent.export.conversation`).
+Output is written part by part (one part per trajectory-set shard), each atomically; a rerun
+skips the parts already written, so an interrupted export resumes. ``export.json`` records
+the settings; a rerun with other settings into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .. import protocol
+from ..errors import InvalidInput
+from ..generation.records import read_manifest, read_shard, shard_paths
+from ..generation.shards import atomic_write, parquet_bytes
+from ..segmenter import image_key
+from . import llamafactory, verl
+from .conversation import (
+    Conversation,
+    ParsedConversation,
+    check_size,
+    conversation,
+    parse_conversation,
+)
+
+__all__ = ["Conversation", "ExportSummary", "FORMATS", "ParsedConversation", "conversation",
+           "export_rl_prompts", "export_trajectories", "parse_conversation"]
+
+FORMATS = ("verl-sft", "llamafactory", "verl-rl")
+MANIFEST = "export.json"
+
+
+@attrs.frozen
+class ExportSummary:
+    out: Path
+    format: str
+    parts: int
+    parts_written: int
+    rows: int
+
+
+def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, format: str = "verl-sft", *,
+                        image_size: int = protocol.POLICY_IMAGE_SIZE, tool_format: str = "inline",
+                        include_dropped: bool = False, name: str = llamafactory.DEFAULT_NAME,
+                        agent_name: str | None = None, progress: bool = True) -> ExportSummary:
+    """Export the trajectory set ``source`` (from ``msagent generate``) to ``out``.
+
+    SFT formats take the kept trajectories (``include_dropped`` adds the others);
+    ``verl-rl`` takes one row per case with a non-empty ground truth."""
+    if format not in FORMATS:
+        raise InvalidInput(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    if tool_format not in verl.TOOL_FORMATS:
+        raise InvalidInput(f"tool_format must be one of {verl.TOOL_FORMATS}, got {tool_format!r}")
+    check_size(image_size)
+    source, out = Path(source), Path(out)
+    shards = shard_paths(source)
+    origin = read_manifest(source) or {}
+    settings = {"format": format, "source": str(source.resolve()),
+                "source_cases_sha256": origin.get("cases_sha256"),
+                "source_generator_options": origin.get("generator_options"),
+                "image_size": image_size, "tool_format": tool_format,
+                "include_dropped": include_dropped, "name": name, "agent_name": agent_name}
+    folder = out / name if format == "llamafactory" else out
+    suffix = ".json" if format == "llamafactory" else ".parquet"
+    parts = []
+    for shard in shards:
+        def make(shard=shard):
+            records = read_shard(shard, source, kept_only=not include_dropped and format != "verl-rl")
+            return _convert(records, format, out, settings)
+        parts.append((folder / f"{shard.stem}{suffix}", make))
+    summary = _run_parts(out, settings, parts, format, progress)
+    if format == "llamafactory":
+        llamafactory.write_dataset_info(out, name)
+    return summary
+
+
+def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = protocol.POLICY_IMAGE_SIZE,
+                      part_size: int = 256, agent_name: str | None = None,
+                      progress: bool = True) -> ExportSummary:
+    """verl RL prompts straight from a :class:`~msagent.datasets.Dataset` (cases with an
+    empty ground truth are skipped)."""
+    check_size(image_size)
+    out = Path(out)
+    settings = {"format": "verl-rl", "source": f"dataset:{dataset.name}",
+                "source_cases_sha256": dataset.fingerprint(), "image_size": image_size,
+                "agent_name": agent_name, "part_size": part_size}
+    parts = []
+    for number, start in enumerate(range(0, len(dataset), part_size)):
+        def make(start=start):
+            rows = []
+            for offset, ref in enumerate(dataset.refs[start:start + part_size]):
+                case = ref.load()
+                if case.ground_truth is None or not case.ground_truth.any():
+                    continue
+                rows.append(verl.rl_row(
+                    index=start + offset, case_id=case.id, target=case.target, image=case.image,
+                    ground_truth=case.ground_truth, meta=case.meta, image_sha256=image_key(case.image),
+                    data_source=_data_source(case.meta.get("dataset")), size=image_size,
+                    agent_name=agent_name))
+            return rows, {}
+        parts.append((out / f"part-{number:05d}.parquet", make))
+    return _run_parts(out, settings, parts, "verl-rl", progress)
+
+
+def _data_source(dataset: Any) -> str:
+    return f"msagent/{dataset}" if dataset else "msagent"
+
+
+def _convert(records: Iterable, format: str, out: Path, settings: dict) -> tuple[list, dict]:
+    rows: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for record in records:
+        row = record.row
+        if format == "verl-rl":
+            if row["case_id"] in seen or row["drop_reason"] == "empty_ground_truth":
+                continue
+            seen.add(row["case_id"])
+            meta = {k: row[k] for k in ("dataset", "modality", "class", "split")}
+            rows.append(verl.rl_row(
+                index=row["case_index"], case_id=row["case_id"], target=row["target"],
+                image=record.image(), ground_truth=record.ground_truth(), meta=meta,
+                image_sha256=row["image_sha256"], data_source=_data_source(row["dataset"]),
+                size=settings["image_size"], agent_name=settings["agent_name"]))
+        elif format == "verl-sft":
+            rows.append(verl.sft_row(record.trajectory, record.image(), key=record.key,
+                                     data_source=_data_source(row["dataset"]),
+                                     size=settings["image_size"], tool_format=settings["tool_format"]))
+        else:
+            entry, images = llamafactory.record(record.trajectory, record.image(), out,
+                                                key=record.key, size=settings["image_size"])
+            rows.append(entry)
+            files.update(images)
+    return rows, files
+
+
+def _claim(out: Path, settings: dict) -> None:
+    path = out / MANIFEST
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if differ:
+            raise InvalidInput(f"{out} holds an export with other settings ({', '.join(differ)}); "
+                               "use another --out or delete it")
+        return
+    atomic_write(path, json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def _run_parts(out: Path, settings: dict, parts: Sequence[tuple[Path, Callable]], format: str,
+               progress: bool) -> ExportSummary:
+    from tqdm import tqdm
+
+    _claim(out, settings)
+    todo = [(path, make) for path, make in parts if not path.is_file()]
+    written = 0
+    for path, make in tqdm(todo, desc=f"export {format}", unit="part", disable=not progress):
+        rows, files = make()
+        for rel, data in sorted(files.items()):
+            if not (out / rel).is_file():
+                atomic_write(out / rel, data)
+        _write_part(path, rows, format, settings)
+        written += 1
+    return ExportSummary(out, format, len(parts), written, sum(_count(p) for p, _ in parts))
+
+
+def _write_part(path: Path, rows: list, format: str, settings: dict) -> None:
+    if format == "llamafactory":
+        llamafactory.write_part(path, rows)
+    elif format == "verl-sft":
+        atomic_write(path, parquet_bytes(rows, verl.sft_schema(settings["tool_format"])))
+    else:
+        atomic_write(path, parquet_bytes(rows, verl.rl_schema(bool(settings.get("agent_name")))))
+
+
+def _count(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    if path.suffix == ".json":
+        return len(json.loads(path.read_text()))
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows

@@ -1,0 +1,170 @@
+"""The ``hybrid`` trajectory generator: Box-to-Point and Sequential-Click expert episodes.
+
+Each trajectory is one episode of :class:`msagent.Agent` (the loop used for inference) driven
+by :class:`msagent.policies.expert.ExpertPolicy`:
+
+- **strategy**: Box-to-Point (first ``add_bbox`` at the jittered ground-truth box, then
+  corrective clicks) with probability ``box_ratio``, else Sequential-Click (a positive click
+  at the interior maximum of the ground truth, then corrective clicks); drawn per
+  (seed, case id, sample), so it does not depend on the order of the cases;
+- **box jitter**: each side moves by up to ``box_jitter`` × the box's side length;
+- **acceptance**: an action is taken only if it raises IoU by at least ``tau`` (the first
+  action: IoU ≥ ``tau``); otherwise up to ``resamples`` more candidates are tried (new jittered
+  boxes; other clicks from :func:`msagent.clicker.click_candidates`, the standard corrective
+  click first);
+- **stop rules**: IoU ≥ ``target_iou``, no accepted candidate, or ``max_actions`` executed
+  actions; with ``end_with_stop`` every trajectory ends with a ``stop_action`` turn;
+- **filter**: trajectories whose final IoU is below ``min_final_iou`` are dropped;
+- **fallback**: with ``click_fallback``, a Sequential-Click case whose first click is never
+  accepted (box-only backbones such as LiteMedSAM return an empty mask for one click) runs
+  as Box-to-Point instead; its meta records ``requested_strategy: "click"``.
+
+Everything is deterministic for a seed (see :func:`msagent.policies.expert.episode_rng`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import attrs
+import numpy as np
+
+from ..agent import PROMPT_MODES, Agent
+from ..errors import InvalidInput
+from ..policies.expert import ExpertPolicy
+from ..segmenter import Segmenter
+from ..trajectories import Attempt, TrajectoryGenerator
+from ..types import Case, Trajectory
+
+_unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
+
+
+@attrs.frozen
+class HybridConfig:
+    """All parameters of the hybrid generator, with their defaults.
+
+    ``box_ratio``: probability of Box-to-Point (else Sequential-Click), default 0.5.
+    ``box_jitter``: maximal move of each box side as a fraction of the side, default 0.1.
+    ``tau``: minimal IoU gain of an accepted action, default 0.01.
+    ``resamples``: extra candidates tried when one fails the ΔIoU test (N), default 5.
+    ``max_actions``: executed add_* calls per trajectory, default 5.
+    ``target_iou``: stop once the IoU reaches it, default 0.9.
+    ``min_final_iou``: drop trajectories ending below it, default 0.5.
+    ``end_with_stop``: end every trajectory with a stop_action turn, default True.
+    ``click_fallback``: run Box-to-Point when Sequential-Click cannot start, default True.
+    ``per_case``: trajectories per case (strategies drawn independently), default 1.
+    ``seed``: the seed, default 0.
+    ``prompt_mode``, ``multimask``: as :class:`msagent.Agent` (default "accumulate", the
+    backbone's choice).
+    """
+
+    box_ratio: float = attrs.field(default=0.5, validator=_unit)
+    box_jitter: float = attrs.field(default=0.1, validator=_unit)
+    tau: float = attrs.field(default=0.01, validator=attrs.validators.ge(0.0))
+    resamples: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    max_actions: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    target_iou: float = attrs.field(default=0.9, validator=_unit)
+    min_final_iou: float = attrs.field(default=0.5, validator=_unit)
+    end_with_stop: bool = True
+    click_fallback: bool = True
+    per_case: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    seed: int = 0
+    prompt_mode: str = attrs.field(default="accumulate", validator=attrs.validators.in_(PROMPT_MODES))
+    multimask: bool | None = None
+
+
+def make_config(config: HybridConfig | None = None, **options) -> HybridConfig:
+    """``config`` (or the defaults) with ``options`` replacing fields; unknown names raise."""
+    base = config or HybridConfig()
+    fields = {f.name for f in attrs.fields(HybridConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise InvalidInput(f"unknown hybrid generator option(s) {unknown}; "
+                           f"the options are {', '.join(sorted(fields))}")
+    try:
+        return attrs.evolve(base, **options)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"invalid hybrid generator option: {exc}") from None
+
+
+class HybridGenerator(TrajectoryGenerator):
+    """Box-to-Point / Sequential-Click expert trajectories (see the module docstring)."""
+
+    def __init__(self, config: HybridConfig | None = None, **options) -> None:
+        self.config = make_config(config, **options)
+
+    def options(self) -> dict:
+        return attrs.asdict(self.config)
+
+    def strategy(self, case_id: str, sample: int = 0) -> str:
+        """"box" (Box-to-Point) or "click" (Sequential-Click) for this case and sample."""
+        rng = np.random.default_rng(_seed_words(self.config.seed, case_id, sample))
+        return "box" if rng.random() < self.config.box_ratio else "click"
+
+    def policy(self, strategy: str, sample: int = 0) -> ExpertPolicy:
+        """The expert that runs one trajectory of ``strategy``."""
+        cfg = self.config
+        policy = ExpertPolicy(first=strategy, box_jitter=cfg.box_jitter, tau=cfg.tau,
+                              candidates=cfg.resamples + 1, target_iou=cfg.target_iou,
+                              seed=_seed_int(cfg.seed, sample), first_tries=cfg.resamples + 1,
+                              max_actions=cfg.max_actions if cfg.end_with_stop else None)
+        policy.name = "expert"
+        return policy
+
+    def attempt(self, case: Case, segmenter: Segmenter) -> Iterator[Attempt]:
+        gt = None if case.ground_truth is None else np.asarray(case.ground_truth, dtype=bool)
+        for sample in range(self.config.per_case):
+            strategy = self.strategy(case.id, sample)
+            meta = {**case.meta, "strategy": strategy, "sample": sample, "generator": "hybrid",
+                    "seed": self.config.seed}
+            if gt is None or not gt.any():
+                yield Attempt(Trajectory(case.target, case.image.shape[:2], case_id=case.id,
+                                         stop_reason="empty_ground_truth", meta=meta),
+                              False, "empty_ground_truth")
+                continue
+            trajectory = self._run(case, gt, strategy, sample, segmenter, meta)
+            if strategy == "click" and not trajectory.executed_steps and self.config.click_fallback:
+                meta = {**meta, "strategy": "box", "requested_strategy": "click"}
+                trajectory = self._run(case, gt, "box", sample, segmenter, meta)
+            kept, reason = self.verdict(trajectory)
+            yield Attempt(trajectory, kept, reason)
+
+    def _run(self, case: Case, gt: np.ndarray, strategy: str, sample: int,
+             segmenter: Segmenter, meta: dict) -> Trajectory:
+        return self._agent(strategy, sample, segmenter).run(case.image, case.target, gt,
+                                                            case_id=case.id, meta=meta)
+
+    def generate(self, case: Case, segmenter: Segmenter) -> Iterator[Trajectory]:
+        for attempt in self.attempt(case, segmenter):
+            if attempt.kept:
+                yield attempt.trajectory
+
+    def verdict(self, trajectory: Trajectory) -> tuple[bool, str]:
+        """(kept, reason): dropped without a mask or below ``min_final_iou``."""
+        steps = trajectory.executed_steps
+        if not steps:
+            return False, "no_first_action"
+        if steps[-1].iou is None or steps[-1].iou < self.config.min_final_iou:
+            return False, "low_final_iou"
+        return True, ""
+
+    def _agent(self, strategy: str, sample: int, segmenter: Segmenter) -> Agent:
+        cfg = self.config
+        turns = cfg.max_actions + (1 if cfg.end_with_stop else 0)
+        # one failure ends the episode: the expert already resampled its first action
+        return Agent(self.policy(strategy, sample), segmenter, max_turns=turns,
+                     multimask=cfg.multimask, prompt_mode=cfg.prompt_mode, max_failures=1)
+
+
+def _seed_words(seed: int, case_id: str, sample: int) -> list[int]:
+    digest = hashlib.sha256(f"{case_id}\x00{sample}".encode()).digest()
+    return [int(seed) & 0xFFFFFFFF, int.from_bytes(digest[:8], "little"), int(sample)]
+
+
+def _seed_int(seed: int, sample: int) -> int:
+    """The expert's seed for sample ``sample`` (sample 0 uses ``seed`` itself)."""
+    if sample == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{seed}\x00{sample}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")

@@ -1,0 +1,25 @@
+"""The segmentation session server (``msagent serve``; needs ``msagent[server]``).
+
+``create_app(segmenter, ServerConfig(...))`` builds the FastAPI app; :mod:`.wire` holds the
+formats shared with the ``remote`` backbone and imports neither FastAPI nor torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ServerConfig
+
+__all__ = ["ServerConfig", "create_app"]
+
+
+def create_app(segmenter: Any, config: ServerConfig | None = None) -> Any:
+    """Build the FastAPI app (see :func:`msagent.server.app.create_app`)."""
+    try:
+        from .app import create_app as build
+    except ImportError as exc:
+        from ..errors import MsAgentError
+
+        raise MsAgentError(f"the server needs FastAPI and friends: pip install 'msagent[server]' "
+                           f"({exc})") from None
+    return build(segmenter, config)

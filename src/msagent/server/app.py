@@ -1,0 +1,87 @@
+"""The application factory: ``create_app(segmenter, config)`` → a FastAPI app.
+
+Routes: ``/health`` and ``/metrics``; ``/v1/images``, ``/v1/predict``, ``/v1/sessions/...``;
+upstream MedSAM-Agent's ``/session/...`` and ``/predict`` (``config.compat``); the OpenAPI
+spec at ``/openapi.json`` (pages at ``/docs``); static files from ``msagent/server/static``
+(or ``config.static_dir``) at ``/ui`` when that folder exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..segmenter import Segmenter
+from . import compat, errors, routes, session_routes
+from .config import ServerConfig
+from .context import ServerContext
+from .engine import Engine
+from .metrics import Metrics
+from .middleware import LimitsMiddleware
+from .sessions import SessionStore
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+DESCRIPTION = """Interactive segmentation sessions and stateless decodes over one msagent
+backbone. Coordinates are pixel XY of the original image; masks come as msagent's run-length
+code or PNG; low-res logits as base64 float16/float32. Send `Authorization: Bearer <key>` when
+the server was started with `--api-key`."""
+
+
+def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> FastAPI:
+    """A FastAPI app serving ``segmenter`` under ``config``'s limits."""
+    config = config or ServerConfig()
+    metrics = Metrics()
+    ctx = ServerContext(engine=Engine(segmenter, config, metrics),
+                        store=SessionStore(config.max_sessions, config.idle_timeout_s),
+                        config=config, metrics=metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sweeper = asyncio.create_task(_expire_idle(ctx.store))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(title="msagent segmentation server", version=__version__,
+                  description=DESCRIPTION, lifespan=lifespan)
+    app.state.msagent = ctx
+    errors.install(app)
+    app.include_router(routes.public)
+    app.include_router(routes.router)
+    app.include_router(session_routes.router)
+    if config.compat:
+        app.include_router(compat.router)
+    _mount_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
+    app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
+
+    @app.get("/", tags=["server"])
+    async def index() -> dict:
+        """What this server is and where its endpoints are."""
+        return {"name": "msagent segmentation server", "version": __version__,
+                "backbone": segmenter.name, "docs": "/docs", "openapi": "/openapi.json",
+                "ui": "/ui/" if any(getattr(r, "path", "") == "/ui" for r in app.routes) else None,
+                "endpoints": sorted({getattr(r, "path", "") for r in app.routes} - {""})}
+
+    return app
+
+
+def _mount_static(app: FastAPI, directory: Path) -> None:
+    if directory.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/ui", StaticFiles(directory=directory, html=True), name="ui")
+
+
+async def _expire_idle(store: SessionStore) -> None:
+    interval = min(max(store.idle_timeout_s / 4, 0.05), 30.0)
+    while True:
+        await asyncio.sleep(interval)
+        if expired := store.expire():
+            log.info("expired %d idle session(s)", expired)

@@ -1,0 +1,239 @@
+"""Upstream MedSAM-Agent's endpoint names and form fields, so its clients work unchanged.
+
+``/session/create``, ``/session/add_click``, ``/session/add_bbox``, ``/session/segment``,
+``/session/{id}/status``, ``DELETE /session/{id}``, ``/sessions``, ``/predict`` and
+``/predict_with_state``, with the same multipart form fields and response keys. Sessions made
+here follow upstream's semantics: each call decodes only its own prompt plus the previous
+logits (``prompt_mode="latest"``). Masks are base64 PNGs (0/255); logits float32 base64.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import BaseModel
+
+from ..errors import InvalidInput
+from ..types import BBox, MaskPrediction, Point, Prompts
+from .context import ServerContext, context, require_api_key
+from .routes import ERRORS, read_upload
+from .session_routes import open_session, run_prompt
+from .sessions import Session, SessionState
+from .wire import mask_png_b64, pack_array, unpack_array
+
+router = APIRouter(tags=["upstream compatibility"], dependencies=[Depends(require_api_key)],
+                   responses=ERRORS)
+
+
+class CompatCreated(BaseModel):
+    session_id: str
+    message: str
+    image_size: list[int]  # [width, height]
+
+
+class CompatInteractive(BaseModel):
+    session_id: str
+    masks: list[str]
+    category_pred: list[Any] = []
+    round_number: int
+    total_clicks: int
+    message: str
+
+
+class CompatPredict(BaseModel):
+    masks: list[str]
+    category_pred: list[Any] = []
+    message: str
+    logits: str | None = None
+    logits_shape: list[int] | None = None
+
+
+class CompatStatus(BaseModel):
+    session_id: str
+    round_number: int
+    total_clicks: int
+    clicks_history: list[Any]
+    has_mask: bool
+    created_at: str
+    last_accessed: str
+    image_size: list[int]
+
+
+class CompatDeleted(BaseModel):
+    session_id: str
+    message: str
+    remaining_sessions: int
+
+
+class CompatSessions(BaseModel):
+    total_sessions: int
+    sessions: list[dict[str, Any]]
+
+
+def parse_json(value: str | None, name: str) -> Any:
+    if value is None or value.strip() in ("", "null"):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{name} must be JSON, e.g. [10, 20, 110, 120]: {exc}") from None
+
+
+def _ints(values: Any, name: str) -> list[int]:
+    flat = np.asarray(values, dtype=object).ravel().tolist() if isinstance(values, list) else None
+    if not flat or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) and abs(v) < 2**31 for v in flat):
+        raise InvalidInput(f"{name} must be a JSON list of finite numbers, got {values!r}")
+    return [int(round(v)) for v in flat]
+
+
+def parse_prompts(point_coords: str | None, point_labels: str | None, bbox: str | None) -> Prompts:
+    """Upstream's JSON form fields → Prompts (pixel XY, floats rounded)."""
+    box = None
+    if (raw_box := parse_json(bbox, "bbox")) is not None:
+        coords = _ints(raw_box, "bbox")
+        if len(coords) != 4:
+            raise InvalidInput(f"bbox must be [x1, y1, x2, y2], got {raw_box!r}")
+        box = BBox.ordered(*coords)
+    points: tuple[Point, ...] = ()
+    if (raw_points := parse_json(point_coords, "point_coords")) is not None:
+        coords = _ints(raw_points, "point_coords")
+        if len(coords) % 2:
+            raise InvalidInput(f"point_coords must be [[x, y], ...], got {raw_points!r}")
+        raw_labels = parse_json(point_labels, "point_labels")
+        labels = [1] * (len(coords) // 2) if raw_labels is None else _ints(raw_labels, "point_labels")
+        if len(labels) != len(coords) // 2:
+            raise InvalidInput(f"point_labels has {len(labels)} labels for {len(coords) // 2} points")
+        points = tuple(Point(x, y, positive=label == 1)
+                       for (x, y), label in zip(zip(coords[::2], coords[1::2]), labels))
+    return Prompts(box=box, points=points)
+
+
+def _interactive(session: Session, message: str) -> CompatInteractive:
+    pred = session.state.prediction
+    return CompatInteractive(session_id=session.id, masks=[] if pred is None else [mask_png_b64(pred.mask)],
+                             round_number=session.actions, total_clicks=session.actions,
+                             message=message)
+
+
+@router.post("/session/create", response_model=CompatCreated)
+async def create(image: UploadFile = File(...), session_id: str | None = Form(None),
+                 ctx: ServerContext = Depends(context)) -> CompatCreated:
+    session = await open_session(ctx, image=image, image_id=None, session_id=session_id or None,
+                                 prompt_mode="latest", multimask=None, replace=True)
+    height, width = session.image_size
+    return CompatCreated(session_id=session.id, message="Session created successfully",
+                         image_size=[width, height])
+
+
+@router.post("/session/add_click", response_model=CompatInteractive)
+async def add_click(session_id: str = Form(...), point_x: int = Form(...), point_y: int = Form(...),
+                    is_positive: bool = Form(True), multimask_output: bool = Form(False),
+                    ctx: ServerContext = Depends(context)) -> CompatInteractive:
+    session = ctx.store.get(session_id)
+    await run_prompt(ctx, session, Point(point_x, point_y, positive=is_positive), multimask_output)
+    return _interactive(session, f"Segmentation round {session.actions} completed")
+
+
+@router.post("/session/add_bbox", response_model=CompatInteractive)
+async def add_bbox(session_id: str = Form(...), bbox: str = Form(...),
+                   multimask_output: bool = Form(False),
+                   ctx: ServerContext = Depends(context)) -> CompatInteractive:
+    session = ctx.store.get(session_id)
+    prompts = parse_prompts(None, None, bbox)
+    if prompts.box is None:
+        raise InvalidInput("bbox must be [x1, y1, x2, y2]")
+    await run_prompt(ctx, session, prompts.box, multimask_output)
+    return _interactive(session, f"Segmentation round {session.actions} completed (bbox initialization)")
+
+
+@router.post("/session/segment", response_model=CompatInteractive)
+async def segment(session_id: str = Form(...), point_coords: str | None = Form(None),
+                  point_labels: str | None = Form(None), bbox: str | None = Form(None),
+                  use_previous_mask: bool = Form(True), multimask_output: bool = Form(False),
+                  ctx: ServerContext = Depends(context)) -> CompatInteractive:
+    session = ctx.store.get(session_id)
+    prompts = parse_prompts(point_coords, point_labels, bbox)
+    async with session.lock:
+        prev = session.state.prediction if use_previous_mask else None
+        pred = await ctx.engine.decode(session.embedding, prompts,
+                                       None if prev is None else prev.low_res_logits, multimask_output)
+        session.push(SessionState(prompts, pred))
+    return _interactive(session, f"Segmentation round {session.actions} completed")
+
+
+@router.get("/session/{session_id}/status", response_model=CompatStatus)
+async def status(session_id: str, ctx: ServerContext = Depends(context)) -> CompatStatus:
+    session = ctx.store.get(session_id)
+    height, width = session.image_size
+    history: list[Any] = []
+    for state in session.history:
+        box = state.prompts.box
+        history += [f"bbox:{list(box.as_tuple())}"] if box is not None else []
+        history += [[p.x, p.y, p.label] for p in state.prompts.points]
+    now = time.time()
+    last = now - ctx.store.idle_seconds(session)
+    return CompatStatus(session_id=session.id, round_number=session.actions,
+                        total_clicks=session.actions, clicks_history=history,
+                        has_mask=session.state.prediction is not None,
+                        created_at=_iso(session.created_at), last_accessed=_iso(last),
+                        image_size=[width, height])
+
+
+@router.delete("/session/{session_id}", response_model=CompatDeleted)
+async def delete(session_id: str, ctx: ServerContext = Depends(context)) -> CompatDeleted:
+    ctx.store.delete(session_id)
+    return CompatDeleted(session_id=session_id, message="Session deleted",
+                         remaining_sessions=len(ctx.store))
+
+
+@router.get("/sessions", response_model=CompatSessions)
+async def sessions(ctx: ServerContext = Depends(context)) -> CompatSessions:
+    listed = [{"session_id": s.id, "round_number": s.actions, "total_clicks": s.actions,
+               "created_at": _iso(s.created_at)} for s in ctx.store.list()]
+    return CompatSessions(total_sessions=len(listed), sessions=listed)
+
+
+async def _one_shot(ctx: ServerContext, image: UploadFile, prompts: Prompts,
+                    prev: np.ndarray | None, multimask: bool) -> MaskPrediction:
+    key, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
+    embedding = await ctx.engine.embed(key)
+    return await ctx.engine.decode(embedding, prompts, prev, multimask)
+
+
+@router.post("/predict", response_model=CompatPredict)
+async def predict(image: UploadFile = File(...), point_coords: str | None = Form(None),
+                  point_labels: str | None = Form(None), bbox: str | None = Form(None),
+                  text: str | None = Form(None), multimask_output: bool = Form(False),
+                  ctx: ServerContext = Depends(context)) -> CompatPredict:
+    prompts = parse_prompts(point_coords, point_labels, bbox)
+    pred = await _one_shot(ctx, image, prompts, None, multimask_output)
+    return CompatPredict(masks=[mask_png_b64(pred.mask)], message="Prediction completed")
+
+
+@router.post("/predict_with_state", response_model=CompatPredict)
+async def predict_with_state(
+    image: UploadFile = File(...), previous_logits: str = Form(...),
+    previous_logits_shape: str = Form("[1, 256, 256]"), point_coords: str | None = Form(None),
+    point_labels: str | None = Form(None), bbox: str | None = Form(None),
+    text: str | None = Form(None), multimask_output: bool = Form(False),
+    ctx: ServerContext = Depends(context),
+) -> CompatPredict:
+    prompts = parse_prompts(point_coords, point_labels, bbox)
+    shape = _ints(parse_json(previous_logits_shape, "previous_logits_shape") or [], "previous_logits_shape")
+    prev = unpack_array({"dtype": "float32", "shape": shape, "data": previous_logits}, "previous_logits")
+    pred = await _one_shot(ctx, image, prompts, prev, multimask_output)
+    packed = pack_array(pred.low_res_logits[None], "float32")
+    return CompatPredict(masks=[mask_png_b64(pred.mask)], message="Prediction completed",
+                         logits=packed["data"], logits_shape=packed["shape"])
+
+
+def _iso(unix: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(unix).isoformat()

@@ -1,0 +1,47 @@
+"""Limits and tuning of the segmentation server (one frozen value, built by the CLI or tests)."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..io import DEFAULT_MAX_PIXELS
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@attrs.frozen
+class ServerConfig:
+    """What ``msagent serve`` enforces.
+
+    ``api_key``: when set, every API route (all but ``/health``, the OpenAPI pages and the
+    static UI) needs ``Authorization: Bearer <api_key>``.
+    ``max_sessions``: live sessions at once (idle ones are expired first, then 429).
+    ``idle_timeout_s``: a session untouched this long is deleted.
+    ``max_upload_bytes``: the largest request body (an image inline in JSON is base64, so
+    about 3/4 of this); ``max_pixels``: the largest decoded image (width × height).
+    ``request_timeout_s``: the longest an encode or decode may take before 503.
+    ``batch_window_ms``: how long a decode waits for others on the same image so they run
+    as one batch (0 disables micro-batching); ``max_batch``: the largest such batch.
+    ``max_images``/``max_image_bytes``: uploaded images kept by content hash (least recently
+    used go first; a session keeps working after its image is dropped).
+    """
+
+    api_key: str | None = None
+    max_sessions: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    idle_timeout_s: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    max_upload_bytes: int = attrs.field(default=64 * 2**20, validator=attrs.validators.ge(1024))
+    max_pixels: int = attrs.field(default=DEFAULT_MAX_PIXELS, validator=attrs.validators.ge(1))
+    request_timeout_s: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    batch_window_ms: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    max_batch: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    max_images: int = attrs.field(default=512, validator=attrs.validators.ge(1))
+    max_image_bytes: int = attrs.field(default=4 * 2**30, validator=attrs.validators.ge(1))
+    max_points: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    encode_workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    decode_workers: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    compat: bool = True  # also serve upstream MedSAM-Agent's /session/* and /predict routes
+    static_dir: str | None = None  # default: msagent/server/static, mounted at /ui if present
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_window_ms > 0 and self.max_batch > 1

@@ -1,0 +1,53 @@
+"""What the routes share: the engine, the session store, the limits, the metrics; and auth."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import attrs
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .config import ServerConfig
+from .engine import Engine
+from .errors import ServerError
+from .metrics import Metrics
+from .sessions import SessionStore
+
+
+@attrs.define(eq=False)
+class ServerContext:
+    engine: Engine
+    store: SessionStore
+    config: ServerConfig
+    metrics: Metrics
+    started: float = attrs.field(factory=time.time)
+
+    @property
+    def multimask_default(self) -> bool:
+        return bool(self.engine.segmenter.multimask_default)
+
+
+def context(request: Request) -> ServerContext:
+    return request.app.state.msagent
+
+
+class Unauthorized(ServerError):
+    status, code = 401, "unauthorized"
+
+
+_bearer = HTTPBearer(auto_error=False, description="the server's --api-key, when it has one")
+
+
+def require_api_key(ctx: ServerContext = Depends(context),
+                    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """Check ``Authorization: Bearer <key>`` when the server was started with an API key."""
+    expected = ctx.config.api_key
+    if not expected:
+        return
+    if credentials is None:
+        raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>' "
+                           "(remote backbone: api_key= or $MSAGENT_REMOTE_API_KEY)")
+    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise Unauthorized("wrong API key; use the key the server was started with (--api-key)")

@@ -1,0 +1,166 @@
+"""The server's use of one Segmenter: stored images, shared encodes, batched decodes.
+
+- Images are stored by content hash (:func:`msagent.segmenter.image_key` of the decoded
+  H×W×3 uint8 array), so a client can refer to an image it uploaded before.
+- Encodes go through the segmenter's embedding cache; concurrent first requests for one
+  image wait for a single encode (here, without holding a worker thread each).
+- Decodes go through the :class:`~msagent.server.batching.DecodeBatcher`.
+All model work runs in thread pools; the event loop never blocks on the backbone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..errors import SegmenterError
+from ..segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
+from ..types import MaskPrediction, Prompts
+from .batching import DecodeBatcher
+from .config import ServerConfig
+from .errors import ImageNotFound, Overloaded
+from .metrics import Metrics
+from .wire import decode_upload
+
+
+class ImageStore:
+    """Uploaded images by content hash; least recently used go first past either bound."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: str, image: np.ndarray) -> bool:
+        """Store ``image``; returns False if it was already there."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return False
+            self._items[key] = image
+            self._bytes += image.nbytes
+            while len(self._items) > 1 and (len(self._items) > self.max_items
+                                            or self._bytes > self.max_bytes):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+            return True
+
+    def get(self, key: str) -> np.ndarray:
+        with self._lock:
+            image = self._items.get(key)
+            if image is None:
+                raise ImageNotFound(f"no image {key!r} on this server (never uploaded, or dropped "
+                                    "to make room); upload it with POST /v1/images")
+            self._items.move_to_end(key)
+            return image
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+class Engine:
+    """Async front of a Segmenter for the routes (one per app)."""
+
+    def __init__(self, segmenter: Segmenter, config: ServerConfig, metrics: Metrics) -> None:
+        self.segmenter = segmenter
+        self.config = config
+        self.metrics = metrics
+        self.images = ImageStore(config.max_images, config.max_image_bytes)
+        self.encode_pool = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="msagent-encode")
+        self.decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="msagent-decode")
+        self.batcher = DecodeBatcher(
+            segmenter, self.decode_pool, window=config.batch_window_ms / 1000 if config.batching else 0,
+            max_batch=config.max_batch, on_batch=metrics.record_batch)
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    def multimask(self, override: bool | None) -> bool:
+        return bool(self.segmenter.multimask_default if override is None else override)
+
+    async def add_image(self, data: bytes) -> tuple[str, np.ndarray, bool]:
+        """Decode an upload and store it: (content hash, image, whether it was new)."""
+        image = await asyncio.to_thread(decode_upload, data, max_pixels=self.config.max_pixels)
+        key = await asyncio.to_thread(image_key, image)
+        created = self.images.put(key, image)
+        self.metrics.count("images_uploaded" if created else "images_uploaded_again")
+        return key, image, created
+
+    async def embed(self, key: str) -> Embedding:
+        """The embedding of stored image ``key`` (one encode however many ask at once)."""
+        image = self.images.get(key)
+        pending = self._inflight.get(key)
+        if pending is not None:  # an encode of this image is running: wait for it, then hit
+            await self._bounded(asyncio.wait([pending]), "encode")
+            return await self._bounded(self._run_encode(image, key), "encode")
+        pending = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._bounded(self._run_encode(image, key), "encode")
+        finally:
+            self._inflight.pop(key, None)
+            pending.set_result(None)  # waiters go to the cache (or, after a failure, try again)
+
+    async def _run_encode(self, image: np.ndarray, key: str) -> Embedding:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.encode_pool, self._encode, image, key)
+
+    def _encode(self, image: np.ndarray, key: str) -> Embedding:
+        misses = self.segmenter.cache_info().misses
+        started = time.perf_counter()
+        embedding = self.segmenter.encode_with_key(image, key)
+        if self.segmenter.cache_info().misses > misses:
+            self.metrics.encode.add(time.perf_counter() - started)
+        return embedding
+
+    async def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None,
+                     multimask: bool | None) -> MaskPrediction:
+        """Check the request, then decode it (micro-batched with others on the same image)."""
+        check_prompts(prompts, embedding.image_size)
+        prev = check_prev_logits(prev_logits)
+        started = time.perf_counter()
+        prediction = await self._bounded(
+            self.batcher.decode(embedding, prompts, prev, self.multimask(multimask)), "decode")
+        self.metrics.decode.add(time.perf_counter() - started)
+        return prediction
+
+    async def decode_many(self, embedding: Embedding, prompt_sets: list[Prompts],
+                          prev_logits: list[np.ndarray | None], multimask: bool | None
+                          ) -> list[MaskPrediction]:
+        """Decode several prompt sets against one embedding in one ``decode_batch`` call."""
+        for index, prompts in enumerate(prompt_sets):
+            try:
+                check_prompts(prompts, embedding.image_size)
+            except SegmenterError as exc:
+                raise SegmenterError(f"items[{index}]: {exc}") from None
+        prev = [check_prev_logits(p) for p in prev_logits]
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        run = functools.partial(self.segmenter.decode_batch, embedding, prompt_sets, prev,
+                                multimask=self.multimask(multimask))
+        predictions = await self._bounded(loop.run_in_executor(self.decode_pool, run), "decode")
+        elapsed = time.perf_counter() - started
+        self.metrics.record_batch(len(prompt_sets), elapsed)
+        self.metrics.decode.add(elapsed)
+        return predictions
+
+    async def _bounded(self, awaitable, what: str):
+        try:
+            return await asyncio.wait_for(awaitable, self.config.request_timeout_s)
+        except TimeoutError:
+            self.metrics.count(f"{what}_timeouts")
+            raise Overloaded(f"the {what} took longer than {self.config.request_timeout_s:g} s; "
+                             "the server is overloaded: retry later, or start it with a higher "
+                             "--request-timeout") from None
+
+    def close(self) -> None:
+        self.encode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)

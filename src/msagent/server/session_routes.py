@@ -1,0 +1,139 @@
+"""v1 session routes: create, add box / point, undo, reset, mask, delete."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import InvalidInput
+from ..types import BBox, Point, encode_mask
+from .context import ServerContext, context, require_api_key
+from .errors import Conflict
+from .routes import ERRORS, read_upload
+from .schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
+from .sessions import Session, SessionState
+from .views import finite, session_info, session_step
+from .wire import png_bytes
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
+                   dependencies=[Depends(require_api_key)], responses=ERRORS)
+MASK_RESPONSES = {200: {"description": "the mask as PNG (0/255) or as msagent's run-length code",
+                        "content": {"image/png": {}, "application/json": {}}}}
+
+
+async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
+                       session_id: str | None, prompt_mode: str, multimask: bool | None,
+                       replace: bool = False) -> Session:
+    """Create a session from an upload or a stored image's hash (encodes the image)."""
+    if (image is None) == (image_id is None):
+        raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
+                           "an uploaded image)")
+    session_id = session_id or uuid.uuid4().hex
+    ctx.store.check_room(session_id, replace=replace)
+    if image is not None:
+        image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
+    embedding = await ctx.engine.embed(image_id)
+    session = Session(id=session_id, image_id=image_id, embedding=embedding,
+                      prompt_mode=prompt_mode, multimask=multimask)
+    return ctx.store.add(session, replace=replace)
+
+
+async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
+                     multimask: bool | None) -> None:
+    """Decode ``prompt`` on top of the session's state and push the new state."""
+    async with session.lock:
+        prompts = session.next_prompts(prompt)
+        prev = session.state.prediction
+        pred = await ctx.engine.decode(
+            session.embedding, prompts, None if prev is None else prev.low_res_logits,
+            session.multimask if multimask is None else multimask)
+        session.push(SessionState(prompts, pred))
+
+
+@router.post("", response_model=SessionInfo, status_code=201)
+async def create_session(
+    image: UploadFile | None = File(None, description="PNG, JPEG, TIFF, BMP or .npy"),
+    image_id: str | None = Form(None, pattern=r"^[0-9a-f]{64}$",
+                                description="hash of an image uploaded before"),
+    session_id: str | None = Form(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+                                  description="default: a random id"),
+    prompt_mode: Literal["accumulate", "latest"] = Form("accumulate"),
+    multimask: bool | None = Form(None, description="default: the backbone's"),
+    ctx: ServerContext = Depends(context),
+) -> SessionInfo:
+    """Start a session on an image (uploaded now, or by the hash of an earlier upload)."""
+    session = await open_session(ctx, image=image, image_id=image_id, session_id=session_id,
+                                 prompt_mode=prompt_mode, multimask=multimask)
+    return session_info(session, ctx.store, ctx.multimask_default)
+
+
+@router.get("", response_model=SessionList)
+async def list_sessions(ctx: ServerContext = Depends(context)) -> SessionList:
+    sessions = [session_info(s, ctx.store, ctx.multimask_default) for s in ctx.store.list()]
+    return SessionList(total=len(sessions), sessions=sessions)
+
+
+@router.get("/{session_id}", response_model=SessionInfo)
+async def get_session(session_id: str, ctx: ServerContext = Depends(context)) -> SessionInfo:
+    return session_info(ctx.store.get(session_id), ctx.store, ctx.multimask_default)
+
+
+@router.delete("/{session_id}", response_model=Deleted)
+async def delete_session(session_id: str, ctx: ServerContext = Depends(context)) -> Deleted:
+    ctx.store.delete(session_id)
+    return Deleted(session_id=session_id, remaining_sessions=len(ctx.store))
+
+
+@router.post("/{session_id}/box", response_model=SessionStep)
+async def add_box(session_id: str, body: AddBox, ctx: ServerContext = Depends(context)) -> SessionStep:
+    """Add (or replace) the box and decode; returns the new state and mask."""
+    session = ctx.store.get(session_id)
+    await run_prompt(ctx, session, body.to_bbox(), body.multimask)
+    return session_step(session, ctx.store, ctx.multimask_default, body.mask_format)
+
+
+@router.post("/{session_id}/point", response_model=SessionStep)
+async def add_point(session_id: str, body: AddPoint,
+                    ctx: ServerContext = Depends(context)) -> SessionStep:
+    """Add a click (label 1 foreground, 0 background) and decode."""
+    session = ctx.store.get(session_id)
+    await run_prompt(ctx, session, body.to_point(), body.multimask)
+    return session_step(session, ctx.store, ctx.multimask_default, body.mask_format)
+
+
+@router.post("/{session_id}/undo", response_model=SessionStep)
+async def undo(session_id: str, mask_format: MaskFormat = Query("rle"),
+               ctx: ServerContext = Depends(context)) -> SessionStep:
+    """Drop the last prompt's state (409 when there is none)."""
+    session = ctx.store.get(session_id)
+    async with session.lock:
+        session.undo()
+    return session_step(session, ctx.store, ctx.multimask_default, mask_format)
+
+
+@router.post("/{session_id}/reset", response_model=SessionStep)
+async def reset(session_id: str, ctx: ServerContext = Depends(context)) -> SessionStep:
+    """Forget all prompts and the mask (the image stays encoded)."""
+    session = ctx.store.get(session_id)
+    async with session.lock:
+        session.reset()
+    return session_step(session, ctx.store, ctx.multimask_default, "none")
+
+
+@router.get("/{session_id}/mask", responses=MASK_RESPONSES, response_class=Response)
+async def get_mask(session_id: str, format: Literal["png", "rle"] = Query("png"),
+                   ctx: ServerContext = Depends(context)) -> Response:
+    """The current mask: PNG (0 background, 255 foreground) or run-length code; 409 before the
+    first prompt. The score is in the ``X-Mask-Score`` header."""
+    session = ctx.store.get(session_id)
+    pred = session.state.prediction
+    if pred is None:
+        raise Conflict(f"session {session_id!r} has no mask yet; add a box or a point first")
+    headers = {"X-Mask-Score": f"{float(pred.score):.6g}"}
+    if format == "rle":
+        return JSONResponse({**encode_mask(pred.mask), "score": finite(pred.score)}, headers=headers)
+    return Response(png_bytes(pred.mask), media_type="image/png", headers=headers)
+

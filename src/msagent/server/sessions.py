@@ -1,0 +1,183 @@
+"""Interactive sessions: one state per session (prompts + previous logits), never one per tool.
+
+A session holds the image's :class:`msagent.Embedding` (from the shared cache), the prompt
+mode and a history of states; each executed prompt pushes a state, ``undo`` pops one,
+``reset`` clears them. Operations on one session are serialized by its lock; different
+sessions run concurrently. The store bounds the number of sessions and expires idle ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import attrs
+
+from ..errors import InvalidInput
+from ..segmenter import Embedding
+from ..types import BBox, MaskPrediction, Point, Prompts
+from .errors import Conflict, SessionNotFound, TooManySessions
+
+PROMPT_MODES = ("accumulate", "latest")
+MAX_HISTORY = 64  # undo depth; older states are dropped
+SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@attrs.frozen(eq=False)
+class SessionState:
+    """Prompts in force and the prediction they produced (None before the first prompt)."""
+
+    prompts: Prompts = Prompts()
+    prediction: MaskPrediction | None = None
+
+
+@attrs.define(eq=False)
+class Session:
+    """One interactive segmentation of one image.
+
+    ``prompt_mode``: "accumulate" decodes the box and every click so far with the previous
+    logits (SAM's protocol); "latest" only the newest prompt with the previous logits
+    (upstream MedSAM-Agent's server). ``multimask``: None for the backbone's default.
+    """
+
+    id: str
+    image_id: str
+    embedding: Embedding
+    prompt_mode: str = attrs.field(default="accumulate", validator=attrs.validators.in_(PROMPT_MODES))
+    multimask: bool | None = None
+    created_at: float = attrs.field(factory=time.time)
+    last_used: float = 0.0
+    history: list[SessionState] = attrs.field(factory=list)
+    actions: int = 0  # prompts ever executed (upstream's round number)
+    lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.embedding.image_size
+
+    @property
+    def state(self) -> SessionState:
+        return self.history[-1] if self.history else SessionState()
+
+    def next_prompts(self, prompt: BBox | Point) -> Prompts:
+        if self.prompt_mode == "latest":
+            return self.state.prompts.latest_only(prompt)
+        return self.state.prompts.add(prompt)
+
+    def push(self, state: SessionState) -> None:
+        self.history.append(state)
+        self.actions += 1
+        del self.history[:-MAX_HISTORY]
+
+    def undo(self) -> SessionState:
+        if not self.history:
+            raise Conflict(f"session {self.id!r} has nothing to undo; add a box or a point first")
+        return self.history.pop()
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+class SessionStore:
+    """Live sessions by id, at most ``max_sessions``; idle ones expire after ``idle_timeout_s``."""
+
+    def __init__(self, max_sessions: int, idle_timeout_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()  # recent, to say "expired"
+        self._lock = threading.Lock()
+        self.created = self.deleted = self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def check_room(self, session_id: str | None, *, replace: bool = False) -> None:
+        """Raise before an expensive encode if ``add`` would fail."""
+        if session_id is not None:
+            check_session_id(session_id)
+        self.expire()
+        with self._lock:
+            self._check_room(session_id, replace)
+
+    def _check_room(self, session_id: str | None, replace: bool) -> None:
+        if session_id in self._sessions and not replace:
+            raise Conflict(f"session {session_id!r} already exists; delete it or pick another id")
+        if len(self._sessions) >= self.max_sessions and session_id not in self._sessions:
+            raise TooManySessions(
+                f"the server holds its maximum of {self.max_sessions} sessions; delete finished "
+                "sessions (DELETE /v1/sessions/{id}) or start it with a higher --max-sessions")
+
+    def add(self, session: Session, *, replace: bool = False) -> Session:
+        check_session_id(session.id)
+        with self._lock:
+            self._check_room(session.id, replace)
+            session.last_used = self.clock()
+            self._sessions[session.id] = session
+            self._expired.pop(session.id, None)
+            self.created += 1
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """The session, marked as used now; raises SessionNotFound (saying if it expired)."""
+        now = self.clock()
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and now - session.last_used > self.idle_timeout_s:
+                self._drop_expired(session_id)
+                session = None
+            if session is None:
+                raise SessionNotFound(self._missing_message(session_id))
+            session.last_used = now
+            return session
+
+    def delete(self, session_id: str) -> Session:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+            if session is None:
+                raise SessionNotFound(self._missing_message(session_id))
+            self.deleted += 1
+            return session
+
+    def list(self) -> list[Session]:
+        self.expire()
+        with self._lock:
+            return list(self._sessions.values())
+
+    def expire(self) -> int:
+        """Delete sessions idle longer than the timeout; returns how many."""
+        now = self.clock()
+        with self._lock:
+            stale = [sid for sid, s in self._sessions.items()
+                     if now - s.last_used > self.idle_timeout_s]
+            for sid in stale:
+                self._drop_expired(sid)
+        return len(stale)
+
+    def idle_seconds(self, session: Session) -> float:
+        return max(0.0, self.clock() - session.last_used)
+
+    def _drop_expired(self, session_id: str) -> None:
+        del self._sessions[session_id]
+        self.expired += 1
+        self._expired[session_id] = None
+        while len(self._expired) > 10_000:
+            self._expired.popitem(last=False)
+
+    def _missing_message(self, session_id: str) -> str:
+        if session_id in self._expired:
+            return (f"session {session_id!r} expired after {self.idle_timeout_s:g} s without "
+                    "requests; create a new one")
+        return f"no session {session_id!r}; create one with POST /v1/sessions"
+
+
+def check_session_id(session_id: str) -> None:
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+        raise InvalidInput(f"session id {session_id!r} must be 1-128 characters of letters, "
+                           "digits, '.', '_', ':' or '-'")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GRPO of the MedSAM-Agent policy with verl (configs/grpo.yaml). Extra arguments are Hydra
+# overrides, e.g. actor_rollout_ref.model.path=/ckpt/sft/huggingface trainer.nnodes=2.
+#   TRAIN=rl_train.parquet VAL=rl_val.parquet BACKBONE=medsam2 training/scripts/grpo.sh
+# BACKBONE: medsam2 | imisnet | remote (then MSAGENT_REMOTE_URL) | litemedsam.
+# CONFIG=grpo_tiny gives the smoke variant (tiny model, 1 GPU, 2 steps).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CONFIGS=$(cd "$HERE/../configs" && pwd)
+CONFIG=${CONFIG:-grpo}
+BACKBONE=${BACKBONE:-medsam2}
+TRAIN=${TRAIN:?set TRAIN to the RL parquet (python -m msagent_training.data rl ...)}
+VAL=${VAL:-$TRAIN}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+exec python3 -m verl.trainer.main_ppo \
+  --config-path="$CONFIGS" --config-name="$CONFIG" \
+  data.train_files="$TRAIN" data.val_files="$VAL" \
+  actor_rollout_ref.rollout.multi_turn.tool_config_path="$CONFIGS/tools/$BACKBONE.yaml" \
+  actor_rollout_ref.rollout.agent.agent_loop_config_path="$CONFIGS/agent_loop.yaml" \
+  "$@"

@@ -1,0 +1,1 @@
+"""msagent training: verl tools, agent loop, reward and dataset builders."""

@@ -1,0 +1,106 @@
+"""Shared fixtures: the real LiteMedSAM on CPU, phantom cases, expert trajectories, a tiny
+Qwen3-VL model directory (real tokenizer and processor, no weights), scripted policies."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    import msagent
+
+    return msagent.load_segmenter("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cases():
+    from msagent_training.smoke_data import phantom_cases
+
+    return phantom_cases(3)
+
+
+@pytest.fixture(scope="session")
+def expert_runs(cases, segmenter):
+    from msagent_training.smoke_data import expert_trajectories
+
+    return expert_trajectories(cases, segmenter, max_turns=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from msagent_training.tiny import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny-qwen3vl"), weights=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_model_dir):
+    from verl.utils.tokenizer import hf_processor, hf_tokenizer
+
+    return hf_tokenizer(str(tiny_model_dir)), hf_processor(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def parquet_dir(tmp_path_factory, cases, expert_runs):
+    from msagent_training.data import write_rl_parquet, write_sft_parquet
+
+    out = tmp_path_factory.mktemp("parquet")
+    write_rl_parquet(cases, out / "rl.parquet", progress=False)
+    write_sft_parquet(expert_runs, out / "sft.parquet", progress=False)
+    return out
+
+
+class ScriptedPolicy:
+    """Replies with fixed texts in order (built lazily to avoid importing msagent here)."""
+
+    def __new__(cls, replies):
+        import msagent
+
+        class _Scripted(msagent.Policy):
+            name = "scripted"
+
+            def __init__(self, replies):
+                self.replies = list(replies)
+                self.turn = 0
+
+            def act(self, episode):
+                reply = self.replies[min(self.turn, len(self.replies) - 1)]
+                self.turn += 1
+                return msagent.Reply(reply)
+
+        return _Scripted(replies)
+
+
+def agent_data(request_id: str):
+    """The parts of verl's AgentData the tools read."""
+    return SimpleNamespace(request_id=request_id, extra_fields={})
+
+
+#: a fixed episode in the 0–999 frame: box, positive click, negative click, stop
+SCRIPT = (
+    'Box the ellipse.\n<tool_call>\n{"name": "add_bbox", "arguments": {"bbox_2d": [180, 150, 820, 860]}}\n</tool_call>',
+    'Grow it.\n<tool_call>\n{"name": "add_point", "arguments": {"point_2d": [500, 500], "point_type": "positive"}}\n</tool_call>',
+    'Trim the corner.\n<tool_call>\n{"name": "add_point", "arguments": {"point_2d": [20, 30], "point_type": "negative"}}\n</tool_call>',
+    'Done.\n<tool_call>\n{"name": "stop_action", "arguments": {}}\n</tool_call>',
+)
+
+
+@pytest.fixture()
+def script():
+    return SCRIPT
+
+
+def png_array(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))

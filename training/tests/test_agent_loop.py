@@ -1,0 +1,136 @@
+"""The msagent agent loop inside verl's own AgentLoopWorker, with a scripted generation server:
+the token stream, loss mask and images equal a direct render of the same conversation, and
+the reward equals msagent's on the core agent's trajectory for the same replies."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msagent
+import numpy as np
+import pytest
+from conftest import SCRIPT, ScriptedPolicy
+from msagent import protocol
+from msagent_training.episode import CALLS, EPISODES, IOUS
+from msagent_training.reward import compute_score, trajectory_extra_info
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TOKENS_PER_IMAGE = 256
+
+
+class ScriptedServer:
+    """Stands in for verl's LLM server client: answers each request with the next scripted
+    reply, tokenized, ending with <|im_end|> (what a Qwen model stops on)."""
+
+    def __init__(self, tokenizer, replies):
+        self.tokenizer, self.replies = tokenizer, replies
+        self.turns: dict[str, int] = {}
+        self.requests: list[tuple[str, list[int], int]] = []
+
+    async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        turn = self.turns.get(request_id, 0)
+        self.turns[request_id] = turn + 1
+        self.requests.append((request_id, list(prompt_ids), len(kwargs.get("image_data") or [])))
+        ids = self.tokenizer.encode(self.replies[turn], add_special_tokens=False)
+        return TokenOutput(token_ids=ids + [self.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                           log_probs=[-0.5] * (len(ids) + 1), num_preempted=0)
+
+
+@pytest.fixture(scope="module")
+def worker_output(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+    from verl.protocol import DataProto
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        config = compose("grpo_tiny", overrides=[
+            f"actor_rollout_ref.model.path={tiny_model_dir}",
+            f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam.yaml",
+            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
+            f"data.train_files={parquet_dir / 'rl.parquet'}",
+            f"data.cache_dir={tmp_path_factory.mktemp('verl-cache')}",
+            "data.max_prompt_length=1024", "data.max_response_length=2048",
+        ])
+    tokenizer, processor = tiny_processor
+    dataset = RLHFDataset(config.data.train_files, tokenizer, config.data, processor)
+    batch = DataProto.from_single_dict(collate_fn([dataset[0], dataset[1]]))
+    server = ScriptedServer(tokenizer, SCRIPT)
+    worker = AgentLoopWorker(config, server)
+    output = asyncio.run(worker.generate_sequences(batch))
+    return output, server, dataset, config
+
+
+def unpadded(output, i):
+    prompt = output.batch["prompts"][i]
+    response = output.batch["responses"][i]
+    attention = output.batch["attention_mask"][i]
+    p_len = prompt.shape[0]
+    prompt_ids = prompt[attention[:p_len].bool()].tolist()
+    valid = attention[p_len:].bool()
+    return prompt_ids, response[valid].tolist(), output.batch["response_mask"][i][valid].tolist()
+
+
+def test_rollout_matches_a_direct_render(worker_output, cases, segmenter, tiny_processor):
+    output, server, dataset, _ = worker_output
+    tokenizer, processor = tiny_processor
+    for i in range(2):
+        case = cases[i]
+        trajectory = msagent.Agent(ScriptedPolicy(SCRIPT), segmenter, max_turns=5).run(
+            case.image, case.target, case.ground_truth)
+        masks = [s.mask for s in trajectory.executed_steps]
+        # the conversation as msagent's inference builds it, rendered in one go
+        messages = dataset[i]["raw_prompt"]
+        overlays = [protocol.policy_image(case.image, m) for m in masks]
+        for turn, reply in enumerate(SCRIPT):
+            messages.append({"role": "assistant", "content": reply})
+            if turn < len(overlays):
+                messages.append(protocol.user_message(overlays[turn], protocol.FOLLOW_UP_TEXT))
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        images = [messages[1]["content"][0]["image"], *overlays]
+        direct = processor(text=[text], images=images, return_tensors="pt")["input_ids"][0].tolist()
+        prompt_ids, response_ids, mask = unpadded(output, i)
+        assert prompt_ids + response_ids == direct[:-1]  # a reply ends at <|im_end|>, no "\n"
+        # loss mask: exactly the generated replies
+        generated = [t for t, m in zip(response_ids, mask, strict=True) if m]
+        assert tokenizer.decode(generated) == "".join(r + "<|im_end|>" for r in SCRIPT)
+        image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        assert sum(1 for t in prompt_ids if t == image_pad) == TOKENS_PER_IMAGE
+        assert sum(1 for t in response_ids if t == image_pad) == len(overlays) * TOKENS_PER_IMAGE
+        # images handed to the trainer: the first image, then the overlays, in order
+        got = output.non_tensor_batch["multi_modal_inputs"][i]["image_grid_thw"].tolist()
+        assert got == [[1, 32, 32]] * (1 + len(overlays))
+        # record for the reward; reward equals the core's on the core trajectory
+        extra = {k: output.non_tensor_batch[k][i] for k in (CALLS, IOUS, "msagent_dices",
+                                                            "msagent_scores")}
+        assert extra[CALLS] == [protocol.parse_action(r).kind for r in SCRIPT]
+        assert extra[IOUS] == [s.iou for s in trajectory.executed_steps]
+        expected = msagent.MedSAMReward().score(trajectory)
+        assert compute_score("msagent", "", case.id, extra)["score"] == pytest.approx(expected.score)
+        assert compute_score("msagent", "", case.id, trajectory_extra_info(trajectory)) == \
+            compute_score("msagent", "", case.id, extra)
+
+
+def test_server_saw_growing_prompts_with_images(worker_output):
+    _, server, _, _ = worker_output
+    by_request: dict[str, list] = {}
+    for request_id, prompt_ids, n_images in server.requests:
+        by_request.setdefault(request_id, []).append((prompt_ids, n_images))
+    assert len(by_request) == 2
+    for turns in by_request.values():
+        assert [n for _, n in turns] == [1, 2, 3, 4]  # stop on the 4th reply ends it
+        for (before, _), (after, _) in zip(turns, turns[1:]):
+            assert after[:len(before)] == before  # append-only token stream
+    assert len(EPISODES) == 0  # the loop dropped both episode states
+
+
+def test_position_ids_and_masks_have_trainer_shapes(worker_output):
+    output, _, _, config = worker_output
+    batch = output.batch
+    total = config.data.max_prompt_length + config.data.max_response_length
+    assert batch["input_ids"].shape == (2, total)
+    assert batch["position_ids"].shape == (2, 4, total)
+    assert np.isin(batch["response_mask"].numpy(), [0, 1]).all()
