@@ -5,7 +5,7 @@ checkpoint layout and loaded through ``msagent.load_segmenter``; a phantom at th
 native input size is encoded (uncached) and decoded. Printed per backbone: encode seconds,
 one decode (box) in milliseconds, a 5-turn episode's decode-only time (box, then four
 accumulated clicks, each fed the previous logits) and that episode's cost relative to one
-encode.
+encode — by wall clock and by this process's CPU time (steadier on a shared machine).
 
     python benchmarks/bench_backbones_sam_medsam2.py                # all, CPU
     python benchmarks/bench_backbones_sam_medsam2.py --backbones sam2,medsam2-512 --device cuda
@@ -58,32 +58,41 @@ def episode(size: int) -> list[Prompts]:
     return prompts
 
 
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def bench(backbone: str, device: str, repeats: int, folder: Path) -> dict[str, float]:
     name, options, size = random_checkpoint(backbone, folder)
     seg = msagent.load_segmenter(name, device=device, **options)
     image = make_phantom(size, size, center=(size // 2, size // 2), radii=(size // 5, size // 4))[0]
-    encode_times = []
-    for _ in range(repeats):
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
+
+    def encode():
         seg.clear_cache()
-        start = time.perf_counter()
-        embedding = seg.encode(image)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        encode_times.append(time.perf_counter() - start)
-    box = Prompts(box=BBox(size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-    seg.decode(embedding, box)  # warm-up
-    decode_times, episode_times = [], []
-    for _ in range(max(3, repeats)):
-        start = time.perf_counter()
-        seg.decode(embedding, box)
-        decode_times.append(time.perf_counter() - start)
-        start, logits = time.perf_counter(), None
+        seg.encode(image)
+        sync()
+
+    def run_episode():
+        logits = None
         for prompts in episode(size):
             logits = seg.decode(embedding, prompts, logits).low_res_logits
-        episode_times.append(time.perf_counter() - start)
-    encode, turns = statistics.median(encode_times), statistics.median(episode_times)
-    return {"size": size, "encode_s": encode, "decode_ms": 1e3 * statistics.median(decode_times),
-            "episode_ms": 1e3 * turns, "ratio": turns / encode}
+        sync()
+
+    encodes = [timed(encode) for _ in range(repeats)]
+    embedding = seg.encode(image)
+    box = Prompts(box=BBox(size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    seg.decode(embedding, box)  # warm-up
+    decodes = [timed(lambda: seg.decode(embedding, box)) for _ in range(max(3, repeats))]
+    episodes = [timed(run_episode) for _ in range(max(3, repeats))]
+    median = lambda runs, i: statistics.median(r[i] for r in runs)  # noqa: E731
+    return {"size": size, "encode_s": median(encodes, 0), "encode_cpu_s": median(encodes, 1),
+            "decode_ms": 1e3 * median(decodes, 0), "episode_ms": 1e3 * median(episodes, 0),
+            "ratio": median(episodes, 0) / median(encodes, 0),
+            "ratio_cpu": median(episodes, 1) / median(encodes, 1)}
 
 
 def main() -> None:
@@ -94,13 +103,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="encodes per backbone (median)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
-    print(f"{'backbone':<12} {'input':>6} {'encode s':>9} {'decode ms':>10} "
-          f"{'5-turn decode ms':>17} {'5-turn / encode':>16}")
+    print(f"{'backbone':<12} {'input':>6} {'encode s':>9} {'encode cpu-s':>13} {'decode ms':>10} "
+          f"{'5-turn decode ms':>17} {'5-turn/encode':>14} {'(cpu time)':>11}")
     with tempfile.TemporaryDirectory() as folder:
         for backbone in args.backbones.split(","):
             r = bench(backbone.strip(), args.device, args.repeats, Path(folder))
-            print(f"{backbone:<12} {r['size']:>6} {r['encode_s']:>9.2f} {r['decode_ms']:>10.1f} "
-                  f"{r['episode_ms']:>17.1f} {r['ratio']:>16.3f}", flush=True)
+            print(f"{backbone:<12} {r['size']:>6} {r['encode_s']:>9.2f} {r['encode_cpu_s']:>13.2f} "
+                  f"{r['decode_ms']:>10.1f} {r['episode_ms']:>17.1f} {r['ratio']:>14.3f} "
+                  f"{r['ratio_cpu']:>11.3f}", flush=True)
 
 
 if __name__ == "__main__":

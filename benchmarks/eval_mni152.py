@@ -29,7 +29,8 @@ def figure(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    names = list(summary)
+    order = {"oracle-box": 0, "expert": 1, "cvpr": 2, "noc": 3}
+    names = sorted(summary, key=lambda n: order.get(n.split("/")[1], 9))
     axes[0].bar([n.split("/")[1] for n in names], [summary[n]["dice"] for n in names],
                 color="tab:blue")
     for i, n in enumerate(names):
@@ -41,6 +42,7 @@ def figure(summary: dict, path: Path) -> None:
         axes[1].plot(clicks, noc["iou_by_click"], marker="o", markersize=3)
         for y in (0.85, 0.9):
             axes[1].axhline(y, color="gray", linestyle=":")
+        axes[1].set_xticks([1, 5, 10, 15, 20])
         axes[1].set(title=f"NoC protocol: NoC@85 {noc['noc85']:.1f}, NoC@90 {noc['noc90']:.1f}",
                     xlabel="clicks", ylabel="mean IoU", ylim=(0, 1.02))
     cvpr = next((s for s in summary.values() if s.get("dsc_by_step")), None)

@@ -116,7 +116,8 @@ def test_msagent_load_plugins_limits_entry_points(monkeypatch):
     names = set(Registry(make_plugin_manager()).registrations("segmenter"))
     assert "mybackbone" in names and "litemedsam" not in names
     monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "")
-    assert set(Registry(make_plugin_manager()).registrations("segmenter")) == set()
+    left = Registry(make_plugin_manager()).registrations("segmenter").values()
+    assert {r.package for r in left} <= {"msagent"}  # only the built-in plugin loads
 
 
 def test_import_and_listing_plugins_import_no_torch():

@@ -220,3 +220,63 @@ def test_load_32_concurrent_sessions_finishes_without_errors():
     assert metrics["sessions"]["created"] == 32 and metrics["sessions"]["active"] == 0
     assert metrics["decode"]["count"] == 96 and metrics["requests"].get("5xx", 0) == 0
     assert elapsed < 60
+
+
+def test_static_files_are_served_at_ui_when_present(tmp_path):
+    (tmp_path / "index.html").write_text("<h1>msagent</h1>")
+    app = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path), api_key="k"))
+    with serve_in_thread(app) as url:
+        page = httpx.get(f"{url}/ui/")
+        assert page.status_code == 200 and "msagent" in page.text
+        assert httpx.get(f"{url}/").json()["ui"] == "/ui/"
+    plain = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path / "missing")))
+    with serve_in_thread(plain) as url:
+        assert httpx.get(f"{url}/ui/").status_code == 404
+        assert httpx.get(f"{url}/").json()["ui"] is None
+
+
+class TextBoxes(Boxes):
+    """A stand-in for a text-prompted backbone (like imisnet): records the texts it got."""
+
+    accepts_text = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list = []
+
+    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False, text=None):
+        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask, text=text)[0]
+
+    def decode_batch(self, embedding, prompt_sets, prev_logits=None, *, multimask=False, text=None):
+        self.texts.append(text)
+        return super().decode_batch(embedding, prompt_sets, prev_logits, multimask=multimask)
+
+
+def test_text_prompts_reach_backbones_that_accept_them():
+    from msagent.remote import RemoteSegmenter
+    from msagent.types import BBox, Prompts
+
+    segmenter = TextBoxes()
+    img = image()
+    with serve_in_thread(create_app(segmenter, ServerConfig(batch_window_ms=0))) as url, \
+            httpx.Client(base_url=url) as c:
+        assert c.get("/health").json()["accepts_text"] is True
+        image_id = c.post("/v1/images", files={"file": ("i.png", png_bytes(img), "image/png")}
+                          ).json()["image_id"]
+        only_text = c.post("/v1/predict", json={"image_id": image_id, "text": "liver"})
+        assert only_text.status_code == 200 and segmenter.texts[-1] == ["liver"]
+        sid = c.post("/v1/sessions", data={"image_id": image_id, "text": "kidney"}).json()["session_id"]
+        assert c.post(f"/v1/sessions/{sid}/box", json=BOX).status_code == 200
+        assert segmenter.texts[-1] == ["kidney"]
+        remote = RemoteSegmenter(url)
+        assert remote.accepts_text
+        remote.decode(remote.encode(img), Prompts(box=BBox(1, 1, 5, 5)), text="spleen")
+        assert segmenter.texts[-1] == ["spleen"]
+        episode = msagent.Agent(msagent.load_policy("oracle-box"), remote).run(
+            img, "left lung", np.ones(img.shape[:2], bool))
+        assert episode.turns == 1 and segmenter.texts[-1] == ["left lung"]
+    with serve_in_thread(create_app(Boxes())) as url:
+        refused = httpx.post(f"{url}/v1/predict", json={"image_id": "0" * 64, "box": BOX,
+                                                        "text": "liver"})
+        assert refused.status_code == 422 and "takes no text prompt" in refused.json()["detail"]
+        assert httpx.post(f"{url}/v1/sessions", files=files(img), data={"text": "x"}).status_code == 422

@@ -111,6 +111,7 @@ class _Runner:
     prompts: Prompts = Prompts()
     failures: int = 0
     stop_reason: str = ""
+    last_preview: tuple | None = None  # ((executed turns, prompts), prediction)
 
     @property
     def active(self) -> bool:
@@ -127,14 +128,22 @@ class _Runner:
         return self.prompts.add(prompt)
 
     def preview(self, action: Action) -> MaskPrediction:
-        """Decode ``action`` on top of the current state without committing it."""
+        """Decode ``action`` on top of the current state without committing it. The latest
+        preview is remembered until the state changes, so executing the action a policy just
+        previewed (the expert's accepted candidate) costs no second decode."""
+        prompts = self._next_prompts(action)
+        key = (len(self.episode.observations), prompts)
+        if self.last_preview is not None and self.last_preview[0] == key:
+            return self.last_preview[1]
         prev = self.episode.prediction
         segmenter = self.agent.segmenter
         text = {"text": self.episode.target} if getattr(segmenter, "accepts_text", False) else {}
-        return segmenter.decode(
-            self.embedding, self._next_prompts(action),
+        prediction = segmenter.decode(
+            self.embedding, prompts,
             None if prev is None else prev.low_res_logits, multimask=self.agent.use_multimask,
             **text)
+        self.last_preview = (key, prediction)
+        return prediction
 
     def handle(self, reply: Reply | PolicyError) -> None:
         index = len(self.episode.steps)

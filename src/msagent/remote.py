@@ -81,7 +81,8 @@ class RemoteSegmenter(Segmenter):
             raise SegmenterError(f"logits_dtype must be one of {', '.join(ARRAY_DTYPES)}, "
                                  f"got {logits_dtype!r}")
         self.url = url.rstrip("/")
-        self.api_key = api_key or os.environ.get(ENV_API_KEY) or None
+        api_key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+        self.api_key = str(api_key) if api_key else None
         self.timeout, self.retries, self.verify = timeout, retries, verify
         self.logits_dtype = logits_dtype
         self._info: dict[str, Any] | None = None
@@ -101,6 +102,11 @@ class RemoteSegmenter(Segmenter):
         return bool(self.info().get("multimask_default", True))
 
     @property
+    def accepts_text(self) -> bool:  # type: ignore[override]
+        """Whether the served backbone takes the target as a text prompt (e.g. imisnet)."""
+        return bool(self.info().get("accepts_text", False))
+
+    @property
     def backbone(self) -> str:
         """The name of the backbone the server runs."""
         return str(self.info().get("backbone", ""))
@@ -112,15 +118,17 @@ class RemoteSegmenter(Segmenter):
         return RemoteImage(key, image)
 
     def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool | None = None) -> MaskPrediction:
-        body = self._predict_body(embedding, prompts, prev_logits, multimask)
+               *, multimask: bool | None = None, text: str | None = None) -> MaskPrediction:
+        """Decode on the server; ``text`` (the target) only where :attr:`accepts_text`."""
+        body = self._predict_body(embedding, prompts, prev_logits, multimask, text)
         data = self._with_image(embedding, lambda: self._request("POST", "/v1/predict", json=body))
         return self._prediction(data, embedding.image_size)
 
     def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                      prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool | None = None) -> list[MaskPrediction]:
-        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask)
+                     multimask: bool | None = None,
+                     text: str | Sequence[str | None] | None = None) -> list[MaskPrediction]:
+        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask, text)
         data = self._with_image(embedding,
                                 lambda: self._request("POST", "/v1/predict/batch", json=body))
         return [self._prediction(p, embedding.image_size) for p in data["predictions"]]
@@ -147,17 +155,18 @@ class RemoteSegmenter(Segmenter):
 
     async def adecode(self, embedding: Embedding, prompts: Prompts,
                       prev_logits: np.ndarray | None = None, *,
-                      multimask: bool | None = None) -> MaskPrediction:
+                      multimask: bool | None = None, text: str | None = None) -> MaskPrediction:
         """Async :meth:`decode`."""
-        body = self._predict_body(embedding, prompts, prev_logits, multimask)
+        body = self._predict_body(embedding, prompts, prev_logits, multimask, text)
         data = await self._awith_image(embedding, "/v1/predict", body)
         return self._prediction(data, embedding.image_size)
 
     async def adecode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                             prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                            multimask: bool | None = None) -> list[MaskPrediction]:
+                            multimask: bool | None = None,
+                            text: str | Sequence[str | None] | None = None) -> list[MaskPrediction]:
         """Async :meth:`decode_batch`."""
-        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask)
+        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask, text)
         data = await self._awith_image(embedding, "/v1/predict/batch", body)
         return [self._prediction(p, embedding.image_size) for p in data["predictions"]]
 
@@ -168,10 +177,14 @@ class RemoteSegmenter(Segmenter):
                                  "with the remote segmenter first")
         return embedding.features
 
-    def _prompt_set(self, embedding: Embedding, prompts: Prompts, prev: np.ndarray | None) -> dict:
-        check_prompts(prompts, embedding.image_size)
+    def _prompt_set(self, embedding: Embedding, prompts: Prompts, prev: np.ndarray | None,
+                    text: str | None) -> dict:
+        if text is None or not prompts.empty:
+            check_prompts(prompts, embedding.image_size)
         body: dict[str, Any] = {"points": [{"x": int(p.x), "y": int(p.y), "label": p.label}
                                            for p in prompts.points]}
+        if text is not None:
+            body["text"] = text
         if prompts.box is not None:
             body["box"] = dict(zip(("x1", "y1", "x2", "y2"), map(int, prompts.box.as_tuple())))
         logits = check_prev_logits(prev)
@@ -183,17 +196,20 @@ class RemoteSegmenter(Segmenter):
         options = {"mask_format": "rle", "return_logits": True, "logits_dtype": self.logits_dtype}
         return options if multimask is None else {**options, "multimask": bool(multimask)}
 
-    def _predict_body(self, embedding, prompts, prev_logits, multimask) -> dict:
+    def _predict_body(self, embedding, prompts, prev_logits, multimask, text) -> dict:
         return {"image_id": self._handle(embedding).image_id,
-                **self._prompt_set(embedding, prompts, prev_logits), **self._options(multimask)}
+                **self._prompt_set(embedding, prompts, prev_logits, text), **self._options(multimask)}
 
-    def _batch_body(self, embedding, prompt_sets, prev_logits, multimask) -> dict:
-        prev = list(prev_logits) if prev_logits is not None else [None] * len(prompt_sets)
-        if len(prev) != len(prompt_sets):
-            raise SegmenterError(f"decode_batch got {len(prompt_sets)} prompt sets but "
-                                 f"{len(prev)} prev_logits")
+    def _batch_body(self, embedding, prompt_sets, prev_logits, multimask, text) -> dict:
+        count = len(prompt_sets)
+        prev = list(prev_logits) if prev_logits is not None else [None] * count
+        texts = [text] * count if text is None or isinstance(text, str) else list(text)
+        if len(prev) != count or len(texts) != count:
+            raise SegmenterError(f"decode_batch got {count} prompt sets, {len(prev)} prev_logits "
+                                 f"and {len(texts)} texts; give one of each per set")
         return {"image_id": self._handle(embedding).image_id, **self._options(multimask),
-                "items": [self._prompt_set(embedding, p, lg) for p, lg in zip(prompt_sets, prev)]}
+                "items": [self._prompt_set(embedding, p, lg, t)
+                          for p, lg, t in zip(prompt_sets, prev, texts)]}
 
     @staticmethod
     def _prediction(data: dict, image_size: tuple[int, int]) -> MaskPrediction:

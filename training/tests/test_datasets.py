@@ -18,7 +18,7 @@ def rl_dataset(parquet_dir, tiny_processor, tmp_path_factory):
 
     tokenizer, processor = tiny_processor
     config = OmegaConf.create({"prompt_key": "prompt", "image_key": "images", "max_prompt_length": 1024,
-                               "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1,
+                               "filter_overlong_prompts": True, "filter_overlong_prompts_workers": None,
                                "image_patch_size": 16, "return_raw_chat": True,
                                "cache_dir": str(tmp_path_factory.mktemp("verl-cache"))})
     return RLHFDataset(str(parquet_dir / "rl.parquet"), tokenizer, config, processor)
@@ -38,7 +38,9 @@ def test_rl_rows_load_in_rlhf_dataset(rl_dataset, cases):
     assert len(rl_dataset) == len(cases)  # none filtered as over-long
     for item, case in zip(rl_dataset, cases, strict=True):
         system, user = item["raw_prompt"]
-        assert system == {"role": "system", "content": protocol.SYSTEM_PROMPT}
+        # verl turns the system text into one text part; the template renders both alike
+        assert system == {"role": "system",
+                          "content": [{"type": "text", "text": protocol.SYSTEM_PROMPT}]}
         image_part, text_part = user["content"]
         assert image_part["type"] == "image" and image_part["image"].size == (512, 512)
         assert np.array_equal(np.asarray(image_part["image"].convert("RGB")),

@@ -15,9 +15,11 @@ from msagent_medsam2.model import build_model, medsam2_config
 from msagent_medsam2.weights import TRUNK_KEY
 
 import msagent
-from msagent.errors import WeightsMismatch, WeightsNotFound
+from msagent.errors import InvalidInput, WeightsMismatch, WeightsNotFound
 from msagent.types import BBox, Point, Prompts
 
+# sam2's SAM2Transforms (built by SAM2ImagePredictor) scripts its resize with a deprecated API
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 BOX = BBox(100, 45, 240, 135)
 
 
@@ -52,7 +54,7 @@ def test_512_config_ships_with_the_plugin_and_loads_strictly(seg, checkpoint):
 def test_default_is_the_1024_config_medsam_agent_ran(checkpoint):
     seg = msagent.load_segmenter("medsam2", checkpoint=checkpoint, device="cpu")
     assert seg.image_size == 1024 and medsam2_config(1024).name == "sam2.1_hiera_t.yaml"
-    with pytest.raises(ValueError, match="1024"):
+    with pytest.raises(InvalidInput, match="1024"):
         medsam2_config(768)
 
 

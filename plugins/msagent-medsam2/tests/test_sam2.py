@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import msagent
-from msagent.errors import WeightsMismatch, WeightsNotFound
+from msagent.errors import InvalidInput, WeightsMismatch, WeightsNotFound
 from msagent.types import BBox, Point, Prompts
 
+# sam2's SAM2Transforms (built by SAM2ImagePredictor) scripts its resize with a deprecated API
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:FutureWarning")
 BOX = BBox(100, 45, 240, 135)
 CLICKS = (Point(170, 90, True), Point(110, 50, False))
 
@@ -117,6 +119,8 @@ def test_the_cache_encodes_an_image_once(seg, phantom):
 def test_a_variant_that_contradicts_the_checkpoint_is_refused(tiny_checkpoint):
     with pytest.raises(WeightsMismatch, match="tiny"):
         msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, variant="large")
+    with pytest.raises(InvalidInput, match="base_plus"):
+        msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, variant="huge")
 
 
 def test_weights_resolve_from_env_and_hf_cache(tiny_checkpoint, hf_cache, monkeypatch):

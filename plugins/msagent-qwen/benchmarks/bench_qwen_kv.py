@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def run_episode(policy, turns: int, episode_id: str) -> list[dict]:
     episode = Episode(episode_id, image, "bright ellipse", turns)
     usages = []
     for turn in range(turns):
+        cpu = time.process_time()  # CPU seconds of this process: robust to other jobs' load
         reply = policy.act(episode)
-        usages.append(dict(reply.usage))
+        usages.append({**reply.usage, "cpu_s": time.process_time() - cpu})
         kind = "add_bbox" if turn == 0 else "add_point"
         args = {"bbox_2d": [200, 200, 800, 800]} if turn == 0 else \
             {"point_2d": [500, 300 + 40 * turn], "point_type": "positive"}
@@ -64,6 +66,7 @@ def summarize(usages: list[dict]) -> dict:
             "prefill_ratio": prefilled / final,
             "prefill_s_per_turn": [round(u["prefill_s"], 4) for u in usages],
             "latency_s_per_turn": [round(u["latency_s"], 4) for u in usages],
+            "cpu_s_per_turn": [round(u["cpu_s"], 4) for u in usages],
             "prompt_tokens_per_turn": [u["prompt_tokens"] for u in usages],
             "episode_s": sum(u["latency_s"] for u in usages)}
 
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="episodes per setting (best kept)")
+    parser.add_argument("--hidden", type=int, default=64, help="tiny model: LLM hidden size")
+    parser.add_argument("--layers", type=int, default=2, help="tiny model: LLM layers")
+    parser.add_argument("--vision-hidden", type=int, default=32, help="tiny model: vision width")
+    parser.add_argument("--vision-depth", type=int, default=2, help="tiny model: vision blocks")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -85,7 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         if model is None:
             from msagent_qwen import tiny
 
-            model = str(tiny.save_tiny_checkpoint(Path(tmp) / args.family, args.family))
+            model = str(tiny.save_tiny_checkpoint(
+                Path(tmp) / args.family, args.family, hidden=args.hidden, layers=args.layers,
+                vision_hidden=args.vision_hidden, vision_depth=args.vision_depth))
         results = {}
         for reuse in (True, False):
             policy = msagent.load_policy("qwen", model=model, device=args.device, dtype=args.dtype,
@@ -94,8 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
             runs = [summarize(run_episode(policy, args.turns, f"bench{i}"))
                     for i in range(args.repeats)]
             results["reuse" if reuse else "no_reuse"] = min(runs, key=lambda r: r["episode_s"])
-    report = {"family": args.family, "model": args.model or "tiny random", "device": args.device,
-              "turns": args.turns, "image_size": protocol.POLICY_IMAGE_SIZE, **results}
+    import torch
+
+    report = {"torch_threads": torch.get_num_threads(), "family": args.family,
+              "model": args.model or f"tiny random (hidden {args.hidden}, {args.layers} layers, "
+                                      f"vision {args.vision_hidden}x{args.vision_depth})",
+              "device": args.device, "turns": args.turns, "image_size": protocol.POLICY_IMAGE_SIZE, **results}
     print_report(report)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
@@ -111,6 +124,7 @@ def print_report(report: dict) -> None:
         print(f"            prompt tokens per turn {r['prompt_tokens_per_turn']}")
         print(f"            prefill s per turn     {r['prefill_s_per_turn']}")
         print(f"            turn s                 {r['latency_s_per_turn']}")
+        print(f"            turn CPU s             {r['cpu_s_per_turn']}")
 
 
 if __name__ == "__main__":

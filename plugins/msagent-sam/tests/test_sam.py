@@ -19,7 +19,7 @@ from msagent_sam.segmenter import SamGeometry, sam_upscale
 from msagent_sam.weights import resolve_checkpoint
 
 import msagent
-from msagent.errors import WeightsMismatch, WeightsNotFound
+from msagent.errors import InvalidInput, WeightsMismatch, WeightsNotFound
 from msagent.types import BBox, Point, Prompts
 
 BOX = BBox(100, 45, 240, 135)
@@ -204,7 +204,7 @@ def test_wrong_files_are_refused(vit_b_checkpoint, tmp_path):
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(WeightsMismatch, match="not a Segment Anything checkpoint"):
         msagent.load_segmenter("sam", checkpoint=tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="vit_b"):
+    with pytest.raises(InvalidInput, match="vit_b"):
         msagent.load_segmenter("sam", checkpoint=vit_b_checkpoint, variant="vit_x")
 
 

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per segmenter (default 1); part of the job's identity")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                        help="run on Ray: a local cluster without ADDRESS, else join ADDRESS")
+                        help="run on Ray: a local cluster without ADDRESS, else join ADDRESS "
+                             "(write --ray=ADDRESS, or --ray after the datasets)")
     parser.add_argument("--workers", type=int, help="Ray workers (default: CPUs // threads)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -154,6 +154,15 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _column(pa, values: list) -> Any:
+    """An Arrow array of ``values``; a column of mixed kinds (say numbers and text in a
+    policy's usage field) becomes JSON text rather than failing the export."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else json.dumps(v, default=str) for v in values])
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -183,7 +192,7 @@ def write_tables(records: Iterable[CaseRecord], out_dir: Path) -> dict[str, Path
     except ImportError:
         log.info("pyarrow is not installed: skipping results.parquet (pip install 'msagent[data]')")
         return written
-    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    table = pa.table({c: _column(pa, [row.get(c) for row in rows]) for c in columns})
     tmp = out_dir / ".results.parquet.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, out_dir / "results.parquet")

@@ -74,8 +74,8 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
     dataset = _dataset(sources, split, limit)
     gen = generator if isinstance(generator, TrajectoryGenerator) else \
         get_registry().load("trajectory_generator", generator, **dict(generator_options or {}))
-    manifest = _manifest(sources, dataset, backbone, backbone_options, gen, generator,
-                         split, limit, shard_size, threads, overlays)
+    manifest = make_manifest(sources, dataset, backbone, backbone_options, gen, generator,
+                             split, limit, shard_size, threads, overlays)
     _claim(out, manifest)
     starts = range(0, len(dataset), shard_size)
     todo = [i for i, _ in enumerate(starts) if not shard_path(out, i).is_file()]
@@ -114,8 +114,9 @@ def _refs(dataset: Dataset, index: int, shard_size: int):
     return dataset.refs[index * shard_size:(index + 1) * shard_size]
 
 
-def _manifest(sources, dataset, backbone, backbone_options, gen, generator, split, limit,
-              shard_size, threads, overlays) -> dict[str, Any]:
+def make_manifest(sources, dataset, backbone, backbone_options, gen, generator, split, limit,
+                  shard_size, threads, overlays) -> dict[str, Any]:
+    """The job's identity, as written to ``manifest.json``."""
     if isinstance(sources, Dataset):
         source_list = [f"dataset:{sources.name}"]
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +37,10 @@ class _RayShardWorker:
     def ready(self) -> bool:
         return True
 
+    def cpu_seconds(self) -> float:
+        """CPU time of this worker process so far (for utilisation measurements)."""
+        return time.process_time()
+
     def run(self, index: int, start: int, refs: Sequence) -> ShardResult:
         with torch_threads(self.threads):
             return self.worker.run(index, start, refs)
@@ -58,9 +63,11 @@ def _init(address: str | None, cpus: int) -> bool:
 
 
 def start_workers(manifest: dict[str, Any], generator, *, address: str | None = None,
-                  workers: int | None = None, threads: int | None = 1) -> tuple[list, bool]:
-    """Start ``workers`` actors (default: the cluster's CPUs // threads) and wait until each
-    has loaded its segmenter. Returns (actors, whether Ray was started here)."""
+                  workers: int | None = None, threads: int | None = 1,
+                  at_most: int | None = None) -> tuple[list, bool]:
+    """Start ``workers`` actors (default: the cluster's CPUs // threads, and no more than
+    ``at_most``) and wait until each has loaded its segmenter. Returns (actors, whether Ray
+    was started here)."""
     import ray
 
     per_worker = max(1, int(threads or 1))
@@ -70,6 +77,7 @@ def start_workers(manifest: dict[str, Any], generator, *, address: str | None = 
     started = _init(address, local_cpus)
     if workers is None:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_worker)
+    workers = min(workers, at_most) if at_most else workers
     remote = ray.remote(num_cpus=per_worker)(_RayShardWorker)
     actors = [remote.remote(manifest, generator, threads) for _ in range(workers)]
     ray.get([actor.ready.remote() for actor in actors])
@@ -116,7 +124,7 @@ def run_on_ray(shards: Sequence[tuple[int, int, Sequence]], manifest: dict[str, 
     if not shards:
         return
     actors, started = start_workers(manifest, generator, address=address, workers=workers,
-                                    threads=threads)
+                                    threads=threads, at_most=len(shards))
     try:
         yield from run_shards(actors, shards)
     finally:

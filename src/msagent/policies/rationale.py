@@ -17,15 +17,15 @@ import numpy as np
 _ROWS = ("upper", "middle", "lower")
 _COLS = ("left", "central", "right")
 
-BOX = (
+BOX = (  # the box may be jittered: say "around", never "encloses the whole"
     "The {target} lies in the {where} part of the image. I will start with a bounding box around it.",
     "I can see the {target} in the {where} region. A bounding box around it gives a first mask.",
-    "To begin, I'll draw a box that encloses the {target}, located in the {where} area.",
+    "To begin, I'll draw a box around the {target}, located in the {where} area.",
     "The {target} is a {size} structure in the {where} part of the image; a box around it is a "
     "good first prompt.",
     "First I'll localize the {target} ({where}) with a bounding box.",
-    "Starting with a bounding box that covers the whole {target}, which occupies a {size} area "
-    "in the {where} region.",
+    "Starting with a bounding box around the {target}, which occupies a {size} area in the "
+    "{where} region.",
 )
 FIRST_CLICK = (
     "The {target} is in the {where} part of the image. I'll place a positive point inside it to start.",

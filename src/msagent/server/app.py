@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..segmenter import Segmenter
-from . import compat, errors, routes, session_routes
+from . import agent_routes, compat, errors, routes, session_routes, volume_routes
 from .config import ServerConfig
 from .context import ServerContext
 from .engine import Engine
@@ -58,6 +58,8 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
     app.include_router(session_routes.router)
     if config.compat:
         app.include_router(compat.router)
+    agent_routes.install(app)  # the web page's agent runs, plugins listing
+    volume_routes.install(app)  # the web page's images as PNG, volumes, mask export
     _mount_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
     app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
 

@@ -1,11 +1,12 @@
-"""Micro-batching of decodes: requests for the same image that arrive within a few
-milliseconds run as one :meth:`msagent.Segmenter.decode_batch` call.
+"""Micro-batching of decodes: requests for the same image run as one
+:meth:`msagent.Segmenter.decode_batch` call.
 
-The first request for an (image, multimask) pair opens a batch and schedules it to run
-``window`` seconds later (or at once when it reaches ``max_batch``); later requests for the
-same pair join it. A batch runs in the decode thread pool, so the event loop never blocks.
-If the batched call fails, its requests are decoded one by one, so one bad request cannot
-fail the others.
+The first request for an (image, multimask) pair opens a batch; later ones join it. The batch
+closes ``window`` seconds later — or, when every decode worker is busy, only once one frees up,
+so a backlog becomes one large batch instead of a queue of small ones — or when it holds
+``max_batch`` requests. Batches run in the decode thread pool (never on the event loop), at most
+``workers`` at a time. If a batched call fails, its requests are decoded one by one, so one bad
+request cannot fail the others.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class _Request:
     prompts: Prompts
     prev_logits: np.ndarray | None
     future: asyncio.Future
+    text: str | None = None
 
 
 @attrs.define(eq=False)
@@ -40,97 +42,108 @@ class _Batch:
     closed: bool = False
 
 
+@attrs.frozen
+class _Failed:
+    error: BaseException
+
+
 class DecodeBatcher:
-    """Collects concurrent decodes per image; ``window <= 0`` or ``max_batch == 1`` decodes each
-    request on its own (still off the event loop)."""
+    """Collects concurrent decodes per image. ``window <= 0`` or ``max_batch == 1`` decodes
+    each request on its own (still off the event loop, at most ``workers`` at a time)."""
 
     def __init__(self, segmenter: Segmenter, executor: Executor, *, window: float, max_batch: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 workers: int, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.segmenter = segmenter
         self.executor = executor
         self.window = window
         self.max_batch = max_batch
+        self.workers = workers
         self.on_batch = on_batch or (lambda size, seconds: None)
         self._open: dict[tuple[str, bool], _Batch] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def batching(self) -> bool:
+        return self.window > 0 and self.max_batch > 1
 
     async def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None,
-                     multimask: bool) -> MaskPrediction:
-        loop = asyncio.get_running_loop()
-        if self.window <= 0 or self.max_batch <= 1:
-            return (await self._execute(loop, _Batch(embedding, multimask, [
-                _Request(prompts, prev_logits, loop.create_future())])))[0]
+                     multimask: bool, text: str | None = None) -> MaskPrediction:
+        """Decode one request; ``text`` only for backbones with ``accepts_text``."""
+        request = _Request(prompts, prev_logits, asyncio.get_running_loop().create_future(), text)
+        if not self.batching:
+            self._start(_Batch(embedding, multimask, [request], closed=True))
+            return await request.future
         key = (embedding.key, multimask)
         batch = self._open.get(key)
         if batch is None:
             batch = self._open[key] = _Batch(embedding, multimask)
-            loop.call_later(self.window, self._close, key, batch)
-        request = _Request(prompts, prev_logits, loop.create_future())
+            self._start(batch, key)
         batch.requests.append(request)
         if len(batch.requests) >= self.max_batch:
             self._close(key, batch)
         return await request.future
 
-    def _close(self, key: tuple[str, bool], batch: _Batch) -> None:
-        if self._open.get(key) is batch:
-            del self._open[key]
-        if batch.closed:
-            return
-        batch.closed = True
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+    def _start(self, batch: _Batch, key: tuple[str, bool] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(batch, key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: _Batch) -> None:
-        live = [r for r in batch.requests if not r.future.done()]
-        if not live:
-            return
-        batch.requests = live
-        try:
-            predictions = await self._execute(asyncio.get_running_loop(), batch)
-        except Exception as exc:  # delivered to every waiter
-            for request in live:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            return
-        for request, prediction in zip(live, predictions):
-            if request.future.done():
-                continue
-            if isinstance(prediction, _Failed):
-                request.future.set_exception(prediction.error)
-            else:
-                request.future.set_result(prediction)
+    def _close(self, key: tuple[str, bool], batch: _Batch) -> None:
+        if self._open.get(key) is batch:
+            del self._open[key]
+        batch.closed = True
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: _Batch) -> list:
-        """Run the batch in the pool. A batch of one raises its own error; in a larger one a
-        failing request gets its error and the others their masks."""
+    async def _drain(self, batch: _Batch, key: tuple[str, bool] | None) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.workers)
+        if not batch.closed:
+            await asyncio.sleep(self.window)  # let concurrent requests join
+        async with self._slots:  # while all workers are busy, the batch keeps growing
+            if key is not None:
+                self._close(key, batch)
+            await self._run(batch)
+
+    async def _run(self, batch: _Batch) -> None:
+        batch.requests = [r for r in batch.requests if not r.future.done()]  # drop timed-out ones
+        if not batch.requests:
+            return
         started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self.executor, self._decode_all, batch)
+            results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._decode_all, batch)
+        except Exception as exc:  # delivered to every waiter
+            results = [_Failed(exc)] * len(batch.requests)
         finally:
             self.on_batch(len(batch.requests), time.perf_counter() - started)
+        for request, result in zip(batch.requests, results):
+            if request.future.done():
+                continue
+            if isinstance(result, _Failed):
+                request.future.set_exception(result.error)
+            else:
+                request.future.set_result(result)
 
     def _decode_all(self, batch: _Batch) -> list:
+        """The whole batch in one call; if that fails (and it held several), one by one."""
         prompts = [r.prompts for r in batch.requests]
         prev = [r.prev_logits for r in batch.requests]
-        if len(prompts) == 1:
-            return self.segmenter.decode_batch(batch.embedding, prompts, prev,
-                                               multimask=batch.multimask)
+        texts = [r.text for r in batch.requests]
+        extra = {"text": texts} if any(t is not None for t in texts) else {}
         try:
             return self.segmenter.decode_batch(batch.embedding, prompts, prev,
-                                               multimask=batch.multimask)
+                                               multimask=batch.multimask, **extra)
         except Exception:
+            if len(prompts) == 1:
+                raise
             log.debug("batched decode of %d failed; decoding one by one", len(prompts), exc_info=True)
         results = []
         for request in batch.requests:
+            extra = {} if request.text is None else {"text": request.text}
             try:
                 results.append(self.segmenter.decode(batch.embedding, request.prompts,
-                                                     request.prev_logits, multimask=batch.multimask))
+                                                     request.prev_logits, multimask=batch.multimask,
+                                                     **extra))
             except Exception as exc:
                 results.append(_Failed(exc))
         return results
-
-
-@attrs.frozen
-class _Failed:
-    error: BaseException

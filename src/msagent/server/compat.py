@@ -194,16 +194,29 @@ async def delete(session_id: str, ctx: ServerContext = Depends(context)) -> Comp
 
 @router.get("/sessions", response_model=CompatSessions)
 async def sessions(ctx: ServerContext = Depends(context)) -> CompatSessions:
+    now = time.time()
     listed = [{"session_id": s.id, "round_number": s.actions, "total_clicks": s.actions,
-               "created_at": _iso(s.created_at)} for s in ctx.store.list()]
+               "created_at": _iso(s.created_at),
+               "last_accessed": _iso(now - ctx.store.idle_seconds(s))} for s in ctx.store.list()]
     return CompatSessions(total_sessions=len(listed), sessions=listed)
 
 
+def parse_text(text: str | None) -> str | None:
+    """Upstream's ``text`` field: a JSON list of target names (the first is used) or a string."""
+    value = parse_json(text, "text") if text and text.lstrip().startswith("[") else text
+    if isinstance(value, list):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise InvalidInput(f"text must be a target name or a JSON list of them, got {text!r}")
+    return None if value is None else value.strip()[:500]
+
+
 async def _one_shot(ctx: ServerContext, image: UploadFile, prompts: Prompts,
-                    prev: np.ndarray | None, multimask: bool) -> MaskPrediction:
+                    prev: np.ndarray | None, multimask: bool, text: str | None) -> MaskPrediction:
+    target = parse_text(text)
     key, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
     embedding = await ctx.engine.embed(key)
-    return await ctx.engine.decode(embedding, prompts, prev, multimask)
+    return await ctx.engine.decode(embedding, prompts, prev, multimask, target)
 
 
 @router.post("/predict", response_model=CompatPredict)
@@ -212,7 +225,7 @@ async def predict(image: UploadFile = File(...), point_coords: str | None = Form
                   text: str | None = Form(None), multimask_output: bool = Form(False),
                   ctx: ServerContext = Depends(context)) -> CompatPredict:
     prompts = parse_prompts(point_coords, point_labels, bbox)
-    pred = await _one_shot(ctx, image, prompts, None, multimask_output)
+    pred = await _one_shot(ctx, image, prompts, None, multimask_output, text)
     return CompatPredict(masks=[mask_png_b64(pred.mask)], message="Prediction completed")
 
 
@@ -227,7 +240,7 @@ async def predict_with_state(
     prompts = parse_prompts(point_coords, point_labels, bbox)
     shape = _ints(parse_json(previous_logits_shape, "previous_logits_shape") or [], "previous_logits_shape")
     prev = unpack_array({"dtype": "float32", "shape": shape, "data": previous_logits}, "previous_logits")
-    pred = await _one_shot(ctx, image, prompts, prev, multimask_output)
+    pred = await _one_shot(ctx, image, prompts, prev, multimask_output, text)
     packed = pack_array(pred.low_res_logits[None], "float32")
     return CompatPredict(masks=[mask_png_b64(pred.mask)], message="Prediction completed",
                          logits=packed["data"], logits_shape=packed["shape"])

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import SegmenterError
+from ..errors import InvalidInput, SegmenterError
 from ..segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
 from ..types import MaskPrediction, Prompts
 from .batching import DecodeBatcher
@@ -81,7 +81,7 @@ class Engine:
         self.decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="msagent-decode")
         self.batcher = DecodeBatcher(
             segmenter, self.decode_pool, window=config.batch_window_ms / 1000 if config.batching else 0,
-            max_batch=config.max_batch, on_batch=metrics.record_batch)
+            max_batch=config.max_batch, workers=config.decode_workers, on_batch=metrics.record_batch)
         self._inflight: dict[str, asyncio.Future] = {}
 
     def multimask(self, override: bool | None) -> bool:
@@ -121,31 +121,45 @@ class Engine:
             self.metrics.encode.add(time.perf_counter() - started)
         return embedding
 
+    def check(self, prompts: Prompts, image_size: tuple[int, int], text: str | None) -> None:
+        """Raise before decoding what the backbone would refuse (empty or outside prompts,
+        a text prompt for a backbone without ``accepts_text``)."""
+        self.check_text(text)
+        if text is None or not prompts.empty:
+            check_prompts(prompts, image_size)
+
+    def check_text(self, text: str | None) -> None:
+        if text is not None and not self.segmenter.accepts_text:
+            raise InvalidInput(f"backbone {self.segmenter.name!r} takes no text prompt; leave "
+                               "'text' out, or serve a backbone that accepts one (e.g. imisnet)")
+
     async def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None,
-                     multimask: bool | None) -> MaskPrediction:
+                     multimask: bool | None, text: str | None = None) -> MaskPrediction:
         """Check the request, then decode it (micro-batched with others on the same image)."""
-        check_prompts(prompts, embedding.image_size)
+        self.check(prompts, embedding.image_size, text)
         prev = check_prev_logits(prev_logits)
         started = time.perf_counter()
         prediction = await self._bounded(
-            self.batcher.decode(embedding, prompts, prev, self.multimask(multimask)), "decode")
+            self.batcher.decode(embedding, prompts, prev, self.multimask(multimask), text), "decode")
         self.metrics.decode.add(time.perf_counter() - started)
         return prediction
 
     async def decode_many(self, embedding: Embedding, prompt_sets: list[Prompts],
-                          prev_logits: list[np.ndarray | None], multimask: bool | None
-                          ) -> list[MaskPrediction]:
+                          prev_logits: list[np.ndarray | None], multimask: bool | None,
+                          texts: list[str | None] | None = None) -> list[MaskPrediction]:
         """Decode several prompt sets against one embedding in one ``decode_batch`` call."""
-        for index, prompts in enumerate(prompt_sets):
+        texts = texts or [None] * len(prompt_sets)
+        for index, (prompts, text) in enumerate(zip(prompt_sets, texts)):
             try:
-                check_prompts(prompts, embedding.image_size)
-            except SegmenterError as exc:
-                raise SegmenterError(f"items[{index}]: {exc}") from None
+                self.check(prompts, embedding.image_size, text)
+            except (SegmenterError, InvalidInput) as exc:
+                raise type(exc)(f"items[{index}]: {exc}") from None
         prev = [check_prev_logits(p) for p in prev_logits]
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        extra = {"text": texts} if any(t is not None for t in texts) else {}
         run = functools.partial(self.segmenter.decode_batch, embedding, prompt_sets, prev,
-                                multimask=self.multimask(multimask))
+                                multimask=self.multimask(multimask), **extra)
         predictions = await self._bounded(loop.run_in_executor(self.decode_pool, run), "decode")
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(prompt_sets), elapsed)

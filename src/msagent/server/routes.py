@@ -39,7 +39,8 @@ async def health(ctx: ServerContext = Depends(context)) -> Health:
     segmenter = ctx.engine.segmenter
     sessions = len(ctx.store)
     return Health(status="ok", backbone=segmenter.name or type(segmenter).__name__,
-                  multimask_default=ctx.multimask_default, version=__version__, sessions=sessions,
+                  multimask_default=ctx.multimask_default,
+                  accepts_text=bool(segmenter.accepts_text), version=__version__, sessions=sessions,
                   uptime_s=round(time.time() - ctx.started, 3), model_type=segmenter.name or "",
                   device=str(getattr(segmenter, "device", "unknown")), active_sessions=sessions,
                   timestamp=datetime.datetime.now(datetime.UTC).isoformat())
@@ -109,11 +110,13 @@ async def resolve_image(request: PredictRequest, ctx: ServerContext) -> str:
 @router.post("/predict", response_model=PredictResponse)
 async def predict(request: PredictRequest, ctx: ServerContext = Depends(context)) -> PredictResponse:
     """One stateless decode: image + prompts (+ the previous logits) → mask, score, logits."""
+    ctx.engine.check_text(request.text)
     key = await resolve_image(request, ctx)
     prompts = request.to_prompts()
+    ctx.engine.check(prompts, ctx.engine.images.get(key).shape[:2], request.text)  # before encoding
     prev = None if request.prev_logits is None else unpack_array(request.prev_logits.model_dump())
     embedding = await ctx.engine.embed(key)
-    pred = await ctx.engine.decode(embedding, prompts, prev, request.multimask)
+    pred = await ctx.engine.decode(embedding, prompts, prev, request.multimask, request.text)
     height, width = embedding.image_size
     out = prediction(pred, request.mask_format, request.return_logits, request.logits_dtype)
     return PredictResponse(image_id=key, width=width, height=height, **dict(out))
@@ -128,7 +131,7 @@ async def predict_batch(request: PredictBatchRequest,
             for i, item in enumerate(request.items)]
     embedding = await ctx.engine.embed(request.image_id)
     preds = await ctx.engine.decode_many(embedding, [item.to_prompts() for item in request.items],
-                                         prev, request.multimask)
+                                         prev, request.multimask, [item.text for item in request.items])
     height, width = embedding.image_size
     return PredictBatchResponse(
         image_id=request.image_id, width=width, height=height,

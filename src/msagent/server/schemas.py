@@ -75,6 +75,8 @@ class PromptSet(Strict):
     points: list[PointIn] = Field(default_factory=list, max_length=256)
     prev_logits: PackedArray | None = Field(
         None, description="the previous turn's 256×256 low-res logits (returned as `logits`)")
+    text: str | None = Field(None, min_length=1, max_length=500, description=(
+        "the target as text (e.g. 'liver'), for backbones that accept a text prompt"))
 
     def to_prompts(self) -> Prompts:
         return Prompts(box=None if self.box is None else self.box.to_bbox(),
@@ -153,6 +155,7 @@ class SessionInfo(BaseModel):
     actions: int = Field(description="prompts executed since creation (upstream's round number)")
     box: Box | None
     points: list[PointIn]
+    text: str | None
     score: float | None
     has_mask: bool
     created_at: float = Field(description="Unix time")
@@ -179,6 +182,7 @@ class Health(BaseModel):
     status: Literal["ok"]
     backbone: str
     multimask_default: bool
+    accepts_text: bool
     version: str
     sessions: int
     uptime_s: float

@@ -26,18 +26,19 @@ MASK_RESPONSES = {200: {"description": "the mask as PNG (0/255) or as msagent's 
 
 async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
                        session_id: str | None, prompt_mode: str, multimask: bool | None,
-                       replace: bool = False) -> Session:
+                       text: str | None = None, replace: bool = False) -> Session:
     """Create a session from an upload or a stored image's hash (encodes the image)."""
     if (image is None) == (image_id is None):
         raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
                            "an uploaded image)")
     session_id = session_id or uuid.uuid4().hex
+    ctx.engine.check_text(text)
     ctx.store.check_room(session_id, replace=replace)
     if image is not None:
         image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
     embedding = await ctx.engine.embed(image_id)
     session = Session(id=session_id, image_id=image_id, embedding=embedding,
-                      prompt_mode=prompt_mode, multimask=multimask)
+                      prompt_mode=prompt_mode, multimask=multimask, text=text)
     return ctx.store.add(session, replace=replace)
 
 
@@ -49,7 +50,7 @@ async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
         prev = session.state.prediction
         pred = await ctx.engine.decode(
             session.embedding, prompts, None if prev is None else prev.low_res_logits,
-            session.multimask if multimask is None else multimask)
+            session.multimask if multimask is None else multimask, session.text)
         session.push(SessionState(prompts, pred))
 
 
@@ -62,11 +63,13 @@ async def create_session(
                                   description="default: a random id"),
     prompt_mode: Literal["accumulate", "latest"] = Form("accumulate"),
     multimask: bool | None = Form(None, description="default: the backbone's"),
+    text: str | None = Form(None, min_length=1, max_length=500,
+                            description="the target, for backbones that accept a text prompt"),
     ctx: ServerContext = Depends(context),
 ) -> SessionInfo:
     """Start a session on an image (uploaded now, or by the hash of an earlier upload)."""
     session = await open_session(ctx, image=image, image_id=image_id, session_id=session_id,
-                                 prompt_mode=prompt_mode, multimask=multimask)
+                                 prompt_mode=prompt_mode, multimask=multimask, text=text)
     return session_info(session, ctx.store, ctx.multimask_default)
 
 

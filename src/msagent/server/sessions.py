@@ -49,6 +49,7 @@ class Session:
     embedding: Embedding
     prompt_mode: str = attrs.field(default="accumulate", validator=attrs.validators.in_(PROMPT_MODES))
     multimask: bool | None = None
+    text: str | None = None  # the target, sent with every decode to text-prompted backbones
     created_at: float = attrs.field(factory=time.time)
     last_used: float = 0.0
     history: list[SessionState] = attrs.field(factory=list)

@@ -40,7 +40,7 @@ def session_info(session: Session, store: SessionStore, default_multimask: bool)
         multimask=default_multimask if session.multimask is None else session.multimask,
         turns=len(session.history), actions=session.actions,
         box=None if state.prompts.box is None else Box.of(state.prompts.box),
-        points=[PointIn.of(p) for p in state.prompts.points],
+        points=[PointIn.of(p) for p in state.prompts.points], text=session.text,
         score=None if state.prediction is None else finite(state.prediction.score),
         has_mask=state.prediction is not None, created_at=session.created_at,
         idle_s=store.idle_seconds(session))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
+from msagent.errors import InvalidInput
+
 from .weights import HubFile, WeightsSource
 
 #: variant → sam2's config (inside the sam2 package) and the official checkpoint on the Hub
@@ -49,7 +51,7 @@ def normalize_variant(variant: str | None) -> str | None:
     key = variant.lower()
     key = VARIANT_ALIASES.get(key, key)
     if key not in SAM2_VARIANTS:
-        raise ValueError(f"unknown SAM2.1 variant {variant!r}; use one of "
+        raise InvalidInput(f"unknown SAM2.1 variant {variant!r}; use one of "
                          f"{', '.join(SAM2_VARIANTS)}")
     return key
 
@@ -65,7 +67,7 @@ def sam2_config(variant: str) -> Path:
 
 def medsam2_config(image_size: int) -> Path:
     if image_size not in MEDSAM2_CONFIGS:
-        raise ValueError(f"MedSAM2 runs at image_size 1024 (MedSAM-Agent's setting) or 512 "
+        raise InvalidInput(f"MedSAM2 runs at image_size 1024 (MedSAM-Agent's setting) or 512 "
                          f"(MedSAM2's own config), not {image_size}")
     return config_file(*MEDSAM2_CONFIGS[image_size])
 

@@ -133,13 +133,14 @@ class QwenPolicy(Policy):
     def _prompt(self, episode: Episode) -> tuple[_EpisodeState, int, bool]:
         """The session positioned at the end of this turn's prompt; (state, tokens prefilled
         this turn, whether the cache was reused)."""
-        messages = protocol.build_messages(episode, self.image_size)
         history = episode.history()
         state = self._states.get(episode.id) if self.reuse_kv else None
+        if state is not None and state.reply_text is not None \
+                and len(history) == state.n_history:  # the pending reply was rejected
+            state.session.rollback(state.prompt_mark)
+            return state, 0, True
+        messages = protocol.build_messages(episode, self.image_size)
         if state is not None and state.reply_text is not None:
-            if len(history) == state.n_history:  # the pending reply was rejected
-                state.session.rollback(state.prompt_mark)
-                return state, 0, True
             if len(history) == state.n_history + 1 and history[-1][0].raw_text == state.reply_text:
                 fed = self._extend(state, messages, len(history))
                 if fed is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from msagent.errors import WeightsMismatch, WeightsNotFound
+from msagent.errors import InvalidInput, WeightsMismatch, WeightsNotFound
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def normalize_variant(variant: str | None) -> str | None:
     key = variant.lower().replace("-", "_")
     key = key if key.startswith("vit_") else f"vit_{key}"
     if key not in FILES:
-        raise ValueError(f"unknown SAM variant {variant!r}; use one of {', '.join(sorted(FILES))}")
+        raise InvalidInput(f"unknown SAM variant {variant!r}; use one of {', '.join(sorted(FILES))}")
     return key
 
 

@@ -1,0 +1,306 @@
+"""Routes that run the agent for the web page.
+
+- ``GET /v1/plugins``: the installed backbones (which one this server runs) and policies;
+- ``POST /v1/agent/run``: one :class:`msagent.Agent` episode on a stored image with the
+  server's segmenter (its shared embedding cache), streamed as NDJSON: a ``start`` line, one
+  ``turn`` line per policy reply (see :class:`~.agent_runs.TurnEncoder`), then ``done`` (or
+  ``error``). The episode runs in a worker thread; closing the stream stops it;
+- ``GET /v1/agent/runs/{id}``: the finished run's trajectory JSON
+  (:meth:`msagent.Trajectory.to_dict`); ``.../mask?steps=K``: its mask after K steps;
+- ``POST /v1/agent/runs/{id}/session``: a session seeded with the run's first K steps (its
+  prompts replayed through the session API), to take over from there;
+- ``GET /v1/agent/sessions/{id}/trajectory``: a session's prompts as a trajectory (the run's
+  replayed steps keep their replies, later ones are marked human).
+
+``install(app)`` adds the routes and their state at ``app.state.msagent_agent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+import attrs
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..agent import Agent
+from ..errors import InvalidInput, InvalidTarget, MsAgentError
+from ..types import encode_mask
+from .agent_runs import (
+    OriginStore,
+    PolicyPool,
+    PooledPolicy,
+    RunNotFound,
+    RunRecord,
+    RunStore,
+    SessionOrigin,
+    StreamingPolicy,
+    TurnEncoder,
+    policy_listing,
+    segmenter_listing,
+    session_trajectory,
+)
+from .context import ServerContext, context, require_api_key
+from .errors import Conflict, status_of
+from .routes import ERRORS, read_upload
+from .schemas import MaskFormat, SessionStep
+from .session_routes import open_session, run_prompt
+from .views import session_step
+from .volumes import VolumeStore, ground_truth_upload
+from .wire import png_bytes
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["agent"], dependencies=[Depends(require_api_key)],
+                   responses=ERRORS)
+MAX_TURNS = 20
+AGENT_WORKERS = 2
+SESSION_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+
+
+@attrs.define(eq=False)
+class AgentState:
+    runs: RunStore = attrs.field(factory=RunStore)
+    policies: PolicyPool = attrs.field(factory=PolicyPool)
+    origins: OriginStore = attrs.field(factory=OriginStore)
+    executor: ThreadPoolExecutor = attrs.field(
+        factory=lambda: ThreadPoolExecutor(AGENT_WORKERS, thread_name_prefix="msagent-agent"))
+
+
+def install(app: FastAPI) -> None:
+    """Add these routes to ``app`` with fresh run/policy stores and agent worker threads."""
+    app.state.msagent_agent = AgentState()
+    app.include_router(router)
+
+
+def agent_state(request: Request) -> AgentState:
+    return request.app.state.msagent_agent
+
+
+def volume_store(request: Request) -> VolumeStore | None:
+    return getattr(request.app.state, "msagent_volumes", None)
+
+
+@router.get("/plugins", tags=["web page"])
+async def plugins(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
+    """Installed backbones (``served``: the one this server runs) and policies
+    (``needs_ground_truth``: null when it cannot be told without loading the plugin)."""
+    served = ctx.engine.segmenter.name
+    segmenters, policies = await asyncio.to_thread(
+        lambda: (segmenter_listing(served), policy_listing()))
+    return {"backbone": served, "accepts_text": bool(ctx.engine.segmenter.accepts_text),
+            "segmenters": segmenters, "policies": policies, "max_turns": MAX_TURNS}
+
+
+@router.post("/agent/run", response_class=StreamingResponse, responses={
+    200: {"description": "NDJSON: start, turn…, done | error", "content": {"application/x-ndjson": {}}}})
+async def run_agent(
+    image_id: str = Form(pattern=r"^[0-9a-f]{64}$", description="a stored image's hash"),
+    target: str = Form(min_length=1, max_length=500, description="what to segment"),
+    policy: str = Form(min_length=1, max_length=100, description="a registered policy"),
+    max_turns: int = Form(5, ge=1, le=MAX_TURNS),
+    policy_options: str = Form("", max_length=4000,
+                               description="KEY=VALUE pairs separated by spaces or new lines"),
+    ground_truth: UploadFile | None = File(None, description=(
+        "optional mask: PNG/TIFF/BMP/.npy (nonzero = foreground), or a label volume when the "
+        "image is a slice of volume_id")),
+    volume_id: str | None = Form(None, max_length=64),
+    plane: Literal["axial", "coronal", "sagittal"] = Form("axial"),
+    index: int | None = Form(None, ge=0, description="the slice of volume_id the image is"),
+    ctx: ServerContext = Depends(context), state: AgentState = Depends(agent_state),
+    volumes: VolumeStore | None = Depends(volume_store),
+) -> StreamingResponse:
+    """Run the agent on a stored image and stream its turns (NDJSON)."""
+    image = ctx.engine.images.get(image_id)
+    if not target.strip():
+        raise InvalidTarget("target must be a description, e.g. 'liver in abdomen CT'")
+    gt = None
+    if ground_truth is not None and ground_truth.filename:
+        volume = volumes.get(volume_id) if volume_id and volumes is not None else None
+        gt = await asyncio.to_thread(
+            ground_truth_upload, await read_upload(ground_truth, ctx), ground_truth.filename,
+            image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels)
+    pooled = await asyncio.to_thread(state.policies.get, policy, _options(policy_options))
+    if pooled.policy.needs_ground_truth and gt is None:
+        raise InvalidInput(f"policy {policy!r} simulates an expert from the ground truth: upload "
+                           "a ground-truth mask, or pick a policy that needs none")
+    await ctx.engine.embed(image_id)  # through the shared cache, in the encode pool
+    run = _Run(uuid.uuid4().hex, image_id, image, target.strip(), gt, pooled, max_turns, policy)
+    return StreamingResponse(_stream(run, ctx, state), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no",
+                                      "X-Run-Id": run.id})
+
+
+def _options(text: str) -> dict[str, Any]:
+    from ..cli.segment import parse_options
+
+    return parse_options(text.split())
+
+
+@attrs.frozen(eq=False)
+class _Run:
+    id: str
+    image_id: str
+    image: np.ndarray
+    target: str
+    ground_truth: np.ndarray | None
+    pooled: PooledPolicy
+    max_turns: int
+    policy_name: str
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload) + "\n").encode()
+
+
+async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+    segmenter = ctx.engine.segmenter
+    height, width = run.image.shape[:2]
+    gt = run.ground_truth
+
+    def put(kind: str, payload: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
+        except RuntimeError:  # the server is shutting down
+            cancel.set()
+
+    def work() -> None:
+        encoder = TurnEncoder((height, width))
+        with run.pooled.lock:
+            wrapped = StreamingPolicy(run.pooled.policy, lambda s: put("turn", encoder.encode(s)), cancel)
+            try:
+                trajectory = Agent(wrapped, segmenter, max_turns=run.max_turns).run(
+                    run.image, run.target, gt, case_id=run.id,
+                    meta={"run_id": run.id, "image_id": run.image_id})
+                wrapped.flush(list(trajectory.steps))
+                put("done", trajectory)
+            except Exception as exc:  # reported on the stream
+                put("error", exc)
+
+    yield _line({"type": "start", "run_id": run.id, "image_id": run.image_id, "width": width,
+                 "height": height, "backbone": segmenter.name, "policy": run.policy_name,
+                 "target": run.target, "max_turns": run.max_turns,
+                 "ground_truth": None if gt is None else encode_mask(gt)})
+    loop.run_in_executor(state.executor, work)
+    try:
+        while True:
+            kind, payload = await queue.get()
+            if kind == "turn":
+                yield _line(payload)
+            elif kind == "done":
+                state.runs.put(RunRecord(run.id, run.image_id, payload, gt))
+                yield _line(_done(run.id, payload))
+                return
+            else:
+                yield _line(_error(payload))
+                return
+    finally:
+        cancel.set()
+
+
+def _done(run_id: str, trajectory) -> dict[str, Any]:
+    steps = trajectory.executed_steps
+    last = steps[-1] if steps else None
+    return {"type": "done", "run_id": run_id, "stop_reason": trajectory.stop_reason,
+            "turns": trajectory.turns, "steps": len(trajectory.steps),
+            "score": None if last is None else last.score, "iou": None if last is None else last.iou,
+            "dice": None if last is None else last.dice,
+            "area": int(np.count_nonzero(trajectory.final_mask)),
+            "usage": {k: v for k, v in trajectory.usage.items() if np.isfinite(v)}}
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, MsAgentError):
+        status, code = status_of(exc)
+        return {"type": "error", "status": status, "code": code, "detail": str(exc)}
+    log.exception("agent run failed", exc_info=exc)
+    return {"type": "error", "status": 500, "code": "internal",
+            "detail": f"the agent run failed: {type(exc).__name__}: {exc} (see the server log)"}
+
+
+# -- finished runs -----------------------------------------------------------------------------
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+@router.get("/agent/runs/{run_id}")
+async def run_trajectory(run_id: str, state: AgentState = Depends(agent_state)) -> JSONResponse:
+    """The run's trajectory (:meth:`msagent.Trajectory.from_dict` reads it back)."""
+    record = state.runs.get(run_id)
+    body = await asyncio.to_thread(record.trajectory.to_dict)
+    return JSONResponse(body, headers=_attachment(f"trajectory-{run_id[:8]}.json"))
+
+
+@router.get("/agent/runs/{run_id}/mask", response_class=Response, responses={
+    200: {"description": "PNG (0/255) or run-length code",
+          "content": {"image/png": {}, "application/json": {}}}})
+async def run_mask(run_id: str, steps: int | None = Query(None, ge=0, description=(
+        "the mask after this many steps (default: the final mask)")),
+        format: Literal["png", "rle"] = Query("png"),
+        state: AgentState = Depends(agent_state)) -> Response:
+    record = state.runs.get(run_id)
+    count = len(record.trajectory.steps) if steps is None else steps
+    mask = record.mask_after(count)
+    if mask is None:
+        raise Conflict(f"run {run_id!r} has no mask after {count} step(s); pick a later turn")
+    if format == "rle":
+        return JSONResponse(encode_mask(mask))
+    return Response(await asyncio.to_thread(png_bytes, mask), media_type="image/png",
+                    headers=_attachment(f"mask-{run_id[:8]}-step{count}.png"))
+
+
+class SeedRequest(BaseModel):
+    steps: int = Field(ge=0, description="replay the executed actions among the first `steps` steps")
+    session_id: str | None = Field(None, pattern=SESSION_ID, description="default: a random id")
+    mask_format: MaskFormat = "rle"
+
+
+@router.post("/agent/runs/{run_id}/session", response_model=SessionStep, status_code=201)
+async def seed_session(run_id: str, body: SeedRequest, ctx: ServerContext = Depends(context),
+                       state: AgentState = Depends(agent_state)) -> SessionStep:
+    """A session on the run's image with the run's first ``steps`` actions replayed (same
+    prompts, same masks), to continue by hand with ``/v1/sessions/{id}/box`` and ``/point``."""
+    record = state.runs.get(run_id)
+    text = record.trajectory.target if ctx.engine.segmenter.accepts_text else None
+    session = await open_session(ctx, image=None, image_id=record.image_id,
+                                 session_id=body.session_id, prompt_mode="accumulate",
+                                 multimask=None, text=text)
+    for prompt in record.prompts_after(body.steps):
+        await run_prompt(ctx, session, prompt, None)
+    state.origins.put(session.id, SessionOrigin(run_id, body.steps,
+                                                tuple(s.prompts for s in session.history)))
+    return session_step(session, ctx.store, ctx.multimask_default, body.mask_format)
+
+
+@router.get("/agent/sessions/{session_id}/trajectory")
+async def session_to_trajectory(session_id: str, target: str = Query("", max_length=500),
+                                ctx: ServerContext = Depends(context),
+                                state: AgentState = Depends(agent_state)) -> JSONResponse:
+    """A session's prompts (its undo stack) as a trajectory JSON; a session seeded from a run
+    keeps that run's replies for the replayed steps and its ground truth for IoU/Dice."""
+    session = ctx.store.get(session_id)
+    origin = state.origins.get(session_id)
+    run = None
+    if origin is not None:
+        try:
+            run = state.runs.get(origin.run_id)
+        except RunNotFound:
+            origin = None
+    target = target.strip() or (run.trajectory.target if run is not None else "")
+    if not target:
+        raise InvalidTarget("give the target (?target=...) for a session not started from a run")
+    trajectory = await asyncio.to_thread(
+        session_trajectory, list(session.history), session.image_size, target, run=run,
+        origin=origin, image_id=session.image_id,
+        ground_truth=None if run is None else run.ground_truth)
+    return JSONResponse(trajectory.to_dict(), headers=_attachment(f"trajectory-{session_id[:8]}.json"))

@@ -1,0 +1,134 @@
+// Running the agent: POST /v1/agent/run streams NDJSON lines (start, turn…, done | error);
+// each turn is drawn as it arrives and the view follows the newest turn.
+
+import { ApiError, readNdjson, request } from "./api.js";
+import { ensureImageId } from "./media.js";
+import { decodeMask } from "./rle.js";
+import { $, clearError, fmt, render, setStatus, showError, state } from "./state.js";
+import { leaveSession } from "./editing.js";
+
+export function selectedPolicy() {
+  const name = $("policy").value;
+  return (state.plugins?.policies || []).find((p) => p.name === name) || { name };
+}
+
+export async function runAgent() {
+  clearError();
+  const target = $("target").value.trim();
+  const policy = selectedPolicy();
+  const gtFile = $("gt-file").files[0];
+  try {
+    if (!state.image) throw new Error("Open an image first.");
+    if (!target) throw new Error("Type a target description (what to segment), e.g. 'liver in abdomen CT'.");
+    if (!policy.name) throw new Error("No policy is installed on this server.");
+    if (policy.needs_ground_truth && !gtFile) {
+      throw new Error(`The '${policy.name}' policy simulates an expert from the ground truth: ` +
+        "choose a ground-truth mask file (or pick another policy).");
+    }
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  if (state.run && state.run.controller) state.run.controller.abort();
+  await leaveSession();
+  const controller = new AbortController();
+  state.run = { id: null, target, turns: [], done: false, stopReason: "", gt: null, controller };
+  state.view = 0;
+  setRunning(true);
+  setStatus("run-status", `Running ${policy.name}…`, "running");
+  render();
+  const run = state.run;
+  try {
+    const form = new FormData();
+    form.append("image_id", await ensureImageId());
+    form.append("target", target);
+    form.append("policy", policy.name);
+    form.append("max_turns", $("max-turns").value || "5");
+    form.append("policy_options", $("policy-options").value);
+    if (gtFile) form.append("ground_truth", gtFile, gtFile.name);
+    if (state.volume) {
+      form.append("volume_id", state.volume.volume_id);
+      form.append("plane", state.volume.plane);
+      form.append("index", String(state.volume.index));
+    }
+    const response = await request("/v1/agent/run", { method: "POST", form, signal: controller.signal });
+    await readNdjson(response, (item) => onItem(run, item));
+    if (!run.done && !run.failed) throw new ApiError(0, "stream", "The run ended without a result.");
+  } catch (err) {
+    if (err.name === "AbortError") {
+      setStatus("run-status", "Stopped.", "stopped");
+    } else {
+      run.failed = true;
+      setStatus("run-status", "The run failed.", "error");
+      showError(err);
+    }
+  } finally {
+    run.controller = null;
+    if (state.run === run) setRunning(false);
+    render();
+  }
+}
+
+function onItem(run, item) {
+  if (state.run !== run) return;
+  if (item.type === "start") {
+    run.id = item.run_id;
+    run.imageId = item.image_id;
+    run.backbone = item.backbone;
+    run.policy = item.policy;
+    run.gt = item.ground_truth ? decodeMask(item.ground_truth) : null;
+    $("canvas").dataset.runId = item.run_id;
+  } else if (item.type === "turn") {
+    item.maskBits = item.mask ? decodeMask(item.mask) : null;
+    run.turns.push(item);
+    state.view = run.turns.length;
+    setStatus("run-status", `Running ${run.policy}… turn ${run.turns.length}`, "running");
+  } else if (item.type === "done") {
+    run.done = true;
+    run.stopReason = item.stop_reason;
+    const quality = item.iou === null ? "" : ` · IoU ${fmt(item.iou)} · Dice ${fmt(item.dice)}`;
+    setStatus("run-status", `Done: ${item.turns} action(s), ${reason(item.stop_reason)}${quality}`, "done");
+  } else if (item.type === "error") {
+    run.failed = true;
+    setStatus("run-status", "The run failed.", "error");
+    showError(new ApiError(item.status, item.code, item.detail));
+  }
+  render();
+}
+
+function reason(stop) {
+  return { stop: "the policy stopped", max_turns: "turn limit reached",
+    invalid_output: "invalid policy output", stopped_without_mask: "stopped before any mask",
+    policy_error: "policy error" }[stop] || stop;
+}
+
+function setRunning(running) {
+  $("run").disabled = running;
+  $("stop").hidden = !running;
+  for (const id of ["image-file", "slice", "plane", "window"]) $(id).disabled = running;
+}
+
+export function stopAgent() {
+  if (state.run && state.run.controller) state.run.controller.abort();
+}
+
+// What the run shows after `view` steps: the newest mask and prompts, and the step itself.
+export function runView(run, view) {
+  const shown = run.turns.slice(0, view);
+  const executed = shown.filter((t) => t.executed);
+  const last = executed[executed.length - 1] || null;
+  const turn = view > 0 ? run.turns[view - 1] : null;
+  return {
+    turn,
+    mask: last ? last.maskBits : null,
+    maskRle: last ? last.mask : null,
+    prompts: last ? last.prompts : { box: null, points: [] },
+    highlight: turn && turn.executed ? turn.prompt : null,
+  };
+}
+
+export function setView(view) {
+  if (!state.run) return;
+  state.view = Math.max(0, Math.min(view, state.run.turns.length));
+  render();
+}

@@ -1,0 +1,207 @@
+// The msagent web page: wiring and rendering. See index.html for the layout.
+
+import { getJSON, getKey, request, setKey } from "./api.js";
+import { runAgent, runView, selectedPolicy, setView, stopAgent } from "./agent.js";
+import { downloadPng, downloadTrajectory, downloadVolume } from "./downloads.js";
+import { addBox, addPoint, leaveSession, reset, takeOver, undo } from "./editing.js";
+import { initMedia } from "./media.js";
+import { $, clearError, fmt, hooks, showError, state } from "./state.js";
+import { Viewer } from "./viewer.js";
+
+const viewer = new Viewer($("canvas"), { onBox: addBox, onPoint: addPoint });
+
+async function loadServer() {
+  try {
+    state.health = await (await request("/health")).json();
+    const h = state.health;
+    $("server-info").textContent = `backbone ${h.backbone} on ${h.device} · msagent ${h.version}`;
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  try {
+    state.plugins = await getJSON("/v1/plugins");
+    fillPlugins(state.plugins);
+    clearError();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function fillPlugins(plugins) {
+  const backbone = $("backbone");
+  backbone.innerHTML = "";
+  for (const seg of plugins.segmenters) {
+    const label = seg.served ? seg.name : `${seg.name} (restart: msagent serve --backbone ${seg.name})`;
+    const option = new Option(label, seg.name, seg.served, seg.served);
+    option.disabled = !seg.served;
+    option.title = seg.description;
+    backbone.append(option);
+  }
+  const policy = $("policy");
+  const previous = policy.value;
+  policy.innerHTML = "";
+  for (const p of plugins.policies) {
+    const option = new Option(p.needs_ground_truth ? `${p.name} (needs ground truth)` : p.name, p.name);
+    option.title = p.description;
+    policy.append(option);
+  }
+  const names = plugins.policies.map((p) => p.name);
+  policy.value = names.includes(previous) ? previous : names.includes("expert") ? "expert" : names[0] || "";
+  $("max-turns").max = plugins.max_turns;
+  describePolicy();
+}
+
+function describePolicy() {
+  const p = selectedPolicy();
+  const gt = p.needs_ground_truth ? " Needs a ground-truth mask." : "";
+  $("policy-desc").textContent = (p.description || "") + gt;
+  $("gt-label").classList.toggle("required", Boolean(p.needs_ground_truth));
+}
+
+// -- rendering --------------------------------------------------------------------------------
+function render() {
+  const run = state.run;
+  const session = state.session;
+  const view = run ? runView(run, state.view) : { turn: null, mask: null, maskRle: null,
+    prompts: { box: null, points: [] }, highlight: null };
+  const shown = session
+    ? { mask: session.mask, maskRle: session.maskRle,
+      prompts: { box: session.info.box, points: session.info.points }, highlight: null }
+    : view;
+  viewer.update({ mask: shown.mask, gt: run ? run.gt : null, prompts: shown.prompts,
+    highlight: shown.highlight, showMask: $("show-mask").checked, showGt: $("show-gt").checked });
+  rememberSliceMask(shown.maskRle);
+  renderNav(run);
+  renderDetails(view.turn, session);
+  renderTurnList(run);
+  renderButtons(run, session, shown);
+  document.body.dataset.mode = session ? "editing" : run ? "run" : state.image ? "image" : "empty";
+}
+
+function rememberSliceMask(rle) {
+  if (!state.volume || !state.image || state.image.kind !== "slice") return;
+  const key = `${state.volume.plane}:${state.volume.index}`;
+  if (rle) state.volumeMasks.set(key, rle);
+  else if (state.run || state.session) state.volumeMasks.delete(key); // reset, undo, turn 0
+}
+
+function renderNav(run) {
+  const total = run ? run.turns.length : 0;
+  const slider = $("turn-slider");
+  slider.max = total;
+  slider.value = state.view;
+  slider.disabled = !total || Boolean(state.session);
+  $("prev").disabled = slider.disabled || state.view === 0;
+  $("next").disabled = slider.disabled || state.view === total;
+  $("turn-label").textContent = !run ? "No agent run" : state.view === 0
+    ? `Start (before turn 1) of ${total}` : `Turn ${state.view} of ${total}`;
+  $("turn-label").dataset.view = state.view;
+}
+
+function describeAction(turn) {
+  if (!turn.action) return "invalid reply";
+  const p = turn.prompt;
+  if (p && p.box) return `add_bbox (${p.box.x1}, ${p.box.y1})–(${p.box.x2}, ${p.box.y2})`;
+  if (p && p.point) return `add_point ${p.point.label ? "positive" : "negative"} (${p.point.x}, ${p.point.y})`;
+  return turn.action.kind;
+}
+
+function renderDetails(turn, session) {
+  const rows = [];
+  if (session) {
+    const info = session.info;
+    const from = session.fromSteps === null ? "by hand" : `taken over after turn ${session.fromSteps}`;
+    rows.push(["editing", `${from}; ${info.points.length} point(s)${info.box ? " + box" : ""}`],
+      ["score", fmt(info.score)], ["area", session.mask ? `${session.mask.area} px` : "–"]);
+  } else if (turn) {
+    rows.push(["action", describeAction(turn)],
+      ["arguments", turn.action ? JSON.stringify(turn.action.arguments) : "–"],
+      ["score", fmt(turn.score)], ["IoU", fmt(turn.iou)], ["Dice", fmt(turn.dice)],
+      ["area", turn.area === null ? "–" : `${turn.area} px`]);
+    if (turn.error) rows.push(["error", turn.error]);
+  }
+  const list = $("turn-details");
+  list.innerHTML = "";
+  for (const [name, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+  $("rationale").textContent = session ? "" : turn ? turn.rationale || "(no rationale text)" : "";
+}
+
+function renderTurnList(run) {
+  const list = $("turn-list");
+  list.innerHTML = "";
+  if (!run) return;
+  run.turns.forEach((turn, i) => {
+    const item = document.createElement("li");
+    item.className = turn.error ? "invalid" : turn.executed ? "" : "stop";
+    if (i + 1 === state.view && !state.session) item.classList.add("active");
+    const quality = turn.iou === null ? "" : ` · IoU ${fmt(turn.iou)}`;
+    item.textContent = `${describeAction(turn)}${quality}`;
+    item.title = turn.rationale;
+    item.addEventListener("click", () => setView(i + 1));
+    list.append(item);
+  });
+}
+
+function renderButtons(run, session, shown) {
+  const running = Boolean(run && run.controller);
+  $("takeover").disabled = !state.image || Boolean(session) || running;
+  $("undo").disabled = !session;
+  $("reset").disabled = !session;
+  $("leave-edit").hidden = !session || !run;
+  $("dl-png").disabled = !shown.mask || running;
+  $("dl-traj").disabled = !(session || (run && run.done));
+  const volume = Boolean(state.volume);
+  $("dl-nifti").hidden = !volume;
+  $("dl-seg").hidden = !volume || !state.volume.exports.includes("dicom-seg");
+  $("dl-nifti").disabled = $("dl-seg").disabled = !state.volumeMasks.size;
+  const slices = [...state.volumeMasks.keys()].filter((k) => volume && k.startsWith(`${state.volume.plane}:`));
+  $("volume-masks").textContent = volume
+    ? `${slices.length} ${state.volume.plane} slice(s) with a mask go into the volume export.` : "";
+  $("edit-status").textContent = session
+    ? `Session ${session.id.slice(0, 8)} · ${session.info.turns} prompt state(s)` : "";
+}
+
+hooks.render = render;
+
+// -- wiring --------------------------------------------------------------------------------
+function wire() {
+  $("api-key").value = getKey();
+  $("api-key").addEventListener("change", () => {
+    setKey($("api-key").value.trim());
+    loadServer();
+  });
+  $("error-close").addEventListener("click", clearError);
+  $("policy").addEventListener("change", describePolicy);
+  $("run").addEventListener("click", runAgent);
+  $("stop").addEventListener("click", stopAgent);
+  $("prev").addEventListener("click", () => setView(state.view - 1));
+  $("next").addEventListener("click", () => setView(state.view + 1));
+  $("turn-slider").addEventListener("input", () => setView(Number($("turn-slider").value)));
+  $("takeover").addEventListener("click", takeOver);
+  $("undo").addEventListener("click", undo);
+  $("reset").addEventListener("click", reset);
+  $("leave-edit").addEventListener("click", leaveSession);
+  $("dl-png").addEventListener("click", downloadPng);
+  $("dl-nifti").addEventListener("click", () => downloadVolume("nifti"));
+  $("dl-seg").addEventListener("click", () => downloadVolume("dicom-seg"));
+  $("dl-traj").addEventListener("click", downloadTrajectory);
+  $("show-mask").addEventListener("change", render);
+  $("show-gt").addEventListener("change", render);
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest("input, select, textarea") || !state.run || state.session) return;
+    if (e.key === "ArrowLeft") setView(state.view - 1);
+    if (e.key === "ArrowRight") setView(state.view + 1);
+  });
+  initMedia(viewer);
+}
+
+wire();
+render();
+loadServer().then(() => { document.body.dataset.ready = "1"; });

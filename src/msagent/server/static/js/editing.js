@@ -1,0 +1,99 @@
+// Taking over: a session of the server's session API, seeded with the run's prompts up to the
+// shown turn (POST /v1/agent/runs/{id}/session) or empty (POST /v1/sessions); then boxes,
+// clicks, undo and reset go to /v1/sessions/{id}/box, /point, /undo, /reset.
+
+import { ApiError, postForm, postJSON, request } from "./api.js";
+import { ensureImageId } from "./media.js";
+import { decodeMask } from "./rle.js";
+import { $, clearError, guarded, render, state } from "./state.js";
+
+// Queue an edit after the previous ones (clicks made quickly are applied in order).
+function queued(action) {
+  state.queue = state.queue.then(() => guarded(action));
+  return state.queue;
+}
+
+function adopt(step, fromSteps) {
+  const previous = state.session;
+  state.session = {
+    id: step.session.session_id,
+    info: step.session,
+    mask: step.mask ? decodeMask(step.mask) : null,
+    maskRle: step.mask || null,
+    fromSteps: fromSteps === undefined ? previous?.fromSteps ?? null : fromSteps,
+  };
+  $("canvas").dataset.sessionId = state.session.id;
+  render();
+}
+
+async function ensureSession() {
+  if (state.session) return state.session;
+  const run = state.run;
+  if (run && !run.done) {
+    throw new Error(run.controller ? "The agent is still running: wait for it or stop it first."
+      : "This run did not finish; run the agent again, or open the image anew to edit by hand.");
+  }
+  if (run && run.id) {
+    adopt(await postJSON(`/v1/agent/runs/${run.id}/session`, { steps: state.view }), state.view);
+  } else {
+    const form = new FormData();
+    form.append("image_id", await ensureImageId());
+    const info = await postForm("/v1/sessions", form);
+    adopt({ session: info, mask: null }, null);
+  }
+  return state.session;
+}
+
+export function takeOver() {
+  clearError();
+  return queued(ensureSession);
+}
+
+export function addBox(box) {
+  clearError();
+  return queued(async () => {
+    const session = await ensureSession();
+    adopt(await postJSON(`/v1/sessions/${session.id}/box`, box));
+  });
+}
+
+export function addPoint(point) {
+  clearError();
+  return queued(async () => {
+    const session = await ensureSession();
+    adopt(await postJSON(`/v1/sessions/${session.id}/point`, point));
+  });
+}
+
+export function undo() {
+  clearError();
+  return queued(async () => {
+    if (!state.session) throw new Error("Nothing to undo: edit the mask first (click or drag on the image).");
+    try {
+      const response = await request(`/v1/sessions/${state.session.id}/undo?mask_format=rle`, { method: "POST" });
+      adopt(await response.json());
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 409) throw new Error("Nothing left to undo.");
+      throw err;
+    }
+  });
+}
+
+export function reset() {
+  clearError();
+  return queued(async () => {
+    if (!state.session) return;
+    const response = await request(`/v1/sessions/${state.session.id}/reset`, { method: "POST" });
+    adopt(await response.json());
+  });
+}
+
+// Close the session and show the run again.
+export async function leaveSession() {
+  const session = state.session;
+  if (!session) return;
+  state.session = null;
+  delete $("canvas").dataset.sessionId;
+  render();
+  await request(`/v1/sessions/${session.id}`, { method: "DELETE" }).catch(() => {});
+}

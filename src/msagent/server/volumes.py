@@ -1,0 +1,248 @@
+"""Volumes (NIfTI files, DICOM series) held by the server for the web page, and masks in and out.
+
+An upload is read once with :func:`msagent.io.read_volume` (from a temporary folder that is
+deleted right after) and kept in memory, the most recent ``max_items``. Slices are taken as
+displayed (:meth:`msagent.io.Volume.slice`) and windowed with one mapping per volume: a preset
+or "W/L" (:func:`msagent.io.parse_window`), else the DICOM CT's stored window, else the
+volume's 0.5–99.5th percentiles (as ``msagent segment VOLUME``). Masks drawn on slices go back
+into the voxel grid with :meth:`~msagent.io.Volume.put_slice` and are written as a NIfTI
+aligned with the input or, for DICOM input, as a DICOM SEG referencing the series.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import tempfile
+import threading
+import uuid
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+from PIL import Image
+
+from .. import io
+from ..errors import InvalidImage, InvalidInput, InvalidMask
+from .errors import ServerError
+
+MAX_VOLUMES = 4
+EXPORT_FORMATS = {"nifti": ("application/gzip", ".nii.gz"), "dicom-seg": ("application/dicom", ".dcm")}
+
+
+class VolumeNotFound(ServerError):
+    status, code = 404, "volume_not_found"
+
+
+@attrs.frozen(eq=False)
+class StoredVolume:
+    """One uploaded volume: ``kind`` "nifti" or "dicom", its default window (width, level)
+    and where that window came from ("dicom" or "percentile")."""
+
+    id: str
+    volume: io.Volume
+    kind: str
+    name: str
+    window: tuple[float, float]
+    window_source: str
+
+    def info(self) -> dict[str, Any]:
+        vol = self.volume
+        return {"volume_id": self.id, "name": self.name, "kind": self.kind,
+                "shape": list(vol.shape), "modality": vol.modality,
+                "spacing": [round(v, 6) for v in vol.spacing],
+                "slices": {plane: vol.n_slices(plane) for plane in io.PLANES},
+                "window": list(self.window), "window_source": self.window_source,
+                "presets": {name: list(wl) for name, wl in io.CT_WINDOWS.items()},
+                "exports": ["nifti", "dicom-seg"] if self.kind == "dicom" else ["nifti"]}
+
+    def window_for(self, window: str | None) -> tuple[float, float]:
+        if not window or window == "auto":
+            return self.window
+        return io.parse_window(window)
+
+    def slice_gray(self, plane: str, index: int, window: str | None) -> np.ndarray:
+        """Slice ``index`` of ``plane`` as displayed, windowed to H×W uint8."""
+        width, level = self.window_for(window)
+        return io.apply_window(self.volume.slice(index, plane), width, level)
+
+    def mask_volume(self, plane: str, slices: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
+        """A bool array shaped like the volume with each (index, H×W mask) put in place."""
+        out = np.zeros(self.volume.shape, dtype=bool)
+        for index, mask in slices:
+            self.volume.put_slice(out, mask, index, plane)
+        return out
+
+
+class VolumeStore:
+    """Uploaded volumes by id, the most recent ``max_items``."""
+
+    def __init__(self, max_items: int = MAX_VOLUMES) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, StoredVolume] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, stored: StoredVolume) -> None:
+        with self._lock:
+            self._items[stored.id] = stored
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def get(self, volume_id: str) -> StoredVolume:
+        with self._lock:
+            stored = self._items.get(volume_id)
+            if stored is not None:
+                self._items.move_to_end(volume_id)
+        if stored is None:
+            raise VolumeNotFound(f"no volume {volume_id!r} on this server (it keeps the last "
+                                 f"{self.max_items}); open the file again")
+        return stored
+
+    def delete(self, volume_id: str) -> None:
+        with self._lock:
+            if self._items.pop(volume_id, None) is None:
+                raise VolumeNotFound(f"no volume {volume_id!r} on this server")
+
+
+# -- reading uploads -------------------------------------------------------------------------
+def is_volume_name(name: str) -> bool:
+    return io.is_nifti(name) or name.lower().endswith((".dcm", ".zip"))
+
+
+def _safe_name(name: str, index: int) -> str:
+    base = Path(name.replace("\\", "/")).name or f"file{index}"
+    return f"{index:05d}_{base}"
+
+
+def _write_files(files: Sequence[tuple[str, bytes]], folder: Path, max_bytes: int) -> list[Path]:
+    paths, total = [], 0
+    for index, (name, data) in enumerate(files):
+        if name.lower().endswith(".zip"):
+            paths.extend(_unzip(data, folder, max_bytes - total, index))
+            total += sum(p.stat().st_size for p in paths)
+            continue
+        path = folder / _safe_name(name, index)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def _unzip(data: bytes, folder: Path, budget: int, offset: int) -> list[Path]:
+    try:
+        archive = zipfile.ZipFile(_io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InvalidImage("the .zip upload is not a readable zip archive") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if sum(m.file_size for m in members) > budget:
+        raise InvalidImage("the .zip holds more data than this server accepts; upload fewer "
+                           "files (or start it with a higher --max-upload-mb)")
+    out = []
+    for index, member in enumerate(members):
+        path = folder / f"z{offset}_{_safe_name(member.filename, index)}"
+        path.write_bytes(archive.read(member))
+        out.append(path)
+    return out
+
+
+def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int) -> StoredVolume:
+    """Read uploaded files (one NIfTI; or DICOM files, a .zip of them, or both) as a volume."""
+    if not files:
+        raise InvalidImage("no files uploaded; send a .nii/.nii.gz file or a DICOM series")
+    names = [name for name, _ in files]
+    with tempfile.TemporaryDirectory(prefix="msagent-volume-") as tmp:
+        paths = _write_files(files, Path(tmp), max_bytes)
+        nifti = [p for p in paths if io.is_nifti(p)]
+        if nifti and len(paths) > 1:
+            raise InvalidImage("upload one NIfTI file at a time (or the files of one DICOM series)")
+        if nifti:
+            volume, kind = io.read_nifti(nifti[0]), "nifti"
+        else:
+            dicom = [p for p in paths if io.is_dicom(p)]
+            if not dicom:
+                raise InvalidImage(f"{', '.join(names)}: not a volume; open a .nii/.nii.gz file, "
+                                   "DICOM files (.dcm) or a .zip of a DICOM series")
+            volume, kind = io.read_volume(dicom), "dicom"
+    stored = io.default_window(volume) if volume.modality == "CT" else None
+    window = stored or io.percentile_window(volume.data)
+    name = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
+    return StoredVolume(id=uuid.uuid4().hex, volume=volume, kind=kind, name=name,
+                        window=(float(window[0]), float(window[1])),
+                        window_source="dicom" if stored else "percentile")
+
+
+# -- masks in and out ----------------------------------------------------------------------
+def mask_from_rle(rle: Mapping[str, Any], shape: tuple[int, int], what: str = "mask") -> np.ndarray:
+    """Decode msagent's run-length code, checking it covers exactly an H×W ``shape``."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if list(size or ()) != list(shape):
+        raise InvalidMask(f"{what} has size {size} but the slice is {list(shape)} (H, W)")
+    if not isinstance(counts, list) or any(not isinstance(c, int) or c < 0 for c in counts) \
+            or sum(counts) != shape[0] * shape[1]:
+        raise InvalidMask(f"{what}: counts must be non-negative integers summing to H×W")
+    values = np.zeros(len(counts), dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, counts).reshape(shape)
+
+
+def export_mask(stored: StoredVolume, mask: np.ndarray, fmt: str, label: str) -> tuple[bytes, str, str]:
+    """(file bytes, media type, suggested file name) of a mask volume in ``fmt``."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    media, suffix = EXPORT_FORMATS[fmt]
+    with tempfile.TemporaryDirectory(prefix="msagent-export-") as tmp:
+        path = Path(tmp) / f"mask{suffix}"
+        if fmt == "nifti":
+            vol = stored.volume
+            reference = vol if vol.header is not None else io.Volume(vol.data, vol.affine)
+            io.write_mask_nifti(mask, path, reference)
+        elif stored.kind != "dicom":
+            raise InvalidInput("DICOM SEG needs DICOM input; this volume is NIfTI: export NIfTI")
+        else:
+            io.write_dicom_seg(mask, stored.volume, path, label=label or "target")
+        return path.read_bytes(), media, f"{_stem(stored.name)}-mask{suffix}"
+
+
+def _stem(name: str) -> str:
+    base = Path(name.split(" (+")[0]).name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip"):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)] or "volume"
+    return base or "volume"
+
+
+def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
+                        volume: StoredVolume | None = None, plane: str = "axial",
+                        index: int | None = None, max_pixels: int) -> np.ndarray:
+    """An H×W bool ground truth from an uploaded file: a 2-D mask (PNG, TIFF, BMP, .npy;
+    nonzero = foreground) or, for a slice of ``volume``, a label volume on its voxel grid."""
+    if not data:
+        raise InvalidMask("the ground-truth upload is empty")
+    if is_volume_name(name) or data[128:132] == b"DICM":
+        if volume is None or index is None:
+            raise InvalidMask("a ground-truth volume needs the image volume: open the NIfTI/DICOM "
+                              "image in the page first (or upload a 2-D mask)")
+        labels = read_volume_upload([(name, data)], 4 * len(data) + 2**20).volume
+        if labels.shape != volume.volume.shape:
+            raise InvalidMask(f"the ground-truth volume {labels.shape} is not on the image's voxel "
+                              f"grid {volume.volume.shape}; resample it first")
+        return io.to_mask(labels.slice(index, plane), image_size, what=f"ground truth ({plane} {index})")
+    if data.startswith(b"\x93NUMPY"):
+        try:
+            array = np.load(_io.BytesIO(data), allow_pickle=False)
+        except Exception as exc:
+            raise InvalidMask(f"ground truth: not a readable .npy array ({exc})") from None
+        return io.to_mask(array, image_size)
+    try:
+        image = Image.open(_io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise InvalidMask(f"ground truth: {image.width}×{image.height} is over the pixel limit")
+        image.load()
+    except InvalidMask:
+        raise
+    except Exception as exc:
+        raise InvalidMask(f"ground truth: {name} is not a readable mask image "
+                          f"({type(exc).__name__}: {exc}); use PNG, TIFF, BMP or .npy") from None
+    return io.to_mask(image, image_size)
