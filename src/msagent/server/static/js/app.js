@@ -5,7 +5,7 @@ import { runAgent, runView, selectedPolicy, setView, stopAgent } from "./agent.j
 import { downloadPng, downloadTrajectory, downloadVolume } from "./downloads.js";
 import { addBox, addPoint, leaveSession, reset, takeOver, undo } from "./editing.js";
 import { initMedia } from "./media.js";
-import { $, clearError, fmt, hooks, showError, state } from "./state.js";
+import { $, clearError, fmt, hooks, overlap, showError, state } from "./state.js";
 import { Viewer } from "./viewer.js";
 
 const viewer = new Viewer($("canvas"), { onBox: addBox, onPoint: addPoint });
@@ -67,13 +67,13 @@ function render() {
     prompts: { box: null, points: [] }, highlight: null };
   const shown = session
     ? { mask: session.mask, maskRle: session.maskRle,
-      prompts: { box: session.info.box, points: session.info.points }, highlight: null }
+      prompts: { box: session.info.box, points: session.info.points }, highlight: session.last }
     : view;
   viewer.update({ mask: shown.mask, gt: run ? run.gt : null, prompts: shown.prompts,
     highlight: shown.highlight, showMask: $("show-mask").checked, showGt: $("show-gt").checked });
   rememberSliceMask(shown.maskRle);
   renderNav(run);
-  renderDetails(view.turn, session);
+  renderDetails(view.turn, session, run ? run.gt : null);
   renderTurnList(run);
   renderButtons(run, session, shown);
   document.body.dataset.mode = session ? "editing" : run ? "run" : state.image ? "image" : "empty";
@@ -94,7 +94,8 @@ function renderNav(run) {
   slider.disabled = !total || Boolean(state.session);
   $("prev").disabled = slider.disabled || state.view === 0;
   $("next").disabled = slider.disabled || state.view === total;
-  $("turn-label").textContent = !run ? "No agent run" : state.view === 0
+  $("turn-label").textContent = state.session ? "Editing (the run is paused here)"
+    : !run ? "No agent run" : state.view === 0
     ? `Start (before turn 1) of ${total}` : `Turn ${state.view} of ${total}`;
   $("turn-label").dataset.view = state.view;
 }
@@ -107,13 +108,16 @@ function describeAction(turn) {
   return turn.action.kind;
 }
 
-function renderDetails(turn, session) {
+function renderDetails(turn, session, gt) {
   const rows = [];
   if (session) {
     const info = session.info;
     const from = session.fromSteps === null ? "by hand" : `taken over after turn ${session.fromSteps}`;
     rows.push(["editing", `${from}; ${info.points.length} point(s)${info.box ? " + box" : ""}`],
-      ["score", fmt(info.score)], ["area", session.mask ? `${session.mask.area} px` : "–"]);
+      ["score", fmt(info.score)]);
+    const quality = overlap(session.mask, gt);
+    if (quality) rows.push(["IoU", fmt(quality.iou)], ["Dice", fmt(quality.dice)]);
+    rows.push(["area", session.mask ? `${session.mask.area} px` : "–"]);
   } else if (turn) {
     rows.push(["action", describeAction(turn)],
       ["arguments", turn.action ? JSON.stringify(turn.action.arguments) : "–"],
@@ -130,7 +134,7 @@ function renderDetails(turn, session) {
     dd.textContent = value;
     list.append(dt, dd);
   }
-  $("rationale").textContent = session ? "" : turn ? turn.rationale || "(no rationale text)" : "";
+  $("rationale").textContent = session ? "(your edits)" : turn ? turn.rationale || "(no rationale text)" : "";
 }
 
 function renderTurnList(run) {

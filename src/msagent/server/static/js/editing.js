@@ -13,7 +13,9 @@ function queued(action) {
   return state.queue;
 }
 
-function adopt(step, fromSteps) {
+// Make a session step (SessionStep: info + RLE mask) the shown state; `last` is the prompt
+// just added (highlighted), `fromSteps` how many run steps were replayed.
+function adopt(step, fromSteps, last = null) {
   const previous = state.session;
   state.session = {
     id: step.session.session_id,
@@ -21,6 +23,7 @@ function adopt(step, fromSteps) {
     mask: step.mask ? decodeMask(step.mask) : null,
     maskRle: step.mask || null,
     fromSteps: fromSteps === undefined ? previous?.fromSteps ?? null : fromSteps,
+    last,
   };
   $("canvas").dataset.sessionId = state.session.id;
   render();
@@ -53,7 +56,7 @@ export function addBox(box) {
   clearError();
   return queued(async () => {
     const session = await ensureSession();
-    adopt(await postJSON(`/v1/sessions/${session.id}/box`, box));
+    adopt(await postJSON(`/v1/sessions/${session.id}/box`, box), undefined, { box });
   });
 }
 
@@ -61,7 +64,7 @@ export function addPoint(point) {
   clearError();
   return queued(async () => {
     const session = await ensureSession();
-    adopt(await postJSON(`/v1/sessions/${session.id}/point`, point));
+    adopt(await postJSON(`/v1/sessions/${session.id}/point`, point), undefined, { point });
   });
 }
 

@@ -59,3 +59,12 @@ export async function guarded(action) {
 export function fmt(value, digits = 3) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
+
+// IoU and Dice of two decodeMask() masks of the same size (null when either is missing).
+export function overlap(a, b) {
+  if (!a || !b || a.bits.length !== b.bits.length) return null;
+  let both = 0;
+  for (let i = 0; i < a.bits.length; i++) both += a.bits[i] & b.bits[i];
+  const union = a.area + b.area - both;
+  return { iou: union ? both / union : 1, dice: a.area + b.area ? (2 * both) / (a.area + b.area) : 1 };
+}
