@@ -5,7 +5,9 @@ Reports:
    the process (= per core; steadier on a shared machine);
 2. Ray with 1 and with 2 local workers (one segmenter per worker, one thread each), timed
    after the workers have loaded their models: trajectories per minute and the speed-up
-   (goal ≥ 1.7× on 2 cores).
+   (goal ≥ 1.7× on 2 cores), with the workers' CPU utilisation and CPU seconds per
+   trajectory — on a shared machine, utilisation below 100% means the workers waited for a
+   core, and equal CPU seconds per trajectory mean that Ray itself added no work.
 The cases are axial MNI152 slices (117×99) with "brain", "white matter" and "gray matter".
 """
 
@@ -80,7 +82,8 @@ def main() -> None:
             wall, count, used = ray_run(dataset, workers)
             rates[workers] = 60 * count / wall
             print(f"ray, {workers} worker(s): {count} trajectories in {wall:.1f} s -> "
-                  f"{rates[workers]:.1f} per minute (workers' CPU utilisation {used:.0%})")
+                  f"{rates[workers]:.1f} per minute; workers' CPU utilisation {used:.0%}, "
+                  f"{used * workers * wall / count:.2f} CPU-s per trajectory")
         print(f"ray speed-up 2 vs 1 workers: {rates[2] / rates[1]:.2f}x (goal >= 1.7x)")
 
 

@@ -1,6 +1,7 @@
 """Segmentation server benchmark (litemedsam; CPU unless --device cuda), as ratios measured in
-the same run. The server runs in a subprocess (``msagent serve``) on loopback; clients are
-asyncio httpx sessions in this process.
+the same run. Each configuration runs as its own ``msagent serve`` subprocess on loopback, all
+started up front, and measurements alternate between them (medians of ``--rounds``), so that
+background load hits every configuration alike; clients are asyncio httpx sessions.
 
 1. Decode throughput and p50/p99 latency with N = 1, 8, 32 concurrent sessions on one image
    (a GRPO group): micro-batching on vs off.
@@ -42,7 +43,7 @@ def server(device: str, *extra: str):
     port = free_port()
     command = [sys.executable, "-c", "import sys; from msagent.cli import main; sys.exit(main())",
                "serve", "--backbone", "litemedsam", "--backbone-option", f"device={device}",
-               "--port", str(port), "--max-sessions", "512", *extra]
+               "--port", str(port), "--max-sessions", "512", "--request-timeout", "900", *extra]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]})
     url = f"http://127.0.0.1:{port}"
@@ -152,6 +153,8 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,8,32")
     parser.add_argument("--decodes", type=int, default=4, help="decodes per session")
     parser.add_argument("--repeats", type=int, default=20, help="overhead measurement repeats")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating runs per configuration (medians are reported)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads, here and in the server (OMP_NUM_THREADS)")
     args = parser.parse_args()
@@ -165,21 +168,27 @@ def main() -> None:
     image_png, plan = png_bytes(image), prompt_plan(gt, args.decodes)
     print(f"litemedsam on {args.device} ({args.threads} CPU thread(s)); image "
           f"{image.shape[1]}x{image.shape[0]}; {args.decodes} decodes per session; "
+          f"medians of {args.rounds} alternating rounds; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    results: dict[tuple[str, int], dict] = {}
-    for label, extra in [("batched", ("--batch-window-ms", "2")),
-                         ("unbatched", ("--batch-window-ms", "0")),
-                         ("no cache", ("--batch-window-ms", "2", "--cache-size", "0"))]:
-        with server(args.device, *extra) as url:
-            for n in counts:
-                if label != "no cache":
-                    results[(label, n)] = asyncio.run(run_sessions(url, image_png, plan, n, True))
-                fresh = png_bytes(variant(image, len(results)))  # cold: its encode is timed
-                results[(label + " episodes", n)] = asyncio.run(
-                    run_sessions(url, fresh, plan, n, False))
-            if label == "batched":
-                overhead = in_process_overhead(args.device, url, image, plan, args.repeats)
+    configs = {"batched": ("--batch-window-ms", "2"), "unbatched": ("--batch-window-ms", "0"),
+               "no cache": ("--batch-window-ms", "2", "--cache-size", "0")}
+    runs: dict[tuple[str, int], list[dict]] = {}
+    with contextlib.ExitStack() as stack:  # all servers up at once; runs alternate between them
+        urls = {label: stack.enter_context(server(args.device, *extra))
+                for label, extra in configs.items()}
+        for n in counts:
+            for _ in range(args.rounds):
+                for label in ("batched", "unbatched"):
+                    runs.setdefault((label, n), []).append(
+                        asyncio.run(run_sessions(urls[label], image_png, plan, n, True)))
+                for label in ("batched", "no cache"):
+                    fresh = png_bytes(variant(image, sum(map(len, runs.values()))))  # cold cache
+                    runs.setdefault((label + " episodes", n), []).append(
+                        asyncio.run(run_sessions(urls[label], fresh, plan, n, False)))
+        overhead = in_process_overhead(args.device, urls["batched"], image, plan, args.repeats)
+    results = {key: {k: statistics.median(r[k] for r in values) for k in values[0]}
+               for key, values in runs.items()}
 
     print("\n1. decodes, N sessions on one image (batched = 2 ms micro-batching window)")
     print(f"{'N':>3} {'mode':>10} {'decodes/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10}")

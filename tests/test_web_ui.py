@@ -95,6 +95,7 @@ def page(browser, server):
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
     page.goto(server + "/ui/")
     page.wait_for_selector("body[data-ready='1']")
     yield page
@@ -104,8 +105,8 @@ def page(browser, server):
 
 def enter_key(page) -> None:
     page.fill("#api-key", API_KEY)
-    page.dispatch_event("#api-key", "change")
-    page.wait_for_selector("#policy option[value='expert']", state="attached")
+    page.locator("#api-key").blur()  # "change" fires: the page stores the key and reloads
+    page.wait_for_selector("body[data-plugins='loaded']", state="attached")
 
 
 def error_text(page) -> str:
@@ -314,6 +315,7 @@ def test_nifti_volume_slices_window_run_and_export(page, api, artifacts, tmp_pat
     page.locator("#slice").fill("2")
     page.wait_for_function("document.querySelector('#slice-label').textContent.startsWith('3 /')")
     page.select_option("#window", "abdomen")
+    page.wait_for_selector("#canvas[data-slice='axial:2:abdomen']", state="attached")
     page.fill("#target", "kidney")
     page.select_option("#policy", "oracle-box")
     page.set_input_files("#gt-file", str(tmp_path / "ct-labels.nii.gz"))
@@ -367,9 +369,12 @@ def test_dicom_series_edit_and_dicom_seg(page, api, tmp_path):
     page.wait_for_selector("#image-status[data-state='ready']")
     assert page.is_visible("#volume-controls")
     assert page.is_visible("#dl-seg") and page.get_attribute("#slice", "max") == "2"
-    page.mouse.click(*canvas_xy(page, 64, 64))  # edit by hand: one positive click
+    page.mouse.move(*canvas_xy(page, 40, 40))  # edit by hand: a box
+    page.mouse.down()
+    page.mouse.move(*canvas_xy(page, 90, 90), steps=5)
+    page.mouse.up()
     page.wait_for_selector("body[data-mode='editing']")
-    wait_points(page, 1)
+    page.wait_for_function("document.querySelector('#canvas').dataset.box === '1'")
     sid = page.get_attribute("#canvas", "data-session-id")
     mask = png_mask(api.get(f"/v1/sessions/{sid}/mask").content)
     saved = download(page, "#dl-seg", tmp_path)

@@ -85,12 +85,13 @@ def agent_data(request_id: str):
 
 
 #: a fixed episode in the 0–999 frame: box, positive click, negative click, stop
-SCRIPT = (
-    'Box the ellipse.\n<tool_call>\n{"name": "add_bbox", "arguments": {"bbox_2d": [180, 150, 820, 860]}}\n</tool_call>',
-    'Grow it.\n<tool_call>\n{"name": "add_point", "arguments": {"point_2d": [500, 500], "point_type": "positive"}}\n</tool_call>',
-    'Trim the corner.\n<tool_call>\n{"name": "add_point", "arguments": {"point_2d": [20, 30], "point_type": "negative"}}\n</tool_call>',
-    'Done.\n<tool_call>\n{"name": "stop_action", "arguments": {}}\n</tool_call>',
-)
+_CALL = '{}\n<tool_call>\n{{"name": "{}", "arguments": {}}}\n</tool_call>'
+SCRIPT = tuple(_CALL.format(text, name, args) for text, name, args in (
+    ("Box the ellipse.", "add_bbox", '{"bbox_2d": [180, 150, 820, 860]}'),
+    ("Grow it.", "add_point", '{"point_2d": [500, 500], "point_type": "positive"}'),
+    ("Trim the corner.", "add_point", '{"point_2d": [20, 30], "point_type": "negative"}'),
+    ("Done.", "stop_action", "{}"),
+))
 
 
 @pytest.fixture()

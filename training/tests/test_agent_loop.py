@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import SCRIPT, ScriptedPolicy
 from msagent import protocol
+
 from msagent_training.episode import CALLS, EPISODES, IOUS
 from msagent_training.reward import compute_score, trajectory_extra_info
 
@@ -52,7 +53,7 @@ def worker_output(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory)
             f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam.yaml",
             f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
             f"data.train_files={parquet_dir / 'rl.parquet'}",
-            f"data.cache_dir={tmp_path_factory.mktemp('verl-cache')}",
+            f"+data.cache_dir={tmp_path_factory.mktemp('verl-cache')}",
             "data.max_prompt_length=1024", "data.max_response_length=2048",
         ])
     tokenizer, processor = tiny_processor
@@ -122,7 +123,7 @@ def test_server_saw_growing_prompts_with_images(worker_output):
     assert len(by_request) == 2
     for turns in by_request.values():
         assert [n for _, n in turns] == [1, 2, 3, 4]  # stop on the 4th reply ends it
-        for (before, _), (after, _) in zip(turns, turns[1:]):
+        for (before, _), (after, _) in zip(turns, turns[1:], strict=False):
             assert after[:len(before)] == before  # append-only token stream
     assert len(EPISODES) == 0  # the loop dropped both episode states
 

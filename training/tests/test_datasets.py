@@ -8,6 +8,8 @@ from conftest import png_array
 from msagent import protocol
 from omegaconf import OmegaConf
 
+from msagent_training.episode import decode_mask
+
 IMAGE_PAD = "<|image_pad|>"
 TOKENS_PER_IMAGE = (512 // 32) ** 2  # 16-px patches, 2×2 merge
 
@@ -52,15 +54,15 @@ def test_rl_rows_load_in_rlhf_dataset(rl_dataset, cases):
         for name in ("add_bbox", "add_point"):
             create = kwargs[name]["create_kwargs"]
             assert create["case_id"] == case.id and create["target"] == case.target
-            assert np.array_equal(png_array(create["image"]), case.image)
-            assert np.array_equal(png_array(create["ground_truth"]) > 0, case.ground_truth)
+            assert np.array_equal(png_array(create["image"]["bytes"]), case.image)
+            assert np.array_equal(decode_mask(create["ground_truth"]), case.ground_truth)
         assert kwargs["stop_action"]["create_kwargs"]["image"] is None
 
 
 def test_sft_rows_load_with_loss_on_assistant_tokens_only(sft_dataset, expert_runs, tiny_processor):
     tokenizer, _ = tiny_processor
     image_pad = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-    for index, (image, trajectory) in enumerate(expert_runs):
+    for index, (_, trajectory) in enumerate(expert_runs):
         item = sft_dataset[index]
         ids, loss = item["input_ids"], item["loss_mask"].bool()
         replies = [s.raw_text for s in trajectory.steps if s.action is not None and s.error is None]
@@ -88,3 +90,24 @@ def test_sft_and_rl_render_the_first_turn_identically(sft_dataset, rl_dataset, t
     generation_prompt = tokenizer.encode("<|im_start|>assistant\n")
     assert prompt_ids == sft_ids[:len(prompt_ids)]
     assert prompt_ids[-len(generation_prompt):] == generation_prompt
+
+
+def test_cli_builds_rl_parquet_from_a_dataset_folder(cases, tmp_path):
+    import pyarrow.parquet as pq
+    from msagent.datasets import write_folder
+    from PIL import Image
+
+    from msagent_training.data.__main__ import main
+
+    rows = []
+    for case in cases:
+        Image.fromarray(case.image).save(tmp_path / f"{case.id}.png")
+        Image.fromarray(case.ground_truth.astype(np.uint8) * 255).save(tmp_path / f"{case.id}_m.png")
+        rows.append({"image": f"{case.id}.png", "mask": f"{case.id}_m.png", "target": case.target})
+    write_folder(tmp_path, rows)
+    out = tmp_path / "out" / "rl.parquet"
+    assert main(["rl", "--dataset", str(tmp_path), "--out", str(out), "--limit", "2"]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 2 and set(table.column("agent_name").to_pylist()) == {"msagent"}
+    assert table.column("extra_info").to_pylist()[1]["target"] == cases[1].target
+    assert main(["rl", "--out", str(out)]) == 2  # needs a source

@@ -6,6 +6,7 @@ import msagent
 import pytest
 from msagent.reward import MedSAMReward
 from msagent.types import Action, Step, Trajectory
+
 from msagent_training.episode import CALLS, IOUS
 from msagent_training.reward import METRIC_KEYS, compute_score, trajectory_extra_info
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import ScriptedPolicy, agent_data
 from msagent import protocol
-from msagent_training.data.rows import create_kwargs
+
+from msagent_training.data import tools_kwargs
 from msagent_training.episode import DICES, EPISODES, IOUS, SCORES
 from msagent_training.tools import AddBboxTool, AddPointTool, StopActionTool
 
@@ -33,11 +34,6 @@ async def call(tools, name, arguments, kwargs, data):
         return await tool.execute(instance_id, arguments, agent_data=data)
     finally:
         await tool.release(instance_id)
-
-
-def tools_kwargs(case):
-    return {name: {"create_kwargs": create_kwargs(case, with_image=name != "stop_action")}
-            for name in ("add_bbox", "add_point", "stop_action")}
 
 
 def run_tools(tools, case, replies, request_id):
@@ -153,3 +149,39 @@ def test_schemas_come_from_the_protocol():
         assert dumped["parameters"]["required"] == function["parameters"]["required"]
         assert set(dumped["parameters"]["properties"]) == set(function["parameters"]["properties"])
         assert json.dumps(schema) in protocol.SYSTEM_PROMPT
+
+
+class _Remote:
+    """``actor.method.remote(...)`` for a plain object, awaitable like a Ray ObjectRef."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def remote(self, *args):
+        return asyncio.to_thread(self.method, *args)
+
+
+def test_shared_actor_encodes_each_image_once_and_recovers_from_eviction(cases, segmenter):
+    from msagent.types import Prompts
+
+    from msagent_training.backends import ActorClient, SegmenterActor
+
+    actor = SegmenterActor("litemedsam", {"device": "cpu"}, cache=1)
+    client = ActorClient(type("Handle", (), {name: _Remote(getattr(actor, name)) for name in
+                                             ("encode", "decode")})(), False)
+    box = protocol.action_to_prompt(protocol.parse_action(
+        '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [100, 100, 900, 900]}}'
+        '</tool_call>'), cases[0].image.shape[:2])
+
+    async def go():
+        keys = await asyncio.gather(*(client.encode(cases[0].image) for _ in range(4)))  # 4 rollouts
+        await client.encode(cases[1].image)  # evicts cases[0] from the actor's table
+        return keys, await client.decode(keys[0], cases[0].image, Prompts(box=box), None, False)
+
+    keys, prediction = asyncio.run(go())
+    assert len(set(keys)) == 1
+    assert actor.cache_info()["misses"] == 2  # one encode per distinct image
+    local = segmenter.decode(segmenter.encode(cases[0].image), Prompts(box=box), None,
+                             multimask=False)
+    assert np.array_equal(prediction.mask, local.mask)
+    assert np.allclose(prediction.low_res_logits, local.low_res_logits)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import numpy as np
-from msagent import protocol
+from msagent import protocol, types
 from msagent.errors import InvalidInput, PolicyOutputError
 from msagent.types import MaskPrediction, Prompts
 from PIL import Image
@@ -129,9 +131,14 @@ def decode_image(value: Any) -> np.ndarray:
 
 
 def decode_mask(value: Any) -> np.ndarray | None:
-    """H×W bool from PNG bytes (nonzero = foreground), a path, a PIL image or an array."""
+    """H×W bool from msagent's run-length JSON (:func:`msagent.types.encode_mask`), PNG bytes
+    (nonzero = foreground), a path, a PIL image or an array."""
     if value is None:
         return None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        return types.decode_mask(json.loads(value)).astype(bool)
+    if isinstance(value, Mapping) and "counts" in value:
+        return types.decode_mask(value).astype(bool)
     if isinstance(value, Mapping):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
@@ -142,13 +149,3 @@ def decode_mask(value: Any) -> np.ndarray | None:
     if array.ndim != 2:
         raise InvalidInput(f"ground truth must be an H×W mask, got shape {array.shape}")
     return array > 0
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """Lossless PNG of an H×W×3 uint8 image or an H×W bool mask (as 0/255)."""
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()

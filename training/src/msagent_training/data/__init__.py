@@ -1,12 +1,12 @@
 """Dataset builders: RL parquet (verl's RLHFDataset) and multi-turn SFT parquet
-(verl's MultiTurnSFTDataset), from msagent Cases or trajectory sets.
+(verl's MultiTurnSFTDataset), from msagent Cases or trajectory sets, on msagent's own verl
+export rows (:mod:`msagent.export.verl`).
 
 CLI: ``python -m msagent_training.data {rl,sft} ...`` (``--help`` for the options).
 """
 
-from .parquet import rl_rows, rl_schema, sft_schema, write_rl_parquet, write_rows, write_sft_parquet
-from .rows import AGENT_NAME, IMAGE_PLACEHOLDER, flatten_messages, rl_prompt, rl_row, sft_row
+from .parquet import rl_rows, write_rl_parquet, write_rows, write_sft_parquet
+from .rows import AGENT_NAME, rl_row, rl_schema, sft_row, sft_schema, tools_kwargs
 
-__all__ = ["AGENT_NAME", "IMAGE_PLACEHOLDER", "flatten_messages", "rl_prompt", "rl_row", "rl_rows",
-           "rl_schema", "sft_row", "sft_schema", "write_rl_parquet", "write_rows",
-           "write_sft_parquet"]
+__all__ = ["AGENT_NAME", "rl_row", "rl_rows", "rl_schema", "sft_row", "sft_schema", "tools_kwargs",
+           "write_rl_parquet", "write_rows", "write_sft_parquet"]

@@ -17,48 +17,10 @@ from msagent.errors import InvalidInput
 from msagent.types import Case, Trajectory
 from tqdm import tqdm
 
-from .rows import TOOL_NAMES, rl_row, sft_row
+from .rows import rl_row, rl_schema, sft_row, sft_schema
 
 log = logging.getLogger(__name__)
 ROW_GROUP = 128
-
-
-def _message_type():
-    import pyarrow as pa
-
-    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-
-
-def _images_type():
-    import pyarrow as pa
-
-    return pa.list_(pa.struct([("bytes", pa.binary())]))
-
-
-def rl_schema():
-    """Arrow schema of the RL parquet (RLHFDataset columns)."""
-    import pyarrow as pa
-
-    create = pa.struct([("case_id", pa.string()), ("target", pa.string()),
-                        ("image", pa.binary()), ("ground_truth", pa.binary())])
-    tools = pa.struct([(name, pa.struct([("create_kwargs", create)])) for name in TOOL_NAMES])
-    extra = pa.struct([("index", pa.int64()), ("case_id", pa.string()), ("target", pa.string()),
-                       ("dataset", pa.string()), ("modality", pa.string()),
-                       ("need_tools_kwargs", pa.bool_()), ("tools_kwargs", tools)])
-    return pa.schema([
-        ("data_source", pa.string()), ("prompt", _message_type()), ("images", _images_type()),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
-        ("agent_name", pa.string()), ("extra_info", extra),
-    ])
-
-
-def sft_schema():
-    """Arrow schema of the SFT parquet (MultiTurnSFTDataset columns ``messages``, ``images``)."""
-    import pyarrow as pa
-
-    return pa.schema([("messages", _message_type()), ("images", _images_type()),
-                      ("data_source", pa.string()), ("case_id", pa.string())])
 
 
 def write_rows(rows: Iterable[dict[str, Any]], path: str | os.PathLike, schema) -> int:

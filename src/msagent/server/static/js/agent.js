@@ -2,7 +2,7 @@
 // each turn is drawn as it arrives and the view follows the newest turn.
 
 import { ApiError, readNdjson, request } from "./api.js";
-import { ensureImageId } from "./media.js";
+import { ensureImageId, settled } from "./media.js";
 import { decodeMask } from "./rle.js";
 import { $, clearError, fmt, render, setStatus, showError, state } from "./state.js";
 import { leaveSession } from "./editing.js";
@@ -30,6 +30,7 @@ export async function runAgent() {
     return;
   }
   if (state.run && state.run.controller) state.run.controller.abort();
+  await settled();
   await leaveSession();
   const controller = new AbortController();
   state.run = { id: null, target, turns: [], done: false, stopReason: "", gt: null, controller };

@@ -22,7 +22,8 @@ async function loadServer() {
   try {
     state.plugins = await getJSON("/v1/plugins");
     fillPlugins(state.plugins);
-    clearError();
+    document.body.dataset.plugins = "loaded";
+    if (["unauthorized", "network"].includes($("error").dataset.code)) clearError();
   } catch (err) {
     showError(err);
   }

@@ -9,6 +9,7 @@ const VOLUME_RE = /\.(nii|nii\.gz|dcm|zip)$/i;
 let viewer = null;
 let sliceRequest = 0;
 let sliceTimer = null;
+let sliceLoading = Promise.resolve();
 
 export function initMedia(theViewer) {
   viewer = theViewer;
@@ -24,7 +25,7 @@ export function initMedia(theViewer) {
     state.volume.index = Number($("slice").value);
     $("slice-label").textContent = `${state.volume.index + 1} / ${state.volume.slices[state.volume.plane]}`;
     clearTimeout(sliceTimer);
-    sliceTimer = setTimeout(loadSlice, 60);
+    sliceTimer = setTimeout(() => { sliceTimer = null; loadSlice(); }, 60);
   });
   $("window").addEventListener("change", () => {
     $("window-custom").hidden = $("window").value !== "custom";
@@ -110,8 +111,27 @@ function setSliceRange(index) {
   $("slice-label").textContent = `${index + 1} / ${count}`;
 }
 
+// Wait until the slice the controls show is the one displayed (before running or editing).
+export async function settled() {
+  if (sliceTimer) {
+    clearTimeout(sliceTimer);
+    sliceTimer = null;
+    loadSlice();
+  }
+  let current;
+  do {
+    current = sliceLoading;
+    await current;
+  } while (current !== sliceLoading);
+}
+
 // Show the current slice; the newest request wins when the slider moves fast.
-export async function loadSlice() {
+export function loadSlice() {
+  sliceLoading = fetchSlice();
+  return sliceLoading;
+}
+
+async function fetchSlice() {
   const vol = state.volume;
   const ticket = ++sliceRequest;
   const query = new URLSearchParams({ plane: vol.plane, index: vol.index });
@@ -123,6 +143,7 @@ export async function loadSlice() {
     await forgetWork();
     show(bitmap, { kind: "slice", name: `${vol.plane} ${vol.index}`, imageId: null,
       width: bitmap.width, height: bitmap.height });
+    $("canvas").dataset.slice = `${vol.plane}:${vol.index}:${vol.window}`;
   } catch (err) {
     if (ticket === sliceRequest) showError(err);
   }
@@ -138,6 +159,7 @@ function show(bitmap, image) {
 
 // The displayed image's server id (a volume slice is stored on first use).
 export async function ensureImageId() {
+  await settled();
   const image = state.image;
   if (!image) throw new Error("Open an image first.");
   if (!image.imageId) {
