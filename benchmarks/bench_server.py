@@ -144,7 +144,21 @@ def in_process_overhead(device: str, url: str, image: np.ndarray, plan: list[dic
             client.post(f"/v1/sessions/{sid}/point", json={**plan[1]["body"], "mask_format": "rle"})
             times["session API"].append(time.perf_counter() - started)
             client.post(f"/v1/sessions/{sid}/undo", params={"mask_format": "none"})
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+    out = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    sets = [Prompts(box=box, points=(point,))] * 8
+    prev = [first.low_res_logits] * 8
+    one_by_one, batched = [], []
+    for _ in range(max(3, repeats // 4)):
+        started = time.perf_counter()
+        for prompts, logits in zip(sets, prev):
+            segmenter.decode(local, prompts, logits, multimask=False)
+        one_by_one.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        segmenter.decode_batch(local, sets, prev, multimask=False)
+        batched.append(time.perf_counter() - started)
+    out["8 decodes, one by one"] = statistics.median(one_by_one) * 1000
+    out["8 decodes, one batch"] = statistics.median(batched) * 1000
+    return out
 
 
 def main() -> None:
@@ -213,8 +227,12 @@ def main() -> None:
 
     base = overhead["in-process"]
     print("\n3. one decode (box + click + previous logits), median ms")
-    for name, ms in overhead.items():
-        print(f"{name:>16}: {ms:7.1f} ms  ({ms / base:.2f}x in-process, +{ms - base:.1f} ms)")
+    for name in ("in-process", "remote backbone", "session API"):
+        ms = overhead[name]
+        print(f"{name:>16}: {ms:7.1f} ms  ({ms / base:.2f}x in-process, {ms - base:+.1f} ms)")
+    one, batch = overhead["8 decodes, one by one"], overhead["8 decodes, one batch"]
+    print(f"\n4. what batching can gain on this device (in-process): 8 decodes one by one "
+          f"{one:.0f} ms, as one decode_batch {batch:.0f} ms -> {one / batch:.2f}x")
 
 
 if __name__ == "__main__":

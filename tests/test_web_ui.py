@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,12 @@ if not Path(CHROMIUM).exists():
 
 import msagent  # noqa: E402
 from msagent import io as msio  # noqa: E402
+from msagent import protocol  # noqa: E402
 from msagent.errors import WeightsNotFound  # noqa: E402
 from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
+from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import Trajectory, decode_mask, encode_mask  # noqa: E402
 
 API_KEY = "web-ui-test-key"
@@ -39,8 +42,18 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 TIMEOUT_MS = 60_000
 
 
-class MissingWeightsPlugin:
-    """A policy whose checkpoint is absent, to see the page report it."""
+class SlowClicker(msagent.Policy):
+    """Clicks the image centre again and again, slowly (to stop it mid-run)."""
+
+    def act(self, episode):
+        time.sleep(0.3)
+        height, width = episode.image_size
+        point = msagent.Point(width // 2, height // 2)
+        return msagent.Reply(protocol.point_action(point, episode.image_size, "Once more.").raw_text)
+
+
+class TestPolicies:
+    """A policy whose checkpoint is absent (the page reports it) and a slow one."""
 
     @msagent.hookimpl
     def msagent_register_policies(register):
@@ -49,6 +62,7 @@ class MissingWeightsPlugin:
                                   "download it once and pass model=/path")
 
         register("needs-weights", factory, "A policy whose weights are missing")
+        register("slow-clicker", SlowClicker, "Clicks slowly")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +77,7 @@ def artifacts(tmp_path_factory) -> Path:
 def server(litemedsam):
     previous = get_registry()
     pm = make_plugin_manager()
-    pm.register(MissingWeightsPlugin, name="missing-weights")
+    pm.register(TestPolicies, name="test-policies")
     set_registry(Registry(pm))
     app = create_app(litemedsam, ServerConfig(api_key=API_KEY, batch_window_ms=0))
     try:
@@ -272,7 +286,7 @@ def test_errors_for_bad_files_and_missing_weights(page, tmp_path):
                                          "buffer": b"this is not a PNG"})
     assert "not a readable image" in error_text(page)
     assert page.get_attribute("#image-status", "data-state") == "error"
-    image, _ = msagent.testing.make_phantom(64, 80, center=(32, 40), radii=(16, 24))
+    image, _ = make_phantom(64, 80, center=(32, 40), radii=(16, 24))
     Image.fromarray(image).save(tmp_path / "phantom.png")
     page.set_input_files("#image-file", str(tmp_path / "phantom.png"))
     page.wait_for_selector("#image-status[data-state='ready']")
@@ -287,6 +301,28 @@ def test_errors_for_bad_files_and_missing_weights(page, tmp_path):
                                       "buffer": _png(np.zeros((10, 10), np.uint8))})
     page.click("#run")
     assert "size 10×10" in error_text(page)  # the ground truth must match the image
+
+
+def test_stop_a_run_then_take_over(page, tmp_path):
+    enter_key(page)
+    image, _ = make_phantom(64, 80, center=(32, 40), radii=(16, 24))
+    Image.fromarray(image).save(tmp_path / "phantom.png")
+    page.set_input_files("#image-file", str(tmp_path / "phantom.png"))
+    page.wait_for_selector("#image-status[data-state='ready']")
+    page.fill("#target", "ellipse")
+    page.select_option("#policy", "slow-clicker")
+    page.fill("#max-turns", "20")
+    page.click("#run")
+    page.wait_for_selector("#turn-list li >> nth=1")
+    assert page.is_disabled("#takeover") and page.is_visible("#stop")
+    page.click("#stop")
+    page.wait_for_selector("#run-status[data-state='stopped']")
+    turns = page.locator("#turn-list li").count()
+    assert 2 <= turns < 20 and page.is_hidden("#stop")
+    page.click("#takeover")  # from the last shown turn: all its clicks replayed
+    page.wait_for_selector("body[data-mode='editing']")
+    assert page.get_attribute("#canvas", "data-points") == str(turns)
+    assert page.is_hidden("#error")
 
 
 def _png(array: np.ndarray) -> bytes:

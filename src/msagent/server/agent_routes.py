@@ -4,7 +4,8 @@
 - ``POST /v1/agent/run``: one :class:`msagent.Agent` episode on a stored image with the
   server's segmenter (its shared embedding cache), streamed as NDJSON: a ``start`` line, one
   ``turn`` line per policy reply (see :class:`~.agent_runs.TurnEncoder`), then ``done`` (or
-  ``error``). The episode runs in a worker thread; closing the stream stops it;
+  ``error``). The episode runs in a worker thread; closing the stream stops it (the run is
+  kept with the steps it made);
 - ``GET /v1/agent/runs/{id}``: the finished run's trajectory JSON
   (:meth:`msagent.Trajectory.to_dict`); ``.../mask?steps=K``: its mask after K steps;
 - ``POST /v1/agent/runs/{id}/session``: a session seeded with the run's first K steps (its
@@ -183,6 +184,7 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
                     run.image, run.target, gt, case_id=run.id,
                     meta={"run_id": run.id, "image_id": run.image_id})
                 wrapped.flush(list(trajectory.steps))
+                state.runs.put(RunRecord(run.id, run.image_id, trajectory, gt))  # stopped ones too
                 put("done", trajectory)
             except Exception as exc:  # reported on the stream
                 put("error", exc)
@@ -198,7 +200,6 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
             if kind == "turn":
                 yield _line(payload)
             elif kind == "done":
-                state.runs.put(RunRecord(run.id, run.image_id, payload, gt))
                 yield _line(_done(run.id, payload))
                 return
             else:

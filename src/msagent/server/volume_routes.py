@@ -61,8 +61,8 @@ class SliceMask(BaseModel):
 
 class ExportRequest(BaseModel):
     plane: Plane = "axial"
-    slices: list[SliceMask] = Field(min_length=1, max_length=4096,
-                                    description="one mask per segmented slice (the rest stay 0)")
+    slices: list[SliceMask] = Field(min_length=1, description=(
+        "one mask per segmented slice (the rest stay 0); the request-body limit bounds the list"))
     format: Literal["nifti", "dicom-seg"] = "nifti"
     label: str = Field("target", max_length=64, description="segment label (DICOM SEG)")
 

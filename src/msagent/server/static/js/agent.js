@@ -121,6 +121,7 @@ export function runView(run, view) {
   const turn = view > 0 ? run.turns[view - 1] : null;
   return {
     turn,
+    last,
     mask: last ? last.maskBits : null,
     maskRle: last ? last.mask : null,
     prompts: last ? last.prompts : { box: null, points: [] },

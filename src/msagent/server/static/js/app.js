@@ -64,7 +64,7 @@ function describePolicy() {
 function render() {
   const run = state.run;
   const session = state.session;
-  const view = run ? runView(run, state.view) : { turn: null, mask: null, maskRle: null,
+  const view = run ? runView(run, state.view) : { turn: null, last: null, mask: null, maskRle: null,
     prompts: { box: null, points: [] }, highlight: null };
   const shown = session
     ? { mask: session.mask, maskRle: session.maskRle,
@@ -74,7 +74,7 @@ function render() {
     highlight: shown.highlight, showMask: $("show-mask").checked, showGt: $("show-gt").checked });
   rememberSliceMask(shown.maskRle);
   renderNav(run);
-  renderDetails(view.turn, session, run ? run.gt : null);
+  renderDetails(view.turn, session, run ? run.gt : null, view.last);
   renderTurnList(run);
   renderButtons(run, session, shown);
   document.body.dataset.mode = session ? "editing" : run ? "run" : state.image ? "image" : "empty";
@@ -95,7 +95,9 @@ function renderNav(run) {
   slider.disabled = !total || Boolean(state.session);
   $("prev").disabled = slider.disabled || state.view === 0;
   $("next").disabled = slider.disabled || state.view === total;
-  $("turn-label").textContent = state.session ? "Editing (the run is paused here)"
+  const session = state.session;
+  $("turn-label").textContent = session ? (session.fromSteps === null ? "Editing by hand"
+    : `Editing: took over after turn ${session.fromSteps}`)
     : !run ? "No agent run" : state.view === 0
     ? `Start (before turn 1) of ${total}` : `Turn ${state.view} of ${total}`;
   $("turn-label").dataset.view = state.view;
@@ -109,7 +111,7 @@ function describeAction(turn) {
   return turn.action.kind;
 }
 
-function renderDetails(turn, session, gt) {
+function renderDetails(turn, session, gt, last) {
   const rows = [];
   if (session) {
     const info = session.info;
@@ -120,10 +122,11 @@ function renderDetails(turn, session, gt) {
     if (quality) rows.push(["IoU", fmt(quality.iou)], ["Dice", fmt(quality.dice)]);
     rows.push(["area", session.mask ? `${session.mask.area} px` : "–"]);
   } else if (turn) {
+    const shown = turn.executed || !last ? turn : last; // a stop or invalid reply keeps the mask
     rows.push(["action", describeAction(turn)],
       ["arguments", turn.action ? JSON.stringify(turn.action.arguments) : "–"],
-      ["score", fmt(turn.score)], ["IoU", fmt(turn.iou)], ["Dice", fmt(turn.dice)],
-      ["area", turn.area === null ? "–" : `${turn.area} px`]);
+      ["score", fmt(shown.score)], ["IoU", fmt(shown.iou)], ["Dice", fmt(shown.dice)],
+      ["area", shown.area === null ? "–" : `${shown.area} px`]);
     if (turn.error) rows.push(["error", turn.error]);
   }
   const list = $("turn-details");
@@ -161,7 +164,7 @@ function renderButtons(run, session, shown) {
   $("reset").disabled = !session;
   $("leave-edit").hidden = !session || !run;
   $("dl-png").disabled = !shown.mask || running;
-  $("dl-traj").disabled = !(session || (run && run.done));
+  $("dl-traj").disabled = !(session || (run && run.id && !running && !run.failed));
   const volume = Boolean(state.volume);
   $("dl-nifti").hidden = !volume;
   $("dl-seg").hidden = !volume || !state.volume.exports.includes("dicom-seg");

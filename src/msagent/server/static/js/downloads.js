@@ -15,7 +15,7 @@ export function downloadPng() {
     if (state.session) {
       if (!state.session.mask) throw new Error("The session has no mask yet: click or drag on the image.");
       await save(`/v1/sessions/${state.session.id}/mask?format=png`, "mask.png");
-    } else if (state.run && state.run.id && state.run.done) {
+    } else if (state.run && state.run.id && !state.run.controller) {
       await save(`/v1/agent/runs/${state.run.id}/mask?steps=${state.view}`, "mask.png");
     } else {
       throw new Error("No mask to download yet: run the agent or edit by hand.");
@@ -46,7 +46,7 @@ export function downloadTrajectory() {
     if (state.session) {
       const target = encodeURIComponent($("target").value.trim());
       await save(`/v1/agent/sessions/${state.session.id}/trajectory?target=${target}`, "trajectory.json");
-    } else if (state.run && state.run.id && state.run.done) {
+    } else if (state.run && state.run.id && !state.run.controller) {
       await save(`/v1/agent/runs/${state.run.id}`, "trajectory.json");
     } else {
       throw new Error("No trajectory yet: run the agent (or edit by hand) first.");

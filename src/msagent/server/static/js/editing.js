@@ -32,12 +32,9 @@ function adopt(step, fromSteps, last = null) {
 async function ensureSession() {
   if (state.session) return state.session;
   const run = state.run;
-  if (run && !run.done) {
-    throw new Error(run.controller ? "The agent is still running: wait for it or stop it first."
-      : "This run did not finish; run the agent again, or open the image anew to edit by hand.");
-  }
-  if (run && run.id) {
-    adopt(await postJSON(`/v1/agent/runs/${run.id}/session`, { steps: state.view }), state.view);
+  if (run && run.controller) throw new Error("The agent is still running: wait for it or stop it first.");
+  if (run && run.id && !run.failed) {
+    adopt(await seed(run, state.view), state.view);
   } else {
     const form = new FormData();
     form.append("image_id", await ensureImageId());
@@ -45,6 +42,19 @@ async function ensureSession() {
     adopt({ session: info, mask: null }, null);
   }
   return state.session;
+}
+
+// A session with the run's first `steps` steps replayed. A stopped run reaches the server's
+// store once its current step ends: ask again for a few seconds.
+async function seed(run, steps) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await postJSON(`/v1/agent/runs/${run.id}/session`, { steps });
+    } catch (err) {
+      if (run.done || attempt >= 10 || !(err instanceof ApiError) || err.code !== "run_not_found") throw err;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
 }
 
 export function takeOver() {
