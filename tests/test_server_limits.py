@@ -280,3 +280,30 @@ def test_text_prompts_reach_backbones_that_accept_them():
                                                         "text": "liver"})
         assert refused.status_code == 422 and "takes no text prompt" in refused.json()["detail"]
         assert httpx.post(f"{url}/v1/sessions", files=files(img), data={"text": "x"}).status_code == 422
+
+
+def test_requests_queued_behind_a_running_batch_become_one_batch():
+    segmenter = Boxes(decode_delay=0.3)
+    app = create_app(segmenter, ServerConfig(batch_window_ms=1))
+    img = image()
+    with serve_in_thread(app) as url:
+        image_id = httpx.post(f"{url}/v1/images", params={"encode": True},
+                              files={"file": ("i.png", png_bytes(img), "image/png")}).json()["image_id"]
+
+        async def run():
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                body = {"image_id": image_id, "box": BOX, "return_logits": False}
+                first = asyncio.create_task(c.post("/v1/predict", json=body))
+                await asyncio.sleep(0.1)  # the first decode is running now
+                rest = await asyncio.gather(*[c.post("/v1/predict", json=body) for _ in range(7)])
+                return [await first, *rest]
+
+        assert all(r.status_code == 200 for r in asyncio.run(run()))
+    assert segmenter.batches == [1, 7]
+
+
+def test_micro_batching_defaults_to_gpus_only():
+    assert ServerConfig().batch_window_s("cuda:0") == 0.002
+    assert ServerConfig().batch_window_s("cpu") == 0.0
+    assert ServerConfig(batch_window_ms=5).batch_window_s("cpu") == 0.005
+    assert ServerConfig(batch_window_ms=5, max_batch=1).batch_window_s("cuda") == 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-CHROMIUM = os.environ.get("MSAGENT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = os.environ.get("MSAGENT_CHROMIUM") or next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set MSAGENT_CHROMIUM)",
                 allow_module_level=True)

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default $MSAGENT_MAX_PIXELS or 64 megapixels)")
     parser.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="longest encode or decode before answering 503")
-    parser.add_argument("--batch-window-ms", type=float, default=2.0,
-                        help="wait this long to batch decodes on one image (0: no batching)")
+    parser.add_argument("--batch-window-ms", type=float,
+                        help="wait this long to batch decodes on one image (0: no batching; "
+                        "default 2 on CUDA, off on CPU)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--cache-size", type=int, default=64,
                         help="image embeddings kept by the backbone's shared cache")

@@ -2,11 +2,15 @@
 :meth:`msagent.Segmenter.decode_batch` call.
 
 The first request for an (image, multimask) pair opens a batch; later ones join it. The batch
-closes ``window`` seconds later — or, when every decode worker is busy, only once one frees up,
-so a backlog becomes one large batch instead of a queue of small ones — or when it holds
-``max_batch`` requests. Batches run in the decode thread pool (never on the event loop), at most
-``workers`` at a time. If a batched call fails, its requests are decoded one by one, so one bad
-request cannot fail the others.
+closes ``window`` seconds later, or when it holds ``max_batch`` requests — but not before the
+previous batch for that image has finished and a decode worker is free, so under load the
+requests that queue up become one large batch rather than a queue of small ones (N sessions on
+one image converge to batches of N). Batches run in the decode thread pool (never on the event
+loop), at most ``workers`` at a time. If a batched call fails, its requests are decoded one by
+one, so one bad request cannot fail the others.
+
+Batching pays off on GPUs; on CPUs a batch costs at least as much as its decodes one by one and
+runs on one worker, so ``msagent serve`` leaves it off there (see ``ServerConfig``).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class DecodeBatcher:
         self.workers = workers
         self.on_batch = on_batch or (lambda size, seconds: None)
         self._open: dict[tuple[str, bool], _Batch] = {}
+        self._running: dict[tuple[str, bool], asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
 
@@ -97,12 +102,22 @@ class DecodeBatcher:
     async def _drain(self, batch: _Batch, key: tuple[str, bool] | None) -> None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
+        if key is None:  # unbatched
+            async with self._slots:
+                await self._run(batch)
+            return
         if not batch.closed:
             await asyncio.sleep(self.window)  # let concurrent requests join
-        async with self._slots:  # while all workers are busy, the batch keeps growing
-            if key is not None:
+        while (running := self._running.get(key)) is not None:  # the batch keeps growing
+            await asyncio.wait([running])
+        done = self._running[key] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._slots:
                 self._close(key, batch)
-            await self._run(batch)
+                await self._run(batch)
+        finally:
+            del self._running[key]
+            done.set_result(None)
 
     async def _run(self, batch: _Batch) -> None:
         batch.requests = [r for r in batch.requests if not r.future.done()]  # drop timed-out ones

@@ -21,7 +21,8 @@ class ServerConfig:
     about 3/4 of this); ``max_pixels``: the largest decoded image (width × height).
     ``request_timeout_s``: the longest an encode or decode may take before 503.
     ``batch_window_ms``: how long a decode waits for others on the same image so they run
-    as one batch (0 disables micro-batching); ``max_batch``: the largest such batch.
+    as one batch (0 disables micro-batching; None: 2 ms when the backbone runs on CUDA, off on
+    CPU, where a batch is no cheaper than its decodes); ``max_batch``: the largest batch.
     ``max_images``/``max_image_bytes``: uploaded images kept by content hash (least recently
     used go first; a session keeps working after its image is dropped).
     """
@@ -32,7 +33,8 @@ class ServerConfig:
     max_upload_bytes: int = attrs.field(default=64 * 2**20, validator=attrs.validators.ge(1024))
     max_pixels: int = attrs.field(default=DEFAULT_MAX_PIXELS, validator=attrs.validators.ge(1))
     request_timeout_s: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
-    batch_window_ms: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    batch_window_ms: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
     max_batch: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     max_images: int = attrs.field(default=512, validator=attrs.validators.ge(1))
     max_image_bytes: int = attrs.field(default=4 * 2**30, validator=attrs.validators.ge(1))
@@ -42,6 +44,10 @@ class ServerConfig:
     compat: bool = True  # also serve upstream MedSAM-Agent's /session/* and /predict routes
     static_dir: str | None = None  # default: msagent/server/static, mounted at /ui if present
 
-    @property
-    def batching(self) -> bool:
-        return self.batch_window_ms > 0 and self.max_batch > 1
+    def batch_window_s(self, device: str) -> float:
+        """The micro-batching window in seconds for a backbone on ``device`` (0: off)."""
+        if self.max_batch <= 1:
+            return 0.0
+        if self.batch_window_ms is None:
+            return 0.002 if str(device).startswith("cuda") else 0.0
+        return self.batch_window_ms / 1000

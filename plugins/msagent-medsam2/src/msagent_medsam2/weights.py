@@ -10,7 +10,6 @@ accepted too.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import attrs
 import torch
 
-from msagent.errors import WeightsMismatch, WeightsNotFound
-
-log = logging.getLogger(__name__)
+from msagent import weights
+from msagent.errors import WeightsMismatch
 
 TRUNK_KEY = "image_encoder.trunk.patch_embed.proj.weight"
 #: (trunk width, number of Hiera blocks) → SAM2.1 variant
@@ -57,67 +55,23 @@ class WeightsSource:
                 "msagent never downloads them.")
 
 
-def hf_cache_dir() -> str | None:
-    """The hub cache as the environment says now (``HF_HUB_CACHE``, then ``HF_HOME/hub``);
-    None lets huggingface_hub use its default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
-
-def hf_cached(file: HubFile) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(file.repo_id, file.filename, cache_dir=hf_cache_dir())
-    return Path(found) if isinstance(found, str) else None
-
-
 def resolve_checkpoint(source: WeightsSource, checkpoint: str | os.PathLike | None = None,
                        files: Sequence[HubFile] | None = None) -> Path:
     """The checkpoint path: explicit, then ``source.env``, then the first of ``files``
     (default: all of ``source.files``) found in the HF cache; else :class:`WeightsNotFound`."""
     files = list(files or source.files)
-    explicit = checkpoint or os.environ.get(source.env)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            origin = "checkpoint=" if checkpoint else f"${source.env}"
-            raise WeightsNotFound(f"{source.what} weights not found at {path} (from {origin}). "
-                                  + source.how_to_get(files))
-        return path
-    for file in files:
-        path = hf_cached(file)
-        if path is not None:
-            log.info("using %s weights from the Hugging Face cache: %s", source.what, path)
-            return path
-    names = ", ".join(f"{f.repo_id}/{f.filename}" for f in files)
-    raise WeightsNotFound(f"{source.what} weights are not on this machine: no checkpoint= given, "
-                          f"${source.env} unset, and none of {names} in the Hugging Face cache. "
-                          + source.how_to_get(files))
+    return weights.resolve_checkpoint(checkpoint, source.env,
+                                      [(f.repo_id, f.filename) for f in files],
+                                      what=source.what, hint=source.how_to_get(files))
 
 
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely (``weights_only=True``) onto the CPU and unwrap ``{"model": …}``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsMismatch(f"cannot read {path} as a PyTorch checkpoint with "
-                              f"weights_only=True ({type(exc).__name__}: {exc}); expected a "
-                              "SAM2.1/MedSAM2 .pt file") from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
-    state = {k.removeprefix("module."): v for k, v in state.items()} \
-        if isinstance(state, Mapping) else state
-    if not isinstance(state, Mapping) or TRUNK_KEY not in state:
+    """Read a checkpoint safely onto the CPU, unwrap ``{"model": …}`` and check it is SAM2."""
+    state = weights.load_state_dict(path, expected="a SAM2.1/MedSAM2 .pt file")
+    if TRUNK_KEY not in state:
         raise WeightsMismatch(f"{path} is not a SAM2 checkpoint (no {TRUNK_KEY}); expected "
                               "{'model': state_dict} as in sam2.1_hiera_*.pt / MedSAM2_latest.pt")
-    return dict(state)
+    return state
 
 
 def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> str:
@@ -134,7 +88,4 @@ def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "check
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
               source: Path | str = "checkpoint") -> None:
     """Load ``state`` strictly; a mismatch raises :class:`WeightsMismatch`."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsMismatch(f"{source} does not fit the SAM2 architecture: {exc}") from None
+    weights.load_into(model, state, source, what="SAM2")

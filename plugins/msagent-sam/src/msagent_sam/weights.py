@@ -9,16 +9,14 @@ state_dict. The variant (ViT-B/L/H) is read off the checkpoint's patch-embedding
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from msagent.errors import InvalidInput, WeightsMismatch, WeightsNotFound
-
-log = logging.getLogger(__name__)
+from msagent import weights
+from msagent.errors import InvalidInput, WeightsMismatch
 
 ENV_CHECKPOINT = "MSAGENT_SAM_CHECKPOINT"
 HF_REPO = "ybelkada/segment-anything"
@@ -49,25 +47,6 @@ def how_to_get(variants: Sequence[str]) -> str:
             f"pass checkpoint=<path> or set {ENV_CHECKPOINT}=<path>. msagent never downloads them.")
 
 
-def hf_cache_dir() -> str | None:
-    """The hub cache as the environment says now (``HF_HUB_CACHE``, then ``HF_HOME/hub``);
-    None lets huggingface_hub use its default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
-
-def hf_cached(repo_id: str, filename: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_cache_dir())
-    return Path(found) if isinstance(found, str) else None
-
-
 def resolve_checkpoint(checkpoint: str | os.PathLike | None = None,
                        variant: str | None = None) -> Path:
     """The path of a SAM checkpoint; raises :class:`WeightsNotFound` saying what to fetch.
@@ -75,41 +54,20 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None = None,
     Without an explicit path the HF cache is searched for ``variant`` or, when None, for the
     first cached of ViT-H, ViT-L, ViT-B (segment-anything's default order of preference).
     """
-    explicit = checkpoint or os.environ.get(ENV_CHECKPOINT)
     wanted = [variant] if variant else list(FILES)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            source = "checkpoint=" if checkpoint else f"${ENV_CHECKPOINT}"
-            raise WeightsNotFound(f"SAM weights not found at {path} (from {source}). "
-                                  + how_to_get(wanted))
-        return path
-    for name in wanted:
-        path = hf_cached(HF_REPO, f"checkpoints/{FILES[name]}")
-        if path is not None:
-            log.info("using SAM %s weights from the Hugging Face cache: %s", name, path)
-            return path
-    raise WeightsNotFound(f"SAM weights ({', '.join(wanted)}) are not on this machine: no "
-                          f"checkpoint= given, ${ENV_CHECKPOINT} unset, nothing cached for "
-                          f"{HF_REPO}. " + how_to_get(wanted))
+    return weights.resolve_checkpoint(checkpoint, ENV_CHECKPOINT,
+                                      [(HF_REPO, f"checkpoints/{FILES[v]}") for v in wanted],
+                                      what="SAM", hint=how_to_get(wanted))
 
 
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``) onto the CPU; unwrap ``{"model": ...}``
     and ``module.`` prefixes if a training script added them."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsMismatch(f"cannot read {path} as a PyTorch checkpoint with "
-                              f"weights_only=True ({type(exc).__name__}: {exc}); expected an "
-                              "official SAM .pth") from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or PATCH_KEY not in {k.removeprefix("module.") for k in state}:
+    state = weights.load_state_dict(path, expected="an official SAM .pth")
+    if PATCH_KEY not in state:
         raise WeightsMismatch(f"{path} is not a Segment Anything checkpoint (no {PATCH_KEY}); "
                               "expected sam_vit_b/l/h_*.pth")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> str:
@@ -124,7 +82,4 @@ def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "check
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
               source: Path | str = "checkpoint") -> None:
     """Load ``state`` strictly; a mismatch raises :class:`WeightsMismatch`."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsMismatch(f"{source} does not fit the SAM architecture: {exc}") from None
+    weights.load_into(model, state, source, what="Segment Anything")

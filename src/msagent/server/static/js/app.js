@@ -55,8 +55,10 @@ function fillPlugins(plugins) {
 
 function describePolicy() {
   const p = selectedPolicy();
-  const gt = p.needs_ground_truth ? " Needs a ground-truth mask." : "";
-  $("policy-desc").textContent = (p.description || "") + gt;
+  const text = (p.description || "").trim();
+  const sentence = text && !/[.!?]$/.test(text) ? `${text}.` : text;
+  $("policy-desc").textContent = [sentence, p.needs_ground_truth ? "Needs a ground-truth mask." : ""]
+    .filter(Boolean).join(" ");
   $("gt-label").classList.toggle("required", Boolean(p.needs_ground_truth));
 }
 
