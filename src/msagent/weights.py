@@ -131,13 +131,16 @@ def unwrap_state_dict(state: object, path: Path | str = "checkpoint", *,
 
 
 def load_state_dict(path: Path | str, *, wrappers: Sequence[str] = WRAPPERS,
-                    strip_prefix: str = "module.",
-                    expected: str = "") -> dict[str, torch.Tensor]:
+                    strip_prefix: str = "module.", expected: str = "",
+                    require: tuple[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``) onto the CPU and unwrap it
     (:func:`unwrap_state_dict`).
 
     :param expected: the file that was expected, for the message, e.g. ``"an official SAM .pth"``.
-    :raises WeightsMismatch: unreadable, unsafe (pickled objects) or not a state_dict.
+    :param require: ``(what, key)``: the state_dict must hold ``key``, else it "is not a
+        <what> checkpoint".
+    :raises WeightsMismatch: unreadable, unsafe (pickled objects), not a state_dict, or
+        without the required key.
     """
     import torch
 
@@ -148,9 +151,12 @@ def load_state_dict(path: Path | str, *, wrappers: Sequence[str] = WRAPPERS,
         raise WeightsMismatch(f"cannot read {path} as a PyTorch checkpoint with "
                               f"weights_only=True ({type(exc).__name__}: {exc}){tail}") from None
     try:
-        return unwrap_state_dict(state, path, wrappers=wrappers, strip_prefix=strip_prefix)
+        state = unwrap_state_dict(state, path, wrappers=wrappers, strip_prefix=strip_prefix)
     except WeightsMismatch as exc:
         raise WeightsMismatch(f"{exc}{tail}") from None
+    if require is not None and require[1] not in state:
+        raise WeightsMismatch(f"{path} is not a {require[0]} checkpoint (no {require[1]}){tail}")
+    return state
 
 
 def load_into(model: torch.nn.Module, state: Mapping[str, Any], source: Path | str = "checkpoint",

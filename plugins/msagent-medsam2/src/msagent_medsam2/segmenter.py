@@ -22,6 +22,7 @@ from msagent.geometry import InputGeometry
 from msagent.sam_decoding import resolve_device, resolve_dtype
 from msagent.segmenter import Embedding, Segmenter
 from msagent.types import MaskPrediction, Prompts
+from msagent.weights import load_into
 
 from .decoding import Sam2Features, decode_sam2, encode_batch
 from .model import (
@@ -33,7 +34,7 @@ from .model import (
     normalize_variant,
     sam2_config,
 )
-from .weights import infer_variant, load_into, load_state_dict, resolve_checkpoint
+from .weights import infer_variant, load_state_dict, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class _Sam2Segmenter(Segmenter):
 
 def _load(config: Path, path: Path, state: dict):
     model = build_model(config)
-    load_into(model, state, path)
+    load_into(model, state, path, what="SAM2")
     return model
 
 

@@ -67,11 +67,9 @@ def resolve_checkpoint(source: WeightsSource, checkpoint: str | os.PathLike | No
 
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely onto the CPU, unwrap ``{"model": …}`` and check it is SAM2."""
-    state = weights.load_state_dict(path, expected="a SAM2.1/MedSAM2 .pt file")
-    if TRUNK_KEY not in state:
-        raise WeightsMismatch(f"{path} is not a SAM2 checkpoint (no {TRUNK_KEY}); expected "
-                              "{'model': state_dict} as in sam2.1_hiera_*.pt / MedSAM2_latest.pt")
-    return state
+    return weights.load_state_dict(path, require=("SAM2", TRUNK_KEY),
+                                   expected="{'model': state_dict} as in sam2.1_hiera_*.pt / "
+                                            "MedSAM2_latest.pt")
 
 
 def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> str:
@@ -84,8 +82,3 @@ def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "check
                               "blocks, which is none of SAM2.1 tiny/small/base_plus/large")
     return HIERA_SHAPES[shape]
 
-
-def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
-              source: Path | str = "checkpoint") -> None:
-    """Load ``state`` strictly; a mismatch raises :class:`WeightsMismatch`."""
-    weights.load_into(model, state, source, what="SAM2")

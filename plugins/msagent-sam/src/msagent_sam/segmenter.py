@@ -26,8 +26,9 @@ from msagent.geometry import InputGeometry
 from msagent.sam_decoding import decode_sam, resolve_device, resolve_dtype
 from msagent.segmenter import Embedding, Segmenter
 from msagent.types import MaskPrediction, Prompts
+from msagent.weights import load_into
 
-from .weights import infer_variant, load_into, load_state_dict, normalize_variant, resolve_checkpoint
+from .weights import infer_variant, load_state_dict, normalize_variant, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 INPUT_SIZE = 1024
@@ -84,7 +85,7 @@ class SamSegmenter(Segmenter):
             raise WeightsMismatch(f"{path} holds SAM {found} weights but variant={variant!r} was "
                                   f"asked; pass variant={found!r} or leave variant unset")
         model = sam_model_registry[found]()
-        load_into(model, state, path)
+        load_into(model, state, path, what="Segment Anything")
         self.variant = found
         self.checkpoint = path
         self.device = resolve_device(device)

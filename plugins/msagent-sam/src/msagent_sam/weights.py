@@ -63,11 +63,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None = None,
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (``weights_only=True``) onto the CPU; unwrap ``{"model": ...}``
     and ``module.`` prefixes if a training script added them."""
-    state = weights.load_state_dict(path, expected="an official SAM .pth")
-    if PATCH_KEY not in state:
-        raise WeightsMismatch(f"{path} is not a Segment Anything checkpoint (no {PATCH_KEY}); "
-                              "expected sam_vit_b/l/h_*.pth")
-    return state
+    return weights.load_state_dict(path, require=("Segment Anything", PATCH_KEY),
+                                   expected="an official sam_vit_b/l/h_*.pth")
 
 
 def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> str:
@@ -78,8 +75,3 @@ def infer_variant(state: Mapping[str, torch.Tensor], source: Path | str = "check
                               "SAM variants (768 ViT-B, 1024 ViT-L, 1280 ViT-H)")
     return WIDTHS[width]
 
-
-def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
-              source: Path | str = "checkpoint") -> None:
-    """Load ``state`` strictly; a mismatch raises :class:`WeightsMismatch`."""
-    weights.load_into(model, state, source, what="Segment Anything")
