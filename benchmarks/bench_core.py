@@ -29,7 +29,7 @@ class Scripted(msagent.Policy):
         return msagent.Reply(self.replies[len(episode.steps)])
 
 
-def timed_episode(segmenter, image, replies, repeats=5) -> float:
+def timed_episode(segmenter, image, replies, repeats=9) -> float:
     times = []
     for _ in range(repeats):
         segmenter.clear_cache()

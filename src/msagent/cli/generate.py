@@ -9,7 +9,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("datasets", nargs="+", metavar="DATASET",
                         help="dataset paths: BiomedParse folder, image/mask folder with targets.csv, "
-                             "or MSD/nnU-Net NIfTI folder")
+                             "MSD/nnU-Net NIfTI folder, or 'mni152' (MNI152 slices, built offline)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
     parser.add_argument("--backbone", default="litemedsam", help="registered backbone (default litemedsam)")
     parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         options["seed"] = args.seed
     summary = generate(
-        args.datasets, args.out, backbone=args.backbone,
+        [_dataset_path(spec, args.out) for spec in args.datasets], args.out, backbone=args.backbone,
         backbone_options=parse_options(args.backbone_option), generator=args.generator,
         generator_options=options, split=args.split, limit=args.limit,
         shard_size=args.shard_size, threads=args.threads, overlays=not args.no_overlays,
@@ -48,3 +48,12 @@ def run(args: argparse.Namespace) -> int:
           f"({summary.shards_written} written now); {summary.trajectories} trajectories, "
           f"{summary.kept} kept")
     return 0
+
+
+def _dataset_path(spec: str, out: Path) -> str:
+    """A dataset path; ``mni152`` builds the small MNI152 folder beside the output."""
+    if spec.lower() != "mni152":
+        return spec
+    from ..datasets import make_mni152_dataset
+
+    return str(make_mni152_dataset(out.parent / f"{out.name}-data-mni152"))
