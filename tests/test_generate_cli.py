@@ -113,3 +113,11 @@ def test_ray_local_workers_give_the_same_shards(folder, reference, tmp_path, mon
     assert shared and all(got[k] == ref[k] for k in shared)
     assert sorted(k for k in shared if k.startswith("shards/")) == \
         ["shards/part-00000.parquet", "shards/part-00001.parquet"]
+
+
+def test_mni152_keyword_builds_the_offline_dataset_beside_the_output(tmp_path):
+    from msagent.cli.generate import _dataset_path
+
+    assert _dataset_path("some/folder", tmp_path / "out") == "some/folder"
+    built = _dataset_path("mni152", tmp_path / "out")
+    assert built.endswith("out-data-mni152") and (tmp_path / "out-data-mni152" / "targets.csv").is_file()
