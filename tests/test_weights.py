@@ -5,28 +5,17 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from msagent import weights
 from msagent.errors import WeightsMismatch, WeightsNotFound
+from msagent.testing import add_to_hf_cache
 
 ENV = "MSAGENT_TEST_CHECKPOINT"
 REPO, FILE = "org/tiny-model", "tiny.pt"
 
-
-def put_in_hf_cache(root: Path, repo_id: str, filename: str, source: Path) -> Path:
-    """Lay ``source`` out as huggingface_hub's cache does: models--org--name/snapshots/<rev>."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    target = repo / "snapshots" / revision / filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
-    shutil.copyfile(source, target)
-    return target
 
 
 @pytest.fixture
@@ -53,7 +42,7 @@ def resolve(explicit=None, candidates=((REPO, FILE),), **kwargs):
 def test_order_is_explicit_then_env_then_hf_cache_then_fallbacks(env, tiny, tmp_path):
     other = tmp_path / "other.pt"
     shutil.copyfile(tiny, other)
-    cached = put_in_hf_cache(tmp_path / "hf", REPO, FILE, tiny)
+    cached = add_to_hf_cache(tmp_path / "hf", REPO, FILE, tiny)
     assert resolve() == cached
     env.setenv(ENV, str(other))
     assert resolve() == other
@@ -64,13 +53,13 @@ def test_order_is_explicit_then_env_then_hf_cache_then_fallbacks(env, tiny, tmp_
 
 
 def test_later_hf_candidates_are_tried(env, tiny, tmp_path):
-    cached = put_in_hf_cache(tmp_path / "hf", "org/second", "b.pt", tiny)
+    cached = add_to_hf_cache(tmp_path / "hf", "org/second", "b.pt", tiny)
     assert resolve(candidates=[(REPO, FILE), ("org/second", "b.pt")]) == cached
 
 
 def test_hf_cache_is_read_from_the_environment_at_call_time(env, tiny, tmp_path):
     assert weights.hf_cached(REPO, FILE) is None
-    cached = put_in_hf_cache(tmp_path / "home" / "hub", REPO, FILE, tiny)
+    cached = add_to_hf_cache(tmp_path / "home" / "hub", REPO, FILE, tiny)
     env.delenv("HF_HUB_CACHE")
     env.setenv("HF_HOME", str(tmp_path / "home"))
     assert weights.hf_cache_dir() == str(tmp_path / "home" / "hub")

@@ -6,6 +6,9 @@ and its brain, grey- and white-matter masks, so no download is involved.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 MNI_TARGETS = {"brain": "brain", "gray matter": "gm", "white matter": "wm"}
@@ -38,3 +41,17 @@ def mni152_slice(target: str = "brain", z: int | None = None,
     labels = loader(resolution=resolution).get_fdata()
     z = volume.shape[2] // 2 if z is None else z
     return np.rot90(volume[:, :, z]).copy(), np.rot90(labels[:, :, z] > 0).copy()
+
+
+def add_to_hf_cache(root: Path, repo_id: str, filename: str, source: Path) -> Path:
+    """Copy ``source`` into a Hugging Face cache at ``root`` the way huggingface_hub lays it
+    out (``models--org--name/snapshots/<rev>/filename`` plus ``refs/main``), so weight
+    resolution can be tested offline."""
+    repo = Path(root) / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    target = repo / "snapshots" / revision / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copyfile(source, target)
+    return target

@@ -3,25 +3,10 @@ phantom, and a fake Hugging Face cache."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
-from msagent.testing import make_phantom
-
-
-def add_to_hf_cache(root: Path, repo_id: str, filename: str, source: Path) -> Path:
-    """Lay ``source`` out as huggingface_hub's cache does: models--org--name/snapshots/<rev>."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    target = repo / "snapshots" / revision / filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
-    shutil.copyfile(source, target)
-    return target
+from msagent.testing import add_to_hf_cache, make_phantom
 
 
 @pytest.fixture(autouse=True)
