@@ -10,6 +10,7 @@ latency, the SDK retries taken and, when a price table is given, ``cost_usd``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -85,32 +86,31 @@ class GPTPolicy(Policy):
         request = self._request(episode)
         with self._sync_slots:
             start = time.perf_counter()
-            try:
+            with self._policy_errors():
                 raw = self._sync_client().chat.completions.with_raw_response.create(**request)
                 return self._reply(raw, start)
-            except PolicyError:
-                raise
-            except Exception as exc:
-                failure = self._error(exc)
-                if failure is None:
-                    raise
-                raise failure from exc
 
     async def aact(self, episode: Episode) -> Reply:
         request = await asyncio.to_thread(self._request, episode)  # PNG encoding off the loop
         client, slots = self._async_client()
         async with slots:
             start = time.perf_counter()
-            try:
+            with self._policy_errors():
                 raw = await client.chat.completions.with_raw_response.create(**request)
                 return self._reply(raw, start)
-            except PolicyError:
+
+    @contextlib.contextmanager
+    def _policy_errors(self):
+        """Turn API failures left after the SDK's retries into PolicyError (others propagate)."""
+        try:
+            yield
+        except PolicyError:
+            raise
+        except Exception as exc:
+            failure = self._error(exc)
+            if failure is None:
                 raise
-            except Exception as exc:
-                failure = self._error(exc)
-                if failure is None:
-                    raise
-                raise failure from exc
+            raise failure from exc
 
     def end_episode(self, episode: Episode) -> None:
         with self._lock:
