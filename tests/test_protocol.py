@@ -1,5 +1,6 @@
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -39,8 +40,16 @@ def test_user_texts_are_pinned():
      '</tool_call>', "add_point", {"point_2d": [5, 6], "point_type": "negative"}),
     ('<tool_call>{"name": "add_positive_point", "arguments": {"x": 7, "y": 8}}</tool_call>',
      "add_point", {"point_2d": [7, 8], "point_type": "positive"}),
+    # floats are kept, not rounded: to_pixel maps them itself (issue 15)
     ('<tool_call>{"name": "add_negative_point", "arguments": {"x": 7.4, "y": 8.6}}',
-     "add_point", {"point_2d": [7, 9], "point_type": "negative"}),
+     "add_point", {"point_2d": [7.4, 8.6], "point_type": "negative"}),
+    # upstream's documented repair: a key missing only its opening quote
+    ('<tool_call>{"name": "add_positive_point", "arguments": {"x": 500, y": 430}}</tool_call>',
+     "add_point", {"point_2d": [500, 430], "point_type": "positive"}),
+    ('<tool_call>{"name": "add_point", "arguments": {point_2d": [5, 6], "point_type": '
+     '"positive"}}</tool_call>', "add_point", {"point_2d": [5, 6], "point_type": "positive"}),
+    ('<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [1.0, 2, 3, 4.0]}}</tool_call>',
+     "add_bbox", {"bbox_2d": [1, 2, 3, 4]}),
     ('<tool_call>{"name": "stop_action", "arguments": {}}</tool_call>', "stop_action", {}),
     ('{"name": "stop_action", "arguments": "{}"}', "stop_action", {}),
     ('<tool_call>{"name":"add_bbox","arguments":"{\\"bbox_2d\\": [1,2,3,4]}"}</tool_call>',
@@ -61,12 +70,78 @@ def test_parse_action_accepts_valid_and_tolerated_forms(text, kind, args):
     ('<tool_call>{"name": "add_point", "arguments": {"point_2d": [1, 2]}}</tool_call>', "point_type"),
     ('<tool_call>{"name": "add_point", "arguments": {"point_2d": [1, true], "point_type": '
      '"positive"}}</tool_call>', "finite numbers"),
-    ('<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [1, 2, 3, 4], "z": 1}}</tool_call>',
-     "unexpected arguments"),
+    ('<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [1, 2, 1e999, 4]}}</tool_call>',
+     "finite numbers"),
+    ('<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [1, 2, 1' + "0" * 400 + ', 4]}}'
+     '</tool_call>', "finite numbers"),
 ])
 def test_parse_action_rejects_bad_calls_with_a_reason(text, message):
     with pytest.raises(PolicyOutputError, match=message):
         protocol.parse_action(text)
+
+
+def test_unknown_argument_keys_are_ignored_and_recorded():
+    # Both upstream paths execute this call; the parser drops the extra key and names it.
+    # (Until issue 15 this was rejected with "unexpected arguments".)
+    action = protocol.parse_action(
+        '<tool_call>{"name": "add_point", "arguments": {"point_2d": [5, 6], "point_type": '
+        '"positive", "label": 1, "confidence": 0.9}}</tool_call>')
+    assert dict(action.arguments) == {"point_2d": [5, 6], "point_type": "positive"}
+    assert action.ignored == ("confidence", "label")
+    box = protocol.parse_action('{"name": "add_bbox", "arguments": {"bbox_2d": [1, 2, 3, 4], "z": 1}}')
+    assert box.ignored == ("z",) and protocol.parse_action(box.raw_text) == box
+
+
+def test_ignored_keys_survive_the_trajectory_json():
+    from msagent.types import Step, Trajectory
+
+    action = protocol.parse_action('{"name": "stop_action", "arguments": {"why": "done"}}')
+    trajectory = Trajectory(target="t", image_size=(4, 4), steps=(Step(0, action.raw_text, action),))
+    again = Trajectory.from_json(trajectory.to_json())
+    assert again.steps[0].action.ignored == ("why",)
+    plain = Trajectory(target="t", image_size=(4, 4),
+                       steps=(Step(0, "", protocol.stop_action()),))
+    assert "ignored" not in plain.to_json()  # files without ignored keys are unchanged
+
+
+@pytest.mark.parametrize("value, size, upstream, rounded_first", [
+    (678.5, 2000, 1357, 1356), (1.5, 1000, 1, 2), (99.5, 3000, 298, 300), (0.6, 1000, 0, 1),
+    (1000, 2000, 1999, 1998), (999.5, 2000, 1999, 1998),
+    (678.5, 117, 79, 79), (999.9, 99, 98, 98), (-0.4, 100, 0, 0), (1e300, 50, 49, 49),
+])
+def test_floats_map_with_upstreams_floor_rule(value, size, upstream, rounded_first):
+    # upstream's RL tools: int(v * size / 1000), then the server clamps into the image.
+    # ``rounded_first`` is what msagent gave before issue 15 (round half-to-even, then clamp
+    # the value to 0-999, then floor): 1 px off on the first six.
+    assert protocol.to_pixel(value, size) == upstream
+    if value < 1e6:
+        assert upstream == min(max(int(value * size / 1000), 0), size - 1)
+    assert rounded_first == min(math.floor(min(max(round(value), 0), 999) * size / 1000), size - 1)
+
+
+def test_a_float_is_not_rounded_before_mapping():
+    # 678.6 was rounded to 679 first; upstream gives int(678.6) = 678 at 1000 px.
+    action = protocol.parse_action(
+        '<tool_call>{"name": "add_point", "arguments": {"point_2d": [678.6, 0.6], '
+        '"point_type": "positive"}}</tool_call>')
+    assert protocol.action_to_prompt(action, (1000, 1000)) == Point(678, 0, True)
+
+
+@pytest.mark.parametrize("box, size", [
+    ([500, 100, 500, 600], (1000, 1000)),   # x1 == x2: upstream's tool refuses it too
+    ([500, 100, 505, 600], (99, 99)),       # 49.5 and 49.995 both floor to 49
+    ([10, 300, 900, 301], (100, 100)),      # y collapses to row 30
+])
+def test_a_box_of_zero_pixel_width_or_height_is_an_invalid_reply(box, size):
+    text = json.dumps({"name": "add_bbox", "arguments": {"bbox_2d": box}})
+    assert protocol.parse_action(text).kind == "add_bbox"  # without an image size: no check
+    with pytest.raises(PolicyOutputError, match="zero width or height"):
+        protocol.parse_action(text, size)
+
+
+def test_a_thin_but_nonzero_box_is_valid():
+    text = json.dumps({"name": "add_bbox", "arguments": {"bbox_2d": [500, 100, 510, 600]}})
+    assert protocol.parse_action(text, (99, 99)).kind == "add_bbox"  # 49 .. 50
 
 
 def test_only_the_first_call_counts():

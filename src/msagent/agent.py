@@ -22,6 +22,7 @@ import numpy as np
 
 from . import metrics, protocol
 from .errors import PolicyError, PolicyOutputError
+from .io.images import to_mask
 from .policy import Episode, Policy, Reply
 from .render import overlay
 from .segmenter import Embedding, Segmenter
@@ -91,6 +92,8 @@ class Agent:
         if self.policy.needs_ground_truth and ground_truth is None:
             raise PolicyError(f"policy {self.policy.name!r} simulates an expert and needs "
                               "ground_truth=")
+        if ground_truth is not None:  # bool or numeric, the image's size (InvalidMask otherwise)
+            ground_truth = to_mask(ground_truth, np.shape(image)[:2], allow_empty=True)
         episode = Episode(id=uuid.uuid4().hex, image=image, target=target,
                           max_turns=self.max_turns, ground_truth=ground_truth)
         info = {"backbone": self.segmenter.name, "policy": self.policy.name,
@@ -152,7 +155,7 @@ class _Runner:
             self.stop_reason = "policy_error"
             return
         try:
-            action = protocol.parse_action(reply.text)
+            action = protocol.parse_action(reply.text, self.episode.image_size)
         except PolicyOutputError as exc:
             self._fail(Step(index, reply.text, error=str(exc), usage=reply.usage), str(exc))
             return

@@ -5,7 +5,9 @@ prompt and user texts (the RL-stage format the checkpoint saw last, kept as data
 ``<tool_call>`` parser and formatter, and the 0–999 ↔ pixel coordinate mapping.
 
 Coordinate convention (the RL tools'): a model value ``v`` in 0–999 maps to pixel
-``floor(v * size / 1000)`` clamped to ``[0, size - 1]``; a pixel ``p`` maps back to
+``floor(v * size / 1000)`` clamped to ``[0, size - 1]`` — upstream's ``int(v * size / 1000)``
+for every value it accepts, floats included (a float is mapped itself, never rounded first),
+clamped as upstream's server clamps; a pixel ``p`` maps back to
 ``ceil(p * 1000 / size)`` clamped to ``[0, 999]``, the smallest ``v`` that lands on ``p``.
 The round trip pixel → model → pixel is exact for sides up to 1000 px, and
 model → pixel → model is exact for sides of at least 1000 px.
@@ -37,16 +39,15 @@ if TYPE_CHECKING:
 MODEL_MAX = 999
 POLICY_IMAGE_SIZE = 512
 
-_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_UNQUOTED_KEY_RE = re.compile(r'([{,]\s*)([A-Za-z_][A-Za-z0-9_]*)(\s*:)')
-_LEGACY_POINTS = {"add_positive_point": "positive", "add_negative_point": "negative"}
-
 
 # -- coordinates ---------------------------------------------------------------
 def to_pixel(value: float, size: int) -> int:
-    """0–999 model value → pixel index in ``[0, size - 1]`` (floor(v·size/1000), clamped)."""
-    value = min(max(value, 0), MODEL_MAX)
-    return min(int(math.floor(value * size / 1000)), size - 1)
+    """0–999 model value → pixel index: ``floor(v·size/1000)`` clamped to ``[0, size - 1]``.
+
+    ``v`` itself is first clamped to [-1, 1000], which changes no result (every value at or
+    beyond either end lands on the first or last pixel) and keeps huge values finite."""
+    value = min(max(value, -1), MODEL_MAX + 1)
+    return min(max(int(math.floor(value * size / 1000)), 0), size - 1)
 
 
 def to_model(pixel: float, size: int) -> int:
@@ -102,17 +103,36 @@ def format_action(action: Action, rationale: str = "") -> str:
 
 
 # -- parsing -------------------------------------------------------------------
-def parse_action(text: str) -> Action:
+MAX_REPLY_CHARS = 32_768  # the parser reads no further into a reply (the checkpoint writes ~128 tokens)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+# A key without quotes (`{x: 1}`) or without its opening quote (`{x": 1}`, upstream's repair).
+_BARE_KEY_RE = re.compile(r'([{,]\s*)([A-Za-z_]\w*)"?(\s*:)')
+_LEGACY_POINTS = {"add_positive_point": "positive", "add_negative_point": "negative"}
+_ARGUMENTS = {"add_bbox": ("bbox_2d",), "add_point": ("point_2d", "point_type"),
+              "stop_action": (), "add_positive_point": ("x", "y", "point_2d"),
+              "add_negative_point": ("x", "y", "point_2d")}
+
+
+def parse_action(text: str, image_size: tuple[int, int] | None = None) -> Action:
     """Parse the first tool call in a policy reply.
 
-    Tolerates text around the call, a missing closing tag, unquoted JSON keys, a bare JSON
-    object without tags, and the legacy ``add_positive_point``/``add_negative_point`` tools
-    with ``{x, y}``. Raises :class:`PolicyOutputError` for no call, bad JSON, unknown tools,
-    wrong arity, non-numeric or non-finite values.
+    Tolerates text around the call, a missing closing tag, keys without quotes or without
+    their opening quote, single quotes, a bare JSON object without tags, arguments sent as a
+    JSON string, unknown argument keys (ignored, named in :attr:`Action.ignored`), and the
+    legacy ``add_positive_point``/``add_negative_point`` tools with ``{x, y}``. Coordinates
+    are kept as given (a float is mapped by :func:`to_pixel` itself, not rounded first).
+    Only the first :data:`MAX_REPLY_CHARS` characters are read, in linear time.
+
+    With ``image_size`` (height, width), a box whose corners map onto the same pixel column
+    or row (zero width or height) is also invalid.
+
+    Raises :class:`PolicyOutputError` — and nothing else — for no call, bad JSON (including
+    nesting too deep and numbers too long to read), unknown tools, wrong arity, non-numeric
+    or non-finite values.
     """
     if not isinstance(text, str):
         raise PolicyOutputError(f"policy reply must be text, got {type(text).__name__}")
-    payload = _call_payload(text)
+    payload = _call_payload(text[:MAX_REPLY_CHARS])
     call = _load_json(payload)
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise PolicyOutputError(f"tool call must be an object with a 'name': {payload[:200]!r}")
@@ -120,14 +140,32 @@ def parse_action(text: str) -> Action:
     if isinstance(arguments, str):  # some servers send arguments as a JSON string
         arguments = _load_json(arguments) if arguments.strip() else {}
     if not isinstance(arguments, dict):
-        raise PolicyOutputError(f"tool arguments must be an object, got {arguments!r}")
-    return _validated(call["name"], arguments, text)
+        raise PolicyOutputError(f"tool arguments must be an object, got {_short(arguments)}")
+    action = _validated(call["name"], arguments, text)
+    if image_size is not None:
+        check_prompt(action, image_size)
+    return action
+
+
+def check_prompt(action: Action, image_size: tuple[int, int]) -> None:
+    """Raise :class:`PolicyOutputError` if ``action`` is a box of zero pixel width or height
+    on an image of (height, width) — SAM would get a degenerate box; upstream's tool refuses
+    ``x1 >= x2`` too."""
+    if action.kind != "add_bbox":
+        return
+    box = action_to_prompt(action, image_size)
+    if box.x1 == box.x2 or box.y1 == box.y2:
+        raise PolicyOutputError(
+            f"add_bbox {list(action.arguments['bbox_2d'])} maps to a box of zero width or height "
+            f"on a {image_size[1]}x{image_size[0]} image; give x1 < x2 and y1 < y2 (0-999)")
 
 
 def _call_payload(text: str) -> str:
-    match = _CALL_RE.search(text)
-    if match:
-        return match.group(1)
+    start = text.find(_OPEN)
+    if start >= 0:
+        start += len(_OPEN)
+        end = text.find(_CLOSE, start)
+        return text[start:end if end >= 0 else len(text)].strip()
     start = text.find("{")
     if start >= 0 and "name" in text[start:]:  # a bare JSON call without tags
         return text[start:text.rfind("}") + 1]
@@ -137,36 +175,46 @@ def _call_payload(text: str) -> str:
 
 def _load_json(payload: str) -> Any:
     try:
-        return json.loads(payload)
-    except json.JSONDecodeError:
+        return _json(payload)
+    except PolicyOutputError:
         pass
-    repaired = _UNQUOTED_KEY_RE.sub(r'\1"\2"\3', payload.replace("'", '"'))
+    return _json(_BARE_KEY_RE.sub(r'\1"\2"\3', payload.replace("'", '"')), payload)
+
+
+def _json(payload: str, shown: str | None = None) -> Any:
+    """json.loads with every failure (bad syntax, nesting too deep, a number too long) as a
+    PolicyOutputError."""
     try:
-        return json.loads(repaired)
+        return json.loads(payload)
     except json.JSONDecodeError as exc:
-        raise PolicyOutputError(f"tool call is not valid JSON ({exc.msg}): {payload[:200]!r}") \
-            from None
+        why = exc.msg
+    except RecursionError:
+        why = "nested too deep"
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        why = str(exc).split(";")[0]
+    raise PolicyOutputError(f"tool call is not valid JSON ({why}): {(shown or payload)[:200]!r}")
 
 
 def _validated(name: str, arguments: dict, text: str) -> Action:
+    if name not in _ARGUMENTS:
+        raise PolicyOutputError(
+            f"unknown tool {_short(name)}; the tools are add_bbox, add_point, stop_action")
+    ignored = tuple(sorted(str(k) for k in arguments if k not in _ARGUMENTS[name]))
     if name in _LEGACY_POINTS:
         point = _numbers(_legacy_xy(arguments), 2, "point_2d")
-        return Action("add_point", {"point_2d": point, "point_type": _LEGACY_POINTS[name]}, text)
+        args = {"point_2d": point, "point_type": _LEGACY_POINTS[name]}
+        return Action("add_point", args, text, ignored)
     if name == "add_bbox":
-        _no_extra(name, arguments, {"bbox_2d"})
-        return Action(name, {"bbox_2d": _numbers(arguments.get("bbox_2d"), 4, "bbox_2d")}, text)
+        return Action(name, {"bbox_2d": _numbers(arguments.get("bbox_2d"), 4, "bbox_2d")},
+                      text, ignored)
     if name == "add_point":
-        _no_extra(name, arguments, {"point_2d", "point_type"})
         point_type = arguments.get("point_type")
         if point_type not in ("positive", "negative"):
             raise PolicyOutputError(
-                f"add_point needs point_type 'positive' or 'negative', got {point_type!r}")
+                f"add_point needs point_type 'positive' or 'negative', got {_short(point_type)}")
         point = _numbers(arguments.get("point_2d"), 2, "point_2d")
-        return Action(name, {"point_2d": point, "point_type": point_type}, text)
-    if name == "stop_action":
-        return Action(name, {}, text)
-    raise PolicyOutputError(
-        f"unknown tool {name!r}; the tools are add_bbox, add_point, stop_action")
+        return Action(name, {"point_2d": point, "point_type": point_type}, text, ignored)
+    return Action(name, {}, text, ignored)
 
 
 def _legacy_xy(arguments: dict) -> Any:
@@ -175,21 +223,32 @@ def _legacy_xy(arguments: dict) -> Any:
     return arguments.get("point_2d")
 
 
-def _no_extra(name: str, arguments: dict, allowed: set[str]) -> None:
-    extra = set(arguments) - allowed
-    if extra:
-        raise PolicyOutputError(f"{name} got unexpected arguments {sorted(extra)}")
-
-
-def _numbers(value: Any, arity: int, field: str) -> list[int]:
+def _numbers(value: Any, arity: int, field: str) -> list[int | float]:
+    """The coordinates as given: ints stay ints, integral floats become ints, other floats
+    stay floats. Bools, strings, and values beyond the float range or non-finite are refused."""
     if not isinstance(value, (list, tuple)) or len(value) != arity:
-        raise PolicyOutputError(f"{field} must be a list of {arity} numbers, got {value!r}")
-    out = []
+        raise PolicyOutputError(f"{field} must be a list of {arity} numbers, got {_short(value)}")
+    out: list[int | float] = []
     for item in value:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
-            raise PolicyOutputError(f"{field} must hold finite numbers, got {value!r}")
-        out.append(int(round(item)))
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not _finite(item):
+            raise PolicyOutputError(f"{field} must hold finite numbers, got {_short(value)}")
+        out.append(int(item) if isinstance(item, float) and item.is_integer() else item)
     return out
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deep, an int too long to print
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 # -- the conversation ------------------------------------------------------------

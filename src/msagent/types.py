@@ -59,12 +59,14 @@ class Action:
 
     ``arguments`` are exactly as in the tool schema (0–999 frame), e.g.
     ``{"bbox_2d": [x1, y1, x2, y2]}`` or ``{"point_2d": [x, y], "point_type": "positive"}``.
-    ``raw_text`` is the policy's whole reply (rationale plus call).
+    ``raw_text`` is the policy's whole reply (rationale plus call). ``ignored`` names the
+    argument keys the reply had beyond the schema (tolerated, as upstream does, and dropped).
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(ACTION_KINDS))
     arguments: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, eq=True, hash=False)
     raw_text: str = ""
+    ignored: tuple[str, ...] = attrs.field(default=(), converter=tuple)  # unknown argument keys
 
     @property
     def is_stop(self) -> bool:
@@ -237,7 +239,8 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
         "index": step.index,
         "raw_text": step.raw_text,
         "action": None if action is None else
-        {"kind": action.kind, "arguments": dict(action.arguments), "raw_text": action.raw_text},
+        {"kind": action.kind, "arguments": dict(action.arguments), "raw_text": action.raw_text,
+         **({"ignored": list(action.ignored)} if action.ignored else {})},
         "error": step.error,
         "mask": None if step.mask is None else encode_mask(step.mask),
         "score": step.score,
