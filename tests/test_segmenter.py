@@ -87,3 +87,61 @@ def test_decode_batch_default_matches_decode_and_checks_lengths():
     assert len(out) == 3
     with pytest.raises(SegmenterError, match="prev_logits"):
         seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))], [None, None])
+
+
+class LockedCounting(Counting):
+    """Counts encodes per image under a lock (threads call it concurrently)."""
+
+    def __init__(self, **kw):
+        super().__init__(delay=0.02, **kw)
+        self.lock = threading.Lock()
+        self.per_image: dict[float, int] = {}
+
+    def encode_image(self, image):
+        time.sleep(self.delay)
+        with self.lock:
+            self.encodes += 1
+            self.per_image[float(image.mean())] = self.per_image.get(float(image.mean()), 0) + 1
+        return float(image.mean())
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["encode_batch", "encode_batch+encode"])
+def test_concurrent_encode_batch_encodes_each_image_once(mixed):
+    seg = LockedCounting()
+    images = [image(value) for value in (10, 20, 30, 40)]
+    barrier = threading.Barrier(8)
+    results: list[list] = [None] * 8
+
+    def work(index):
+        barrier.wait()
+        if mixed and index % 2:
+            results[index] = [seg.encode(img) for img in reversed(images)]
+        else:
+            results[index] = seg.encode_batch(images + images[:1])  # a repeated image too
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seg.encodes == 4 and set(seg.per_image.values()) == {1}
+    assert seg.cache_info().misses == 4
+    keys = {e.key for result in results for e in result}
+    assert len(keys) == 4
+
+
+def test_a_failed_batch_encode_releases_its_images():
+    class Failing(Counting):
+        fail = True
+
+        def encode_images(self, images):
+            if self.fail:
+                raise RuntimeError("out of memory")
+            return super().encode_images(images)
+
+    seg = Failing()
+    with pytest.raises(RuntimeError):
+        seg.encode_batch([image(1), image(2)])
+    seg.fail = False
+    assert len(seg.encode_batch([image(1), image(2)])) == 2  # no lock left held
+    assert seg.encodes == 2

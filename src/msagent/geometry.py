@@ -41,7 +41,8 @@ class InputGeometry:
         if self.mode == "stretch":
             return self.size, self.size
         factor = self.size / max(height, width)
-        return int(height * factor + 0.5), int(width * factor + 0.5)
+        # at least one pixel: a 1×600 or 3000×2 image would otherwise resize to a side of 0
+        return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
     def resize_image(self, image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
         """The image resized (and, in longest_side mode, zero-padded) to size×size."""

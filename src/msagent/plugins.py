@@ -104,18 +104,47 @@ class Registry:
         return instance
 
 
-def lazy(target: str) -> Callable[..., Any]:
+@attrs.frozen
+class LazyFactory:
     """A factory for ``"package.module:Class"`` that imports it only when called, so that
-    registering a torch-based backbone does not import torch."""
+    registering a torch-based backbone does not import torch. ``target`` names what it builds;
+    :meth:`resolve` imports it without building one."""
+
+    target: str
+
+    @property
+    def __name__(self) -> str:
+        return f"lazy({self.target})"
+
+    def resolve(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def __call__(self, **options: Any) -> Any:
+        return self.resolve()(**options)
+
+
+def lazy(target: str) -> LazyFactory:
+    """A :class:`LazyFactory` for ``"package.module:Class"``."""
     module, _, attr = target.partition(":")
     if not module or not attr:
         raise PluginError(f"lazy() expects 'module:attribute', got {target!r}")
+    return LazyFactory(target)
 
-    def factory(**options: Any) -> Any:
-        return getattr(importlib.import_module(module), attr)(**options)
 
-    factory.__qualname__ = factory.__name__ = f"lazy({target})"
-    return factory
+def factory_class(registration: Registration) -> type | None:
+    """The class a registration builds, importing its module if lazy; None for a plain
+    function (its class is unknown until it is called) or a module that fails to import."""
+    factory = registration.factory
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, LazyFactory):
+        try:
+            built = factory.resolve()
+        except Exception:  # a broken plugin is reported when it is loaded, not when listed
+            return None
+        return built if isinstance(built, type) else None
+    return None
 
 
 def _make_register(kind: str, found: dict, plugin: str, package: str, version: str):
@@ -136,9 +165,15 @@ def _make_register(kind: str, found: dict, plugin: str, package: str, version: s
                 f"(package {found[name].package}) and by plugin {plugin!r} (package {package}); "
                 "uninstall one, or limit loading with MSAGENT_LOAD_PLUGINS")
         found[name] = Registration(name, kind, factory, plugin, package, version,
-                                   description or (factory.__doc__ or "").strip().split("\n")[0])
+                                   description or _first_doc_line(factory))
 
     return register
+
+
+def _first_doc_line(factory: Callable[..., Any]) -> str:
+    if isinstance(factory, LazyFactory):  # its docstring is LazyFactory's, not the plugin's
+        return ""
+    return (factory.__doc__ or "").strip().split("\n")[0]
 
 
 def _not_found_message(kind: str, name: str, registrations: dict[str, Registration]) -> str:

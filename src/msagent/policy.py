@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
+from .options import Option
 from .types import Action, MaskPrediction, Step
 
 
@@ -74,6 +75,9 @@ class Policy(ABC):
     name: str = ""
     #: True if :meth:`act` needs ``episode.ground_truth`` (simulated experts)
     needs_ground_truth: bool = False
+    #: the constructor options an API client of ``msagent serve`` may set, with their types
+    #: and bounds (:class:`msagent.options.Option`); every other option is the operator's
+    client_options: ClassVar[Mapping[str, Option]] = {}
 
     @abstractmethod
     def act(self, episode: Episode) -> Reply:

@@ -63,26 +63,69 @@ class _EmbeddingCache:
 
     def get_or_compute(self, key: str, compute) -> Embedding:
         with self._lock:
-            if key in self._items:
-                self.hits += 1
-                self._items.move_to_end(key)
-                return self._items[key]
+            if (hit := self._hit(key)) is not None:
+                return hit
             key_lock = self._pending.setdefault(key, threading.Lock())
         with key_lock:  # one encode per key; latecomers wait here, then hit
             with self._lock:
-                if key in self._items:
-                    self.hits += 1
-                    self._items.move_to_end(key)
-                    return self._items[key]
+                if (hit := self._hit(key)) is not None:
+                    return hit
                 self.misses += 1
-            embedding = compute()
-            with self._lock:
-                if self.maxsize > 0:
-                    self._items[key] = embedding
-                    while len(self._items) > self.maxsize:
-                        self._items.popitem(last=False)
-                self._pending.pop(key, None)
+            try:
+                embedding = compute()
+                with self._lock:
+                    self._store(embedding)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
         return embedding
+
+    def get_or_compute_many(self, keys: Sequence[str], compute_many) -> list[Embedding]:
+        """Embeddings for ``keys``: hits from the cache, the misses nobody is encoding in one
+        ``compute_many(missing_keys)`` call, and keys another thread is encoding waited for
+        (so concurrent batches encode each image once)."""
+        found: dict[str, Embedding] = {}
+        owned: dict[str, threading.Lock] = {}
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if (hit := self._hit(key)) is not None:
+                    found[key] = hit
+                elif key not in self._pending:  # claim it: others wait on its lock
+                    owned[key] = self._pending[key] = threading.Lock()
+                    owned[key].acquire()
+                    self.misses += 1
+        try:
+            if owned:
+                for embedding in compute_many(list(owned)):
+                    found[embedding.key] = embedding
+                with self._lock:
+                    for key in owned:
+                        self._store(found[key])
+        finally:
+            with self._lock:
+                for key, lock in owned.items():
+                    self._pending.pop(key, None)
+                    lock.release()
+        for key in keys:  # being encoded by another thread: wait for it
+            if key not in found:
+                found[key] = self.get_or_compute(key, lambda k=key: compute_many([k])[0])
+        return [found[key] for key in keys]
+
+    def _hit(self, key: str) -> Embedding | None:
+        """The cached embedding (counted as a hit), or None; call with ``_lock`` held."""
+        if key not in self._items:
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def _store(self, embedding: Embedding) -> None:
+        """Keep ``embedding``, dropping the least recently used; call with ``_lock`` held."""
+        if self.maxsize > 0:
+            self._items[embedding.key] = embedding
+            self._items.move_to_end(embedding.key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
 
     def contains(self, key: str) -> bool:
         with self._lock:
@@ -92,11 +135,7 @@ class _EmbeddingCache:
         """Store an embedding computed outside :meth:`get_or_compute` (counts as a miss)."""
         with self._lock:
             self.misses += 1
-            if self.maxsize > 0:
-                self._items[embedding.key] = embedding
-                self._items.move_to_end(embedding.key)
-                while len(self._items) > self.maxsize:
-                    self._items.popitem(last=False)
+            self._store(embedding)
 
     def info(self) -> CacheInfo:
         with self._lock:
@@ -142,18 +181,19 @@ class Segmenter(ABC):
 
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[Embedding]:
         """Encode several images, running the misses through :meth:`encode_images` in one
-        batch (backbones with a batched encoder override that)."""
+        batch (backbones with a batched encoder override that). Misses go through the cache's
+        per-image locks, so concurrent calls encode each image once."""
         for image in images:
             _check_image(image)
         keys = [image_key(image) for image in images]
-        misses = {k: img for k, img in zip(keys, images) if not self._cache.contains(k)}
-        fresh: dict[str, Embedding] = {}
-        if len(misses) > 1:
-            batch = self.encode_images(list(misses.values()))
-            for (key, image), features in zip(misses.items(), batch):
-                fresh[key] = Embedding(features, image.shape[:2], key)
-                self._cache.put(fresh[key])
-        return [fresh[k] if k in fresh else self.encode(img) for k, img in zip(keys, images)]
+        by_key = dict(zip(keys, images))
+
+        def compute_many(keys: list[str]) -> list[Embedding]:
+            batch = [by_key[key] for key in keys]
+            features = self.encode_images(batch) if len(batch) > 1 else [self.encode_image(batch[0])]
+            return [Embedding(f, image.shape[:2], key) for key, image, f in zip(keys, batch, features)]
+
+        return self._cache.get_or_compute_many(keys, compute_many)
 
     def cache_info(self) -> CacheInfo:
         return self._cache.info()

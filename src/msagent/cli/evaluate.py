@@ -60,7 +60,7 @@ def open_data(specs: list[str], out: Path):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalConfig, evaluate, markdown_table
-    from .segment import parse_options
+    from ..options import parse_options
 
     if not args.policy and not args.protocol:
         from ..errors import InvalidInput

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..generation import generate
-    from .segment import parse_options
+    from ..options import parse_options
 
     options = parse_options(args.option)
     if args.seed is not None:

@@ -18,18 +18,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to bind (default loopback; 0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=int, default=8265)
     parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default ${ENV_API_KEY})")
+    parser.add_argument("--open", action="store_true",
+                        help="serve a non-loopback --host without an API key: anyone who can reach "
+                        "the port may use the server (refused without this flag)")
+    parser.add_argument("--policy-option", action="append", default=[], metavar="POLICY:KEY=VALUE",
+                        help="the operator's option for a policy the web page runs (repeatable), "
+                        "e.g. gpt:model=gpt-4o or gpt:base_url=http://127.0.0.1:30000/v1; API "
+                        "clients may set only the options a policy declares safe")
     parser.add_argument("--max-sessions", type=int, default=256)
     parser.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                         help="delete sessions idle this long (default 3600)")
     parser.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body")
     parser.add_argument("--max-pixels", type=int, help="largest image, width × height "
                         "(default $MSAGENT_MAX_PIXELS or 64 megapixels)")
+    parser.add_argument("--max-voxels", type=int, help="largest uploaded volume in voxels, "
+                        "checked from its headers (default $MSAGENT_MAX_VOXELS or 2**27 = 134,217,728)")
     parser.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS",
                         help="longest encode or decode before answering 503")
     parser.add_argument("--batch-window-ms", type=float,
                         help="wait this long to batch decodes on one image (0: no batching; "
                         "default 2 on CUDA, off on CPU)")
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-points", type=int, default=256,
+                        help="clicks in force in one session or decode (more: 422)")
     parser.add_argument("--cache-size", type=int, default=64,
                         help="image embeddings kept by the backbone's shared cache")
     parser.add_argument("--decode-workers", type=int, default=4)
@@ -41,15 +52,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     from ..io import max_pixels_limit
+    from ..io.limits import DEFAULT_SERVER_MAX_VOXELS, max_voxels_limit
     from ..server import ServerConfig
 
     return ServerConfig(
         api_key=args.api_key or os.environ.get(ENV_API_KEY) or None,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=max_pixels_limit(args.max_pixels),
+        max_voxels=max_voxels_limit(args.max_voxels, DEFAULT_SERVER_MAX_VOXELS),
         request_timeout_s=args.request_timeout, batch_window_ms=args.batch_window_ms,
-        max_batch=args.max_batch, encode_workers=args.encode_workers,
-        decode_workers=args.decode_workers, compat=not args.no_compat, static_dir=args.static_dir)
+        max_batch=args.max_batch, max_points=args.max_points, encode_workers=args.encode_workers,
+        decode_workers=args.decode_workers, compat=not args.no_compat, static_dir=args.static_dir,
+        policy_options=policy_options(args.policy_option), open_server=args.open)
+
+
+def policy_options(pairs: list[str]) -> dict[str, dict]:
+    """``POLICY:KEY=VALUE`` pairs as ``{policy: {key: value}}``."""
+    from ..errors import InvalidInput
+    from ..options import parse_options
+
+    grouped: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, rest = pair.partition(":")
+        if not sep or not name or "=" not in rest:
+            raise InvalidInput(f"--policy-option {pair!r} must look like POLICY:KEY=VALUE, "
+                               "e.g. gpt:model=gpt-4o")
+        grouped.setdefault(name, []).append(rest)
+    return {name: parse_options(rest) for name, rest in grouped.items()}
+
+
+def check_exposure(host: str, config) -> None:
+    """Refuse a non-loopback address without an API key unless the operator said ``--open``."""
+    from ..errors import InvalidInput
+    from ..server.config import LOOPBACK_HOSTS
+
+    if host in LOOPBACK_HOSTS or config.api_key:
+        return
+    if not config.open_server:
+        raise InvalidInput(
+            f"refusing to serve {host} without an API key: anyone who can reach the port could "
+            f"use the server. Set --api-key (or ${ENV_API_KEY}), bind 127.0.0.1, or pass --open "
+            "to serve it open on purpose")
+    log.warning("serving %s without an API key (--open): anyone who can reach this port can "
+                "use the server", host)
 
 
 def load_backbone(name: str | None, options: dict, cache_size: int):
@@ -77,15 +122,12 @@ def run(args: argparse.Namespace) -> int:
 
         raise MsAgentError("msagent serve needs the server extra: pip install 'msagent[server]'") \
             from None
+    from ..options import parse_options
     from ..server import create_app
-    from ..server.config import LOOPBACK_HOSTS
-    from .segment import parse_options
 
     config = build_config(args)
+    check_exposure(args.host, config)  # before loading the backbone
     segmenter = load_backbone(args.backbone, parse_options(args.backbone_option), args.cache_size)
-    if args.host not in LOOPBACK_HOSTS and not config.api_key:
-        log.warning("serving on %s without an API key: anyone who can reach this port can use "
-                    "the backbone; set --api-key or $%s", args.host, ENV_API_KEY)
     app = create_app(segmenter, config)
     log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs)", segmenter.name, args.host,
              args.port)

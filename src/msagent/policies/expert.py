@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import clicker, metrics, protocol
 from ..errors import PolicyError
+from ..options import Option
 from ..policy import Episode, Policy, Reply
 from ..types import BBox, Point
 from . import rationale as text
@@ -76,6 +77,17 @@ class ExpertPolicy(Policy):
     first_tries: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     max_actions: int | None = None
     needs_ground_truth = True
+    # every option is safe for an API client; the bounds keep one turn's previews bounded
+    client_options = {
+        "first": Option(str, choices=("box", "click"), help="the first action"),
+        "box_jitter": Option(float, 0.0, 1.0, help="box jitter, as a fraction of its side"),
+        "tau": Option(float, 0.0, 1.0, help="ΔIoU a corrective click must gain"),
+        "candidates": Option(int, 1, 50, help="clicks previewed per turn"),
+        "target_iou": Option(float, 0.0, 1.0, help="stop once IoU reaches this"),
+        "seed": Option(int, 0, 2**32 - 1),
+        "first_tries": Option(int, 1, 20, help="first actions previewed"),
+        "max_actions": Option(int, 1, 100, optional=True),
+    }
 
     def act(self, episode: Episode) -> Reply:
         gt = _need_gt(episode)

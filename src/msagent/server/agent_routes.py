@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from ..agent import Agent
 from ..errors import InvalidInput, InvalidTarget, MsAgentError
+from ..options import MAX_CLIENT_TEXT
 from ..types import encode_mask
 from .agent_runs import (
     OriginStore,
@@ -46,6 +47,7 @@ from .agent_runs import (
     StreamingPolicy,
     TurnEncoder,
     policy_listing,
+    run_options,
     segmenter_listing,
     session_trajectory,
 )
@@ -107,8 +109,9 @@ async def run_agent(
     target: str = Form(min_length=1, max_length=500, description="what to segment"),
     policy: str = Form(min_length=1, max_length=100, description="a registered policy"),
     max_turns: int = Form(5, ge=1, le=MAX_TURNS),
-    policy_options: str = Form("", max_length=4000,
-                               description="KEY=VALUE pairs separated by spaces or new lines"),
+    policy_options: str = Form("", max_length=MAX_CLIENT_TEXT, description=(
+        "KEY=VALUE pairs separated by spaces or new lines: only the options the policy lets "
+        "API clients set (GET /v1/plugins lists them); the rest are the operator's")),
     ground_truth: UploadFile | None = File(None, description=(
         "optional mask: PNG/TIFF/BMP/.npy (nonzero = foreground), or a label volume when the "
         "image is a slice of volume_id")),
@@ -128,7 +131,8 @@ async def run_agent(
         gt = await asyncio.to_thread(
             ground_truth_upload, await read_upload(ground_truth, ctx), ground_truth.filename,
             image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels)
-    pooled = await asyncio.to_thread(state.policies.get, policy, _options(policy_options))
+    options = await asyncio.to_thread(run_options, policy, policy_options, ctx.config.policy_options)
+    pooled = await asyncio.to_thread(state.policies.get, policy, options)
     if pooled.policy.needs_ground_truth and gt is None:
         raise InvalidInput(f"policy {policy!r} simulates an expert from the ground truth: upload "
                            "a ground-truth mask, or pick a policy that needs none")
@@ -137,12 +141,6 @@ async def run_agent(
     return StreamingResponse(_stream(run, ctx, state), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no",
                                       "X-Run-Id": run.id})
-
-
-def _options(text: str) -> dict[str, Any]:
-    from ..cli.segment import parse_options
-
-    return parse_options(text.split())
 
 
 @attrs.frozen(eq=False)

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -24,7 +24,8 @@ import numpy as np
 
 from .. import metrics, protocol
 from ..errors import PolicyError
-from ..plugins import get_registry
+from ..options import Option, client_options, split_pairs
+from ..plugins import factory_class, get_registry
 from ..policy import Episode, Policy, Reply
 from ..types import BBox, Point, Prompts, Step, Trajectory, encode_mask
 from .errors import ServerError
@@ -123,25 +124,33 @@ class PolicyPool:
 
 
 def policy_listing() -> list[dict[str, Any]]:
-    """Registered policies with their description and, where it can be told without importing a
-    plugin's heavy modules, whether they need a ground truth."""
+    """Registered policies with their description, whether they need a ground truth and the
+    options an API client may set (null where the plugin's class cannot be imported)."""
     out = []
     for name, reg in sorted(get_registry().registrations("policy").items()):
+        cls = factory_class(reg)
         out.append({"name": name, "package": reg.package, "version": reg.version,
-                    "description": reg.description, "needs_ground_truth": _needs_gt(reg.factory)})
+                    "description": reg.description,
+                    "needs_ground_truth": None if cls is None else bool(cls.needs_ground_truth),
+                    "client_options": None if cls is None else
+                    {k: o.to_dict() for k, o in sorted(_declared(cls).items())}})
     return out
 
 
-def _needs_gt(factory: Callable) -> bool | None:
-    if isinstance(factory, type):
-        return bool(getattr(factory, "needs_ground_truth", False))
-    name = getattr(factory, "__name__", "")
-    if name.startswith("lazy(msagent.") and ":" in name:  # core policies: cheap to import
-        import importlib
+def run_options(name: str, text: str, operator: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The options policy ``name`` is built with for an API client: the operator's options for
+    it, plus the client's ``KEY=VALUE`` text checked against the policy's ``client_options``
+    (:class:`msagent.options.InvalidOption` for anything else). Blocking (may import the
+    plugin's module), so call it from a worker thread."""
+    cls = factory_class(get_registry().get("policy", name))
+    given = split_pairs(text)
+    checked = client_options(name, {} if cls is None else _declared(cls), given)
+    return {**operator.get(name, {}), **checked}
 
-        module, _, attr = name[len("lazy("):-1].partition(":")
-        return bool(getattr(getattr(importlib.import_module(module), attr), "needs_ground_truth", False))
-    return None
+
+def _declared(cls: type) -> Mapping[str, Option]:
+    declared = getattr(cls, "client_options", {})
+    return declared if isinstance(declared, Mapping) else {}
 
 
 def segmenter_listing(served: str) -> list[dict[str, Any]]:

@@ -13,16 +13,16 @@ import contextlib
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from .. import __version__
 from ..segmenter import Segmenter
 from . import agent_routes, compat, errors, routes, session_routes, volume_routes
 from .config import ServerConfig
-from .context import ServerContext
+from .context import ServerContext, require_api_key
 from .engine import Engine
 from .metrics import Metrics
-from .middleware import LimitsMiddleware
+from .middleware import LimitsMiddleware, UnexpectedErrorsMiddleware
 from .sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
         finally:
             sweeper.cancel()
 
+    # the spec and its pages are served by _install_docs, behind the API key when there is one
     app = FastAPI(title="msagent segmentation server", version=__version__,
-                  description=DESCRIPTION, lifespan=lifespan)
+                  description=DESCRIPTION, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.state.msagent = ctx
     errors.install(app)
     app.include_router(routes.public)
@@ -61,9 +63,11 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
     agent_routes.install(app)  # the web page's agent runs, plugins listing
     volume_routes.install(app)  # the web page's images as PNG, volumes, mask export
     _mount_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
+    _install_docs(app)
+    app.add_middleware(UnexpectedErrorsMiddleware)  # inside the limits: its 500s are counted
     app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
 
-    @app.get("/", tags=["server"])
+    @app.get("/", tags=["server"], dependencies=[Depends(require_api_key)])
     async def index() -> dict:
         """What this server is and where its endpoints are."""
         return {"name": "msagent segmentation server", "version": __version__,
@@ -72,6 +76,21 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
                 "endpoints": sorted({getattr(r, "path", "") for r in app.routes} - {""})}
 
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/openapi.json`` and the Swagger page at ``/docs``, both behind the API key when the
+    server has one (the spec lists every route; a browser without the key gets 401)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
 
 def _mount_static(app: FastAPI, directory: Path) -> None:

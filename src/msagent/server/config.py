@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import attrs
 
 from ..io import DEFAULT_MAX_PIXELS
+from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -18,13 +22,20 @@ class ServerConfig:
     ``max_sessions``: live sessions at once (idle ones are expired first, then 429).
     ``idle_timeout_s``: a session untouched this long is deleted.
     ``max_upload_bytes``: the largest request body (an image inline in JSON is base64, so
-    about 3/4 of this); ``max_pixels``: the largest decoded image (width × height).
+    about 3/4 of this); ``max_pixels``: the largest decoded image (width × height);
+    ``max_voxels``: the largest uploaded volume, checked from its headers before decoding.
     ``request_timeout_s``: the longest an encode or decode may take before 503.
     ``batch_window_ms``: how long a decode waits for others on the same image so they run
     as one batch (0 disables micro-batching; None: 2 ms when the backbone runs on CUDA, off on
     CPU, where a batch is no cheaper than its decodes); ``max_batch``: the largest batch.
     ``max_images``/``max_image_bytes``: uploaded images kept by content hash (least recently
     used go first; a session keeps working after its image is dropped).
+    ``max_points``: clicks in force in one session (more are refused with 422: each decode
+    grows with them).
+    ``policy_options``: the operator's options per policy name (endpoints, keys, models,
+    devices); an API client may add only what the policy declares in ``client_options``.
+    ``open_server``: the operator's explicit choice to serve a non-loopback address without an
+    API key (``msagent serve --open``); refused otherwise.
     """
 
     api_key: str | None = None
@@ -32,6 +43,7 @@ class ServerConfig:
     idle_timeout_s: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
     max_upload_bytes: int = attrs.field(default=64 * 2**20, validator=attrs.validators.ge(1024))
     max_pixels: int = attrs.field(default=DEFAULT_MAX_PIXELS, validator=attrs.validators.ge(1))
+    max_voxels: int = attrs.field(default=DEFAULT_SERVER_MAX_VOXELS, validator=attrs.validators.ge(1))
     request_timeout_s: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
     batch_window_ms: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.ge(0)))
@@ -41,6 +53,9 @@ class ServerConfig:
     max_points: int = attrs.field(default=256, validator=attrs.validators.ge(1))
     encode_workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     decode_workers: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    policy_options: Mapping[str, Mapping[str, Any]] = attrs.field(
+        factory=dict, converter=lambda m: {k: dict(v) for k, v in dict(m).items()})
+    open_server: bool = False
     compat: bool = True  # also serve upstream MedSAM-Agent's /session/* and /predict routes
     static_dir: str | None = None  # default: msagent/server/static, mounted at /ui if present
 

@@ -24,7 +24,7 @@ from ..segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, 
 from ..types import MaskPrediction, Prompts
 from .batching import DecodeBatcher
 from .config import ServerConfig
-from .errors import ImageNotFound, Overloaded
+from .errors import ImageNotFound, Overloaded, TooManyPoints
 from .metrics import Metrics
 from .wire import decode_upload
 
@@ -124,8 +124,14 @@ class Engine:
 
     def check(self, prompts: Prompts, image_size: tuple[int, int], text: str | None) -> None:
         """Raise before decoding what the backbone would refuse (empty or outside prompts,
-        a text prompt for a backbone without ``accepts_text``)."""
+        a text prompt for a backbone without ``accepts_text``) and more clicks than
+        ``config.max_points`` (a decode's cost grows with them)."""
         self.check_text(text)
+        if len(prompts.points) > self.config.max_points:
+            raise TooManyPoints(
+                f"{len(prompts.points)} clicks in one decode; this server allows at most "
+                f"{self.config.max_points} (msagent serve --max-points): undo or reset the "
+                "session, or start a new one")
         if text is None or not prompts.empty:
             check_prompts(prompts, image_size)
 

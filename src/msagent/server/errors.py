@@ -39,6 +39,12 @@ class Conflict(ServerError):
     status, code = 409, "conflict"
 
 
+class TooManyPoints(ServerError):
+    """More clicks in force than the server's ``max_points``."""
+
+    status, code = 422, "too_many_points"
+
+
 class TooManySessions(ServerError):
     status, code = 429, "too_many_sessions"
 

@@ -1,10 +1,14 @@
-"""ASGI middleware: the request-body limit (413) and per-status request counting."""
+"""ASGI middleware: the request-body limit (413), per-status request counting, and a JSON 500
+for unexpected errors."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from .metrics import Metrics
+
+log = logging.getLogger("msagent.server")
 
 
 class LimitsMiddleware:
@@ -70,3 +74,39 @@ class LimitsMiddleware:
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class UnexpectedErrorsMiddleware:
+    """Answers an exception no handler took with a JSON 500 (``code: internal``) and logs it.
+
+    Starlette's own fallback re-raises after its 500, and uvicorn then closes the connection,
+    so a keep-alive client's next request fails too; here the exception ends with the response.
+    A response already under way (a stream) cannot become a 500: that one is re-raised.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = json.dumps({"detail": f"internal error ({type(exc).__name__}); the server log "
+                                         "has the details", "code": "internal"}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})

@@ -20,6 +20,7 @@ from typing import Any
 
 from msagent import protocol
 from msagent.errors import InvalidInput, PolicyError
+from msagent.options import Option
 from msagent.policy import Episode, Policy, Reply
 
 from . import messages as chat
@@ -44,6 +45,13 @@ class GPTPolicy(Policy):
     """
 
     name = "gpt"
+    # sampling only: the model, endpoint, key, timeouts and request bodies are the operator's
+    client_options = {
+        "temperature": Option(float, 0.0, 2.0, optional=True),
+        "retry_temperature": Option(float, 0.0, 2.0),
+        "max_tokens": Option(int, 1, 4096),
+        "tool_mode": Option(str, choices=chat.TOOL_MODES),
+    }
 
     def __init__(self, model: str | None = None, *, api_key: str | None = None,
                  base_url: str | None = None, tool_mode: str = "native", timeout: float = 60.0,

@@ -61,6 +61,9 @@ class QwenPolicy(Policy):
     """
 
     name = "qwen"
+    # none: every distinct option set loads another copy of the model, so an API client that
+    # could vary them could exhaust the server's memory; the operator configures the policy
+    client_options = {}
 
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str = "auto",
                  attn_implementation: str | None = None, max_pixels: int | None = None,

@@ -1,0 +1,237 @@
+"""Hostile API clients: options that choose endpoints or keys, exposure without a key, unexpected
+errors on keep-alive connections, unbounded clicks, images of extreme aspect ratio."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+import msagent  # noqa: E402
+from msagent.cli import main  # noqa: E402
+from msagent.options import InvalidOption  # noqa: E402
+from msagent.server import ServerConfig, create_app  # noqa: E402
+from msagent.server.agent_runs import run_options  # noqa: E402
+from msagent.server.background import serve_in_thread  # noqa: E402
+from msagent.server.wire import png_bytes  # noqa: E402
+from msagent.types import MaskPrediction  # noqa: E402
+
+SECRET = "sk-operator-secret-0123456789"
+
+
+class BoxMasks(msagent.Segmenter):
+    """Stand-in backbone: the mask is the box; ``fail`` makes the encoder raise a plain bug."""
+
+    multimask_default = False
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(cache_size=8)
+        self.fail = fail
+
+    def encode_image(self, image):
+        if self.fail:
+            raise RuntimeError("a bug in the backbone")
+        return 0
+
+    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
+        mask = np.zeros(embedding.image_size, bool)
+        if prompts.box is not None:
+            b = prompts.box
+            mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = True
+        for p in prompts.points:
+            mask[p.y, p.x] = p.positive
+        return MaskPrediction(mask, np.zeros((256, 256), np.float32), 0.5)
+
+
+class Listener:
+    """A TCP listener on loopback that counts the connections it gets (and what they send)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    self.received.append(conn.recv(65536))
+                except OSError:
+                    self.received.append(b"")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    spy = Listener()
+    yield spy
+    spy.close()
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    app = create_app(BoxMasks(), ServerConfig(batch_window_ms=0))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+        client.image_id = client.post("/v1/images", files={"file": ("i.png", png_bytes(image))}).json()["image_id"]
+        yield client
+
+
+def agent_run(client, policy: str, options: str, **extra) -> httpx.Response:
+    gt = np.zeros((40, 50), bool)
+    gt[10:30, 12:40] = True
+    return client.post("/v1/agent/run", data={"image_id": client.image_id, "target": "box",
+                                              "policy": policy, "policy_options": options, **extra},
+                       files={"ground_truth": ("gt.png", png_bytes(gt.astype(np.uint8) * 255), "image/png")})
+
+
+@pytest.mark.parametrize("options", [
+    "model=m base_url=http://127.0.0.1:{port}/v1",
+    "model=m api_key=x base_url=http://127.0.0.1:{port}/v1",
+    "temperature=0 extra_body={{}} base_url=http://127.0.0.1:{port}/v1",
+])
+def test_a_client_cannot_send_the_operators_key_to_its_own_endpoint(api, listener, options):
+    response = agent_run(api, "gpt", options.format(port=listener.port))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "base_url" in detail and "allowed: max_tokens" in detail and "operator" in detail
+    listener.stop.wait(0.3)
+    assert listener.received == []  # the policy was never built, nothing was sent anywhere
+    assert SECRET not in response.text
+
+
+def test_local_policies_take_no_paths_or_devices_from_clients(api):
+    qwen = agent_run(api, "qwen", "model=/etc device=cuda:7")
+    assert qwen.status_code == 422 and "allowed: none" in qwen.json()["detail"]
+    unknown = agent_run(api, "expert", "checkpoint=/etc/passwd")
+    assert unknown.status_code == 422 and "'checkpoint'" in unknown.json()["detail"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ("tau=nan", "finite"), ("tau=2", "[0, 1]"), ("candidates=1000000000", "[1, 50]"),
+    ("first=lasso", "box, click"), ("seed=1e400", "int"), ("tau=0.1 tau=0.2", "twice"),
+    ("tau", "KEY=VALUE"),
+])
+def test_client_options_are_converted_and_bounded(api, options, message):
+    response = agent_run(api, "expert", options)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["detail"]
+
+
+def test_declared_options_run(api):
+    response = agent_run(api, "expert", "tau=0.05 candidates=3 max_actions=2", max_turns="4")
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.splitlines() if line]
+    assert lines[0]["type"] == "start" and lines[-1]["type"] == "done"
+    assert lines[-1]["iou"] == pytest.approx(1.0)  # the stand-in's box mask is the ground truth
+
+
+def test_the_plugin_listing_shows_what_clients_may_set(api):
+    policies = {p["name"]: p for p in api.get("/v1/plugins").json()["policies"]}
+    assert policies["expert"]["client_options"]["tau"] == {
+        "type": "float", "minimum": 0.0, "maximum": 1.0, "choices": None, "optional": False,
+        "help": "ΔIoU a corrective click must gain"}
+    assert set(policies["gpt"]["client_options"]) == {"temperature", "retry_temperature",
+                                                      "max_tokens", "tool_mode"}
+    assert policies["qwen"]["client_options"] == {}
+
+
+def test_operator_options_are_kept_and_cannot_be_overridden():
+    operator = {"gpt": {"model": "m", "base_url": "http://127.0.0.1:30000/v1"}}
+    assert run_options("gpt", "temperature=0.5 max_tokens=64", operator) == {
+        "model": "m", "base_url": "http://127.0.0.1:30000/v1", "temperature": 0.5, "max_tokens": 64}
+    with pytest.raises(InvalidOption, match="base_url"):
+        run_options("gpt", "base_url=http://evil/v1", operator)
+    with pytest.raises(InvalidOption, match="at most 4000"):
+        run_options("expert", "tau=0.1 " * 600, {})
+
+
+def test_only_health_and_the_page_shell_are_open_with_a_key():
+    app = create_app(BoxMasks(), ServerConfig(api_key="k3y"))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        for path in ("/", "/openapi.json", "/docs", "/metrics", "/v1/plugins"):
+            assert client.get(path).status_code == 401, path
+        assert client.get("/health").status_code == 200
+        shell = client.get("/ui/")
+        assert shell.status_code == 200 and "<html" in shell.text.lower()
+        auth = {"Authorization": "Bearer k3y"}
+        assert "version" in client.get("/", headers=auth).json()
+        assert client.get("/openapi.json", headers=auth).json()["paths"]
+
+
+def multipart(files: dict) -> tuple[bytes, dict]:
+    request = httpx.Request("POST", "http://x/", files=files)
+    return request.read(), {"Content-Type": request.headers["content-type"]}
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_connection_survives():
+    app = create_app(BoxMasks(fail=True), ServerConfig(batch_window_ms=0))
+    image = np.zeros((20, 30, 3), np.uint8)
+    body, headers = multipart({"image": ("i.png", png_bytes(image), "image/png")})
+    with serve_in_thread(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/v1/sessions", body=body, headers=headers)
+        response = conn.getresponse()
+        payload = json.loads(response.read())
+        assert response.status == 500 and payload["code"] == "internal"
+        assert "RuntimeError" in payload["detail"] and "bug" not in payload["detail"]
+        sock = conn.sock
+        assert sock is not None  # not closed by the server
+        conn.request("GET", "/health")
+        again = conn.getresponse()
+        assert again.status == 200 and json.loads(again.read())["status"] == "ok"
+        assert conn.sock is sock  # the same keep-alive connection answered
+        conn.close()
+
+
+def test_clicks_in_force_are_bounded():
+    from fastapi.testclient import TestClient
+
+    app = create_app(BoxMasks(), ServerConfig(max_points=3, batch_window_ms=0))
+    image = np.zeros((20, 30, 3), np.uint8)
+    with TestClient(app) as client:
+        session = client.post("/v1/sessions", files={"image": ("i.png", png_bytes(image), "image/png")}).json()
+        sid = session["session_id"]
+        for x in range(3):
+            assert client.post(f"/v1/sessions/{sid}/point", json={"x": x, "y": 1}).status_code == 200
+        refused = client.post(f"/v1/sessions/{sid}/point", json={"x": 5, "y": 1})
+        assert refused.status_code == 422 and refused.json()["code"] == "too_many_points"
+        assert "at most 3" in refused.json()["detail"]
+        assert client.post(f"/v1/sessions/{sid}/undo").status_code == 200  # still usable
+        predict = client.post("/v1/predict", json={"image_id": session["image_id"], "points": [
+            {"x": i, "y": 2, "label": 1} for i in range(4)]})
+        assert predict.status_code == 422 and predict.json()["code"] == "too_many_points"
+
+
+def test_serve_refuses_an_open_address_without_a_key(capsys, monkeypatch):
+    monkeypatch.delenv("MSAGENT_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--backbone", "not-installed"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refusing to serve 0.0.0.0 without an API key" in err
+    # --open is the operator's explicit choice: the exposure check passes, the backbone is next
+    assert main(["serve", "--host", "0.0.0.0", "--open", "--backbone", "not-installed"]) == 2
+    assert "no segmenter named 'not-installed'" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--api-key", "k", "--backbone", "not-installed"]) == 2
+    assert "no segmenter named" in capsys.readouterr().err
