@@ -1,32 +1,49 @@
-"""DICOM series in (pydicom) and DICOM SEG out (highdicom); needs ``msagent[medical]``.
+"""DICOM series in (pydicom); needs ``msagent[medical]``. DICOM SEG out: :mod:`.dicom_seg`.
 
-Reading a series: files are grouped by SeriesInstanceUID, sorted by their position along the
-slice normal, and stacked as ``data[i, j, k] = pixels_k[j, i]`` (i: column, j: row, k: slice)
-with the modality LUT applied (RescaleSlope/RescaleIntercept: CT values become Hounsfield
-units). The affine maps voxel indices to RAS+ mm (DICOM's LPS with x and y negated), so a
-DICOM volume and a NIfTI volume of the same scan give the same slices (see
-:mod:`msagent.io.volume`); a standard axial slice is displayed exactly as its pixel data.
+Reading a series, in two passes so that nothing large is decoded before it is checked:
 
-DICOM SEG: :func:`write_dicom_seg` writes a binary Segmentation whose frames reference the
-source instances (SOP Class/Instance UIDs), with the source series' frame of reference,
-patient and study, so PACS and viewers place it on the images.
+1. every file's header (no pixel data) is read; DICOM files are found in the folder and its
+   subfolders (a .dcm suffix or the DICM marker). Non-image objects (SEG, RTSTRUCT, SR, ...)
+   are skipped; files are grouped by SeriesInstanceUID, a copy of an instance (same
+   SOPInstanceUID) is read once. With several series, ``series_uid`` picks one; the error lists
+   them with their number, modality and description.
+2. the chosen series is checked from its headers: one image size and orientation,
+   single-frame files, the voxel limit (:mod:`msagent.io.limits`), and **even slice spacing**:
+   a missing slice (a gap) or two slices at one position (zero spacing) is refused with the
+   positions named, since one affine cannot place such slices. ``allow_irregular=True``
+   accepts them (stacked in position order, :attr:`Volume.irregular` set): such a volume can
+   be segmented and written as DICOM SEG, which records each slice's own position, but not as
+   NIfTI.
+
+The data are stacked as ``data[i, j, k] = pixels_k[j, i]`` (i: column, j: row, k: slice, in
+order along the slice normal) with the modality LUT applied (RescaleSlope/RescaleIntercept: CT
+values become Hounsfield units). The affine maps voxel indices to RAS+ mm (DICOM's LPS with x
+and y negated), so a DICOM volume and a NIfTI volume of the same scan give the same slices
+(see :mod:`msagent.io.volume`); a standard axial slice is displayed exactly as its pixel data.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
 from ..errors import InvalidImage, InvalidInput
+from .limits import check_voxels
 from .volume import CT_WINDOWS, Volume
 
 log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: modalities of DICOM objects that are not images to stack (segmentations, reports, plans).
+NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO",
+                        "REG", "DOC"}
+_SCAN_FOR_DETECTION = 256  # files looked at by is_dicom in a folder
 
 
 def _pydicom():
@@ -38,10 +55,12 @@ def _pydicom():
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """True for a .dcm file, a directory holding DICOM files, or a file with the DICM magic."""
+    """True for a .dcm file, a file with the DICM marker, or a folder holding such files at
+    any depth (the first few hundred files are looked at)."""
     path = Path(path)
     if path.is_dir():
-        return any(_looks_dicom(p) for p in sorted(path.iterdir())[:50] if p.is_file())
+        files = (p for p in path.rglob("*") if p.is_file())
+        return any(_looks_dicom(p) for p in itertools.islice(files, _SCAN_FOR_DETECTION))
     return path.suffix.lower() == ".dcm" or (path.is_file() and _looks_dicom(path))
 
 
@@ -57,82 +76,227 @@ def _looks_dicom(path: Path) -> bool:
 
 
 def _files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            return sorted(p for p in path.rglob("*") if p.is_file() and _looks_dicom(p))
-        if path.is_file():
-            return [path]
+    if not isinstance(source, (str, os.PathLike)):
+        paths = [Path(p) for p in source]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise InvalidImage(f"DICOM files not found: {', '.join(missing[:5])}")
+        if not paths:
+            raise InvalidImage("no DICOM files given (an empty list)")
+        return paths
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
         raise InvalidImage(f"DICOM source not found: {path}")
-    return [Path(p) for p in source]
+    everything = sorted(p for p in path.rglob("*") if p.is_file())
+    if not everything:
+        raise InvalidImage(f"the folder {path} is empty; point at the folder of a DICOM series "
+                           "(or a NIfTI file)")
+    found = [p for p in everything if _looks_dicom(p)]
+    if not found:
+        names = ", ".join(str(p.relative_to(path)) for p in everything[:5])
+        raise InvalidImage(f"no DICOM files in {path} or its subfolders ({len(everything)} other "
+                           f"files, e.g. {names}); DICOM files end in .dcm or carry the DICM "
+                           "marker")
+    return found
+
+
+@attrs.frozen(eq=False)
+class _Header:
+    """One image file's header (read without its pixel data)."""
+
+    path: Path
+    ds: Any
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.ds.get(key, default)
+
+
+def _headers(paths: list[Path]) -> dict[str, list[_Header]]:
+    pydicom = _pydicom()
+    groups: dict[str, list[_Header]] = {}
+    seen: set[str] = set()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception as exc:
+            raise InvalidImage(f"{path} is not a readable DICOM file ({type(exc).__name__}: "
+                               f"{exc}); remove it from the folder") from None
+        if "Rows" not in ds or str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
+            log.info("skipping %s: not an image (%s)", path, ds.get("Modality", "no Rows"))
+            continue
+        sop = str(ds.get("SOPInstanceUID", "")) or str(path)
+        if sop in seen:
+            log.info("skipping %s: a copy of an instance already read", path)
+            continue
+        seen.add(sop)
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(_Header(path, ds))
+    return groups
+
+
+def describe_series(groups: dict[str, list[_Header]]) -> str:
+    """One line per series: UID, number, modality, description, image count."""
+    lines = []
+    for uid, items in sorted(groups.items(), key=lambda kv: _series_number(kv[1][0])):
+        first = items[0]
+        description = str(first.get("SeriesDescription", "") or "no description")
+        lines.append(f"  {uid or '(no SeriesInstanceUID)'}: series {first.get('SeriesNumber', '?')}, "
+                     f"{first.get('Modality', '?')}, {description!r}, {len(items)} image(s)")
+    return "\n".join(lines)
+
+
+def _series_number(header: _Header) -> float:
+    try:
+        return float(header.get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def read_dicom_series(source: str | os.PathLike | Sequence[str | os.PathLike],
-                      series_uid: str | None = None) -> Volume:
-    """Load one DICOM series (a directory, one file, or a list of files) as a :class:`Volume`.
+                      series_uid: str | None = None, *, allow_irregular: bool = False,
+                      max_voxels: int | None = None) -> Volume:
+    """Load one DICOM series (a folder, searched recursively; one file; or a list of files)
+    as a :class:`Volume`.
 
-    With several series in ``source``, ``series_uid`` picks one (the error lists them).
+    ``series_uid`` picks a series when ``source`` holds several. Uneven or zero slice
+    spacing is refused unless ``allow_irregular`` (see the module docstring). The image
+    count × rows × columns is checked against ``max_voxels`` before any pixel data is read.
     """
-    pydicom = _pydicom()
-    groups: dict[str, list[Any]] = {}
-    for path in _files(source):
-        try:
-            ds = pydicom.dcmread(str(path))
-        except Exception as exc:
-            raise InvalidImage(f"{path} is not a readable DICOM file ({exc})") from None
-        if "PixelData" not in ds:
-            continue
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+    groups = _headers(_files(source))
     if not groups:
-        raise InvalidImage(f"no DICOM images with pixel data in {source}")
+        raise InvalidImage(f"no DICOM images with pixel data in {source} (only non-image "
+                           "objects such as SEG or SR); point at the image series")
     if series_uid is None and len(groups) > 1:
-        listing = "; ".join(f"{uid} ({len(v)} files, {v[0].get('SeriesDescription', '')})"
-                            for uid, v in groups.items())
-        raise InvalidInput(f"{source} holds {len(groups)} series; pick one with series_uid=: {listing}")
+        raise InvalidInput(f"{source} holds {len(groups)} series; pick one with --series-uid "
+                           f"UID (series_uid= in Python):\n{describe_series(groups)}")
     uid = series_uid if series_uid is not None else next(iter(groups))
     if uid not in groups:
-        raise InvalidInput(f"series {uid} not found; available: {', '.join(groups)}")
-    return _stack(groups[uid])
+        raise InvalidInput(f"series {uid} is not in {source}; it holds:\n{describe_series(groups)}")
+    return _read_series(groups[uid], allow_irregular, max_voxels)
 
 
-def _stack(datasets: list[Any]) -> Volume:
-    from pydicom.pixels import apply_modality_lut
+@attrs.frozen(eq=False)
+class _Geometry:
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    normal: np.ndarray
 
-    first = datasets[0]
-    if int(first.get("NumberOfFrames", 1) or 1) > 1:
+
+def _read_series(headers: list[_Header], allow_irregular: bool, max_voxels: int | None) -> Volume:
+    first = headers[0]
+    geometry = _check_headers(headers, max_voxels)
+    positions = [_position(h) for h in headers]
+    order = np.argsort([float(p @ geometry.normal) for p in positions], kind="stable")
+    headers = [headers[i] for i in order]
+    positions = [positions[i] for i in order]
+    irregular = _spacing_problem(headers, positions, geometry.normal)
+    if irregular and not allow_irregular:
+        raise InvalidImage(f"uneven slice spacing in series {first.get('SeriesInstanceUID', '')}: "
+                           f"{irregular}. Find the missing or extra files, or read it with "
+                           "allow_irregular=True (msagent segment --allow-irregular-slices) and "
+                           "write a DICOM SEG, not NIfTI")
+    if irregular:
+        log.warning("irregular series, read as asked: %s; NIfTI output is refused", irregular)
+    datasets, data = _pixels(headers)
+    affine = _affine(first, geometry, positions)
+    return Volume(data=data, affine=affine, datasets=tuple(datasets),
+                  modality=str(first.get("Modality", "")), irregular=irregular)
+
+
+def _check_headers(headers: list[_Header], max_voxels: int | None) -> _Geometry:
+    first = headers[0]
+    frames = {int(h.get("NumberOfFrames", 1) or 1) for h in headers}
+    if frames != {1}:
         raise InvalidImage("multi-frame (enhanced) DICOM is not supported yet; export the series "
                            "as single-frame files or NIfTI (e.g. with dcm2niix)")
-    orientation = np.asarray(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    positions = [np.asarray(ds.get("ImagePositionPatient", [0, 0, 0]), float) for ds in datasets]
-    order = np.argsort([float(p @ normal) for p in positions], kind="stable")
-    datasets = [datasets[i] for i in order]
-    positions = [positions[i] for i in order]
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    shapes = {(int(h.get("Rows", 0)), int(h.get("Columns", 0))) for h in headers}
     if len(shapes) > 1:
-        raise InvalidImage(f"the series mixes image sizes {sorted(shapes)}; pick one series")
-    slices = [np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32) for ds in datasets]
-    data = np.stack([s.T for s in slices], axis=2)
-    affine = _affine(first, row_dir, col_dir, normal, positions)
-    return Volume(data=data, affine=affine, datasets=tuple(datasets),
-                  modality=str(first.get("Modality", "")))
+        raise InvalidImage(f"the series mixes image sizes {sorted(shapes)} (rows, columns); "
+                           "it cannot be stacked into one volume")
+    rows, cols = shapes.pop()
+    check_voxels((cols, rows, len(headers)), 4, f"the DICOM series ({len(headers)} images of "
+                 f"{rows}×{cols})", max_voxels)
+    orientations = [np.asarray(h.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
+                    for h in headers]
+    if any(o.shape != (6,) or not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
+        raise InvalidImage("the series mixes image orientations (ImageOrientationPatient); "
+                           "it cannot be stacked into one volume")
+    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise InvalidImage(f"{first.path}: ImageOrientationPatient {orientations[0].tolist()} "
+                           "is not two perpendicular unit vectors")
+    if len(headers) > 1 and any("ImagePositionPatient" not in h.ds for h in headers):
+        raise InvalidImage("some files of the series have no ImagePositionPatient; the slices "
+                           "cannot be placed")
+    return _Geometry(row_dir, col_dir, normal)
 
 
-def _affine(first: Any, row_dir, col_dir, normal, positions) -> np.ndarray:
+def _position(header: _Header) -> np.ndarray:
+    position = np.asarray(header.get("ImagePositionPatient", [0, 0, 0]), float)
+    if position.shape != (3,) or not np.isfinite(position).all():
+        raise InvalidImage(f"{header.path}: ImagePositionPatient {position.tolist()} is not an "
+                           "x, y, z position")
+    return position
+
+
+def _spacing_problem(headers: list[_Header], positions: list[np.ndarray], normal) -> str:
+    """Why the sorted slices are not evenly spaced along the normal ("" when they are)."""
+    if len(positions) < 2:
+        return ""
+    along = np.array([float(p @ normal) for p in positions])
+    gaps = np.diff(along)
+    median = float(np.median(gaps))
+    tolerance = max(0.01 * abs(median), 0.01)  # mm: DICOM positions are rounded
+    duplicates = [k for k, gap in enumerate(gaps) if gap < tolerance]
+    if duplicates:
+        k = duplicates[0]
+        return (f"{len(duplicates)} pair(s) of slices at the same position, e.g. "
+                f"{headers[k].path.name} and {headers[k + 1].path.name} at {along[k]:.3f} mm "
+                "(a duplicate or a second acquisition?)")
+    uneven = [k for k, gap in enumerate(gaps) if abs(gap - median) > tolerance]
+    if not uneven:
+        return ""
+    detail = ", ".join(f"{gaps[k]:.3f} mm between {along[k]:.3f} and {along[k + 1]:.3f}"
+                       for k in uneven[:5])
+    return (f"the usual gap is {median:.3f} mm but there are {len(uneven)} other(s): {detail} "
+            "(a missing slice?)")
+
+
+def _pixels(headers: list[_Header]) -> tuple[list[Any], np.ndarray]:
+    """The full datasets (with pixel data) and the stacked, rescaled float32 array."""
+    pydicom = _pydicom()
+    from pydicom.pixels import apply_modality_lut
+
+    rows, cols = int(headers[0].get("Rows")), int(headers[0].get("Columns"))
+    data = np.empty((cols, rows, len(headers)), dtype=np.float32)  # size checked already
+    datasets = []
+    for k, header in enumerate(headers):
+        try:
+            ds = pydicom.dcmread(str(header.path))
+            pixels = ds.pixel_array
+        except Exception as exc:
+            raise InvalidImage(f"{header.path}: the pixel data could not be read "
+                               f"({type(exc).__name__}: {exc})") from None
+        if pixels.shape != (rows, cols):
+            raise InvalidImage(f"{header.path}: pixel data of shape {pixels.shape}, not the "
+                               f"{rows}×{cols} its header states (colour images are not supported)")
+        data[:, :, k] = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32).T
+        datasets.append(ds)
+    return datasets, data
+
+
+def _affine(first: _Header, geometry: _Geometry, positions: list[np.ndarray]) -> np.ndarray:
     row_spacing, col_spacing = (float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
     if len(positions) > 1:
         step = (positions[-1] - positions[0]) / (len(positions) - 1)
-        gaps = np.diff([p @ normal for p in positions])
-        if gaps.size and np.ptp(gaps) > 0.01 * max(abs(float(np.mean(gaps))), 1e-6):
-            log.warning("uneven slice spacing (%.3f–%.3f mm); the affine uses the mean",
-                        gaps.min(), gaps.max())
     else:
         thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
-        step = normal * thickness
+        step = geometry.normal * thickness
     lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing
-    lps[:3, 1] = col_dir * row_spacing
+    lps[:3, 0] = geometry.row_dir * col_spacing
+    lps[:3, 1] = geometry.col_dir * row_spacing
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
     return LPS_TO_RAS @ lps
@@ -148,52 +312,7 @@ def default_window(volume: Volume) -> tuple[float, float] | None:
         return None
     width = float(width[0] if isinstance(width, Iterable) and not isinstance(width, str) else width)
     center = float(center[0] if isinstance(center, Iterable) and not isinstance(center, str) else center)
-    return (width, center) if width > 0 else None
+    return (width, center) if width > 0 and np.isfinite(width) and np.isfinite(center) else None
 
 
-def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *,
-                    label: str = "target", category: Any = None, property_type: Any = None,
-                    series_number: int = 300, description: str = "msagent segmentation") -> Path:
-    """Write a binary DICOM SEG for ``mask`` (shaped like ``volume.data``) referencing the
-    DICOM series ``volume`` was read from. ``category``/``property_type`` are coded concepts
-    (pydicom ``Code``); by default the generic SNOMED CT "Anatomical Structure"/"Organ" with
-    ``label`` (the target text) as the segment label."""
-    try:
-        import highdicom as hd
-        from pydicom.sr.codedict import codes
-        from pydicom.uid import generate_uid
-    except ImportError:
-        raise InvalidImage("writing DICOM SEG needs highdicom: pip install 'msagent[medical]'") from None
-    from .. import __version__
-
-    if not volume.datasets:
-        raise InvalidInput("DICOM SEG needs the source DICOM series: read it with "
-                           "read_dicom_series (for NIfTI input write a NIfTI mask instead)")
-    mask = np.asarray(mask).astype(bool)
-    if mask.shape != volume.shape:
-        raise InvalidInput(f"mask of shape {mask.shape} does not match the volume {volume.shape}")
-    frames = np.stack([mask[:, :, k].T for k in range(mask.shape[2])]).astype(np.uint8)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="msagent", family=codes.cid7162.ArtificialIntelligence, version=__version__)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=label[:64] or "target",
-        segmented_property_category=category or codes.SCT.AnatomicalStructure,
-        segmented_property_type=property_type or codes.SCT.Organ,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm)
-    seg = hd.seg.Segmentation(
-        source_images=list(volume.datasets), pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-        series_instance_uid=generate_uid(), series_number=series_number,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="msagent",
-        manufacturer_model_name="msagent", software_versions=__version__,
-        device_serial_number="0", series_description=description, omit_empty_frames=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    seg.save_as(str(tmp))
-    os.replace(tmp, path)
-    return path
-
-
-__all__ = ["CT_WINDOWS", "default_window", "is_dicom", "read_dicom_series", "write_dicom_seg"]
+__all__ = ["CT_WINDOWS", "NON_IMAGE_MODALITIES", "default_window", "is_dicom", "read_dicom_series"]

@@ -3,10 +3,16 @@
 Intensity rules (documented in the README):
 - ``uint8`` is kept as is; ``bool`` becomes 0/255;
 - any other integer or float image is windowed to its 0.5th–99.5th percentile and scaled
-  to 0–255 (robust to a few hot pixels in 16-bit MR/CT);
-- gray (H×W or H×W×1) is repeated to three channels; alpha is dropped; channel-first
-  3×H×W is transposed.
-Images over ``max_pixels`` (default 64 megapixels, ``MSAGENT_MAX_PIXELS``) are refused.
+  to 0–255 (robust to a few hot pixels in 16-bit MR/CT); colour images are windowed with
+  one mapping for all three channels, so a 16-bit RGB image keeps its colours;
+- gray (H×W or H×W×1) is repeated to three channels; alpha is dropped (before windowing);
+  channel-first 3×H×W is transposed;
+- NaN or infinite values are refused (fill or mask them first); volumes differ: there
+  windowing shows them as 0 (:func:`msagent.io.apply_window`).
+Files are read at their stored depth (16-bit colour PNG and deep TIFF too, see
+:mod:`msagent.io.bitdepth`); a multi-page TIFF is refused, since which page is meant is not
+known. Images over ``max_pixels`` (default 64 megapixels, ``MSAGENT_MAX_PIXELS``) are refused
+from their header, before decoding.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidImage, InvalidMask
+from .bitdepth import needs_full_depth, read_full_depth
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -66,6 +73,9 @@ def _read_file(path: Path, limit: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 _check_pixels(img.width * img.height, limit, str(path))
+                _check_single_page(img, path)
+                if needs_full_depth(img, path):
+                    return read_full_depth(path)
                 img.load()
                 if img.mode in ("P", "CMYK", "LA", "PA", "YCbCr"):
                     img = img.convert("RGB")
@@ -76,6 +86,14 @@ def _read_file(path: Path, limit: int) -> np.ndarray:
         raise InvalidImage(f"{path} is too large to decode safely: {exc}") from None
     except Exception as exc:
         raise InvalidImage(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_single_page(image: Image.Image, path: Path) -> None:
+    pages = int(getattr(image, "n_frames", 1) or 1)
+    if pages > 1:
+        raise InvalidImage(f"{path} has {pages} pages (frames); msagent reads one 2-D image and "
+                           "will not guess which: save the page you want on its own (e.g. "
+                           "tifffile.imread(path, key=0)) or pass it as an array")
 
 
 def _check_pixels(count: int, limit: int, what: str) -> None:
@@ -89,6 +107,8 @@ def to_rgb_uint8(image: Any, *, max_pixels: int | None = None) -> np.ndarray:
     array = load_array(image, max_pixels=max_pixels)
     array = _to_hwc(array)
     _check_pixels(array.shape[0] * array.shape[1], max_pixels_limit(max_pixels), "image")
+    if array.shape[2] == 4:  # alpha must not take part in the window
+        array = array[:, :, :3]
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
@@ -138,6 +158,9 @@ def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty
         array = array[:, :, 0]
     if array.ndim != 2:
         raise InvalidMask(f"{what} must be a 2-D mask, got shape {array.shape}")
+    if array.dtype.kind not in "biuf":  # strings or objects are not "nonzero = foreground"
+        raise InvalidMask(f"{what} must be a bool or numeric array, got dtype {array.dtype}; "
+                          "give 0/1 (or 0/255) values")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidMask(f"{what} contains NaN or infinite values")
     out = np.asarray(array) != 0

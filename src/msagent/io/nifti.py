@@ -1,24 +1,34 @@
 """NIfTI volumes in and out (needs ``msagent[medical]``: nibabel).
 
-Reading keeps the affine and the header; the data are the stored values with the header's
-``scl_slope``/``scl_inter`` applied (integer label maps stay integer when no scaling is set).
-Writing a mask reuses the reference's affine and header (qform/sform codes, units, pixdims),
-with the data type set to uint8 and scaling reset, so the mask overlays the image exactly in
-any viewer.
+Reading checks the header first: a 3-D volume (or 4-D with one time point) within the voxel
+limit (:mod:`msagent.io.limits`), before any data are decoded. The data are the stored values
+with the header's ``scl_slope``/``scl_inter`` applied (integer label maps stay integer when no
+scaling is set); NaN/inf voxels are kept and counted in a warning (windowing shows them as 0,
+see :func:`msagent.io.apply_window`).
+
+Writing next to a reference keeps its header: the qform and the sform, each with its own code
+(a code of 0 stays 0), units and pixdims, so ITK-based tools (which may read the qform) and
+nibabel-based ones (which prefer the sform) both put the output on the image. Masks get their
+own data type (uint8, or uint16 for labels above 255), no scaling, and no display range or
+description inherited from the image (``cal_min``/``cal_max`` of a CT would hide a 0/1 mask).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImage
+from ..errors import InvalidImage, InvalidMask
+from .limits import check_voxels
 from .volume import Volume
 
+log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MASK_DESCRIPTION = b"msagent mask"
 
 
 def _nibabel():
@@ -33,65 +43,157 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti(path: str | os.PathLike) -> Volume:
-    """Load a 3-D NIfTI file as a :class:`Volume` (a 4-D file with one volume is squeezed)."""
+def read_nifti(path: str | os.PathLike, *, max_voxels: int | None = None) -> Volume:
+    """Load a 3-D NIfTI file as a :class:`Volume` (a 4-D file with one volume is squeezed).
+
+    The shape and data type come from the header and are checked (3-D, numeric, at most
+    ``max_voxels`` voxels; see :func:`msagent.io.limits.max_voxels_limit`) before the data
+    are read.
+    """
     nib = _nibabel()
     path = Path(path)
     if not path.is_file():
         raise InvalidImage(f"NIfTI file not found: {path}")
     try:
         image = nib.load(str(path))
-        data = _scaled_data(image)
     except Exception as exc:
         raise InvalidImage(f"{path} is not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InvalidImage(f"{path} has shape {data.shape}; msagent segments 3-D volumes "
-                           "(split 4-D series into volumes first)")
+    shape = _check_header(image, path, max_voxels)
+    try:
+        data = _scaled_data(image).reshape(shape)
+    except Exception as exc:  # truncated or corrupt data after a valid header
+        raise InvalidImage(f"{path}: the data could not be read ({type(exc).__name__}: {exc})") from None
+    _warn_non_finite(data, path)
     return Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64),
                   header=image.header.copy())
 
 
-def _scaled_data(image: Any) -> np.ndarray:
+def _check_header(image: Any, path: Path, max_voxels: int | None) -> tuple[int, int, int]:
+    """The 3-D shape the data will have, refused before reading when unusable or too large."""
+    shape = tuple(int(n) for n in image.shape)
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.names is not None:
+        raise InvalidImage(f"{path} stores {dtype} voxels (e.g. RGB or complex); msagent reads "
+                           "scalar volumes: convert it to one channel first")
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) < 3:
+        raise InvalidImage(f"{path} is a {len(shape)}-D image of shape {shape}; read it as a 2-D "
+                           "image (e.g. nibabel, then an array) or stack slices into a 3-D volume")
+    if len(shape) > 3:
+        raise InvalidImage(f"{path} has shape {shape}; msagent segments 3-D volumes: split the "
+                           "4-D series into 3-D volumes first (e.g. nibabel.funcs.four_to_three)")
+    scaled = _has_scaling(image)
+    check_voxels(shape, 4 if scaled else dtype.itemsize, str(path), max_voxels)
+    return shape
+
+
+def _has_scaling(image: Any) -> bool:
     slope, inter = image.dataobj.slope, image.dataobj.inter
-    raw = np.asanyarray(image.dataobj.get_unscaled())
-    if (slope in (None, 1.0) or not np.isfinite(slope)) and (inter in (None, 0.0) or not np.isfinite(inter)):
-        return np.asarray(raw)
+    plain_slope = slope in (None, 1.0) or not np.isfinite(slope)
+    plain_inter = inter in (None, 0.0) or not np.isfinite(inter)
+    return not (plain_slope and plain_inter)
+
+
+def _scaled_data(image: Any) -> np.ndarray:
+    if not _has_scaling(image):
+        return np.asarray(image.dataobj.get_unscaled())
     return np.asarray(image.get_fdata(dtype=np.float32))
+
+
+def _warn_non_finite(data: np.ndarray, path: Path) -> None:
+    if data.dtype.kind != "f":
+        return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        log.warning("%s: %d of %d voxels are NaN or infinite; windowing ignores them and shows "
+                    "them as 0 (black)", path, bad, data.size)
 
 
 def write_nifti(data: np.ndarray, path: str | os.PathLike, reference: Volume | None = None, *,
                 affine: np.ndarray | None = None) -> Path:
-    """Write ``data`` (3-D) as NIfTI, atomically. With ``reference`` its affine and header are
-    kept (data type and scaling follow ``data``); otherwise ``affine`` (default identity)."""
+    """Write ``data`` (3-D) as NIfTI, atomically. With ``reference`` its geometry is kept: a
+    NIfTI reference's header (qform and sform with their own codes), or a DICOM series'
+    affine as both qform and sform (code 1, scanner). Otherwise ``affine`` (default identity).
+    Data type and scaling follow ``data``."""
     nib = _nibabel()
     data = np.asarray(data)
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
-    if reference is not None:
+    if reference is None:
+        image = _from_affine(nib, data, np.eye(4) if affine is None else affine)
+    else:
         if data.shape != reference.shape:
             raise InvalidImage(f"data of shape {data.shape} does not match the reference volume "
                                f"{reference.shape}")
-        header = reference.header.copy() if reference.header is not None else None
-        affine = reference.affine
-    else:
-        header = None
-        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    image = nib.Nifti1Image(data, affine, header=header)
+        _check_regular(reference)
+        if reference.header is None:
+            image = _from_affine(nib, data, reference.affine)
+        else:  # affine=None: nibabel keeps the header's qform and sform untouched
+            image = nib.Nifti1Image(data, None, header=reference.header.copy())
     image.set_data_dtype(data.dtype)
     image.header.set_slope_inter(1.0, 0.0)
-    if header is not None:  # keep the reference's codes (Nifti1Image resets them from affine)
-        image.set_qform(affine, int(header["qform_code"]) or 1)
-        image.set_sform(affine, int(header["sform_code"]) or 1)
     return _save(image, Path(path))
 
 
-def write_mask_nifti(mask: np.ndarray, path: str | os.PathLike, reference: Volume) -> Path:
-    """Write a 3-D bool/label mask aligned with ``reference`` (same shape, affine, header)."""
+def _from_affine(nib: Any, data: np.ndarray, affine: np.ndarray) -> Any:
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    return image
+
+
+def _check_regular(reference: Volume) -> None:
+    if reference.irregular:
+        raise InvalidImage(f"a NIfTI affine cannot place this series' slices ({reference.irregular}); "
+                           "write a DICOM SEG instead (it records each slice's position), or "
+                           "fix the series")
+
+
+def mask_data(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as the smallest unsigned type its labels need (uint8, else uint16).
+
+    bool becomes 0/1. Negative, non-integer, NaN/inf values and labels above 65535 are
+    refused (threshold a probability map first, e.g. ``prob > 0.5``)."""
     mask = np.asarray(mask)
-    data = mask.astype(np.uint8) if mask.dtype == np.bool_ or mask.max(initial=0) < 256 else mask
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8)
+    if mask.dtype.kind not in "iuf":
+        raise InvalidMask(f"a mask must be bool or numeric, got dtype {mask.dtype}")
+    if mask.size == 0:
+        return mask.astype(np.uint8)
+    if mask.dtype.kind == "f":
+        if not np.isfinite(mask).all():
+            raise InvalidMask("the mask has NaN or infinite values; masks hold labels 0, 1, 2, ...")
+        if not np.array_equal(mask, np.round(mask)):
+            raise InvalidMask("the mask has non-integer values (a probability map?); threshold "
+                              "it first, e.g. mask > 0.5, or round it to labels")
+    low, high = mask.min(), mask.max()
+    if low < 0:
+        raise InvalidMask(f"the mask has negative values (min {low}); labels are 0, 1, 2, ...")
+    if high > np.iinfo(np.uint16).max:
+        raise InvalidMask(f"the mask has labels up to {high}; NIfTI masks here hold 0..65535")
+    return mask.astype(np.uint8 if high <= 255 else np.uint16)
+
+
+def write_mask_nifti(mask: np.ndarray, path: str | os.PathLike, reference: Volume) -> Path:
+    """Write a 3-D bool/label mask aligned with ``reference`` (same shape, qform, sform,
+    units) as uint8 (uint16 for labels above 255); see :func:`mask_data` for what is refused."""
+    data = mask_data(mask)
+    if reference.header is not None:
+        reference = _mask_reference(reference)
     return write_nifti(data, path, reference)
+
+
+def _mask_reference(reference: Volume) -> Volume:
+    """The reference with a header fit for a mask: no display range, intent or description."""
+    header = reference.header.copy()
+    header["cal_min"], header["cal_max"] = 0.0, 0.0  # 0/0: viewers pick the range themselves
+    header["descrip"] = MASK_DESCRIPTION
+    header["aux_file"] = b""
+    header.set_intent("none")
+    return Volume(reference.data, reference.affine, header=header)
 
 
 def _save(image: Any, path: Path) -> Path:
@@ -99,6 +201,9 @@ def _save(image: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    nib.save(image, str(tmp))
-    os.replace(tmp, path)
+    try:
+        nib.save(image, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

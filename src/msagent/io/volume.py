@@ -85,7 +85,10 @@ class Volume:
 
     ``header`` is the nibabel header of a NIfTI file (kept for writing aligned masks);
     ``datasets`` the pydicom datasets of a DICOM series, one per k (sorted by position), kept
-    for DICOM SEG; ``modality`` e.g. "CT", "MR" (DICOM) or "" when unknown.
+    for DICOM SEG; ``modality`` e.g. "CT", "MR" (DICOM) or "" when unknown. ``irregular``
+    says why the slices are not evenly spaced (a DICOM series read with
+    ``allow_irregular=True``; "" when they are): the affine then cannot place every slice,
+    so such a volume is written as DICOM SEG only, never as NIfTI.
     """
 
     data: np.ndarray
@@ -93,6 +96,7 @@ class Volume:
     header: Any = None
     datasets: tuple = ()
     modality: str = ""
+    irregular: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -187,21 +191,29 @@ def parse_window(window: str | tuple[float, float]) -> tuple[float, float]:
 
 
 def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
-    """Linear window to uint8: ``level - width/2`` → 0, ``level + width/2`` → 255, clipped."""
-    if width <= 0:
-        raise InvalidInput(f"window width must be positive, got {width}")
+    """Linear window to uint8: ``level - width/2`` → 0, ``level + width/2`` → 255, clipped.
+
+    NaN and ±inf voxels (e.g. outside a brain mask in a float NIfTI) carry no intensity:
+    they become 0 (black), whatever the window."""
+    if not (np.isfinite(width) and np.isfinite(level)) or width <= 0:
+        raise InvalidInput(f"window width must be a positive number and level finite, got "
+                           f"{width}/{level}")
     low = level - width / 2.0
-    scaled = (np.asarray(values, dtype=np.float64) - low) / width * 255.0
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    scaled = (np.where(finite, values, low) - low) / width * 255.0
     return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
 def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
     """(width, level) spanning the ``low``–``high`` percentiles of ``values`` (a whole volume,
-    so every slice gets the same mapping)."""
+    so every slice gets the same mapping). NaN/inf voxels are left out; a volume without
+    any finite voxel is refused."""
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
-        raise InvalidImage("the volume has no finite values")
+        raise InvalidImage("the volume has no finite values (all NaN or infinite); nothing to "
+                           "window or segment")
     lo, hi = np.percentile(finite, [low, high])
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
