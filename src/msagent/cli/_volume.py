@@ -8,6 +8,10 @@ episode. The masks are put back into the voxel grid: ``--out mask.nii.gz`` write
 aligned with the input (same shape and affine; the input's header for NIfTI input);
 ``--out seg.dcm`` or ``--dicom-seg seg.dcm`` writes a DICOM SEG referencing the input series
 (DICOM input only). ``--trajectory`` writes one JSON line per slice.
+
+Outputs are checked before any slice is segmented: their formats, that a DICOM SEG has DICOM
+input, and that a NIfTI output can place the slices (a series read with
+``--allow-irregular-slices`` has none). ``--series-uid`` picks one of several DICOM series.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def is_volume(path: str) -> bool:
+    """A NIfTI name, any folder (read as a DICOM series, whose reader explains an empty or
+    non-DICOM folder) or a DICOM file."""
     from .. import io
 
-    return io.is_nifti(path) or (Path(path).exists() and io.is_dicom(path))
+    path = Path(path)
+    return io.is_nifti(path) or path.is_dir() or (path.exists() and io.is_dicom(path))
 
 
 def parse_slices(spec: str, count: int) -> list[int]:
@@ -64,9 +71,12 @@ def run_volume(args: argparse.Namespace) -> int:
     from ..agent import Agent
     from ..api import PAPER_BACKBONE, PAPER_POLICY, resolve
     from ..errors import InvalidInput
-    from .segment import parse_options
+    from ..options import parse_options
 
-    volume = io.read_volume(args.image)
+    check_output_names(args)
+    volume = io.read_volume(args.image, series_uid=args.series_uid,
+                            allow_irregular=args.allow_irregular_slices)
+    check_outputs_fit(args, volume)
     gt_volume = _ground_truth(args, volume)
     width, level = window_for(volume, args.window)
     indices = parse_slices(args.slices or "all", volume.n_slices(args.plane))
@@ -107,6 +117,9 @@ def _ground_truth(args, volume):
     if not args.ground_truth:
         return None
     labels = io.read_volume(args.ground_truth)
+    if labels.data.dtype.kind == "f" and not np.isfinite(labels.data).all():
+        raise InvalidInput(f"the ground truth {args.ground_truth} has NaN or infinite voxels; a "
+                           "label map holds 0 (background) and label values")
     if labels.shape != volume.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
         raise InvalidInput(f"the ground truth {args.ground_truth} ({labels.shape}) is not on the "
                            f"image's voxel grid ({volume.shape}); resample it first")
@@ -114,22 +127,47 @@ def _ground_truth(args, volume):
     return io.Volume(data, volume.affine)
 
 
-def _write_outputs(args, volume, masks, trajectories) -> None:
+def check_output_names(args) -> None:
+    """Refuse output names a volume cannot be written to (before reading anything)."""
     from .. import io
     from ..errors import InvalidInput
+    from .segment import check_path
+
+    for path in (args.out, args.dicom_seg, args.trajectory):
+        check_path(path)
+    if args.out and not (io.is_nifti(args.out) or str(args.out).lower().endswith(".dcm")):
+        raise InvalidInput(f"--out {args.out}: a volume's mask is written as .nii/.nii.gz (NIfTI) "
+                           "or .dcm (DICOM SEG); PNG masks are for 2-D images")
+    if args.dicom_seg and not str(args.dicom_seg).lower().endswith(".dcm"):
+        raise InvalidInput(f"--dicom-seg {args.dicom_seg}: a DICOM SEG file name ends in .dcm")
+    if args.overlay:
+        raise InvalidInput("--overlay is for 2-D images; for a volume, open the mask (--out) "
+                           "over the input in a viewer")
+
+
+def check_outputs_fit(args, volume) -> None:
+    """Refuse outputs this volume cannot have (before segmenting any slice)."""
+    from .. import io
+    from ..errors import InvalidInput
+
+    for out in [p for p in (args.out, args.dicom_seg) if p]:
+        if io.is_nifti(out) and volume.irregular:
+            raise InvalidInput(f"{out}: a NIfTI affine cannot place this series' slices "
+                               f"({volume.irregular}); write a DICOM SEG instead (--out seg.dcm)")
+        if not io.is_nifti(out) and not volume.datasets:
+            raise InvalidInput(f"{out}: a DICOM SEG needs DICOM input; {args.image} is NIfTI, so "
+                               "write a NIfTI mask (--out mask.nii.gz)")
+
+
+def _write_outputs(args, volume, masks, trajectories) -> None:
+    from .. import io
     from .segment import write_text
 
     for out in [p for p in (args.out, args.dicom_seg) if p]:
-        name = str(out).lower()
-        if io.is_nifti(name):
-            io.write_mask_nifti(masks, out, volume if volume.header is not None else
-                                io.Volume(volume.data, volume.affine))
-        elif name.endswith(".dcm"):
-            io.write_dicom_seg(masks, volume, out, label=args.target)
+        if io.is_nifti(out):
+            io.write_mask_nifti(masks, out, volume)
         else:
-            raise InvalidInput(f"--out {out}: use .nii.gz (NIfTI mask) or .dcm (DICOM SEG)")
+            io.write_dicom_seg(masks, volume, out, label=args.target)
         print(f"wrote {out}")
     if args.trajectory:
         write_text(Path(args.trajectory), "\n".join(t.to_json() for t in trajectories) + "\n")
-    if args.overlay:
-        log.warning("--overlay is for 2-D images; open the mask volume over the input in a viewer")

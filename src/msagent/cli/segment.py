@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..options import parse_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="PNG/JPEG/TIFF/.npy image, or a volume: .nii/.nii.gz or a "
@@ -21,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="option for the backbone (repeatable), e.g. device=cuda")
     parser.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
                         help="option for the policy (repeatable), e.g. model=gpt-4o")
-    parser.add_argument("--out", type=Path, help="write the final mask as PNG")
-    parser.add_argument("--overlay", type=Path, help="write a per-turn overlay strip as PNG")
+    parser.add_argument("--out", type=Path, help="write the final mask: PNG for a 2-D image; "
+                        ".nii.gz (NIfTI) or .dcm (DICOM SEG) for a volume")
+    parser.add_argument("--overlay", type=Path, help="write a per-turn overlay strip as PNG "
+                        "(2-D images)")
     parser.add_argument("--trajectory", type=Path, help="write the trajectory as JSON")
     volume = parser.add_argument_group("volumes (NIfTI / DICOM input)")
     volume.add_argument("--slices", help="slices to segment: all (default), A:B, A:B:STEP or A,B,C "
@@ -33,22 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     volume.add_argument("--label", type=int, help="label value of the target in a --ground-truth "
                         "label map (default: any nonzero)")
     volume.add_argument("--dicom-seg", type=Path, help="also write a DICOM SEG (DICOM input)")
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs; values are parsed as JSON when they can be (numbers, true, null)."""
-    from ..errors import InvalidInput
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InvalidInput(f"option {pair!r} must look like KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+    volume.add_argument("--series-uid", help="the SeriesInstanceUID to read when the DICOM folder "
+                        "holds several series (the error lists them)")
+    volume.add_argument("--allow-irregular-slices", action="store_true",
+                        help="read a DICOM series with missing or duplicate slices (uneven or zero "
+                        "spacing) as it is; only a DICOM SEG can then be written, not NIfTI")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if is_volume(args.image):
         return run_volume(args)
-    if args.slices or args.dicom_seg:
-        from ..errors import InvalidInput
-
-        raise InvalidInput("--slices/--dicom-seg apply to volumes (.nii/.nii.gz or DICOM) only")
+    check_image_outputs(args)
 
     result = api.segment(
         args.image, args.target, backbone=args.backbone, policy=args.policy,
@@ -77,6 +67,38 @@ def run(args: argparse.Namespace) -> int:
     if args.trajectory:
         write_text(args.trajectory, trajectory.to_json(indent=1))
     return 0 if trajectory.turns else 1
+
+
+def check_image_outputs(args: argparse.Namespace) -> None:
+    """Refuse options and output names a 2-D run cannot honour, before any work."""
+    from ..errors import InvalidInput
+
+    volume_only = [flag for flag, value in (("--slices", args.slices), ("--dicom-seg", args.dicom_seg),
+                                            ("--series-uid", args.series_uid),
+                                            ("--allow-irregular-slices", args.allow_irregular_slices))
+                   if value]
+    if volume_only:
+        raise InvalidInput(f"{', '.join(volume_only)} apply to volumes (.nii/.nii.gz or DICOM) only")
+    for path in (args.out, args.overlay, args.trajectory):
+        check_path(path)
+    for flag, path in (("--out", args.out), ("--overlay", args.overlay)):
+        if path is not None and Path(path).suffix.lower() != ".png":
+            raise InvalidInput(f"{flag} {path}: for a 2-D image this is written as PNG; name it "
+                               ".png (NIfTI and DICOM SEG outputs are for volumes)")
+
+
+def check_path(path) -> None:
+    """Refuse an output path that is a folder or lies under a file."""
+    from ..errors import InvalidInput
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"{path} is a folder; give a file name for the output")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InvalidInput(f"cannot write {path}: {blocking} is a file, not a folder")
 
 
 def print_turns(trajectory) -> None:

@@ -99,7 +99,8 @@ async def upload_volume(files: list[UploadFile] = File(description=(
             raise ImageTooLarge(f"the files are over this server's limit of "
                                 f"{ctx.config.max_upload_bytes:,} bytes")
         items.append((upload.filename or "upload", data))
-    stored = await asyncio.to_thread(read_volume_upload, items, ctx.config.max_upload_bytes * 4)
+    stored = await asyncio.to_thread(read_volume_upload, items, ctx.config.max_upload_bytes * 4,
+                                     ctx.config.max_voxels)
     store.put(stored)
     return VolumeInfo(**stored.info())
 

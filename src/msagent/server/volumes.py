@@ -1,7 +1,11 @@
 """Volumes (NIfTI files, DICOM series) held by the server for the web page, and masks in and out.
 
 An upload is read once with :func:`msagent.io.read_volume` (from a temporary folder that is
-deleted right after) and kept in memory, the most recent ``max_items``. Slices are taken as
+deleted right after) and kept in memory, the most recent ``max_items``. Its size is checked
+from its headers against the server's ``max_voxels`` before any voxel is decoded, and a DICOM
+series with missing or duplicate slices is refused (the web page has no opt-in; read such a
+series with the Python API or ``msagent segment --allow-irregular-slices``). NaN/inf voxels
+are shown as 0 (:func:`msagent.io.apply_window`). Slices are taken as
 displayed (:meth:`msagent.io.Volume.slice`) and windowed with one mapping per volume: a preset
 or "W/L" (:func:`msagent.io.parse_window`), else the DICOM CT's stored window, else the
 volume's 0.5–99.5th percentiles (as ``msagent segment VOLUME``). Masks drawn on slices go back
@@ -27,6 +31,7 @@ from PIL import Image
 
 from .. import io
 from ..errors import InvalidImage, InvalidInput, InvalidMask
+from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
 from .errors import ServerError
 
 MAX_VOLUMES = 4
@@ -121,8 +126,9 @@ def _write_files(files: Sequence[tuple[str, bytes]], folder: Path, max_bytes: in
     paths, total = [], 0
     for index, (name, data) in enumerate(files):
         if name.lower().endswith(".zip"):
-            paths.extend(_unzip(data, folder, max_bytes - total, index))
-            total += sum(p.stat().st_size for p in paths)
+            unzipped = _unzip(data, folder, max_bytes - total, index)
+            total += sum(p.stat().st_size for p in unzipped)
+            paths.extend(unzipped)
             continue
         path = folder / _safe_name(name, index)
         path.write_bytes(data)
@@ -147,8 +153,10 @@ def _unzip(data: bytes, folder: Path, budget: int, offset: int) -> list[Path]:
     return out
 
 
-def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int) -> StoredVolume:
-    """Read uploaded files (one NIfTI; or DICOM files, a .zip of them, or both) as a volume."""
+def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int,
+                       max_voxels: int | None = None) -> StoredVolume:
+    """Read uploaded files (one NIfTI; or DICOM files, a .zip of them, or both) as a volume of
+    at most ``max_voxels`` voxels (default: :func:`msagent.io.max_voxels_limit`)."""
     if not files:
         raise InvalidImage("no files uploaded; send a .nii/.nii.gz file or a DICOM series")
     names = [name for name, _ in files]
@@ -158,13 +166,13 @@ def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int) -> St
         if nifti and len(paths) > 1:
             raise InvalidImage("upload one NIfTI file at a time (or the files of one DICOM series)")
         if nifti:
-            volume, kind = io.read_nifti(nifti[0]), "nifti"
+            volume, kind = io.read_nifti(nifti[0], max_voxels=max_voxels), "nifti"
         else:
             dicom = [p for p in paths if io.is_dicom(p)]
             if not dicom:
                 raise InvalidImage(f"{', '.join(names)}: not a volume; open a .nii/.nii.gz file, "
                                    "DICOM files (.dcm) or a .zip of a DICOM series")
-            volume, kind = io.read_volume(dicom), "dicom"
+            volume, kind = io.read_volume(dicom, max_voxels=max_voxels), "dicom"
     stored = io.default_window(volume) if volume.modality == "CT" else None
     window = stored or io.percentile_window(volume.data)
     name = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
@@ -195,9 +203,7 @@ def export_mask(stored: StoredVolume, mask: np.ndarray, fmt: str, label: str) ->
     with tempfile.TemporaryDirectory(prefix="msagent-export-") as tmp:
         path = Path(tmp) / f"mask{suffix}"
         if fmt == "nifti":
-            vol = stored.volume
-            reference = vol if vol.header is not None else io.Volume(vol.data, vol.affine)
-            io.write_mask_nifti(mask, path, reference)
+            io.write_mask_nifti(mask, path, stored.volume)
         elif stored.kind != "dicom":
             raise InvalidInput("DICOM SEG needs DICOM input; this volume is NIfTI: export NIfTI")
         else:
@@ -215,7 +221,8 @@ def _stem(name: str) -> str:
 
 def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
                         volume: StoredVolume | None = None, plane: str = "axial",
-                        index: int | None = None, max_pixels: int) -> np.ndarray:
+                        index: int | None = None, max_pixels: int,
+                        max_voxels: int | None = None) -> np.ndarray:
     """An H×W bool ground truth from an uploaded file: a 2-D mask (PNG, TIFF, BMP, .npy;
     nonzero = foreground) or, for a slice of ``volume``, a label volume on its voxel grid."""
     if not data:
@@ -224,7 +231,8 @@ def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
         if volume is None or index is None:
             raise InvalidMask("a ground-truth volume needs the image volume: open the NIfTI/DICOM "
                               "image in the page first (or upload a 2-D mask)")
-        labels = read_volume_upload([(name, data)], 4 * len(data) + 2**20).volume
+        limit = io.max_voxels_limit(max_voxels, DEFAULT_SERVER_MAX_VOXELS)
+        labels = read_volume_upload([(name, data)], 4 * len(data) + 2**20, limit).volume
         if labels.shape != volume.volume.shape:
             raise InvalidMask(f"the ground-truth volume {labels.shape} is not on the image's voxel "
                               f"grid {volume.volume.shape}; resample it first")
