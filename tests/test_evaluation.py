@@ -122,6 +122,27 @@ def test_cvpr_click_takes_the_largest_error_component_not_the_deepest():
     assert not ritm_click(gt, pred).positive  # RITM goes for the deeper square
 
 
+def test_ritm_click_is_the_one_click_rule():
+    from msagent import clicker
+
+    assert ritm_click is clicker.next_click
+
+
+def test_cvpr_components_are_numbered_in_raster_order_as_cc3d_does():
+    # Two 1-px error components of equal size: (x=2, y=0) comes first in raster order, so the
+    # challenge (cc3d labels, np.argmax over sizes) clicks it. OpenCV's default 8-connected
+    # labelling scans 2×2 blocks and numbered (x=0, y=1) first: msagent clicked that one.
+    gt = np.array([[0, 0, 1], [0, 0, 0]], bool)
+    pred = np.array([[0, 0, 0], [1, 0, 0]], bool)
+    assert cvpr_click(gt, pred) == Point(2, 0, True)
+    assert cvpr_click(pred, gt) == Point(2, 0, False)
+
+
+def test_cvpr_click_takes_lists_and_ties_are_drawn_with_seed_42():
+    gt = [[1, 1, 1, 1], [1, 1, 1, 1]]                  # every pixel at depth 1: 8 candidates
+    assert cvpr_click(gt, [[0] * 4] * 2) == Point(2, 1, True)  # RandomState(42).choice(8) = 6
+
+
 # -- protocols on phantoms --------------------------------------------------------------------
 
 def blobs(sizes, height=64, width=160):

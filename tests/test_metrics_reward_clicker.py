@@ -94,3 +94,70 @@ def test_clicks_never_repeat_and_none_when_perfect():
     candidates = clicker.click_candidates(np.pad(np.ones((10, 10), bool), 5), None, count=5,
                                           rng=np.random.default_rng(1))
     assert len(set(candidates)) == 5
+
+
+# -- issue 15: RITM's tie rule, exact and reproducible distances, list inputs -------------------
+
+def test_a_tie_between_error_regions_goes_to_the_false_positives():
+    # RITM's Clicker: is_positive = fn_max > fp_max. msagent clicked positive (>=) before.
+    gt = np.zeros((30, 30), bool); gt[2:7, 2:7] = True
+    pred = np.zeros_like(gt); pred[20:25, 20:25] = True       # equal 5×5 FN and FP squares
+    assert clicker.next_click(gt, pred) == Point(22, 22, False)
+
+
+def test_a_shifted_prediction_ties_and_the_first_maximum_in_raster_order_wins():
+    gt = np.zeros((14, 14), bool); gt[2:10, 2:10] = True
+    pred = np.roll(gt, 2, axis=1)                              # FN cols 2-3, FP cols 10-11
+    regions = clicker.error_regions(gt, pred)
+    assert regions.fn_max == regions.fp_max == 1.0
+    assert clicker.next_click(gt, pred) == Point(10, 2, False)  # RITM: np.where(...)[0]
+    # with that pixel clicked the next tie goes to the next FP pixel in raster order
+    assert clicker.next_click(gt, pred, [Point(10, 2)]) == Point(11, 2, False)
+
+
+def test_a_strictly_larger_false_negative_still_clicks_positive():
+    gt = np.zeros((30, 30), bool); gt[2:9, 2:9] = True         # 7×7 FN (depth 4)
+    pred = np.zeros_like(gt); pred[20:25, 20:25] = True       # 5×5 FP (depth 3)
+    assert clicker.next_click(gt, pred) == Point(5, 5, True)
+
+
+def test_inner_distance_is_the_exact_edt_of_the_padded_image():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        region = rng.random((37, 53)) < 0.6
+        full = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        assert np.array_equal(clicker.inner_distance(region), full)
+    assert clicker.inner_distance(np.zeros((3, 4), bool)).max() == 0
+
+
+def test_same_inputs_give_the_same_clicks_at_one_and_two_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    rng = np.random.default_rng(7)
+    pairs = []
+    for _ in range(24):
+        gt = np.zeros((300, 300), bool)
+        y, x, s = *rng.integers(20, 200, 2), int(rng.integers(30, 90))
+        gt[y:y + s, x:x + s] = True
+        pairs.append((gt, np.roll(gt, int(rng.integers(-9, 10)), axis=int(rng.integers(0, 2)))))
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        one = [clicker.next_click(g, p) for g, p in pairs]
+        cv2.setNumThreads(2)
+        with ThreadPoolExecutor(2) as pool:
+            two = list(pool.map(lambda gp: clicker.next_click(*gp), pairs * 2))
+    finally:
+        cv2.setNumThreads(before)
+    assert two == one * 2
+
+
+def test_list_inputs_are_converted():
+    gt = [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    assert clicker.next_click(gt, None) == Point(1, 1, True)
+    found = clicker.click_candidates(gt, [[0] * 4] * 4, count=3, rng=np.random.default_rng(0))
+    assert found[0] == Point(1, 1, True) and len(found) == 3

@@ -3,13 +3,14 @@
 - ``agent``: a policy drives the backbone through :class:`msagent.Agent` (Dice/IoU/NSD after
   every executed turn; turns; stop reason).
 - ``noc`` (RITM): clicks only, no box. Each click is the standard corrective click
-  (:func:`ritm_click`: the interior maximum of the larger error region; RITM's tie rule, a
-  tie goes to the false-positive region), decoded with all clicks so far and the previous
+  (:func:`ritm_click`, which is :func:`msagent.clicker.next_click`: the interior maximum of
+  the larger error region; RITM's tie rule, a tie goes to the false-positive region), decoded with all clicks so far and the previous
   low-res logits. IoU after each of up to ``max_clicks`` (20) clicks; NoC@85/90 is the first
   click reaching the threshold, 20 when never reached (:func:`msagent.metrics.noc`).
 - ``cvpr`` (CVPR 2025 interactive challenge, 2-D form): a tight ground-truth box, then 5
   corrective clicks (:func:`cvpr_click`: the centre, by Euclidean distance transform, of the
-  largest connected error component; foreground if it lies in the ground truth), each
+  largest connected error component, components numbered in raster order as cc3d does;
+  foreground if it lies in the ground truth), each
   decoded with the box, all clicks and the previous logits. DSC and NSD (2 mm — pixels when
   the case has no spacing) after each of the 6 steps; NSD counts 0 when DSC ≤ 0.2, as in the
   challenge. DSC_AUC/NSD_AUC: the raw trapezoid area over the 5 click steps (0–4), final DSC/NSD.
@@ -22,6 +23,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+from scipy import ndimage
 
 from .. import clicker, metrics
 from ..agent import Agent
@@ -91,17 +93,7 @@ async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcom
                                    case_spacing(case), tolerance)
 
 
-def ritm_click(gt: np.ndarray, pred: np.ndarray | None, exclude: Sequence[Point] = ()) -> Point | None:
-    """RITM's next click: like :func:`msagent.clicker.next_click`, but a tie between the two
-    error regions' maximum distances goes to the false-positive region (RITM's
-    ``is_positive = fn_max > fp_max``)."""
-    regions = clicker.error_regions(gt, pred, exclude)
-    if regions.fn_max == 0 and regions.fp_max == 0:
-        return None
-    positive = regions.fn_max > regions.fp_max
-    distance = regions.fn_distance if positive else regions.fp_distance
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return Point(int(x), int(y), bool(positive))
+ritm_click = clicker.next_click  # one rule: RITM's click (a tie goes to the false positives)
 
 
 def run_noc(segmenter: Segmenter, case: Case, max_clicks: int = 20,
@@ -137,20 +129,24 @@ def run_noc(segmenter: Segmenter, case: Case, max_clicks: int = 20,
                    curves={"iou": ious, "dice": dices}, values=values)
 
 
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
 def cvpr_click(gt: np.ndarray, pred: np.ndarray) -> Point | None:
     """The CVPR 2025 challenge's click: the centre of the largest connected error component
-    (8-connected), i.e. its Euclidean-distance-transform maximum (ties drawn with seed 42, as
-    the challenge does); positive if the pixel belongs to the ground truth."""
-    import cv2
-    from scipy import ndimage
-
-    error = (np.asarray(gt, bool) != np.asarray(pred, bool)).astype(np.uint8)
+    (8-connected), i.e. its Euclidean-distance-transform maximum; positive if the pixel
+    belongs to the ground truth. As the challenge's script: components are numbered in raster
+    order (cc3d; here ``scipy.ndimage.label``), the first of equal size wins (``np.argmax``
+    over the sizes), and ties of the maximum are drawn with seed 42 among the candidates in
+    raster order."""
+    gt, pred = clicker.as_masks(gt, pred)
+    error = gt != pred
     if not error.any():
         return None
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(error, connectivity=8)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    component = np.pad(labels == largest, 1)
-    distance = ndimage.distance_transform_edt(component)[1:-1, 1:-1]
+    labels, _ = ndimage.label(error, structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    distance = clicker.inner_distance(labels == int(np.argmax(sizes)))
     candidates = np.argwhere(distance == distance.max())
     y, x = candidates[np.random.RandomState(42).choice(len(candidates))]
     return Point(int(x), int(y), bool(gt[y, x]))
