@@ -2,13 +2,14 @@
 
 Intensity rules for 2-D inputs (:func:`to_rgb_uint8`): ``uint8`` is kept; ``bool`` becomes
 0/255; any other integer or float image (16-bit PNG/TIFF, grey or colour, HU arrays) is
-windowed to its 0.5th–99.5th percentile; NaN/inf are refused. Volumes (:mod:`msagent.io.volume`) are windowed once per volume: a CT
-preset or "W/L" when given (:data:`CT_WINDOWS`, e.g. abdomen 400/40, lung 1500/−600), else a
-DICOM CT's stored window, else the volume's 0.5th–99.5th percentiles, so every slice gets the
-same mapping; NaN/inf voxels are left out of the percentiles and shown as 0. Slices are
-taken as displayed in the radiological convention (see :mod:`msagent.io.volume`). Volumes
-are checked against a voxel limit from their headers before any data are decoded
-(:mod:`msagent.io.limits`). docs/medical-images.md is the user's guide to all of this.
+windowed to its 0.5th–99.5th percentile; NaN/inf are refused. Volumes
+(:mod:`msagent.io.volume`) are windowed once per volume: a CT preset or "W/L" when given
+(:data:`CT_WINDOWS`, e.g. abdomen 400/40, lung 1500/−600), else a DICOM CT's stored window,
+else the volume's 0.5th–99.5th percentiles, so every slice gets the same mapping; NaN/inf
+voxels are left out of the percentiles and shown as 0. Slices are taken as displayed in the
+radiological convention (see :mod:`msagent.io.volume`). Volumes are checked against a voxel
+limit from their headers before any data are decoded (:mod:`msagent.io.limits`).
+docs/medical-images.md is the user's guide to all of this.
 """
 
 from .bitdepth import save_png16, save_tiff
