@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InvalidInput
+from ..io.limits import check_voxels
 from ._base import CaseRef, Dataset, slug
 
 _CACHE_SIZE = 2
@@ -34,14 +35,16 @@ def _volume(path: str) -> io.Volume:
     import nibabel as nib
 
     image = nib.load(path)
+    if len(image.shape) not in (3, 4):
+        raise InvalidInput(f"{path} has shape {image.shape}; expected a 3-D (or 4-D) volume")
     slope, inter = image.dataobj.slope, image.dataobj.inter
     unscaled = (slope is None or not np.isfinite(slope) or slope == 1.0) and \
         (inter is None or not np.isfinite(inter) or inter == 0.0)
-    data = np.asarray(image.dataobj) if unscaled else np.asarray(image.get_fdata(dtype=np.float32))
-    if data.ndim == 4:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InvalidInput(f"{path} has shape {data.shape}; expected a 3-D (or 4-D) volume")
+    check_voxels(image.shape[:3], 4, path)  # from the header, before any data are read
+    first = image.dataobj if len(image.shape) == 3 else image.dataobj[..., 0]  # 4-D: channel 0 only
+    data = np.asarray(first)  # the proxy applies scl_slope/scl_inter itself
+    if not unscaled:
+        data = data.astype(np.float32)
     return io.Volume(data=data, affine=np.asarray(image.affine, dtype=np.float64))
 
 
