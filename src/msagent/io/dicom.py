@@ -192,10 +192,10 @@ def _read_series(headers: list[_Header], allow_irregular: bool, max_voxels: int 
     positions = [positions[i] for i in order]
     irregular = _spacing_problem(headers, positions, geometry.normal)
     if irregular and not allow_irregular:
-        raise InvalidImage(f"uneven slice spacing in series {first.get('SeriesInstanceUID', '')}: "
-                           f"{irregular}. Find the missing or extra files, or read it with "
-                           "allow_irregular=True (msagent segment --allow-irregular-slices) and "
-                           "write a DICOM SEG, not NIfTI")
+        raise InvalidImage(f"the slices of series {first.get('SeriesInstanceUID', '')} are not "
+                           f"evenly spaced: {irregular}. Find the missing or extra files, or read "
+                           "it with allow_irregular=True (msagent segment --allow-irregular-slices) "
+                           "and write a DICOM SEG, not NIfTI")
     if irregular:
         log.warning("irregular series, read as asked: %s; NIfTI output is refused", irregular)
     datasets, data = _pixels(headers)
