@@ -189,3 +189,78 @@ def test_export_resumes_and_refuses_other_settings(trajectory_set, tmp_path):
         export_trajectories(source, tmp_path / "sft", "verl-sft", image_size=448, progress=False)
     with pytest.raises(InvalidInput, match="multiple of 32"):
         export_trajectories(source, tmp_path / "other", "verl-sft", image_size=500, progress=False)
+
+
+# -- --layout upstream: rows upstream MedSAM-Agent's MedSAMDataset, tools and reward read ---------
+
+def _upstream_reader(row: dict, item: int = 0) -> dict:
+    """What upstream's MedSAMDataset.__getitem__ takes from a row (RL-verl/recipe/medsam_agent/
+    medsam_dataset.py, written from its documented row schema), plus its reward's binarisation
+    (medsam_reward.py: masks > 127)."""
+    target = row["extra_info"]["target_description"]            # KeyError on msagent's layout
+    originals = [Image.open(_io.BytesIO(entry["bytes"])).convert("RGB")
+                 for entry in row["images"] if isinstance(entry, dict) and "bytes" in entry]
+    policy = [image.resize((512, 512), Image.BILINEAR) for image in originals]
+    truth = row["reward_model"]["ground_truth"]
+    gt = Image.open(_io.BytesIO(truth["bytes"])) if isinstance(truth, dict) and "bytes" in truth \
+        else truth
+    return {"target": target, "tool_image": np.asarray(originals[0]), "policy_image": policy[0],
+            "gt": np.asarray(gt), "index": row["extra_info"].get("id", item),
+            "data_source": row["data_source"]}
+
+
+def _upstream_iou(pred: np.ndarray, gt) -> float:
+    pred, gt = np.asarray(pred) > 127, np.asarray(gt) > 127
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def test_upstream_layout_rows_load_in_upstreams_dataset_and_score_a_perfect_mask_1(
+        trajectory_set, tmp_path):
+    from msagent.export import upstream
+
+    source, records = trajectory_set
+    summary = export_trajectories(source, tmp_path / "up", "verl-rl", layout="upstream",
+                                  progress=False)
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "up").glob("*.parquet"))])
+    assert table.schema == upstream.rl_schema() and summary.rows == 3
+    for item, (row, record) in enumerate(zip(table.to_pylist(), records)):
+        read = _upstream_reader(row, item)
+        assert read["target"] == record.row["target"] and read["index"] == record.row["case_index"]
+        assert read["tool_image"].shape == (117, 99, 3)          # the original, not 512×512
+        assert np.array_equal(read["tool_image"], record.image())
+        assert read["policy_image"].size == (512, 512)
+        perfect = record.ground_truth().astype(np.uint8) * 255
+        assert set(np.unique(read["gt"])) <= {0, 255} and _upstream_iou(perfect, read["gt"]) == 1.0
+        assert row["prompt"][1]["content"] == "<image>" + protocol.first_user_text(read["target"])
+        assert read["data_source"].startswith("msagent")
+    # msagent's own layout is what upstream could not read (issue 15): pinned as a difference
+    own = export_trajectories(source, tmp_path / "own", "verl-rl", progress=False)
+    row = pq.read_table(own.out / "part-00000.parquet").to_pylist()[0]
+    with pytest.raises(KeyError, match="target_description"):
+        _upstream_reader(row)
+
+
+def test_upstream_layout_from_a_dataset_and_the_cli(tmp_path):
+    data = make_mni152_dataset(tmp_path / "mni", slices=(40, 45))
+    direct = export_rl_prompts(open_dataset(data), tmp_path / "direct", layout="upstream",
+                               progress=False)
+    rows = pq.read_table(direct.out / "part-00000.parquet").to_pylist()
+    assert [_upstream_reader(r)["index"] for r in rows] == list(range(len(rows)))
+    assert main(["export", "--dataset", str(data), "--format", "verl-rl", "--layout", "upstream",
+                 "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    assert pq.read_table(tmp_path / "cli" / "part-00000.parquet").to_pylist() == rows
+    manifest = json.loads((tmp_path / "cli" / "export.json").read_text())
+    assert manifest["layout"] == "upstream"
+    own = export_rl_prompts(open_dataset(data), tmp_path / "own", progress=False)
+    assert "layout" not in json.loads((own.out / "export.json").read_text())  # old exports resume
+
+
+def test_upstream_layout_is_for_verl_rl_only(tmp_path):
+    with pytest.raises(InvalidInput, match="verl-rl only"):
+        export_trajectories(tmp_path, tmp_path / "x", "verl-sft", layout="upstream", progress=False)
+    with pytest.raises(InvalidInput, match="layout must be"):
+        export_trajectories(tmp_path, tmp_path / "x", "verl-rl", layout="verl", progress=False)
+    with pytest.raises(InvalidInput, match="agent_name"):
+        export_trajectories(tmp_path, tmp_path / "x", "verl-rl", layout="upstream",
+                            agent_name="a", progress=False)

@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SFT formats: also trajectories the generator's filters dropped")
     parser.add_argument("--name", default="msagent_sft", help="LLaMA-Factory dataset name")
     parser.add_argument("--agent-name", help="verl-rl: agent_name column (the agent loop to use)")
+    parser.add_argument("--layout", choices=("msagent", "upstream"), default="msagent",
+                        help="verl-rl: msagent's row layout (default) or upstream MedSAM-Agent's, "
+                             "which its MedSAMDataset, RL tools and reward read (original image, "
+                             "PNG ground truth, extra_info.target_description)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -43,14 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
         dataset = concat(open_dataset(p, split=args.split) for p in args.dataset)
         summary = export_rl_prompts(dataset, args.out, image_size=args.image_size,
-                                    agent_name=args.agent_name, progress=not args.quiet)
+                                    agent_name=args.agent_name, layout=args.layout,
+                                    progress=not args.quiet)
     elif args.source is None:
         raise InvalidInput("give a trajectory set (from `msagent generate`) or --dataset PATH")
     else:
         summary = export_trajectories(
             args.source, args.out, args.format, image_size=args.image_size,
             tool_format=args.tool_calls, include_dropped=args.include_dropped, name=args.name,
-            agent_name=args.agent_name, progress=not args.quiet)
+            agent_name=args.agent_name, layout=args.layout, progress=not args.quiet)
     print(f"{summary.out}: {summary.rows} {summary.format} rows in {summary.parts} part(s) "
           f"({summary.parts_written} written now)")
     return 0

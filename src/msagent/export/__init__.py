@@ -5,7 +5,8 @@
 - ``llamafactory``: LLaMA-Factory ShareGPT multimodal JSON plus its ``dataset_info.json``
   entry (:mod:`msagent.export.llamafactory`);
 - ``verl-rl``: verl RLHFDataset prompt Parquet, one row per case (from a trajectory set or a
-  dataset).
+  dataset). ``layout="upstream"`` writes upstream MedSAM-Agent's row layout instead, which its
+  ``MedSAMDataset`` loads (:mod:`msagent.export.upstream`).
 
 The conversations are the released checkpoint's (:mod:`msagent.export.conversation`).
 Output is written part by part (one part per trajectory-set shard), each atomically; a rerun
@@ -28,7 +29,7 @@ from ..errors import InvalidInput
 from ..generation.records import read_manifest, read_shard, shard_paths
 from ..generation.shards import atomic_write, parquet_bytes
 from ..segmenter import image_key
-from . import llamafactory, verl
+from . import llamafactory, upstream, verl
 from .conversation import (
     Conversation,
     ParsedConversation,
@@ -56,13 +57,16 @@ class ExportSummary:
 def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, format: str = "verl-sft", *,
                         image_size: int = protocol.POLICY_IMAGE_SIZE, tool_format: str = "inline",
                         include_dropped: bool = False, name: str = llamafactory.DEFAULT_NAME,
-                        agent_name: str | None = None, progress: bool = True) -> ExportSummary:
+                        agent_name: str | None = None, layout: str = "msagent",
+                        progress: bool = True) -> ExportSummary:
     """Export the trajectory set ``source`` (from ``msagent generate``) to ``out``.
 
     SFT formats take the kept trajectories (``include_dropped`` adds the others);
-    ``verl-rl`` takes one row per case with a non-empty ground truth."""
+    ``verl-rl`` takes one row per case with a non-empty ground truth, in msagent's layout or
+    (``layout="upstream"``) upstream MedSAM-Agent's."""
     if format not in FORMATS:
         raise InvalidInput(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    _check_layout(layout, format, agent_name)
     if tool_format not in verl.TOOL_FORMATS:
         raise InvalidInput(f"tool_format must be one of {verl.TOOL_FORMATS}, got {tool_format!r}")
     check_size(image_size)
@@ -73,7 +77,8 @@ def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, forma
                 "source_cases_sha256": origin.get("cases_sha256"),
                 "source_generator_options": origin.get("generator_options"),
                 "image_size": image_size, "tool_format": tool_format,
-                "include_dropped": include_dropped, "name": name, "agent_name": agent_name}
+                "include_dropped": include_dropped, "name": name, "agent_name": agent_name,
+                **_layout_setting(layout)}
     folder = out / name if format == "llamafactory" else out
     suffix = ".json" if format == "llamafactory" else ".parquet"
     parts = []
@@ -89,15 +94,16 @@ def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, forma
 
 
 def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = protocol.POLICY_IMAGE_SIZE,
-                      part_size: int = 256, agent_name: str | None = None,
+                      part_size: int = 256, agent_name: str | None = None, layout: str = "msagent",
                       progress: bool = True) -> ExportSummary:
     """verl RL prompts straight from a :class:`~msagent.datasets.Dataset` (cases with an
-    empty ground truth are skipped)."""
+    empty ground truth are skipped), in msagent's or upstream's ``layout``."""
     check_size(image_size)
+    _check_layout(layout, "verl-rl", agent_name)
     out = Path(out)
     settings = {"format": "verl-rl", "source": f"dataset:{dataset.name}",
                 "source_cases_sha256": dataset.fingerprint(), "image_size": image_size,
-                "agent_name": agent_name, "part_size": part_size}
+                "agent_name": agent_name, "part_size": part_size, **_layout_setting(layout)}
     parts = []
     for number, start in enumerate(range(0, len(dataset), part_size)):
         def make(start=start):
@@ -106,11 +112,11 @@ def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = prot
                 case = ref.load()
                 if case.ground_truth is None or not case.ground_truth.any():
                     continue
-                rows.append(verl.rl_row(
-                    index=start + offset, case_id=case.id, target=case.target, image=case.image,
-                    ground_truth=case.ground_truth, meta=case.meta, image_sha256=image_key(case.image),
-                    data_source=_data_source(case.meta.get("dataset")), size=image_size,
-                    agent_name=agent_name))
+                rows.append(_rl_row(
+                    settings, index=start + offset, case_id=case.id, target=case.target,
+                    image=case.image, ground_truth=case.ground_truth, meta=case.meta,
+                    image_sha256=lambda case=case: image_key(case.image),
+                    data_source=_data_source(case.meta.get("dataset"))))
             return rows, {}
         parts.append((out / f"part-{number:05d}.parquet", make))
     return _run_parts(out, settings, parts, "verl-rl", progress)
@@ -118,6 +124,28 @@ def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = prot
 
 def _data_source(dataset: Any) -> str:
     return f"msagent/{dataset}" if dataset else "msagent"
+
+
+def _check_layout(layout: str, format: str, agent_name: str | None) -> None:
+    if layout not in upstream.LAYOUTS:
+        raise InvalidInput(f"layout must be one of {', '.join(upstream.LAYOUTS)}, got {layout!r}")
+    if layout == "upstream" and format != "verl-rl":
+        raise InvalidInput("--layout upstream applies to --format verl-rl only")
+    if layout == "upstream" and agent_name:
+        raise InvalidInput("--layout upstream has no agent_name column (upstream's dataset "
+                           "sets its own agent loop); drop --agent-name")
+
+
+def _layout_setting(layout: str) -> dict[str, str]:
+    # absent for msagent's layout, so that exports made before the option resume unchanged
+    return {"layout": layout} if layout != "msagent" else {}
+
+
+def _rl_row(settings: dict, *, image_sha256: Callable[[], str], **fields: Any) -> dict[str, Any]:
+    if settings.get("layout") == "upstream":
+        return upstream.rl_row(**fields)
+    return verl.rl_row(**fields, image_sha256=image_sha256(), size=settings["image_size"],
+                       agent_name=settings["agent_name"])
 
 
 def _convert(records: Iterable, format: str, out: Path, settings: dict) -> tuple[list, dict]:
@@ -131,11 +159,11 @@ def _convert(records: Iterable, format: str, out: Path, settings: dict) -> tuple
                 continue
             seen.add(row["case_id"])
             meta = {k: row[k] for k in ("dataset", "modality", "class", "split")}
-            rows.append(verl.rl_row(
-                index=row["case_index"], case_id=row["case_id"], target=row["target"],
+            rows.append(_rl_row(
+                settings, index=row["case_index"], case_id=row["case_id"], target=row["target"],
                 image=record.image(), ground_truth=record.ground_truth(), meta=meta,
-                image_sha256=row["image_sha256"], data_source=_data_source(row["dataset"]),
-                size=settings["image_size"], agent_name=settings["agent_name"]))
+                image_sha256=lambda row=row: row["image_sha256"],
+                data_source=_data_source(row["dataset"])))
         elif format == "verl-sft":
             rows.append(verl.sft_row(record.trajectory, record.image(), key=record.key,
                                      data_source=_data_source(row["dataset"]),
@@ -182,6 +210,8 @@ def _write_part(path: Path, rows: list, format: str, settings: dict) -> None:
         llamafactory.write_part(path, rows)
     elif format == "verl-sft":
         atomic_write(path, parquet_bytes(rows, verl.sft_schema(settings["tool_format"])))
+    elif settings.get("layout") == "upstream":
+        atomic_write(path, parquet_bytes(rows, upstream.rl_schema()))
     else:
         atomic_write(path, parquet_bytes(rows, verl.rl_schema(bool(settings.get("agent_name")))))
 
