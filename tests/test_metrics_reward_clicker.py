@@ -161,3 +161,22 @@ def test_list_inputs_are_converted():
     assert clicker.next_click(gt, None) == Point(1, 1, True)
     found = clicker.click_candidates(gt, [[0] * 4] * 4, count=3, rng=np.random.default_rng(0))
     assert found[0] == Point(1, 1, True) and len(found) == 3
+
+
+def test_curve_auc_is_the_challenges_cumulative_trapezoid_bit_for_bit(monkeypatch):
+    from scipy import integrate
+
+    monkeypatch.delattr(np, "trapezoid", raising=False)  # NumPy 1.26 (the declared floor) has none
+    rng = np.random.default_rng(11)
+    for n in (2, 5, 9, 20, 33):
+        for _ in range(50):
+            curve = rng.random(n)
+            challenge = integrate.cumulative_trapezoid(curve, np.arange(n))[-1]
+            assert metrics.curve_auc(curve, normalize=False) == challenge
+
+
+def test_empty_mask_conventions_are_monai_ignore_empty_false():
+    empty, full = np.zeros((4, 4), bool), np.ones((4, 4), bool)
+    assert metrics.dice(empty, empty) == metrics.iou(empty, empty) == 1.0
+    assert metrics.dice(empty, full) == metrics.iou(full, empty) == 0.0
+    assert metrics.nsd(empty, empty) == 1.0 and metrics.nsd(full, empty) == 0.0

@@ -1,7 +1,17 @@
 """Segmentation metrics: Dice, IoU, NSD, NoC, and per-group aggregation.
 
-Masks are H×W arrays interpreted as bool. Conventions for empty masks (as in the CVPR 2025
-interactive challenge): both empty → 1.0; exactly one empty → 0.0.
+Masks are H×W arrays interpreted as bool. Which convention each metric follows:
+
+- Dice and IoU: the usual formulas. Both masks empty → 1.0, MONAI's ``ignore_empty=False``
+  convention (``DiceMetric``/``MeanIoU``); exactly one empty → 0.0 (every definition agrees).
+  The CVPR 2025 challenge never scores an empty class (its DeepMind-derived Dice gives NaN
+  there), so on its cases the two agree.
+- NSD (:func:`nsd`): equals DeepMind's surface-distance ``compute_surface_dice_at_tolerance``
+  and MONAI's ``compute_surface_dice(use_subvoxels=True)``, both of which weigh contour
+  elements by their length. MONAI's default (``use_subvoxels=False``) counts boundary pixels
+  instead and differs by up to 0.32 on small masks. Both empty → 1.0 (as Dice; DeepMind's
+  gives 0/0), exactly one empty → 0.0.
+- NoC: RITM's ``compute_noc_metric``. AUC: the challenge's ``cumulative_trapezoid`` sum.
 """
 
 from __future__ import annotations
@@ -123,7 +133,10 @@ def curve_auc(values: Sequence[float], normalize: bool = True) -> float:
         return 0.0
     if len(values) == 1:
         return values[0] if normalize else 0.0
-    area = float(np.trapezoid(values))
+    y = np.asarray(values, dtype=np.float64)
+    # scipy's cumulative_trapezoid with unit steps, summed in order: bit-equal to the challenge
+    # (np.trapezoid is NumPy >= 2 only; its pairwise sum can differ in the last bit).
+    area = float(np.cumsum((y[1:] + y[:-1]) / 2.0)[-1])
     return area / (len(values) - 1) if normalize else area
 
 
