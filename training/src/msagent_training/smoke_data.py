@@ -46,8 +46,10 @@ def expert_trajectories(cases: list[Case], segmenter, *, max_turns: int = 3,
             for case in cases]
 
 
-def write_smoke_data(out_dir: str, *, cases: int = 4, backbone: str = "litemedsam") -> Path:
-    """Write ``rl.parquet`` and ``sft.parquet`` for ``cases`` phantoms into ``out_dir``."""
+def write_smoke_data(out_dir: str, *, cases: int = 4, backbone: str = "litemedsam",
+                     max_turns: int = 3, policy_image_size: int = 512) -> Path:
+    """Write ``rl.parquet`` and ``sft.parquet`` for ``cases`` phantoms into ``out_dir``
+    (expert trajectories of at most ``max_turns`` actions; ``policy_image_size`` px images)."""
     import msagent
 
     from .data import write_rl_parquet, write_sft_parquet
@@ -55,8 +57,10 @@ def write_smoke_data(out_dir: str, *, cases: int = 4, backbone: str = "litemedsa
     out = Path(out_dir)
     items = phantom_cases(cases)
     segmenter = msagent.load_segmenter(backbone, device="cpu")
-    write_rl_parquet(items, out / "rl.parquet", progress=False)
-    write_sft_parquet(expert_trajectories(items, segmenter), out / "sft.parquet", progress=False)
+    size = {"policy_image_size": policy_image_size, "progress": False}
+    write_rl_parquet(items, out / "rl.parquet", **size)
+    write_sft_parquet(expert_trajectories(items, segmenter, max_turns=max_turns),
+                      out / "sft.parquet", **size)
     return out
 
 
@@ -66,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--backbone", default="litemedsam")
+    parser.add_argument("--max-turns", type=int, default=3, help="expert actions per trajectory")
+    parser.add_argument("--policy-image-size", type=int, default=512)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    write_smoke_data(args.out_dir, cases=args.cases, backbone=args.backbone)
+    write_smoke_data(args.out_dir, cases=args.cases, backbone=args.backbone,
+                     max_turns=args.max_turns, policy_image_size=args.policy_image_size)
     return 0
 
 

@@ -37,6 +37,7 @@ FIRST_ADDED_ID = 151643
 VOCAB_SIZE = 151936  # the embedding rows of every Qwen3-VL checkpoint
 PATCH_SIZE = 16
 MERGE_SIZE = 2
+HEAD_DIM = 64  # text and vision attention heads of the tiny model
 
 
 def chat_template() -> str:
@@ -90,13 +91,15 @@ def tiny_config(**overrides: Any):
     """A Qwen3-VL config with the real vocabulary, special ids and vision geometry, tiny widths."""
     from transformers import Qwen3VLConfig
 
+    # head_dim 64 in both towers: the smallest size every attention kernel runs (flashinfer,
+    # FA2/FA3 on Hopper, sdpa), so the tiny model exercises the GPU rollout engines' real paths
     text = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=HEAD_DIM,
                 max_position_embeddings=32768, tie_word_embeddings=False,
                 rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
-                                 "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+                                 "mrope_section": [12, 10, 10], "mrope_interleaved": True},
                 bos_token_id=151643, eos_token_id=151645)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=1,
                   patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE, temporal_patch_size=2,
                   out_hidden_size=64, num_position_embeddings=2304, deepstack_visual_indexes=[1])
     text.update(overrides.pop("text_config", {}))
