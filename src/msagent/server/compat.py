@@ -5,6 +5,13 @@
 ``/predict_with_state``, with the same multipart form fields and response keys. Sessions made
 here follow upstream's semantics: each call decodes only its own prompt plus the previous
 logits (``prompt_mode="latest"``). Masks are base64 PNGs (0/255); logits float32 base64.
+
+As upstream's server, these routes accept boxes and clicks outside the image: coordinates are
+clamped into it (``x`` to ``[0, width - 1]``, ``y`` to ``[0, height - 1]``) instead of the
+422 that msagent's own ``/v1`` routes answer, so that upstream's RL tools, which send
+``int(v * size / 1000)`` unchecked, always get a mask. ``clicks_history`` and
+``total_clicks`` are upstream's: one entry per ``add_click`` and per ``add_bbox`` (as sent,
+before clamping), none for ``/session/segment``; ``round_number`` counts all three.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -114,10 +122,41 @@ def parse_prompts(point_coords: str | None, point_labels: str | None, bbox: str 
     return Prompts(box=box, points=points)
 
 
+def clamp_prompts(prompts: Prompts, image_size: tuple[int, int]) -> Prompts:
+    """``prompts`` with every coordinate clamped into an image of (height, width)."""
+    box = None if prompts.box is None else clamp_box(prompts.box, image_size)
+    return Prompts(box=box, points=tuple(clamp_point(p, image_size) for p in prompts.points))
+
+
+def clamp_point(point: Point, image_size: tuple[int, int]) -> Point:
+    height, width = image_size
+    return Point(min(max(point.x, 0), width - 1), min(max(point.y, 0), height - 1), point.positive)
+
+
+def clamp_box(box: BBox, image_size: tuple[int, int]) -> BBox:
+    height, width = image_size
+    x1, x2 = (min(max(v, 0), width - 1) for v in (box.x1, box.x2))
+    y1, y2 = (min(max(v, 0), height - 1) for v in (box.y1, box.y2))
+    return BBox.ordered(x1, y1, x2, y2)
+
+
+# Upstream's per-session ``clicks`` list (its status route returns it), kept beside the
+# session rather than in it: it is a compatibility record, not episode state.
+_CLICKS: weakref.WeakKeyDictionary[Session, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _record(session: Session, entry: Any) -> None:
+    _CLICKS.setdefault(session, []).append(entry)
+
+
+def _clicks(session: Session) -> list[Any]:
+    return _CLICKS.get(session, [])
+
+
 def _interactive(session: Session, message: str) -> CompatInteractive:
     pred = session.state.prediction
     return CompatInteractive(session_id=session.id, masks=[] if pred is None else [mask_png_b64(pred.mask)],
-                             round_number=session.actions, total_clicks=session.actions,
+                             round_number=session.actions, total_clicks=len(_clicks(session)),
                              message=message)
 
 
@@ -136,7 +175,9 @@ async def add_click(session_id: str = Form(...), point_x: int = Form(...), point
                     is_positive: bool = Form(True), multimask_output: bool = Form(False),
                     ctx: ServerContext = Depends(context)) -> CompatInteractive:
     session = ctx.store.get(session_id)
-    await run_prompt(ctx, session, Point(point_x, point_y, positive=is_positive), multimask_output)
+    point = Point(point_x, point_y, positive=is_positive)
+    await run_prompt(ctx, session, clamp_point(point, session.image_size), multimask_output)
+    _record(session, [point_x, point_y, point.label])
     return _interactive(session, f"Segmentation round {session.actions} completed")
 
 
@@ -148,7 +189,8 @@ async def add_bbox(session_id: str = Form(...), bbox: str = Form(...),
     prompts = parse_prompts(None, None, bbox)
     if prompts.box is None:
         raise InvalidInput("bbox must be [x1, y1, x2, y2]")
-    await run_prompt(ctx, session, prompts.box, multimask_output)
+    await run_prompt(ctx, session, clamp_box(prompts.box, session.image_size), multimask_output)
+    _record(session, f"bbox:{list(prompts.box.as_tuple())}")
     return _interactive(session, f"Segmentation round {session.actions} completed (bbox initialization)")
 
 
@@ -158,7 +200,7 @@ async def segment(session_id: str = Form(...), point_coords: str | None = Form(N
                   use_previous_mask: bool = Form(True), multimask_output: bool = Form(False),
                   ctx: ServerContext = Depends(context)) -> CompatInteractive:
     session = ctx.store.get(session_id)
-    prompts = parse_prompts(point_coords, point_labels, bbox)
+    prompts = clamp_prompts(parse_prompts(point_coords, point_labels, bbox), session.image_size)
     async with session.lock:
         prev = session.state.prediction if use_previous_mask else None
         pred = await ctx.engine.decode(session.embedding, prompts,
@@ -171,15 +213,11 @@ async def segment(session_id: str = Form(...), point_coords: str | None = Form(N
 async def status(session_id: str, ctx: ServerContext = Depends(context)) -> CompatStatus:
     session = ctx.store.get(session_id)
     height, width = session.image_size
-    history: list[Any] = []
-    for state in session.history:
-        box = state.prompts.box
-        history += [f"bbox:{list(box.as_tuple())}"] if box is not None else []
-        history += [[p.x, p.y, p.label] for p in state.prompts.points]
+    history = list(_clicks(session))
     now = time.time()
     last = now - ctx.store.idle_seconds(session)
     return CompatStatus(session_id=session.id, round_number=session.actions,
-                        total_clicks=session.actions, clicks_history=history,
+                        total_clicks=len(history), clicks_history=history,
                         has_mask=session.state.prediction is not None,
                         created_at=_iso(session.created_at), last_accessed=_iso(last),
                         image_size=[width, height])
@@ -195,7 +233,7 @@ async def delete(session_id: str, ctx: ServerContext = Depends(context)) -> Comp
 @router.get("/sessions", response_model=CompatSessions)
 async def sessions(ctx: ServerContext = Depends(context)) -> CompatSessions:
     now = time.time()
-    listed = [{"session_id": s.id, "round_number": s.actions, "total_clicks": s.actions,
+    listed = [{"session_id": s.id, "round_number": s.actions, "total_clicks": len(_clicks(s)),
                "created_at": _iso(s.created_at),
                "last_accessed": _iso(now - ctx.store.idle_seconds(s))} for s in ctx.store.list()]
     return CompatSessions(total_sessions=len(listed), sessions=listed)
@@ -216,6 +254,7 @@ async def _one_shot(ctx: ServerContext, image: UploadFile, prompts: Prompts,
     target = parse_text(text)
     key, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
     embedding = await ctx.engine.embed(key)
+    prompts = clamp_prompts(prompts, embedding.image_size)
     return await ctx.engine.decode(embedding, prompts, prev, multimask, target)
 
 
