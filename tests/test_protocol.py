@@ -198,3 +198,36 @@ def test_policy_image_is_512_and_overlay_is_green_blend():
     assert plain.size == (512, 512)
     assert tuple(over[10, 10]) == (50, 177, 50)  # 100*0.5 + (0,255,0)*0.5, truncated
     assert tuple(over[500, 10]) == (100, 100, 100)
+
+
+def test_the_agent_counts_a_zero_size_box_and_hostile_text_as_invalid_replies():
+    from my_msagent_plugin import MySegmenter
+
+    import msagent
+    from msagent.testing import make_phantom
+
+    zero = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [400, 250, 400, 700]}}</tool_call>'
+    box = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 700, 700]}}</tool_call>'
+    deep = "<tool_call>" + "[" * 5000 + "</tool_call>"
+    stop = '<tool_call>{"name": "stop_action", "arguments": {}}</tool_call>'
+
+    class Scripted(msagent.Policy):
+        def __init__(self):
+            self.replies = [zero, box, deep, stop]
+
+        def act(self, episode):
+            return msagent.Reply(self.replies.pop(0))
+
+    class Counting(MySegmenter):
+        calls = 0
+
+        def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
+            Counting.calls += 1
+            return super().decode(embedding, prompts, prev_logits, multimask=multimask)
+
+    image, mask = make_phantom()
+    trajectory = msagent.Agent(Scripted(), Counting(threshold=100)).run(image, "blob", mask)
+    errors = [s.error for s in trajectory.steps]
+    assert "zero width or height" in errors[0] and errors[1] is None
+    assert "not valid JSON" in errors[2] and trajectory.stop_reason == "stop"
+    assert Counting.calls == 1 and trajectory.turns == 1
