@@ -4,16 +4,17 @@
   every executed turn; turns; stop reason).
 - ``noc`` (RITM): clicks only, no box. Each click is the standard corrective click
   (:func:`ritm_click`, which is :func:`msagent.clicker.next_click`: the interior maximum of
-  the larger error region; RITM's tie rule, a tie goes to the false-positive region), decoded with all clicks so far and the previous
-  low-res logits. IoU after each of up to ``max_clicks`` (20) clicks; NoC@85/90 is the first
-  click reaching the threshold, 20 when never reached (:func:`msagent.metrics.noc`).
+  the larger error region; RITM's tie rule, a tie goes to the false-positive region),
+  decoded with all clicks so far and the previous low-res logits. IoU after each of up to
+  ``max_clicks`` (20) clicks; NoC@85/90 is the first click reaching the threshold, 20 when
+  never reached (:func:`msagent.metrics.noc`).
 - ``cvpr`` (CVPR 2025 interactive challenge, 2-D form): a tight ground-truth box, then 5
   corrective clicks (:func:`cvpr_click`: the centre, by Euclidean distance transform, of the
   largest connected error component, components numbered in raster order as cc3d does;
-  foreground if it lies in the ground truth), each
-  decoded with the box, all clicks and the previous logits. DSC and NSD (2 mm — pixels when
-  the case has no spacing) after each of the 6 steps; NSD counts 0 when DSC ≤ 0.2, as in the
-  challenge. DSC_AUC/NSD_AUC: the raw trapezoid area over the 5 click steps (0–4), final DSC/NSD.
+  foreground if it lies in the ground truth), each decoded with the box, all clicks and the
+  previous logits. DSC and NSD (2 mm — pixels when the case has no spacing) after each of
+  the 6 steps; NSD counts 0 when DSC ≤ 0.2, as in the challenge. DSC_AUC/NSD_AUC: the raw
+  trapezoid area over the 5 click steps (0–4), final DSC/NSD.
 """
 
 from __future__ import annotations
