@@ -12,7 +12,8 @@ Pixels clicked before are never clicked again (their distance is zeroed, RITM's
 The distance transform is scipy's exact one (``distance_transform_edt``), computed on the
 region's bounding box plus one pixel, which gives the same values as on the whole image:
 the same inputs give the same clicks on every machine and thread count. (OpenCV's
-``DIST_MASK_PRECISE``, which RITM calls, is parallel and not bit-reproducible.)
+``DIST_MASK_PRECISE``, which RITM calls, runs in parallel, and its maps were seen to differ
+between calls and thread counts.)
 """
 
 from __future__ import annotations
