@@ -40,6 +40,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def server(device: str, *extra: str):
+    """``msagent serve`` with litemedsam on a free loopback port; yields its URL."""
+    with server_process(device, *extra) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(device: str, *extra: str):
+    """Like :func:`server`, yielding (URL, the server's Popen)."""
     port = free_port()
     command = [sys.executable, "-c", "import sys; from msagent.cli import main; sys.exit(main())",
                "serve", "--backbone", "litemedsam", "--backbone-option", f"device={device}",
@@ -56,7 +64,7 @@ def server(device: str, *extra: str):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start: {' '.join(command)}")
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -68,3 +68,27 @@ def test_png_writes_are_atomic_and_round_trip(tmp_path):
     io.save_mask_png(mask, tmp_path / "out" / "mask.png")
     assert np.array_equal(io.to_mask(tmp_path / "out" / "mask.png"), mask)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mask.png"]
+
+
+@pytest.mark.parametrize("bad", [np.array([["x"]]), np.full((8, 9), "1"), np.array([[None]], object),
+                                 np.ones((8, 9), complex)])
+def test_a_ground_truth_must_be_bool_or_numeric(bad):
+    from msagent.errors import InvalidMask
+    from msagent.io import to_mask
+
+    with pytest.raises(InvalidMask, match="bool or numeric"):
+        to_mask(bad)
+
+
+def test_the_agent_checks_its_ground_truth(litemedsam):
+    import msagent
+    from msagent.errors import InvalidMask
+
+    image = np.zeros((8, 9, 3), np.uint8)
+    agent = msagent.Agent(msagent.load_policy("oracle-box"), litemedsam)
+    with pytest.raises(InvalidMask, match="bool or numeric"):
+        agent.run(image, "x", np.full((8, 9), "x"))
+    with pytest.raises(InvalidMask, match="must match the image"):
+        agent.run(image, "x", np.ones((9, 8), bool))
+    with pytest.raises(InvalidMask, match="bool or numeric"):
+        msagent.segment(image, "x", backbone=litemedsam, policy="oracle-box", ground_truth=np.array([["x"]]))

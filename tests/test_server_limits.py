@@ -75,8 +75,7 @@ def test_api_key_is_required_when_configured():
     app = create_app(Boxes(), ServerConfig(api_key="s3cret"))
     with serve_in_thread(app) as url:
         assert httpx.get(f"{url}/health").status_code == 200
-        assert httpx.get(f"{url}/openapi.json").status_code == 200
-        for path in ("/v1/sessions", "/metrics", "/sessions"):
+        for path in ("/v1/sessions", "/metrics", "/sessions", "/openapi.json", "/"):
             missing = httpx.get(url + path)
             assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
             assert "API key" in missing.json()["detail"]
@@ -228,7 +227,7 @@ def test_static_files_are_served_at_ui_when_present(tmp_path):
     with serve_in_thread(app) as url:
         page = httpx.get(f"{url}/ui/")
         assert page.status_code == 200 and "msagent" in page.text
-        assert httpx.get(f"{url}/").json()["ui"] == "/ui/"
+        assert httpx.get(f"{url}/", headers={"Authorization": "Bearer k"}).json()["ui"] == "/ui/"
     plain = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path / "missing")))
     with serve_in_thread(plain) as url:
         assert httpx.get(f"{url}/ui/").status_code == 404

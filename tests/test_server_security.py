@@ -235,3 +235,18 @@ def test_serve_refuses_an_open_address_without_a_key(capsys, monkeypatch):
     assert "no segmenter named 'not-installed'" in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--api-key", "k", "--backbone", "not-installed"]) == 2
     assert "no segmenter named" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(1, 600), (3000, 2)])
+def test_extreme_aspect_ratios_are_served(litemedsam, shape):
+    from fastapi.testclient import TestClient
+
+    image = np.random.default_rng(2).integers(0, 255, shape + (3,), dtype=np.uint8)
+    with TestClient(create_app(litemedsam, ServerConfig(batch_window_ms=0))) as client:
+        created = client.post("/v1/sessions", files={"image": ("i.png", png_bytes(image), "image/png")})
+        assert created.status_code == 201, created.text
+        box = {"x1": 0, "y1": 0, "x2": shape[1] - 1, "y2": shape[0] - 1}
+        step = client.post(f"/v1/sessions/{created.json()['session_id']}/box", json=box)
+        assert step.status_code == 200 and step.json()["mask"]["size"] == list(shape)
+        predict = client.post("/v1/predict", json={"image_id": created.json()["image_id"], "box": box})
+        assert predict.status_code == 200

@@ -59,3 +59,11 @@ class PolicyError(MsAgentError):
 
 class SegmenterError(MsAgentError):
     """A segmenter failed or was misused (e.g. decode before encode, wrong prompt shapes)."""
+
+
+class OutputError(MsAgentError, OSError):
+    """An output could not be written (disk full, read-only folder, no permission); the
+    message names the path and the remedy. An ``OSError`` too, with its ``errno``."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] strerror: filename"
+        return str(self.args[0]) if self.args else super().__str__()

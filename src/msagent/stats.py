@@ -18,6 +18,7 @@ overall, per dataset and per class:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter, defaultdict
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .io.atomic import atomic_write
 
 ACTION_LABELS = ("add_bbox", "add_point+", "add_point-", "stop_action", "invalid")
 
@@ -139,13 +142,11 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[1, 1].set(title="keep rate per dataset", ylim=(0, 1))
     axes[1, 1].tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    atomic_write(path, buffer.getvalue())
+    return Path(path)
 
 
 def _iou_curve(ax, label: str, points: list[dict], width: float) -> None:
@@ -159,7 +160,6 @@ def stats_for(source: str | os.PathLike, out: str | os.PathLike | None = None,
     """Statistics of the trajectory set ``source``; with ``out``, write ``stats.json`` (and
     ``stats.png``) there."""
     from .generation.records import read_trajectories
-    from .generation.shards import atomic_write
 
     stats = compute_stats(read_trajectories(source))
     if out is not None:

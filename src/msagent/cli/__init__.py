@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except MsAgentError as exc:
         print(f"msagent: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file-system error outside the writers that already explain it
+        from ..io.atomic import remedy_for
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"msagent: error: {where}{exc.strerror or exc}; {remedy_for(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("msagent: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput
-from .records import CaseRecord, write_atomic, write_tables
+from ..io.atomic import atomic_write
+from .records import CaseRecord, write_tables
 from .runner import EvalConfig, Evaluation, methods_from
 from .summary import summarize
 
@@ -108,7 +109,7 @@ def finish(out_dir: str | Path, report: bool = True) -> dict[str, Any]:
     records = RecordStore(out_dir / "records.jsonl").records()
     write_tables(records, out_dir)
     summary = summarize(records)
-    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1, default=float).encode())
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, default=float).encode())
     if report:
         from .report import write_report
 

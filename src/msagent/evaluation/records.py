@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from ..io.atomic import atomic_write, parquet_bytes
+
 log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (backbone, method, case_id)
 
@@ -163,13 +165,6 @@ def _column(pa, values: list) -> Any:
         return pa.array([None if v is None else json.dumps(v, default=str) for v in values])
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_tables(records: Iterable[CaseRecord], out_dir: Path) -> dict[str, Path]:
     """``results.csv`` (lists as JSON text) and, with pyarrow, ``results.parquet``."""
     import csv
@@ -185,16 +180,13 @@ def write_tables(records: Iterable[CaseRecord], out_dir: Path) -> dict[str, Path
     for row in rows:
         writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
     written = {"csv": out_dir / "results.csv"}
-    write_atomic(written["csv"], buffer.getvalue().encode())
+    atomic_write(written["csv"], buffer.getvalue().encode())
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
     except ImportError:
         log.info("pyarrow is not installed: skipping results.parquet (pip install 'msagent[data]')")
         return written
     table = pa.table({c: _column(pa, [row.get(c) for row in rows]) for c in columns})
-    tmp = out_dir / ".results.parquet.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out_dir / "results.parquet")
     written["parquet"] = out_dir / "results.parquet"
+    atomic_write(written["parquet"], parquet_bytes(table))
     return written

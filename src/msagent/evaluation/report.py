@@ -19,8 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io.atomic import atomic_write
 from ..render import overlay
-from .records import CaseRecord, write_atomic
+from .records import CaseRecord
 from .summary import table_rows
 
 THUMB = 256
@@ -54,7 +55,7 @@ def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
-    write_atomic(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -214,5 +215,5 @@ def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>msagent evaluation</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
     path = out_dir / "report.html"
-    write_atomic(path, page.encode())
+    atomic_write(path, page.encode())
     return path

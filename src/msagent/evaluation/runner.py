@@ -24,11 +24,12 @@ import numpy as np
 from ..agent import Agent
 from ..api import load_policy, load_segmenter
 from ..errors import InvalidInput
+from ..io.atomic import atomic_write, read_json_file
 from ..policy import Policy
 from ..segmenter import Segmenter
 from ..types import Case
 from . import protocols
-from .records import CaseRecord, RecordStore, safe_name, write_atomic
+from .records import CaseRecord, RecordStore, safe_name
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
@@ -110,14 +111,15 @@ class Evaluation:
         names = {"backbones": [self._backbone_name(b) for b in self.backbones],
                  "methods": [m.name for m in self.methods]}
         if path.exists():
-            previous = json.loads(path.read_text())
+            previous = read_json_file(path, "evaluation settings file",
+                                      f"delete {path} (the records are kept) or use another folder")
             if previous.get("config") != config:
                 raise InvalidInput(
                     f"{self.out_dir} holds results made with other settings "
                     f"({previous.get('config')}); use another output directory or the same settings")
             for key in names:
                 names[key] = list(dict.fromkeys(previous.get(key, []) + names[key]))
-        write_atomic(path, json.dumps({"config": config, **names}, indent=1).encode())
+        atomic_write(path, json.dumps({"config": config, **names}, indent=1).encode())
 
     @staticmethod
     def _backbone_name(backbone: Any) -> str:
@@ -265,7 +267,7 @@ class Evaluation:
             save_png(result.overlay, self.out_dir / changes["overlay_file"])
         if result.trajectory_json is not None:
             changes["trajectory_file"] = str(Path("trajectories") / folder / f"{stem}.json")
-            write_atomic(self.out_dir / changes["trajectory_file"], result.trajectory_json.encode())
+            atomic_write(self.out_dir / changes["trajectory_file"], result.trajectory_json.encode())
         record = attrs.evolve(record, **changes)
         self.store.append(record)
         return record

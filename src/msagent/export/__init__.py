@@ -17,6 +17,7 @@ the settings; a rerun with other settings into the same folder is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ import attrs
 from .. import protocol
 from ..errors import InvalidInput
 from ..generation.records import read_manifest, read_shard, shard_paths
-from ..generation.shards import atomic_write, parquet_bytes
+from ..io.atomic import atomic_write, parquet_bytes, parquet_is_complete, read_json_file
 from ..segmenter import image_key
 from . import llamafactory, upstream, verl
 from .conversation import (
@@ -43,6 +44,8 @@ __all__ = ["Conversation", "ExportSummary", "FORMATS", "ParsedConversation", "co
 
 FORMATS = ("verl-sft", "llamafactory", "verl-rl")
 MANIFEST = "export.json"
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -179,7 +182,7 @@ def _convert(records: Iterable, format: str, out: Path, settings: dict) -> tuple
 def _claim(out: Path, settings: dict) -> None:
     path = out / MANIFEST
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_json_file(path, "export manifest", f"delete {out} to export again")
         differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
         if differ:
             raise InvalidInput(f"{out} holds an export with other settings ({', '.join(differ)}); "
@@ -193,7 +196,7 @@ def _run_parts(out: Path, settings: dict, parts: Sequence[tuple[Path, Callable]]
     from tqdm import tqdm
 
     _claim(out, settings)
-    todo = [(path, make) for path, make in parts if not path.is_file()]
+    todo = [(path, make) for path, make in parts if not _part_done(path)]
     written = 0
     for path, make in tqdm(todo, desc=f"export {format}", unit="part", disable=not progress):
         rows, files = make()
@@ -214,6 +217,23 @@ def _write_part(path: Path, rows: list, format: str, settings: dict) -> None:
         atomic_write(path, parquet_bytes(rows, upstream.rl_schema()))
     else:
         atomic_write(path, parquet_bytes(rows, verl.rl_schema(bool(settings.get("agent_name")))))
+
+
+def _part_done(path: Path) -> bool:
+    """A part is done when it reads back whole; a damaged one is written again."""
+    if not path.is_file():
+        return False
+    if path.suffix == ".json":
+        try:
+            whole = isinstance(json.loads(path.read_bytes()), list)
+        except (ValueError, RecursionError):
+            whole = False
+    else:
+        whole = parquet_is_complete(path)
+    if not whole:
+        log.warning("export part %s is damaged (it does not read back whole); writing it again", path)
+        path.unlink()
+    return whole
 
 
 def _count(path: Path) -> int:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import protocol
-from ..generation.shards import atomic_write, png_bytes
+from ..generation.shards import png_bytes
+from ..io.atomic import atomic_write, read_json_file
 from ..types import Trajectory
 from .conversation import conversation
 
@@ -57,7 +58,8 @@ def record(trajectory: Trajectory, image: np.ndarray, out: Path, *, key: str,
 def write_dataset_info(out: Path, name: str = DEFAULT_NAME) -> Path:
     """Add (or replace) the entry ``name`` in ``out/dataset_info.json``, keeping others."""
     path = Path(out) / "dataset_info.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
+    info = read_json_file(path, "LLaMA-Factory dataset_info.json", f"fix or delete {path}") \
+        if path.is_file() else {}
     info[name] = dataset_info_entry(name)
     atomic_write(path, json.dumps(info, indent=2).encode())
     return path

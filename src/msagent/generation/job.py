@@ -23,13 +23,13 @@ import attrs
 from .. import __version__
 from ..datasets import Dataset, concat, open_dataset
 from ..errors import InvalidInput
+from ..io.atomic import atomic_write, parquet_is_complete, read_json_file
 from ..plugins import get_registry
 from ..segmenter import Segmenter
 from ..trajectories import TrajectoryGenerator
 from .records import MANIFEST, shard_paths
 from .shards import (
     ShardWorker,
-    atomic_write,
     commit,
     remove_stale_temporaries,
     shard_path,
@@ -78,7 +78,7 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
                              split, limit, shard_size, threads, overlays)
     _claim(out, manifest)
     starts = range(0, len(dataset), shard_size)
-    todo = [i for i, _ in enumerate(starts) if not shard_path(out, i).is_file()]
+    todo = [i for i, _ in enumerate(starts) if not _shard_done(out, i)]
     done_cases = len(dataset) - sum(len(_refs(dataset, i, shard_size)) for i in todo)
     bar = _progress(len(dataset), done_cases, progress)
     try:
@@ -97,6 +97,19 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
     finally:
         bar.close()
     return summarize(out, written=len(todo))
+
+
+def _shard_done(out: Path, index: int) -> bool:
+    """A shard is done when its Parquet file reads back whole; a torn or empty one (damaged
+    outside msagent: a full disk, a copy cut short) is removed and computed again."""
+    path = shard_path(out, index)
+    if not path.is_file():
+        return False
+    if parquet_is_complete(path):
+        return True
+    log.warning("shard %s is damaged (it does not read back whole); computing it again", path)
+    path.unlink()
+    return False
 
 
 def _dataset(sources, split, limit) -> Dataset:
@@ -139,7 +152,8 @@ def _claim(out: Path, manifest: dict[str, Any]) -> None:
     path = out / MANIFEST
     text = json.dumps(manifest, indent=1, sort_keys=True)
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_json_file(path, "generation manifest",
+                                  f"delete {out} to start over, or restore {path}")
         differ = sorted(k for k in set(previous) | set(manifest)
                         if k != "msagent_version" and previous.get(k) != manifest.get(k))
         if differ:
@@ -182,7 +196,8 @@ def summarize(out: str | os.PathLike, written: int = 0) -> GenerateSummary:
     import pyarrow.parquet as pq
 
     out = Path(out)
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = read_json_file(out / MANIFEST, "generation manifest",
+                              f"delete {out} and generate again")
     trajectories = kept = 0
     for path in shard_paths(out):
         column = pq.read_table(path, columns=["kept"]).column("kept").to_pylist()

@@ -130,11 +130,17 @@ def shard_paths(root: str | os.PathLike) -> list[Path]:
 def read_shard(path: str | os.PathLike, root: str | os.PathLike | None = None,
                kept_only: bool = False) -> Iterator[TrajectoryRecord]:
     """The records of one shard file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     base = Path(root) if root is not None else path.parent.parent
-    for row in pq.read_table(path).to_pylist():
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidInput(f"{path} is damaged ({type(exc).__name__}); run the same `msagent "
+                           "generate` again: it recomputes damaged shards") from None
+    for row in rows:
         if kept_only and not row["kept"]:
             continue
         yield TrajectoryRecord(row, Trajectory.from_json(row["trajectory"]), base)
@@ -147,5 +153,9 @@ def read_trajectories(root: str | os.PathLike, kept_only: bool = False) -> Itera
 
 
 def read_manifest(root: str | os.PathLike) -> dict | None:
+    from ..io.atomic import read_json_file
+
     path = Path(root) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json_file(path, "generation manifest", f"delete {root} and generate again")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io as _io
-import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ import attrs
 import numpy as np
 from PIL import Image
 
+from ..io.atomic import atomic_write, parquet_bytes
 from ..render import trajectory_strip
 from ..segmenter import Segmenter, image_key
 from ..trajectories import TrajectoryGenerator
@@ -94,28 +94,6 @@ class ShardWorker:
         return ShardResult(index, rows, files, len(refs))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def parquet_bytes(rows: list[dict[str, Any]], table_schema=None) -> bytes:
-    """The Parquet encoding of ``rows`` (zstd; deterministic for the same rows)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pylist(rows, schema=table_schema if table_schema is not None else schema())
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
 def commit(out: Path, result: ShardResult) -> None:
     """Write a shard's files, then its Parquet file (the commit point)."""
     for rel, data in sorted(result.files.items()):
@@ -123,7 +101,7 @@ def commit(out: Path, result: ShardResult) -> None:
         if rel.startswith("images/") and target.is_file():
             continue  # content-addressed: already there from another shard
         atomic_write(target, data)
-    atomic_write(shard_path(out, result.index), parquet_bytes(result.rows))
+    atomic_write(shard_path(out, result.index), parquet_bytes(result.rows, schema()))
 
 
 def remove_stale_temporaries(out: Path) -> int:

@@ -130,7 +130,8 @@ async def run_agent(
         volume = volumes.get(volume_id) if volume_id and volumes is not None else None
         gt = await asyncio.to_thread(
             ground_truth_upload, await read_upload(ground_truth, ctx), ground_truth.filename,
-            image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels)
+            image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels,
+            max_voxels=ctx.config.max_voxels)
     options = await asyncio.to_thread(run_options, policy, policy_options, ctx.config.policy_options)
     pooled = await asyncio.to_thread(state.policies.get, policy, options)
     if pooled.policy.needs_ground_truth and gt is None:

@@ -67,7 +67,7 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
     app.add_middleware(UnexpectedErrorsMiddleware)  # inside the limits: its 500s are counted
     app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
 
-    @app.get("/", tags=["server"], dependencies=[Depends(require_api_key)])
+    @app.get("/", tags=["server"], dependencies=[Depends(require_api_key)], responses=routes.ERRORS)
     async def index() -> dict:
         """What this server is and where its endpoints are."""
         return {"name": "msagent segmentation server", "version": __version__,

@@ -60,6 +60,12 @@ function describePolicy() {
   $("policy-desc").textContent = [sentence, p.needs_ground_truth ? "Needs a ground-truth mask." : ""]
     .filter(Boolean).join(" ");
   $("gt-label").classList.toggle("required", Boolean(p.needs_ground_truth));
+  // only what the policy lets API clients set; the server's operator sets the rest
+  const allowed = Object.keys(p.client_options || {});
+  $("policy-options").placeholder = allowed.length
+    ? `KEY=VALUE … allowed: ${allowed.join(", ")}` : "this policy takes no options from the page";
+  $("policy-options").disabled = allowed.length === 0;
+  if (!allowed.length) $("policy-options").value = "";
 }
 
 // -- rendering --------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Writing job outputs so that a resume can trust them, and checking them before it does.
+
+- :func:`atomic_write`: a temporary file in the same folder, fsync, ``os.replace``: a reader
+  sees the old file or the new one, never a torn one, whatever kills the writer. A file-system
+  error (disk full, read-only folder, no permission) becomes :class:`OutputError`, one line
+  naming the path and the remedy, and leaves no temporary file behind.
+- :func:`read_json_file`: a JSON file the job wrote itself (manifests), or
+  :class:`~msagent.errors.InvalidInput` saying it was damaged and what to do.
+- :func:`parquet_is_complete`: whether a Parquet file written by a job is whole: its footer
+  and every page read back, and its row count equals the one recorded in its metadata.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput, OutputError
+
+ROWS_KEY = b"msagent.rows"  # Parquet key-value metadata: the rows the writer meant to write
+_REMEDIES = {
+    errno.ENOSPC: "the disk is full: free space on it, or write to another folder",
+    errno.EDQUOT: "the disk quota is used up: free space, or write to another folder",
+    errno.EROFS: "the file system is read-only: write to another folder",
+    errno.EACCES: "no permission to write there: write to another folder, or fix its permissions",
+    errno.EPERM: "no permission to write there: write to another folder, or fix its permissions",
+}
+
+
+def remedy_for(exc: OSError) -> str:
+    """What to do about a file-system error, in words."""
+    return _REMEDIES.get(exc.errno, "check the folder and the disk, then run again (finished "
+                                    "work is kept)")
+
+
+def output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
+    """``exc`` (raised while writing ``path``) as one line with a remedy."""
+    error = OutputError(f"cannot write {path}: {exc.strerror or exc}; {remedy_for(exc)}")
+    error.errno, error.filename = exc.errno, str(path)  # still an OSError a caller can inspect
+    return error
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(exc, path) from None
+
+
+def read_json_file(path: str | os.PathLike, what: str, remedy: str, kind: type = dict) -> Any:
+    """The JSON ``kind`` in ``path`` (a job's own manifest); InvalidInput if it is damaged."""
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        problem = type(exc).__name__
+    else:
+        if isinstance(value, kind):
+            return value
+        problem = f"a JSON {type(value).__name__}, not a {kind.__name__}"
+    raise InvalidInput(f"{path} is not a readable {what} ({problem}); it was damaged outside "
+                       f"msagent: {remedy}")
+
+
+def parquet_bytes(rows, schema=None) -> bytes:
+    """``rows`` (a list of dicts with ``schema``, or a pyarrow Table) as zstd Parquet bytes,
+    with the row count in the file's metadata for :func:`parquet_is_complete`. Deterministic
+    for the same rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    meta = {**(table.schema.metadata or {}), ROWS_KEY: str(table.num_rows).encode()}
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(meta), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def parquet_is_complete(path: str | os.PathLike) -> bool:
+    """True when ``path`` reads back whole and holds the rows its writer recorded (files
+    without that record, from older versions, only need to read back whole)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException, ValueError):
+        return False
+    recorded = (table.schema.metadata or {}).get(ROWS_KEY)
+    return recorded is None or recorded == str(table.num_rows).encode()
