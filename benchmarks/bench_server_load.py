@@ -44,13 +44,15 @@ async def client_loop(client: httpx.AsyncClient, image_png: bytes, plan: list[di
         started = time.perf_counter()
         try:
             if step == "create":
-                response = await client.post("/v1/sessions", files={"image": ("i.png", image_png, "image/png")})
+                upload = {"image": ("i.png", image_png, "image/png")}
+                response = await client.post("/v1/sessions", files=upload)
                 sid = response.json().get("session_id") if response.status_code == 201 else None
             elif sid is None:
                 response = await client.get("/health")
             elif step in ("box", "point"):
                 body = plan[0 if step == "box" else 1]["body"]
-                response = await client.post(f"/v1/sessions/{sid}/{step}", json={**body, "mask_format": "rle"})
+                response = await client.post(f"/v1/sessions/{sid}/{step}",
+                                             json={**body, "mask_format": "rle"})
             elif step == "mask":
                 response = await client.get(f"/v1/sessions/{sid}/mask", params={"format": "rle"})
             else:
