@@ -22,47 +22,63 @@ TOKENS_PER_IMAGE = 256
 
 class ScriptedServer:
     """Stands in for verl's LLM server client: answers each request with the next scripted
-    reply, tokenized, ending with <|im_end|> (what a Qwen model stops on)."""
+    reply, tokenized, ending with <|im_end|> (what a Qwen model stops on). Trajectories are
+    told apart by their first image (verl's request id is the same for all of them under
+    ``full_determinism``)."""
 
     def __init__(self, tokenizer, replies):
         self.tokenizer, self.replies = tokenizer, replies
         self.turns: dict[str, int] = {}
-        self.requests: list[tuple[str, list[int], int]] = []
+        self.requests: list[tuple[str, str, list[int], int]] = []
 
     async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
+        import hashlib
+
         from verl.workers.rollout.replica import TokenOutput
 
-        turn = self.turns.get(request_id, 0)
-        self.turns[request_id] = turn + 1
-        self.requests.append((request_id, list(prompt_ids), len(kwargs.get("image_data") or [])))
+        images = kwargs.get("image_data") or []
+        key = hashlib.sha256(images[0].tobytes()).hexdigest()
+        turn = self.turns.get(key, 0)
+        self.turns[key] = turn + 1
+        self.requests.append((key, request_id, list(prompt_ids), len(images)))
         ids = self.tokenizer.encode(self.replies[turn], add_special_tokens=False)
         return TokenOutput(token_ids=ids + [self.tokenizer.convert_tokens_to_ids("<|im_end|>")],
                            log_probs=[-0.5] * (len(ids) + 1), num_preempted=0)
 
 
 @pytest.fixture(scope="module")
-def worker_output(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
+def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
+    """run(overrides) -> (output, server, dataset, config): our loop inside verl's
+    AgentLoopWorker on the first two RL rows, with the scripted server."""
     from hydra import compose, initialize_config_dir
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.protocol import DataProto
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        config = compose("grpo_tiny", overrides=[
-            f"actor_rollout_ref.model.path={tiny_model_dir}",
-            f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam.yaml",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
-            f"data.train_files={parquet_dir / 'rl.parquet'}",
-            f"+data.cache_dir={tmp_path_factory.mktemp('verl-cache')}",
-            "data.max_prompt_length=1024", "data.max_response_length=2048",
-        ])
     tokenizer, processor = tiny_processor
-    dataset = RLHFDataset(config.data.train_files, tokenizer, config.data, processor)
-    batch = DataProto.from_single_dict(collate_fn([dataset[0], dataset[1]]))
-    server = ScriptedServer(tokenizer, SCRIPT)
-    worker = AgentLoopWorker(config, server)
-    output = asyncio.run(worker.generate_sequences(batch))
-    return output, server, dataset, config
+    cache = tmp_path_factory.mktemp("verl-cache")
+
+    def run(overrides=(), replies=SCRIPT):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            config = compose("grpo_tiny", overrides=[
+                f"actor_rollout_ref.model.path={tiny_model_dir}",
+                f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam.yaml",
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
+                f"data.train_files={parquet_dir / 'rl.parquet'}", f"+data.cache_dir={cache}",
+                "data.max_prompt_length=1024", "data.max_response_length=2048", *overrides,
+            ])
+        dataset = RLHFDataset(config.data.train_files, tokenizer, config.data, processor)
+        batch = DataProto.from_single_dict(collate_fn([dataset[0], dataset[1]]))
+        server = ScriptedServer(tokenizer, replies)
+        output = asyncio.run(AgentLoopWorker(config, server).generate_sequences(batch))
+        return output, server, dataset, config
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def worker_output(rollout):
+    return rollout()
 
 
 def unpadded(output, i):
@@ -118,7 +134,7 @@ def test_rollout_matches_a_direct_render(worker_output, cases, segmenter, tiny_p
 def test_server_saw_growing_prompts_with_images(worker_output):
     _, server, _, _ = worker_output
     by_request: dict[str, list] = {}
-    for request_id, prompt_ids, n_images in server.requests:
+    for _, request_id, prompt_ids, n_images in server.requests:
         by_request.setdefault(request_id, []).append((prompt_ids, n_images))
     assert len(by_request) == 2
     for turns in by_request.values():
@@ -135,3 +151,16 @@ def test_position_ids_and_masks_have_trainer_shapes(worker_output):
     assert batch["input_ids"].shape == (2, total)
     assert batch["position_ids"].shape == (2, 4, total)
     assert np.isin(batch["response_mask"].numpy(), [0, 1]).all()
+
+
+def test_full_determinism_keeps_episodes_apart(rollout, worker_output):
+    # verl gives every trajectory request id "det-0" under full_determinism; the episodes
+    # (image, prompts, IoUs) must still be per trajectory, as without it
+    output, server, _, _ = rollout(["actor_rollout_ref.rollout.full_determinism=true"])
+    assert {request_id for _, request_id, _, _ in server.requests} == {"det-0"}
+    reference = worker_output[0]
+    for key in (CALLS, IOUS, "msagent_dices"):
+        assert list(output.non_tensor_batch[key]) == list(reference.non_tensor_batch[key])
+    ious = output.non_tensor_batch[IOUS]
+    assert len(ious[0]) == len(ious[1]) == 3 and ious[0] != ious[1]
+    assert len(EPISODES) == 0

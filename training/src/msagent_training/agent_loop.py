@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from uuid import uuid4
 
 from msagent import protocol
 from msagent.errors import PolicyOutputError
@@ -64,21 +65,23 @@ class MSAgentLoop(ToolAgentLoop):
         self.tool_parser = ProtocolToolParser(self.tokenizer)
         self.tool_parser_name = "msagent"
         self.tool_schemas = []  # the schemas are part of SYSTEM_PROMPT, never the template's tools=
-        self.request_id: str | None = None
-
-    def _make_request_id(self, priority: int, full_determinism: bool) -> str:
-        # one loop instance per trajectory: remember the id to drop the episode state at the end
-        self.request_id = ToolAgentLoop._make_request_id(priority, full_determinism)
-        return self.request_id
+        self.episode_key: str | None = None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         try:
             output = await super().run(sampling_params, **kwargs)
         finally:
-            if self.request_id is not None:
-                EPISODES.pop(self.request_id)
+            if self.episode_key is not None:
+                EPISODES.pop(self.episode_key)
         record(output.extra_fields)
         return output
+
+    async def _handle_pending_state(self, agent_data: AgentData, sampling_params: dict[str, Any]
+                                    ) -> AgentState:
+        # The episode store's key, one per trajectory and our own: verl's request id is not
+        # unique (with rollout.full_determinism every trajectory is "det-0").
+        self.episode_key = agent_data.msagent_episode = uuid4().hex
+        return await super()._handle_pending_state(agent_data, sampling_params)
 
     async def _handle_generating_state(self, agent_data: AgentData, sampling_params: dict[str, Any],
                                        ignore_termination: bool = False) -> AgentState:

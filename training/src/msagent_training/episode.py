@@ -3,8 +3,9 @@
 verl's ``ToolAgentLoop`` creates and releases a tool instance for every call, and each tool
 class has one instance per agent-loop worker. The episode — the original image, the ground
 truth, the accumulated prompts, the previous low-res logits and the per-step IoU/Dice — lives
-in a process-wide :class:`EpisodeStore` keyed by the trajectory's ``agent_data.request_id``;
-the agent loop drops it when the trajectory ends. The small per-step record the reward needs is
+in a process-wide :class:`EpisodeStore` keyed per trajectory (``agent_data.msagent_episode``,
+set by our agent loop: :func:`msagent_training.tools.episode_id`); the agent loop drops it when
+the trajectory ends. The small per-step record the reward needs is
 mirrored into ``agent_data.extra_fields`` under :data:`RECORD_KEYS`, which verl merges into
 the reward function's ``extra_info``.
 """

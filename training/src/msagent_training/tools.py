@@ -41,9 +41,11 @@ _SCHEMAS = {schema["function"]["name"]: schema for schema in protocol.TOOL_SCHEM
 
 
 def episode_id(agent_data: Any, instance_id: str, kwargs: dict) -> str:
-    """The trajectory key: ``agent_data.request_id`` inside verl, else ``request_id=``/instance."""
+    """The trajectory key: the ``msagent_episode`` our agent loop puts on verl's AgentData (one
+    per trajectory), else ``agent_data.request_id`` (another loop; not unique under
+    ``full_determinism``), else ``request_id=``/the instance id."""
     if agent_data is not None:
-        return agent_data.request_id
+        return getattr(agent_data, "msagent_episode", None) or agent_data.request_id
     return kwargs.get("request_id") or instance_id
 
 
