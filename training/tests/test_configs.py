@@ -3,6 +3,7 @@ build verl's config dataclasses; the tool and agent-loop YAMLs load through verl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {"grpo": "ppo_trainer", "grpo_tiny": "ppo_trainer", "sft": "sft_trainer_engine",
-        "sft_tiny": "sft_trainer_engine"}
+        "sft_tiny": "sft_trainer_engine", "sft_cpu": "sft_trainer_engine"}
+TINY = ("grpo_tiny", "sft_tiny", "sft_cpu")
+#: dataclass fields verl's YAML leaves out (FSDPEngineConfig.mixed_precision, default None)
+OPTIONAL_FIELDS = ("engine.mixed_precision",)
 
 
 def compose_config(name, overrides=()):
@@ -38,24 +42,90 @@ def leaf_keys(node, prefix=""):
 
 
 def has_key(tree, dotted):
+    if dotted.startswith(OPTIONAL_FIELDS):
+        return True
     for part in dotted.split("."):
+        if tree == {}:  # a free-form mapping in verl's config (override_config)
+            return True
         if not isinstance(tree, dict) or part not in tree:
             return False
         tree = tree[part]
     return True
 
 
+def our_files(name):
+    """The recipe file and the recipe/ files its defaults list names."""
+    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()) or {}
+    recipes = [d for d in data.get("defaults", []) if isinstance(d, str) and d.startswith("recipe/")]
+    return [CONFIGS / f"{name}.yaml", *(CONFIGS / f"{d}.yaml" for d in recipes)]
+
+
 def our_keys(name):
-    files = [CONFIGS / f"{name}.yaml", CONFIGS / "recipe" / f"{name.removesuffix('_tiny')}.yaml"]
-    return {key for f in files for key in leaf_keys(yaml.safe_load(f.read_text()) or {})}
+    return {key for f in our_files(name) for key in leaf_keys(yaml.safe_load(f.read_text()) or {})}
 
 
 @pytest.mark.parametrize("name", sorted(BASE))
 def test_recipe_sets_only_keys_verl_knows(name):
+    assert len(our_files(name)) >= 2
     base = OmegaConf.to_container(compose_verl(BASE[name]))
     assert sorted(key for key in our_keys(name) if not has_key(base, key)) == []
     config = compose_config(name)
-    assert OmegaConf.select(config, "trainer.n_gpus_per_node") == (1 if "tiny" in name else 8)
+    assert OmegaConf.select(config, "trainer.n_gpus_per_node") == (1 if name in TINY else 8)
+
+
+def _engine(config):
+    """The trained model's engine config (SFT engine, or the GRPO actor's FSDP config)."""
+    return config.engine if "engine" in config else config.actor_rollout_ref.actor.fsdp_config
+
+
+def _model(config):
+    return config.model if "engine" in config else config.actor_rollout_ref.model
+
+
+@pytest.mark.parametrize("name", sorted(BASE))
+def test_master_weights_are_fp32(name):
+    # bf16 parameters round AdamW's updates away (lr 1e-6: 0.96% of the weights changed after
+    # two steps, against 50.8% in fp32); verl keeps fp32 masters and computes in bf16 through
+    # mixed precision, unless a recipe overrides model_dtype
+    from verl.utils.config import omega_conf_to_dataclass
+
+    engine = _engine(compose_config(name))
+    assert engine.model_dtype in ("fp32", "float32"), (name, engine.model_dtype)
+    if name != "sft_cpu":  # GPU recipes: bf16 compute by mixed precision
+        mixed = engine.get("mixed_precision") or {}
+        assert mixed.get("param_dtype", "bf16") == "bf16"
+    if "engine" in compose_config(name):
+        omega_conf_to_dataclass(engine)
+
+
+@pytest.mark.parametrize("name", sorted(BASE))
+def test_attention_needs_flash_attn_only_where_installed(name):
+    # verl defaults to flash_attention_2, which neither verl nor the rollout engines install;
+    # the tiny recipes run on sdpa (padded batches), the 8-GPU ones pack sequences
+    # (use_remove_padding) and so need flash-attn, which the GPU install brings
+    model = _model(compose_config(name))
+    attention = model.override_config.get("attn_implementation")
+    if name in TINY:
+        assert (attention, model.use_remove_padding) == ("sdpa", False)
+    else:
+        assert (attention, model.use_remove_padding) == ("flash_attention_2", True)
+        text = (CONFIGS.parent / "requirements" / "flash-attn.txt").read_text()
+        assert re.search(r"^flash-attn==", text, re.M)
+
+
+def test_turn_cap_is_the_inference_and_generation_cap():
+    # one documented cap: at most max_turns executed actions (msagent.Agent, `msagent eval`),
+    # the generator's max_actions plus its stop turn, and in RL one observation per action
+    # and one more reply for the stop
+    import attrs
+    from msagent import Agent
+    from msagent.generation.hybrid import HybridConfig
+
+    actions = attrs.fields(Agent).max_turns.default
+    assert attrs.fields(HybridConfig).max_actions.default == actions
+    for name in ("grpo", "grpo_tiny"):
+        turns = compose_config(name).actor_rollout_ref.rollout.multi_turn
+        assert (turns.max_user_turns, turns.max_assistant_turns) == (actions, actions + 1)
 
 
 def test_grpo_has_the_paper_hyperparameters():
@@ -67,7 +137,7 @@ def test_grpo_has_the_paper_hyperparameters():
     rollout = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
     assert (rollout.name, rollout.n, rollout.prompt_length, rollout.response_length) == \
         ("sglang", 8, 4096, 8192)
-    assert rollout.multi_turn.max_assistant_turns == 5 and rollout.multi_turn.enable
+    assert rollout.multi_turn.max_assistant_turns == 6 and rollout.multi_turn.enable
     assert rollout.agent.default_agent_loop == "msagent"
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     assert actor.optim.lr == 1e-6 and actor.ppo_mini_batch_size == 8
