@@ -163,3 +163,95 @@ def test_rewards_and_trajectory_generators_register_too():
     registry = registry_with(AllKinds)
     assert isinstance(registry.load("reward", "zero"), msagent.Reward)
     assert list(registry.load("trajectory_generator", "nothing").generate(None, None)) == []
+
+
+class Broken:
+    @staticmethod
+    @msagent.hookimpl
+    def msagent_register_segmenters(register):
+        register("half", Toy)
+        raise RuntimeError("weights folder missing")
+
+    @staticmethod
+    @msagent.hookimpl
+    def msagent_register_policies(register):
+        raise ImportError("no module named 'openai'")
+
+
+def test_each_kind_is_collected_on_its_own_first_use():
+    calls = []
+
+    class Counting:
+        @staticmethod
+        @msagent.hookimpl
+        def msagent_register_segmenters(register):
+            calls.append("segmenter")
+
+        @staticmethod
+        @msagent.hookimpl
+        def msagent_register_policies(register):
+            calls.append("policy")
+
+    registry = registry_with(Counting)
+    registry.registrations("policy")
+    registry.registrations("policy")
+    assert calls == ["policy"]
+    registry.registrations("backbone")  # the user-facing word for the segmenter kind
+    assert calls == ["policy", "segmenter"]
+
+
+def test_a_raising_hook_is_a_plugin_error_naming_plugin_and_hook_and_hides_nothing_else():
+    registry = registry_with(SegPlugin, Broken)
+    with pytest.warns(msagent.errors.PluginWarning, match="inline1.*msagent_register_policies"):
+        policies = registry.registrations("policy")
+    assert {"expert", "oracle-box"} <= set(policies)  # the built-in plugin still lists
+    with pytest.warns(msagent.errors.PluginWarning, match="RuntimeError.*weights folder missing"):
+        assert set(registry.registrations("segmenter")) == {"remote", "toy"}  # "half" dropped
+    with pytest.raises(PluginError) as info:
+        registry.get("segmenter", "half")  # it would have been provided by the broken plugin
+    message = str(info.value)
+    assert "'inline1'" in message and "msagent_register_segmenters" in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(PluginNotFound, match="Plugin 'inline1'.*may provide it"):
+        registry.get("segmenter", "other")
+
+
+def test_a_broken_entry_point_is_reported_and_the_others_load(monkeypatch):
+    from importlib import metadata
+
+    real = list(metadata.entry_points(group="msagent"))
+    broken = metadata.EntryPoint(name="broken", value="msagent_no_such_module", group="msagent")
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: [*real, broken])
+    monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "mybackbone,broken")
+    with pytest.warns(msagent.errors.PluginWarning, match="'broken'.*ModuleNotFoundError"):
+        registry = Registry(make_plugin_manager())
+    assert "mybackbone" in registry.registrations("segmenter")
+    with pytest.raises(PluginError, match="provided by plugin 'broken'"):
+        registry.get("segmenter", "broken")
+
+
+def test_unknown_names_in_msagent_load_plugins_warn_with_the_installed_ones(monkeypatch):
+    monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "mybackbone,mybackbon")
+    with pytest.warns(msagent.errors.PluginWarning, match="'mybackbon'.*installed entry points:.*mybackbone"):
+        registry = Registry(make_plugin_manager())
+    assert "mybackbone" in registry.registrations("segmenter")
+
+
+def test_a_plugin_left_out_by_msagent_load_plugins_is_not_said_to_be_missing(monkeypatch):
+    monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "mybackbone")
+    registry = Registry(make_plugin_manager())
+    with pytest.raises(PluginNotFound) as info:
+        registry.get("segmenter", "litemedsam")  # installed in the test environment
+    message = str(info.value)
+    assert "installed but left out by MSAGENT_LOAD_PLUGINS" in message
+    assert "pip install" not in message
+
+
+def test_install_hints_name_the_clone_folder_only_in_a_clone(monkeypatch, tmp_path):
+    registry = registry_with()
+    with pytest.raises(PluginNotFound, match=r"pip install \./plugins/msagent-sam|plugins/msagent-sam\)"):
+        registry.get("segmenter", "sam")
+    monkeypatch.setattr(msagent.plugins, "_SOURCE_ROOT", tmp_path)  # an installed copy
+    with pytest.raises(PluginNotFound) as info:
+        registry.get("segmenter", "sam")
+    assert "pip install msagent-sam." in str(info.value) and "plugins/" not in str(info.value)

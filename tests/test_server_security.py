@@ -232,9 +232,9 @@ def test_serve_refuses_an_open_address_without_a_key(capsys, monkeypatch):
     assert err.count("\n") == 1 and "refusing to serve 0.0.0.0 without an API key" in err
     # --open is the operator's explicit choice: the exposure check passes, the backbone is next
     assert main(["serve", "--host", "0.0.0.0", "--open", "--backbone", "not-installed"]) == 2
-    assert "no segmenter named 'not-installed'" in capsys.readouterr().err
+    assert "no backbone named 'not-installed'" in capsys.readouterr().err
     assert main(["serve", "--host", "0.0.0.0", "--api-key", "k", "--backbone", "not-installed"]) == 2
-    assert "no segmenter named" in capsys.readouterr().err
+    assert "no backbone named" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shape", [(1, 600), (3000, 2)])

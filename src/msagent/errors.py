@@ -11,11 +11,16 @@ class MsAgentError(Exception):
 
 
 class PluginError(MsAgentError):
-    """A plugin is broken: bad registration, duplicate name, wrong base class."""
+    """A plugin is broken: bad registration, duplicate name, wrong base class, or it raised
+    in its entry point or a hook (the message names the plugin and the hook)."""
 
 
 class DuplicateRegistration(PluginError):
     """Two plugins registered the same name for the same kind."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or a plugin setting names nothing; the others still load."""
 
 
 class PluginNotFound(MsAgentError, LookupError):

@@ -1,11 +1,15 @@
-"""Hook specifications: the only contract a plugin implements.
+"""Hook specifications: the only contract a plugin implements (docs/writing-a-plugin.md).
 
 Each hook receives a ``register`` callback. Call ``register(name, factory, description="")``
 once per thing the plugin provides. ``factory`` is a class (subclassing the kind's base
 class) or any callable returning an instance; it is called lazily, only when the name is
 loaded, so listing plugins imports no torch. ``register`` raises
 :class:`msagent.errors.DuplicateRegistration` when another plugin already registered the
-name, and :class:`msagent.errors.PluginError` for a class of the wrong base.
+name, and :class:`msagent.errors.PluginError` for an empty name, a factory that is not
+callable or a class of the wrong base; these propagate. Any other exception a hook raises
+is reported as a :class:`~msagent.errors.PluginError` naming the plugin and the hook (a
+:class:`~msagent.errors.PluginWarning` when listing), what that hook registered is dropped,
+and the other plugins still load.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ hookimpl = pluggy.HookimplMarker("msagent")
 
 @hookspec
 def msagent_register_segmenters(register):
-    """Register segmentation backbones (subclasses of :class:`msagent.Segmenter`).
+    """Register backbones: promptable segmenters (subclasses of :class:`msagent.Segmenter`).
 
-    Called once, the first time a segmenter is listed or loaded.
+    Called once, the first time a backbone is listed or loaded
+    (``msagent.list_backbones()``, ``msagent.load_backbone(name)``, ``--backbone``).
 
     :param register: ``register(name, factory, description="")``; ``factory(**options)``
         returns a :class:`msagent.Segmenter`.
@@ -53,7 +58,7 @@ def msagent_register_rewards(register):
 def msagent_register_trajectory_generators(register):
     """Register expert trajectory generators (subclasses of :class:`msagent.TrajectoryGenerator`).
 
-    Called once, the first time a generator is listed or loaded.
+    Called once, the first time a trajectory generator is listed or loaded.
 
     :param register: ``register(name, factory, description="")``; ``factory(**options)``
         returns a :class:`msagent.TrajectoryGenerator`.
