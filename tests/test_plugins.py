@@ -1,8 +1,11 @@
 """The plugin system: each test builds a fresh PluginManager with inline plugins."""
 
+import re
 import subprocess
 import sys
 import textwrap
+import types
+from pathlib import Path
 
 import pytest
 
@@ -132,16 +135,84 @@ def test_import_and_listing_plugins_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-def test_every_hook_is_documented_and_tested():
-    """Each hookspec has a docstring with its register() contract and appears in this file."""
-    source = open(__file__).read()
-    specs = [name for name in dir(hookspecs) if name.startswith("msagent_register_")]
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
+
+
+def _documented_signatures() -> dict[str, str]:
+    """``### name(args)`` headings of docs/writing-a-plugin.md, name -> args."""
+    found = re.findall(r"^#{2,4} (msagent_\w+)\(([^)]*)\)\s*$", DOCS.read_text(), re.MULTILINE)
+    return dict(found)
+
+
+def test_every_hook_has_a_test_and_a_documented_signature():
+    """datasette's rule: each hookspec has a test_hook_<name> here and a docs section whose
+    signature is the spec's own (pm.hook.<name>.spec.argnames)."""
+    pm = make_plugin_manager(load_entrypoints=False)
+    specs = [name for name in dir(pm.hook) if name.startswith("msagent_")]
     assert len(specs) == 4
+    assert specs == sorted(n for n in dir(hookspecs) if n.startswith("msagent_register_"))
+    documented = _documented_signatures()
     for name in specs:
-        doc = getattr(hookspecs, name).__doc__ or ""
-        assert ":param register:" in doc, name
-    for kind in ("segmenters", "policies", "rewards", "trajectory_generators"):
-        assert f"msagent_register_{kind}" in source
+        assert callable(globals().get(f"test_hook_{name}")), f"no test_hook_{name} in {__file__}"
+        argnames = ", ".join(getattr(pm.hook, name).spec.argnames)
+        assert documented.get(name) == argnames, (
+            f"docs/writing-a-plugin.md needs a section '### {name}({argnames})'")
+        assert ":param register:" in (getattr(hookspecs, name).__doc__ or ""), name
+    assert set(documented) == set(specs), "documented hooks that no longer exist"
+
+
+def test_the_documented_backbone_and_policy_skeletons_work(phantom):
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    namespace: dict = {}
+    for block in blocks:
+        if "@msagent.hookimpl" in block:
+            exec(compile(block, str(DOCS), "exec"), namespace)
+    plugin = types.SimpleNamespace(**{k: v for k, v in namespace.items() if k.startswith("msagent_")})
+    registry = registry_with(plugin)
+    backbone = registry.load("segmenter", "mybackbone", threshold=10)
+    assert backbone.threshold == 10 and backbone.cache_info().maxsize == 16  # super().__init__()
+    policy = registry.load("policy", "mypolicy")
+    assert "temperature" in policy.client_options
+    image, gt = phantom
+    trajectory = msagent.Agent(policy, backbone, max_turns=3).run(image, "blob", gt)
+    assert trajectory.final_mask.shape == gt.shape and trajectory.final_mask.any()
+
+
+def test_hook_msagent_register_segmenters():
+    registry = registry_with(SegPlugin)
+    registration = registry.get("segmenter", "toy")
+    assert registration.plugin == "inline0" and registration.description == "a toy"
+    assert registry.get("backbone", "toy") is registration
+    assert isinstance(registry.load("segmenter", "toy"), msagent.Segmenter)
+
+
+def test_hook_msagent_register_policies():
+    class Stop(msagent.Policy):
+        def act(self, episode):
+            return msagent.Reply('<tool_call>{"name": "stop", "arguments": {}}</tool_call>')
+
+    class PolicyPlugin:
+        @staticmethod
+        @msagent.hookimpl
+        def msagent_register_policies(register):
+            register("stop-now", Stop, "stops at once")
+
+    registry = registry_with(PolicyPlugin)
+    assert registry.get("policy", "stop-now").description == "stops at once"
+    assert isinstance(registry.load("policy", "stop-now"), msagent.Policy)
+
+
+def test_hook_msagent_register_rewards():
+    registry = registry_with(AllKinds)
+    assert registry.get("reward", "zero").plugin == "inline0"
+    assert isinstance(registry.load("reward", "zero"), msagent.Reward)
+
+
+def test_hook_msagent_register_trajectory_generators():
+    registry = registry_with(AllKinds)
+    generator = registry.load("trajectory_generator", "nothing")
+    assert isinstance(generator, msagent.TrajectoryGenerator)
+    assert list(generator.generate(None, None)) == []
 
 
 class AllKinds:
