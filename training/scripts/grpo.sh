@@ -9,8 +9,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONFIGS=$(cd "$HERE/../configs" && pwd)
 CONFIG=${CONFIG:-grpo}
 BACKBONE=${BACKBONE:-medsam2}
-TRAIN=${TRAIN:?set TRAIN to the RL parquet (python -m msagent_training.data rl ...)}
+TRAIN=${TRAIN:?set TRAIN to the RL parquet or folder (msagent export --format verl-rl ...)}
 VAL=${VAL:-$TRAIN}
+# a folder of part-*.parquet files (msagent export) becomes a Hydra list
+if [ -d "$TRAIN" ]; then TRAIN="[$(ls "$TRAIN"/part-*.parquet | paste -sd, -)]"; fi
+if [ -d "$VAL" ]; then VAL="[$(ls "$VAL"/part-*.parquet | paste -sd, -)]"; fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 exec python3 -m verl.trainer.main_ppo \
   --config-path="$CONFIGS" --config-name="$CONFIG" \

@@ -46,6 +46,19 @@ class ScriptedServer:
                            log_probs=[-0.5] * (len(ids) + 1), num_preempted=0)
 
 
+class RewardHandle:
+    """verl's RewardLoopWorker in this process, called the way the agent loop calls its Ray
+    actor handle (``await handle.compute_score.remote(data)``)."""
+
+    def __init__(self, config):
+        from types import SimpleNamespace
+
+        from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+        self.worker = RewardLoopWorker(config)
+        self.compute_score = SimpleNamespace(remote=self.worker.compute_score)
+
+
 @pytest.fixture(scope="module")
 def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
     """run(overrides) -> (output, server, dataset, config): our loop inside verl's
@@ -58,7 +71,7 @@ def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
     tokenizer, processor = tiny_processor
     cache = tmp_path_factory.mktemp("verl-cache")
 
-    def run(overrides=(), replies=SCRIPT):
+    def run(overrides=(), replies=SCRIPT, reward_loop=False):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
             config = compose("grpo_tiny", overrides=[
                 f"actor_rollout_ref.model.path={tiny_model_dir}",
@@ -70,7 +83,13 @@ def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
         dataset = RLHFDataset(config.data.train_files, tokenizer, config.data, processor)
         batch = DataProto.from_single_dict(collate_fn([dataset[0], dataset[1]]))
         server = ScriptedServer(tokenizer, replies)
-        output = asyncio.run(AgentLoopWorker(config, server).generate_sequences(batch))
+        if reward_loop:  # verl's reward managers keep the loop current at construction
+            from verl.utils.ray_utils import get_event_loop
+
+            worker = AgentLoopWorker(config, server, reward_loop_worker_handles=[RewardHandle(config)])
+            output = get_event_loop().run_until_complete(worker.generate_sequences(batch))
+        else:
+            output = asyncio.run(AgentLoopWorker(config, server).generate_sequences(batch))
         return output, server, dataset, config
 
     return run
@@ -164,3 +183,31 @@ def test_full_determinism_keeps_episodes_apart(rollout, worker_output):
     ious = output.non_tensor_batch[IOUS]
     assert len(ious[0]) == len(ious[1]) == 3 and ious[0] != ious[1]
     assert len(EPISODES) == 0
+
+
+def test_reward_goes_through_verls_reward_loop_into_the_metrics(rollout, worker_output):
+    # the reward as training computes it: verl's RewardLoopWorker loads compute_score from
+    # reward.custom_reward_function, scores each finished trajectory inside the agent loop,
+    # and the breakdown rides along as reward_extra_info into the batch; verl's validation
+    # metrics (process_validation_metrics, logged every trainer.test_freq steps) cover it
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+
+    from msagent_training.reward import METRIC_KEYS
+
+    output, _, _, config = rollout(reward_loop=True)
+    assert config.trainer.test_freq > 0
+    expected = [compute_score("msagent", "", "", {k: worker_output[0].non_tensor_batch[k][i]
+                                                  for k in (CALLS, IOUS, "msagent_dices",
+                                                            "msagent_scores")})
+                for i in range(2)]
+    scores = output.batch["rm_scores"].sum(dim=1).tolist()
+    assert scores == pytest.approx([e["score"] for e in expected])
+    extra = [k for k in METRIC_KEYS if k != "score"]
+    for key in extra:
+        assert list(output.non_tensor_batch[key]) == pytest.approx([e[key] for e in expected])
+    metrics = process_validation_metrics(
+        ["msagent", "msagent"], ["a", "b"],
+        {"reward": scores, **{k: list(output.non_tensor_batch[k]) for k in extra}})
+    assert set(metrics["msagent"]) == {"reward", *extra}
+    assert metrics["msagent"]["quality"]["mean@1"] == pytest.approx(
+        np.mean([e["quality"] for e in expected]))

@@ -8,8 +8,11 @@ loop), the calls are parsed from the response text with msagent's parser.
 
 Config: ``reward.custom_reward_function.path=pkg://msagent_training.reward``,
 ``name=compute_score``; ``reward_kwargs`` may override any :class:`MedSAMReward` weight.
-Returns a dict with the same keys for every sample (verl logs them as metrics):
-score, format, quality, penalty, bonus, turns, iou, dice.
+Returns a dict with the same keys for every sample: score, format, quality, penalty, bonus,
+turns, iou, dice. verl's reward loop puts the keys other than score into the batch
+(``reward_extra_info``); its V1 trainer logs them from validation only, as
+``val-aux/<data_source>/<key>/mean@1`` — the GRPO recipe validates every ``test_freq: 10``
+steps (and before training) for that.
 """
 
 from __future__ import annotations
