@@ -27,7 +27,7 @@ import numpy as np
 
 import msagent
 from msagent import io
-from msagent.server.wire import png_bytes
+from msagent.wire import png_bytes
 from msagent.testing import mni152_slice
 from msagent.types import BBox, Point, Prompts
 

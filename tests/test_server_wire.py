@@ -10,7 +10,7 @@ from PIL import Image
 
 from msagent.errors import InvalidImage, InvalidInput
 from msagent.segmenter import image_key
-from msagent.server.wire import (
+from msagent.wire import (
     ImageTooLarge,
     decode_upload,
     pack_array,

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import InvalidImage, SegmenterError
 from .segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts, image_key
-from .server.wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
+from .wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 from .types import MaskPrediction, Prompts, decode_mask
 
 ENV_URL = "MSAGENT_REMOTE_URL"

@@ -58,7 +58,7 @@ from .schemas import MaskFormat, SessionStep
 from .session_routes import open_session, run_prompt
 from .views import session_step
 from .volumes import VolumeStore, ground_truth_upload
-from .wire import png_bytes
+from ..wire import png_bytes
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["agent"], dependencies=[Depends(require_api_key)],

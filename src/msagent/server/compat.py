@@ -32,7 +32,7 @@ from .context import ServerContext, context, require_api_key
 from .routes import ERRORS, read_upload
 from .session_routes import open_session, run_prompt
 from .sessions import Session, SessionState
-from .wire import mask_png_b64, pack_array, unpack_array
+from ..wire import mask_png_b64, pack_array, unpack_array
 
 router = APIRouter(tags=["upstream compatibility"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)

@@ -26,7 +26,7 @@ from .batching import DecodeBatcher
 from .config import ServerConfig
 from .errors import ImageNotFound, Overloaded, TooManyPoints
 from .metrics import Metrics
-from .wire import decode_upload
+from ..wire import decode_upload
 
 
 class ImageStore:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InvalidInput, MsAgentError, PluginNotFound, SegmenterError
-from .wire import ImageTooLarge
+from ..wire import ImageTooLarge
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from .schemas import (
     PredictResponse,
 )
 from .views import prediction
-from .wire import ImageTooLarge, decode_b64, unpack_array
+from ..wire import ImageTooLarge, decode_b64, unpack_array
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why} for status, why in [

@@ -16,7 +16,7 @@ from .routes import ERRORS, read_upload
 from .schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
 from .sessions import Session, SessionState
 from .views import finite, session_info, session_step
-from .wire import png_bytes
+from ..wire import png_bytes
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)

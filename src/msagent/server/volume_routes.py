@@ -25,7 +25,7 @@ from .volumes import (
     mask_from_rle,
     read_volume_upload,
 )
-from .wire import ImageTooLarge, png_bytes
+from ..wire import ImageTooLarge, png_bytes
 
 router = APIRouter(prefix="/v1", tags=["web page"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)

@@ -2,7 +2,8 @@
 (verl's MultiTurnSFTDataset), from msagent Cases or trajectory sets, on msagent's own verl
 export rows (:mod:`msagent.export.verl`).
 
-CLI: ``python -m msagent_training.data {rl,sft} ...`` (``--help`` for the options).
+CLI: ``python -m msagent_training.data rl ...``; SFT parquet from a trajectory set: ``msagent
+export TRAJ --format verl-sft`` (the same rows). The writers here serve the smoke data and tests.
 """
 
 from .parquet import rl_rows, write_rl_parquet, write_rows, write_sft_parquet

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidImage, InvalidInput
-from ..io import to_rgb_uint8
+from .errors import InvalidImage, InvalidInput
+from .io import to_rgb_uint8
 
 ARRAY_DTYPES = ("float16", "float32")
 MAX_ARRAY_ELEMENTS = 4 * 256 * 256
