@@ -185,7 +185,12 @@ def test_full_determinism_keeps_episodes_apart(rollout, worker_output):
     assert len(EPISODES) == 0
 
 
-def test_reward_goes_through_verls_reward_loop_into_the_metrics(rollout, worker_output):
+@pytest.fixture(scope="module")
+def rewarded(rollout):
+    return rollout(reward_loop=True)
+
+
+def test_reward_goes_through_verls_reward_loop_into_the_metrics(rewarded, worker_output):
     # the reward as training computes it: verl's RewardLoopWorker loads compute_score from
     # reward.custom_reward_function, scores each finished trajectory inside the agent loop,
     # and the breakdown rides along as reward_extra_info into the batch; verl's validation
@@ -194,7 +199,7 @@ def test_reward_goes_through_verls_reward_loop_into_the_metrics(rollout, worker_
 
     from msagent_training.reward import METRIC_KEYS
 
-    output, _, _, config = rollout(reward_loop=True)
+    output, _, _, config = rewarded
     assert config.trainer.test_freq > 0
     expected = [compute_score("msagent", "", "", {k: worker_output[0].non_tensor_batch[k][i]
                                                   for k in (CALLS, IOUS, "msagent_dices",
@@ -211,3 +216,42 @@ def test_reward_goes_through_verls_reward_loop_into_the_metrics(rollout, worker_
     assert set(metrics["msagent"]) == {"reward", *extra}
     assert metrics["msagent"]["quality"]["mean@1"] == pytest.approx(
         np.mean([e["quality"] for e in expected]))
+
+
+def test_grpo_pieces_on_our_rollouts(rewarded):
+    # verl's own GRPO pieces on the rollouts above (the two trajectories taken as one group):
+    # outcome advantages, the clipped policy loss masked to the generated tokens, no KL
+    import torch
+    from verl.trainer.ppo import core_algos
+    from verl.trainer.ppo.utils import need_reference_policy
+
+    output, _, _, config = rewarded
+    assert not need_reference_policy(config)  # no KL loss, no KL reward: no reference model
+    assert config.algorithm.adv_estimator == "grpo" and config.algorithm.norm_adv_by_std_in_grpo
+    rewards, mask = output.batch["rm_scores"], output.batch["response_mask"]
+    assert (rewards != 0).sum(dim=1).tolist() == [1, 1]  # one outcome reward per trajectory
+    estimator = core_algos.get_adv_estimator_fn(config.algorithm.adv_estimator)
+    advantages, _ = estimator(token_level_rewards=rewards, response_mask=mask,
+                              index=np.array(["group", "group"]), norm_adv_by_std_in_grpo=True)
+    scores = rewards.sum(dim=1)
+    expected = (scores - scores.mean()) / (scores.std() + 1e-6)
+    for i in range(2):
+        on = mask[i].bool()
+        assert torch.allclose(advantages[i][on], expected[i].expand(int(on.sum())), atol=1e-5)
+        assert (advantages[i][~on] == 0).all()  # observation tokens (overlays) get nothing
+    old = output.batch["rollout_log_probs"]
+    assert (old[mask.bool()] == -0.5).all()  # the server's log-probs, on generated tokens only
+
+    def loss(log_prob):
+        return core_algos.compute_policy_loss(old, log_prob, advantages, mask, cliprange=0.2,
+                                              loss_agg_mode="token-mean")[0]
+
+    on_policy = loss(old.clone())
+    assert on_policy.item() == pytest.approx(-(advantages * mask).sum().item() / mask.sum().item(),
+                                             abs=1e-6)
+    shifted = old.clone()
+    shifted[~mask.bool()] += 3.0  # changing the context tokens' log-probs changes nothing
+    assert loss(shifted).item() == pytest.approx(on_policy.item(), abs=1e-7)
+    log_prob = old.clone().requires_grad_(True)
+    loss(log_prob).backward()
+    assert (log_prob.grad[~mask.bool()] == 0).all() and (log_prob.grad[mask.bool()] != 0).any()
