@@ -14,8 +14,9 @@ from pathlib import Path
 
 from . import io, render
 from .api import segment
-from .cli.segment import print_turns, write_text
+from .io.atomic import atomic_write
 from .testing import MNI_TARGETS, mni152_slice
+from .turns import turn_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MNI152 T1 axial slice {rgb.shape[1]}×{rgb.shape[0]}, target: {args.target}, "
           f"backbone: {args.backbone}, policy: {args.policy}")
     result = segment(rgb, args.target, backbone=args.backbone, policy=args.policy, ground_truth=gt)
-    print_turns(result.trajectory)
+    print("\n".join(turn_lines(result.trajectory)))
 
     out: Path = args.out
     io.save_png(rgb, out / "image.png")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in result.trajectory.executed_steps:
         io.save_png(render.overlay(rgb, step.mask), out / f"overlay_turn{step.index + 1}.png")
     io.save_png(render.trajectory_strip(rgb, result.trajectory), out / "turns.png")
-    write_text(out / "trajectory.json", result.trajectory.to_json(indent=1))
+    atomic_write(out / "trajectory.json", result.trajectory.to_json(indent=1).encode())
     print(f"final IoU {result.iou:.3f}, Dice {result.dice:.3f} after {result.turns} turn(s); "
           f"wrote {out}/turns.png, overlays, mask.png and trajectory.json")
     return 0

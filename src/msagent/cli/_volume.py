@@ -131,7 +131,7 @@ def check_output_names(args) -> None:
     """Refuse output names a volume cannot be written to (before reading anything)."""
     from .. import io
     from ..errors import InvalidInput
-    from .segment import check_path
+    from ._outputs import check_path
 
     for path in (args.out, args.dicom_seg, args.trajectory):
         check_path(path)
@@ -161,7 +161,7 @@ def check_outputs_fit(args, volume) -> None:
 
 def _write_outputs(args, volume, masks, trajectories) -> None:
     from .. import io
-    from .segment import write_text
+    from ..io.atomic import atomic_write
 
     for out in [p for p in (args.out, args.dicom_seg) if p]:
         if io.is_nifti(out):
@@ -170,4 +170,4 @@ def _write_outputs(args, volume, masks, trajectories) -> None:
             io.write_dicom_seg(masks, volume, out, label=args.target)
         print(f"wrote {out}")
     if args.trajectory:
-        write_text(Path(args.trajectory), "\n".join(t.to_json() for t in trajectories) + "\n")
+        atomic_write(args.trajectory, ("\n".join(t.to_json() for t in trajectories) + "\n").encode())

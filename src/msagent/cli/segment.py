@@ -4,11 +4,10 @@ or DICOM series) one episode per slice (``--slices``; see :mod:`msagent.cli._vol
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 from ..options import parse_options
+from ._outputs import check_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import api, io, render
+    from ..io.atomic import atomic_write
+    from ..turns import turn_lines
     from ._volume import is_volume, run_volume
 
     if is_volume(args.image):
@@ -58,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
         backbone_options=parse_options(args.backbone_option),
         policy_options=parse_options(args.policy_option))
     trajectory = result.trajectory
-    print_turns(trajectory)
+    print("\n".join(turn_lines(trajectory)))
     if args.out:
         io.save_mask_png(result.mask, args.out)
     if args.overlay:
         image = io.to_rgb_uint8(args.image)
         io.save_png(render.trajectory_strip(image, trajectory), args.overlay)
     if args.trajectory:
-        write_text(args.trajectory, trajectory.to_json(indent=1))
+        atomic_write(args.trajectory, trajectory.to_json(indent=1).encode())
     return 0 if trajectory.turns else 1
 
 
@@ -85,43 +86,3 @@ def check_image_outputs(args: argparse.Namespace) -> None:
         if path is not None and Path(path).suffix.lower() != ".png":
             raise InvalidInput(f"{flag} {path}: for a 2-D image this is written as PNG; name it "
                                ".png (NIfTI and DICOM SEG outputs are for volumes)")
-
-
-def check_path(path) -> None:
-    """Refuse an output path that is a folder or lies under a file."""
-    from ..errors import InvalidInput
-
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise InvalidInput(f"{path} is a folder; give a file name for the output")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise InvalidInput(f"cannot write {path}: {blocking} is a file, not a folder")
-
-
-def print_turns(trajectory) -> None:
-    for step in trajectory.steps:
-        kind = step.action.kind if step.action else "invalid"
-        line = f"turn {step.index + 1}: {kind:<12}"
-        if step.action is not None and step.action.arguments:
-            line += " " + json.dumps(dict(step.action.arguments))
-        if step.iou is not None:
-            line += f"  IoU {step.iou:.3f}  Dice {step.dice:.3f}"
-        elif step.score is not None:
-            line += f"  score {step.score:.3f}"
-        if step.error:
-            line += f"  ({step.error})"
-        print(line)
-    print(f"stopped: {trajectory.stop_reason}; {trajectory.turns} mask-producing call(s)",
-          file=sys.stdout)
-
-
-def write_text(path: Path, text: str) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
