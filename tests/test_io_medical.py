@@ -232,3 +232,46 @@ def test_segment_dicom_series_writes_dicom_seg(tmp_path):
     assert seg.NumberOfFrames == 2
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.datasets[0].SeriesInstanceUID
     assert nib.load(tmp_path / "mask.nii.gz").shape == volume.shape
+
+
+def _stored_windows(folder, width="350", level="50"):
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.WindowWidth, ds.WindowCenter = width, level
+        ds.save_as(path)
+
+
+@pytest.mark.parametrize("window", [None, "auto", "lung", "300/20"])
+def test_the_cli_the_server_and_the_nifti_datasets_choose_the_same_window(tmp_path, window):
+    """One rule (io.choose_window): a given window, else a CT's stored one, else percentiles."""
+    from msagent.cli._volume import window_for
+    from msagent.datasets.nifti import _window
+    from msagent.server.volumes import read_volume_upload
+
+    def server(paths):
+        files = [(p.name, p.read_bytes()) for p in paths]
+        return read_volume_upload(files, max_bytes=1 << 30).window_for(window)
+
+    dicom_series(tmp_path / "ct")
+    _stored_windows(tmp_path / "ct")
+    ct = io.read_volume(tmp_path / "ct")
+    chosen = io.choose_window(ct, window)
+    assert chosen.source == ("dicom" if window in (None, "auto") else "given")
+    assert window_for(ct, window) == server(sorted((tmp_path / "ct").glob("*.dcm"))) == chosen.pair
+
+    nifti = tmp_path / "mr.nii.gz"
+    io.write_nifti((np.random.default_rng(0).normal(size=(6, 7, 5)) * 100).astype(np.float32),
+                   nifti, affine=np.eye(4))
+    volume = io.read_nifti(nifti)
+    expected = io.choose_window(volume, window)
+    assert expected.source == ("percentile" if window in (None, "auto") else "given")
+    assert window_for(volume, window) == server([nifti]) == _window(str(nifti), window) == expected.pair
+
+
+def test_a_stored_window_is_used_for_ct_only(tmp_path):
+    dicom_series(tmp_path / "ct")
+    _stored_windows(tmp_path / "ct")
+    ct = io.read_volume(tmp_path / "ct")
+    assert io.choose_window(ct).pair == (350.0, 50.0)
+    mr = io.Volume(ct.data, ct.affine, datasets=ct.datasets, modality="MR")
+    assert io.choose_window(mr).source == "percentile"

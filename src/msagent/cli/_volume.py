@@ -60,10 +60,7 @@ def parse_slices(spec: str, count: int) -> list[int]:
 def window_for(volume, window: str | None) -> tuple[float, float]:
     from .. import io
 
-    if window:
-        return io.parse_window(window)
-    stored = io.default_window(volume) if volume.modality == "CT" else None
-    return stored or io.percentile_window(volume.data)
+    return io.choose_window(volume, window).pair
 
 
 def run_volume(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def _shape(path: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _window(path: str, window: str | None) -> tuple[float, float]:
-    return io.parse_window(window) if window else io.percentile_window(_volume(path).data)
+    return io.choose_window(_volume(path), window).pair
 
 
 @attrs.frozen

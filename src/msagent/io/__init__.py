@@ -3,7 +3,8 @@
 Intensity rules for 2-D inputs (:func:`to_rgb_uint8`): ``uint8`` is kept; ``bool`` becomes
 0/255; any other integer or float image (16-bit PNG/TIFF, grey or colour, HU arrays) is
 windowed to its 0.5th–99.5th percentile; NaN/inf are refused. Volumes
-(:mod:`msagent.io.volume`) are windowed once per volume: a CT preset or "W/L" when given
+(:mod:`msagent.io.volume`) are windowed once per volume by :func:`choose_window` (the one rule
+that the CLI, the server and the NIfTI dataset reader share): a CT preset or "W/L" when given
 (:data:`CT_WINDOWS`, e.g. abdomen 400/40, lung 1500/−600), else a DICOM CT's stored window,
 else the volume's 0.5th–99.5th percentiles, so every slice gets the same mapping; NaN/inf
 voxels are left out of the percentiles and shown as 0. Slices are taken as displayed in the
@@ -35,10 +36,11 @@ from .volume import (
     parse_window,
     percentile_window,
 )
+from .windows import Window, choose_window
 
 __all__ = ["CT_WINDOWS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "PLANES", "SliceView",
-           "Volume", "apply_window", "default_window", "is_dicom", "is_nifti", "load_array",
-           "mask_data", "max_pixels_limit", "max_voxels_limit",
+           "Volume", "Window", "apply_window", "choose_window", "default_window", "is_dicom",
+           "is_nifti", "load_array", "mask_data", "max_pixels_limit", "max_voxels_limit",
            "parse_window", "percentile_window", "read_dicom_series", "read_nifti", "read_volume",
            "save_mask_png", "save_png", "save_png16", "save_tiff", "to_mask", "to_rgb_uint8",
            "write_dicom_seg", "write_mask_nifti", "write_nifti"]

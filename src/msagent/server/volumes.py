@@ -66,8 +66,8 @@ class StoredVolume:
 
     def window_for(self, window: str | None) -> tuple[float, float]:
         if not window or window == "auto":
-            return self.window
-        return io.parse_window(window)
+            return self.window  # choose_window(volume), chosen once at upload
+        return io.choose_window(self.volume, window).pair
 
     def slice_gray(self, plane: str, index: int, window: str | None) -> np.ndarray:
         """Slice ``index`` of ``plane`` as displayed, windowed to H×W uint8."""
@@ -173,12 +173,10 @@ def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int,
                 raise InvalidImage(f"{', '.join(names)}: not a volume; open a .nii/.nii.gz file, "
                                    "DICOM files (.dcm) or a .zip of a DICOM series")
             volume, kind = io.read_volume(dicom, max_voxels=max_voxels), "dicom"
-    stored = io.default_window(volume) if volume.modality == "CT" else None
-    window = stored or io.percentile_window(volume.data)
+    window = io.choose_window(volume)
     name = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
     return StoredVolume(id=uuid.uuid4().hex, volume=volume, kind=kind, name=name,
-                        window=(float(window[0]), float(window[1])),
-                        window_source="dicom" if stored else "percentile")
+                        window=window.pair, window_source=window.source)
 
 
 # -- masks in and out ----------------------------------------------------------------------
