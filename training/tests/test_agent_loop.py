@@ -26,10 +26,18 @@ class ScriptedServer:
     told apart by their first image (verl's request id is the same for all of them under
     ``full_determinism``)."""
 
-    def __init__(self, tokenizer, replies):
-        self.tokenizer, self.replies = tokenizer, replies
+    def __init__(self, tokenizer, replies, canonical=True):
+        self.tokenizer, self.replies, self.canonical = tokenizer, replies, canonical
         self.turns: dict[str, int] = {}
         self.requests: list[tuple[str, str, list[int], int]] = []
+        self.sent: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """The reply's tokens: canonical, or one token per character (what a sampling model
+        may emit: the same text, other ids)."""
+        if self.canonical:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return [i for ch in text for i in self.tokenizer.encode(ch, add_special_tokens=False)]
 
     async def generate(self, request_id, prompt_ids, sampling_params, **kwargs):
         import hashlib
@@ -41,7 +49,8 @@ class ScriptedServer:
         turn = self.turns.get(key, 0)
         self.turns[key] = turn + 1
         self.requests.append((key, request_id, list(prompt_ids), len(images)))
-        ids = self.tokenizer.encode(self.replies[turn], add_special_tokens=False)
+        ids = self.encode(self.replies[turn])
+        self.sent.setdefault(key, []).extend(ids + [self.tokenizer.convert_tokens_to_ids("<|im_end|>")])
         return TokenOutput(token_ids=ids + [self.tokenizer.convert_tokens_to_ids("<|im_end|>")],
                            log_probs=[-0.5] * (len(ids) + 1), num_preempted=0)
 
@@ -71,7 +80,7 @@ def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
     tokenizer, processor = tiny_processor
     cache = tmp_path_factory.mktemp("verl-cache")
 
-    def run(overrides=(), replies=SCRIPT, reward_loop=False):
+    def run(overrides=(), replies=SCRIPT, reward_loop=False, canonical=True):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
             config = compose("grpo_tiny", overrides=[
                 f"actor_rollout_ref.model.path={tiny_model_dir}",
@@ -82,7 +91,7 @@ def rollout(parquet_dir, tiny_model_dir, tiny_processor, tmp_path_factory):
             ])
         dataset = RLHFDataset(config.data.train_files, tokenizer, config.data, processor)
         batch = DataProto.from_single_dict(collate_fn([dataset[0], dataset[1]]))
-        server = ScriptedServer(tokenizer, replies)
+        server = ScriptedServer(tokenizer, replies, canonical)
         if reward_loop:  # verl's reward managers keep the loop current at construction
             from verl.utils.ray_utils import get_event_loop
 
@@ -255,3 +264,20 @@ def test_grpo_pieces_on_our_rollouts(rewarded):
     log_prob = old.clone().requires_grad_(True)
     loss(log_prob).backward()
     assert (log_prob.grad[~mask.bool()] == 0).all() and (log_prob.grad[mask.bool()] != 0).any()
+
+
+def test_non_canonical_reply_tokens_are_kept_exactly(rollout, worker_output, tiny_processor):
+    # a sampled reply need not be the canonical tokenization of its text; the trainer must see
+    # the ids the model produced (re-tokenizing would train on tokens never sampled)
+    tokenizer, _ = tiny_processor
+    output, server, _, _ = rollout(canonical=False)
+    canonical = sum(len(tokenizer.encode(r, add_special_tokens=False)) + 1 for r in SCRIPT)
+    for i, sent in enumerate(server.sent.values()):
+        _, response_ids, mask = unpadded(output, i)
+        generated = [t for t, m in zip(response_ids, mask, strict=True) if m]
+        assert len(generated) > canonical  # really non-canonical
+        assert generated in list(server.sent.values())
+        assert tokenizer.decode(generated) == "".join(r + "<|im_end|>" for r in SCRIPT)
+    # the loop parsed the same calls and the tools made the same masks
+    for key in (CALLS, IOUS):
+        assert list(output.non_tensor_batch[key]) == list(worker_output[0].non_tensor_batch[key])
