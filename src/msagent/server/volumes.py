@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import io as _io
 import tempfile
-import threading
 import uuid
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .. import io
+from .._lru import BoundedLRU
 from ..errors import InvalidImage, InvalidInput, InvalidMask
 from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
 from .errors import ServerError
@@ -87,29 +86,21 @@ class VolumeStore:
 
     def __init__(self, max_items: int = MAX_VOLUMES) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, StoredVolume] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: BoundedLRU[str, StoredVolume] = BoundedLRU(max_items)
 
     def put(self, stored: StoredVolume) -> None:
-        with self._lock:
-            self._items[stored.id] = stored
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+        self._items.put(stored.id, stored)
 
     def get(self, volume_id: str) -> StoredVolume:
-        with self._lock:
-            stored = self._items.get(volume_id)
-            if stored is not None:
-                self._items.move_to_end(volume_id)
+        stored = self._items.get(volume_id)
         if stored is None:
             raise VolumeNotFound(f"no volume {volume_id!r} on this server (it keeps the last "
                                  f"{self.max_items}); open the file again")
         return stored
 
     def delete(self, volume_id: str) -> None:
-        with self._lock:
-            if self._items.pop(volume_id, None) is None:
-                raise VolumeNotFound(f"no volume {volume_id!r} on this server")
+        if self._items.pop(volume_id) is None:
+            raise VolumeNotFound(f"no volume {volume_id!r} on this server")
 
 
 # -- reading uploads -------------------------------------------------------------------------

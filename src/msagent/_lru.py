@@ -1,0 +1,127 @@
+"""One bounded, thread-safe LRU map for the caches and stores that keep "the most recent N".
+
+The stores of the server (volumes, runs, policies, images, session origins), the embedding
+caches of backbones and the training episode stores all hold at most ``maxsize`` entries
+(and, optionally, at most ``max_weight`` of some measure such as bytes) and drop the least
+recently used first. :meth:`BoundedLRU.get` counts as a use; :meth:`BoundedLRU.peek` does not,
+so a store that is bounded by insertion order only (first in, first out) reads with ``peek``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+_MISSING = object()
+
+
+class BoundedLRU(Mapping[K, V]):
+    """At most ``maxsize`` entries (``maxsize <= 0`` keeps none), least recently used dropped
+    first; it reads as a :class:`~collections.abc.Mapping` (``lru[key]`` and iteration do not
+    count as uses). With ``weigh`` (value -> number) and ``max_weight``, entries are also dropped while
+    their total weight is over ``max_weight``, but the newest entry is always kept."""
+
+    def __init__(self, maxsize: int, *, weigh: Callable[[V], float] | None = None,
+                 max_weight: float | None = None) -> None:
+        if (weigh is None) != (max_weight is None):
+            raise ValueError("BoundedLRU: give weigh and max_weight together, or neither")
+        self.maxsize = maxsize
+        self.max_weight = max_weight
+        self._weigh = weigh
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._weight = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        """The value of ``key`` (marked as the most recently used), else ``default``."""
+        with self._lock:
+            value = self._items.get(key, _MISSING)
+            if value is _MISSING:
+                return default
+            self._items.move_to_end(key)
+            return value
+
+    def peek(self, key: K, default: V | None = None) -> V | None:
+        """The value of ``key`` without marking it used, else ``default``."""
+        with self._lock:
+            return self._items.get(key, default)
+
+    def put(self, key: K, value: V) -> list[tuple[K, V]]:
+        """Store ``value`` as the most recently used; returns the entries dropped for room."""
+        with self._lock:
+            if key in self._items:
+                self._weight -= self._weight_of(self._items[key])
+            self._items[key] = value
+            self._items.move_to_end(key)
+            self._weight += self._weight_of(value)
+            return self._evict()
+
+    def add(self, key: K, value: V) -> bool:
+        """Store ``value`` unless ``key`` is present (then only mark it used); True if stored."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return False
+            self._items[key] = value
+            self._weight += self._weight_of(value)
+            self._evict()
+            return True
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        """Remove ``key`` and return its value, else ``default``."""
+        with self._lock:
+            value = self._items.pop(key, _MISSING)
+            if value is _MISSING:
+                return default
+            self._weight -= self._weight_of(value)
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._weight = 0.0
+
+    def __getitem__(self, key: K) -> V:
+        with self._lock:
+            return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def keys(self) -> list[K]:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    @property
+    def weight(self) -> float:
+        """The total weight of the entries (0 without ``weigh``)."""
+        with self._lock:
+            return self._weight
+
+    def _weight_of(self, value: V) -> float:
+        return 0.0 if self._weigh is None else float(self._weigh(value))
+
+    def _evict(self) -> list[tuple[K, V]]:
+        dropped = []
+        while self._items and (len(self._items) > self.maxsize or self._overweight()):
+            key, value = self._items.popitem(last=False)
+            self._weight -= self._weight_of(value)
+            dropped.append((key, value))
+        return dropped
+
+    def _overweight(self) -> bool:
+        return (self.max_weight is not None and self._weight > self.max_weight
+                and len(self._items) > 1)
