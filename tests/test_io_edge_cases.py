@@ -248,3 +248,48 @@ def test_nan_and_inf_voxels_are_left_out_of_the_window_and_shown_black(tmp_path,
 def test_two_d_images_with_nan_are_refused():
     with pytest.raises(InvalidImage, match="NaN"):
         io.to_rgb_uint8(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
+def test_every_writer_goes_through_one_atomic_rename_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """PNG, 16-bit PNG, TIFF, NIfTI and the dataset CSV are written by io.atomic (fsync, then
+    os.replace); a failed write leaves the old file and no temporary behind."""
+    import errno
+    import os
+
+    from msagent.datasets.folder import write_folder
+    from msagent.errors import OutputError
+    from msagent.io import atomic
+
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (renames.append(os.path.basename(b)), real_replace(a, b)))
+    image = np.zeros((4, 5), np.uint8)
+    io.save_png(image, tmp_path / "a.png")
+    io.save_png16(np.zeros((4, 5), np.uint16), tmp_path / "b.png")
+    io.save_tiff(np.zeros((4, 5), np.uint16), tmp_path / "c.tif")
+    io.write_nifti(np.zeros((3, 4, 5), np.float32), tmp_path / "d.nii.gz", affine=np.eye(4))
+    write_folder(tmp_path, [{"image": "a.png", "mask": "a.png", "target": "x"}])
+    assert renames == ["a.png", "b.png", "c.tif", "d.nii.gz", "targets.csv"]
+    assert io.read_nifti(tmp_path / "d.nii.gz").shape == (3, 4, 5)
+
+    def full(a, b):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    for write in (lambda: io.save_png(image + 1, tmp_path / "a.png"),
+                  lambda: io.write_nifti(np.ones((3, 4, 5), np.float32), tmp_path / "d.nii.gz",
+                                         affine=np.eye(4))):
+        with pytest.raises(OutputError, match="the disk is full"):
+            write()
+    assert not io.load_array(tmp_path / "a.png").any()  # the old file is intact
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_writer_error_that_is_not_the_file_system_propagates_as_it_is(tmp_path):
+    from msagent.io.atomic import atomic_output
+
+    with pytest.raises(ValueError, match="bad data"):
+        with atomic_output(tmp_path / "x.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise ValueError("bad data")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ ids are ``{dataset}/{id}``, with ``id`` defaulting to ``{image stem}/{class or t
 from __future__ import annotations
 
 import csv
+import io as _io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInput
+from ..io.atomic import atomic_write
 from ._base import CaseRef, Dataset, ImageMaskFiles, slug, unique_ids
 
 REQUIRED = ("image", "mask", "target")
@@ -59,14 +61,12 @@ def _row_ref(row: dict, folder: Path, dataset: str, modality: str) -> CaseRef:
 def write_folder(out_dir: str | os.PathLike, rows: Sequence[dict], csv_name: str = DEFAULT_CSV) -> Path:
     """Write the CSV of a plain dataset folder (rows with at least image, mask, target)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     columns = list(REQUIRED) + sorted({k for row in rows for k in row} - set(REQUIRED))
-    tmp = out / f".{csv_name}.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / csv_name)
+    text = _io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / csv_name, text.getvalue().encode())
     return out / csv_name
 
 
@@ -106,7 +106,7 @@ def make_mni152_dataset(out_dir: str | os.PathLike, slices: Sequence[int] = (30,
     volume = io.Volume(data=np.asarray(template.get_fdata()), affine=np.asarray(template.affine))
     labels = {t: io.Volume(data=m, affine=volume.affine)
               for t, m in _mni152_labels(resolution).items() if t in targets}
-    width, level = io.percentile_window(volume.data)
+    width, level = io.choose_window(volume).pair
     out = Path(out_dir)
     rows = []
     for z in slices:

@@ -4,6 +4,7 @@
   sees the old file or the new one, never a torn one, whatever kills the writer. A file-system
   error (disk full, read-only folder, no permission) becomes :class:`OutputError`, one line
   naming the path and the remedy, and leaves no temporary file behind.
+  :func:`atomic_output` is the same for writers that need a file name (nibabel, pydicom).
 - :func:`read_json_file`: a JSON file the job wrote itself (manifests), or
   :class:`~msagent.errors.InvalidInput` saying it was damaged and what to do.
 - :func:`parquet_is_complete`: whether a Parquet file written by a job is whole: its footer
@@ -12,9 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,29 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise output_error(exc, path) from None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A temporary path next to ``path`` (ending in ``suffix``, for writers that choose the
+    format by name, like ``.nii.gz``) for a writer that needs a file name; when the block
+    ends, the file is fsynced and renamed onto ``path``. The temporary file never outlives
+    the block; file-system errors (disk full, read-only, no permission) become
+    :class:`OutputError`; the writer's other errors propagate as they are."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None or isinstance(exc, OutputError):  # not the file system's doing
+            raise
+        raise output_error(exc, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json_file(path: str | os.PathLike, what: str, remedy: str, kind: type = dict) -> Any:

@@ -11,6 +11,7 @@ or float32 in TIFF) or label maps.
 
 from __future__ import annotations
 
+import io as _io
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidImage
+from .atomic import atomic_write
 
 _PNG_DEEP_COLOUR_TYPES = {2, 4, 6}  # RGB, grey + alpha, RGBA (IHDR colour types)
 
@@ -86,24 +88,11 @@ def save_tiff(image: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 def _save(image: Image.Image, path: str | os.PathLike, fmt: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    buffer = _io.BytesIO()
+    image.save(buffer, format=fmt)
+    return _write_bytes(buffer.getvalue(), path)
 
 
 def _write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    atomic_write(path, data)
+    return Path(path)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidImage, InvalidInput
+from .atomic import atomic_output
 from .nifti import mask_data
 from .volume import Volume
 
@@ -57,13 +58,8 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *
         manufacturer_model_name="msagent", software_versions=__version__,
         device_serial_number="0", series_description=description, omit_empty_frames=False)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         seg.save_as(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -17,6 +17,7 @@ from their header, before decoding.
 
 from __future__ import annotations
 
+import io as _io
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidImage, InvalidMask
+from .atomic import atomic_write
 from .bitdepth import needs_full_depth, read_full_depth
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -178,9 +180,7 @@ def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a uint8 image as PNG through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write a uint8 image as PNG, atomically (:func:`~msagent.io.atomic.atomic_write`)."""
+    buffer = _io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidImage, InvalidMask
+from .atomic import atomic_output
 from .limits import check_voxels
 from .volume import Volume
 
@@ -198,12 +199,7 @@ def _mask_reference(reference: Volume) -> Volume:
 
 def _save(image: Any, path: Path) -> Path:
     nib = _nibabel()
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    try:
+    with atomic_output(path, suffix) as tmp:  # nibabel picks the format by the name
         nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
