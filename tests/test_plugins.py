@@ -326,3 +326,12 @@ def test_install_hints_name_the_clone_folder_only_in_a_clone(monkeypatch, tmp_pa
     with pytest.raises(PluginNotFound) as info:
         registry.get("segmenter", "sam")
     assert "pip install msagent-sam." in str(info.value) and "plugins/" not in str(info.value)
+
+
+def test_backbone_is_the_user_facing_word_and_the_segmenter_names_are_the_same_functions():
+    assert msagent.load_segmenter is msagent.load_backbone
+    assert msagent.list_segmenters is msagent.list_backbones
+    assert "mybackbone" in msagent.list_backbones()
+    assert isinstance(msagent.load_backbone("mybackbone"), msagent.Segmenter)
+    with pytest.raises(PluginNotFound, match="no backbone named 'nope'"):
+        msagent.load_backbone("nope")

@@ -2,16 +2,20 @@
 
 A policy (a multimodal LLM, or a simulated expert) drives a promptable segmentation backbone
 with one tool call per turn. Backbones, policies, rewards and trajectory generators are
-plugins discovered through the ``msagent`` entry-point group.
+plugins discovered through the ``msagent`` entry-point group. ``load_backbone`` /
+``list_backbones`` build and list backbones (``load_segmenter`` / ``list_segmenters`` are the
+same functions under their older names).
 """
 
 from .agent import Agent
 from .api import (
     Result,
+    list_backbones,
     list_policies,
     list_rewards,
     list_segmenters,
     list_trajectory_generators,
+    load_backbone,
     load_policy,
     load_reward,
     load_segmenter,
@@ -32,6 +36,7 @@ __all__ = [
     "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
     "MedSAMReward", "Observation", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
     "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator", "hookimpl",
-    "list_policies", "list_rewards", "list_segmenters", "list_trajectory_generators", "lazy",
-    "load_policy", "load_reward", "load_segmenter", "load_trajectory_generator", "segment",
+    "list_backbones", "list_policies", "list_rewards", "list_segmenters",
+    "list_trajectory_generators", "lazy", "load_backbone", "load_policy", "load_reward",
+    "load_segmenter", "load_trajectory_generator", "segment",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 from . import io, metrics
 from .agent import Agent
 from .errors import InvalidTarget, PluginNotFound
-from .plugins import get_registry
+from .plugins import LABELS, get_registry
 from .policy import Policy
 from .segmenter import Segmenter
 from .types import Trajectory
@@ -46,9 +46,16 @@ class Result:
         return steps[-1].dice if steps else None
 
 
-def load_segmenter(name: str, **options: Any) -> Segmenter:
-    """Build the registered backbone ``name`` with ``options`` (e.g. ``device="cuda"``)."""
+def load_backbone(name: str, **options: Any) -> Segmenter:
+    """Build the registered backbone ``name`` with ``options`` (e.g. ``device="cuda"``).
+
+    A backbone is a :class:`~msagent.Segmenter`; ``load_segmenter`` is this same function
+    under its older name."""
     return get_registry().load("segmenter", name, **options)
+
+
+#: The same function as :func:`load_backbone` (the older name; both stay).
+load_segmenter = load_backbone
 
 
 def load_policy(name: str, **options: Any) -> Policy:
@@ -73,8 +80,8 @@ def resolve(kind: str, value: Any, env: str, paper: str, options: Mapping[str, A
         return get_registry().load(kind, name, **options)
     except PluginNotFound as exc:
         if value is None and not os.environ.get(env):
-            raise PluginNotFound(f"the default {kind} is the paper's {paper!r}: {exc} "
-                                 f"Set {env} or pass {kind if kind == 'policy' else 'backbone'}=. "
+            raise PluginNotFound(f"the default {LABELS[kind]} is the paper's {paper!r}: {exc} "
+                                 f"Set {env} or pass {LABELS[kind]}=. "
                                  f"{OFFLINE_HINT}") from None
         raise
 
@@ -108,8 +115,13 @@ def list_plugins(kind: str) -> list[str]:
     return sorted(get_registry().registrations(kind))
 
 
-def list_segmenters() -> list[str]:
+def list_backbones() -> list[str]:
+    """The names of the installed backbones (``list_segmenters`` is the same function)."""
     return list_plugins("segmenter")
+
+
+#: The same function as :func:`list_backbones` (the older name; both stay).
+list_segmenters = list_backbones
 
 
 def list_policies() -> list[str]:
@@ -124,6 +136,6 @@ def list_trajectory_generators() -> list[str]:
     return list_plugins("trajectory_generator")
 
 
-__all__ = ["Result", "segment", "load_segmenter", "load_policy", "load_reward",
-           "load_trajectory_generator", "list_segmenters", "list_policies", "list_rewards",
-           "list_trajectory_generators", "metrics"]
+__all__ = ["Result", "segment", "load_backbone", "load_segmenter", "load_policy", "load_reward",
+           "load_trajectory_generator", "list_backbones", "list_segmenters", "list_policies",
+           "list_rewards", "list_trajectory_generators", "metrics"]

@@ -104,14 +104,14 @@ def load_backbone(name: str | None, options: dict, cache_size: int):
     name = name or os.environ.get("MSAGENT_BACKBONE")
     if not name:
         raise InvalidInput(f"which backbone? --backbone NAME (installed: "
-                           f"{', '.join(api.list_segmenters())})")
+                           f"{', '.join(api.list_backbones())})")
     try:
-        return api.load_segmenter(name, **{"cache_size": cache_size, **options})
+        return api.load_backbone(name, **{"cache_size": cache_size, **options})
     except TypeError as exc:
         if "cache_size" not in str(exc):
             raise
         log.warning("backbone %s takes no cache_size option; using its default cache", name)
-        return api.load_segmenter(name, **options)
+        return api.load_backbone(name, **options)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 
 from ..agent import Agent
-from ..api import load_policy, load_segmenter
+from ..api import load_backbone, load_policy
 from ..errors import InvalidInput
 from ..io.atomic import atomic_write, read_json_file
 from ..policy import Policy
@@ -128,7 +128,7 @@ class Evaluation:
     def segmenter(self, backbone: Any) -> Segmenter:
         name = self._backbone_name(backbone)
         if name not in self._segmenters:
-            self._segmenters[name] = (load_segmenter(backbone, **self.backbone_options)
+            self._segmenters[name] = (load_backbone(backbone, **self.backbone_options)
                                       if isinstance(backbone, str) else backbone)
         return self._segmenters[name]
 

@@ -1,7 +1,7 @@
 """Run the server in a background thread of this process (tests, benchmarks, notebooks).
 
 >>> with serve_in_thread(create_app(segmenter)) as url:   # doctest: +SKIP
-...     remote = msagent.load_segmenter("remote", url=url)
+...     remote = msagent.load_backbone("remote", url=url)
 """
 
 from __future__ import annotations
