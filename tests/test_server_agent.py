@@ -23,9 +23,9 @@ from msagent.policy import Policy, Reply  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.agent_runs import rationale  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import BBox, Point, Trajectory, decode_mask, encode_mask  # noqa: E402
+from msagent.wire import png_bytes  # noqa: E402
 
 
 class SlowClicker(Policy):

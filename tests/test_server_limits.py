@@ -17,8 +17,8 @@ import msagent  # noqa: E402
 from msagent.errors import SegmenterError  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 from msagent.types import MaskPrediction  # noqa: E402
+from msagent.wire import png_bytes  # noqa: E402
 
 BOX = {"x1": 2, "y1": 3, "x2": 20, "y2": 15}
 POISON_X = 13  # a click here makes the stand-in decoder fail

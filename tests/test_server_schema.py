@@ -19,8 +19,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.sessions import Session  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
+from msagent.wire import png_bytes  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MSAGENT_SCHEMA_EXAMPLES", "6"))  # per operation and mode
 KEY = "schema-key"

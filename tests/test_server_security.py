@@ -20,8 +20,8 @@ from msagent.options import InvalidOption  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.agent_runs import run_options  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 from msagent.types import MaskPrediction  # noqa: E402
+from msagent.wire import png_bytes  # noqa: E402
 
 SECRET = "sk-operator-secret-0123456789"
 

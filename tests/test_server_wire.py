@@ -10,6 +10,7 @@ from PIL import Image
 
 from msagent.errors import InvalidImage, InvalidInput
 from msagent.segmenter import image_key
+from msagent.types import BBox, Point
 from msagent.wire import (
     ImageTooLarge,
     decode_upload,
@@ -17,7 +18,6 @@ from msagent.wire import (
     png_bytes,
     unpack_array,
 )
-from msagent.types import BBox, Point
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -30,8 +30,8 @@ import numpy as np
 
 from .errors import InvalidImage, SegmenterError
 from .segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts, image_key
-from .wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 from .types import MaskPrediction, Prompts, decode_mask
+from .wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 
 ENV_URL = "MSAGENT_REMOTE_URL"
 ENV_API_KEY = "MSAGENT_REMOTE_API_KEY"

@@ -36,6 +36,7 @@ from ..agent import Agent
 from ..errors import InvalidInput, InvalidTarget, MsAgentError
 from ..options import MAX_CLIENT_TEXT
 from ..types import encode_mask
+from ..wire import png_bytes
 from .agent_runs import (
     OriginStore,
     PolicyPool,
@@ -58,7 +59,6 @@ from .schemas import MaskFormat, SessionStep
 from .session_routes import open_session, run_prompt
 from .views import session_step
 from .volumes import VolumeStore, ground_truth_upload
-from ..wire import png_bytes
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["agent"], dependencies=[Depends(require_api_key)],

@@ -28,11 +28,11 @@ from pydantic import BaseModel
 
 from ..errors import InvalidInput
 from ..types import BBox, MaskPrediction, Point, Prompts
+from ..wire import mask_png_b64, pack_array, unpack_array
 from .context import ServerContext, context, require_api_key
 from .routes import ERRORS, read_upload
 from .session_routes import open_session, run_prompt
 from .sessions import Session, SessionState
-from ..wire import mask_png_b64, pack_array, unpack_array
 
 router = APIRouter(tags=["upstream compatibility"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)

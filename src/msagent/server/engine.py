@@ -22,11 +22,11 @@ import numpy as np
 from ..errors import InvalidInput, SegmenterError
 from ..segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
 from ..types import MaskPrediction, Prompts
+from ..wire import decode_upload
 from .batching import DecodeBatcher
 from .config import ServerConfig
 from .errors import ImageNotFound, Overloaded, TooManyPoints
 from .metrics import Metrics
-from ..wire import decode_upload
 
 
 class ImageStore:

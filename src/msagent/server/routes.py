@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from .. import __version__
 from ..errors import InvalidInput
+from ..wire import ImageTooLarge, decode_b64, unpack_array
 from .context import ServerContext, context, require_api_key
 from .schemas import (
     ErrorBody,
@@ -21,7 +22,6 @@ from .schemas import (
     PredictResponse,
 )
 from .views import prediction
-from ..wire import ImageTooLarge, decode_b64, unpack_array
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why} for status, why in [

@@ -10,13 +10,13 @@ from fastapi.responses import JSONResponse, Response
 
 from ..errors import InvalidInput
 from ..types import BBox, Point, encode_mask
+from ..wire import png_bytes
 from .context import ServerContext, context, require_api_key
 from .errors import Conflict
 from .routes import ERRORS, read_upload
 from .schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
 from .sessions import Session, SessionState
 from .views import finite, session_info, session_step
-from ..wire import png_bytes
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)

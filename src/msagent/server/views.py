@@ -7,9 +7,9 @@ import math
 import numpy as np
 
 from ..types import MaskPrediction, encode_mask
+from ..wire import mask_png_b64, pack_array
 from .schemas import Box, PackedArray, PointIn, Prediction, SessionInfo, SessionStep
 from .sessions import Session, SessionStore
-from ..wire import mask_png_b64, pack_array
 
 
 def finite(value: float | None) -> float | None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFil
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from ..wire import ImageTooLarge, png_bytes
 from .context import ServerContext, context, require_api_key
 from .routes import ERRORS, read_upload
 from .schemas import RLE, ImageInfo
@@ -25,7 +26,6 @@ from .volumes import (
     mask_from_rle,
     read_volume_upload,
 )
-from ..wire import ImageTooLarge, png_bytes
 
 router = APIRouter(prefix="/v1", tags=["web page"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)
