@@ -132,3 +132,33 @@ def test_box_argument_maps_to_pixels_of_non_square_image():
     height, width = 160, 224
     assert seg.calls[0][0].box == BBox(int(250 * width / 1000), int(250 * height / 1000),
                                        int(700 * width / 1000), int(700 * height / 1000))
+
+
+def test_policy_images_are_rendered_once_per_executed_step(monkeypatch):
+    calls = []
+    real = protocol.policy_image
+
+    def counting(*args, **kwargs):
+        calls.append(len(args) > 1 and args[1] is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "policy_image", counting)
+    traj, policy, _ = run([BOX, POS, NEG, POS, STOP])  # Scripted builds the chat every turn
+    assert traj.turns == 4 and len(policy.seen) == 5
+    assert len(calls) == 5 and calls.count(False) == 1  # the original once, one overlay per step
+
+
+def test_steps_keep_the_pixel_prompts_in_force():
+    from msagent.types import BBox, Point
+
+    for mode in ("accumulate", "latest"):
+        traj, _, seg = run([BOX, POS, NEG, STOP], prompt_mode=mode)
+        executed = traj.executed_steps
+        assert isinstance(executed[0].prompt, BBox) and isinstance(executed[2].prompt, Point)
+        assert [p for p, _ in seg.calls][1:] == [s.prompts for s in executed][1:]
+        if mode == "latest":
+            assert executed[2].prompts.points == (executed[2].prompt,) and executed[2].prompts.box is None
+        else:
+            assert executed[2].prompts.box == executed[0].prompt and len(executed[2].prompts.points) == 2
+        again = msagent.Trajectory.from_json(traj.to_json())
+        assert [s.prompts for s in again.steps] == [s.prompts for s in traj.steps]

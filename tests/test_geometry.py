@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import msagent
-from msagent.geometry import InputGeometry
+from msagent.backbones.geometry import InputGeometry
 from msagent.types import BBox, Prompts
 
 EXTREME = [(1, 600), (600, 1), (1, 513), (3000, 2), (2, 3000), (1, 1)]

@@ -145,3 +145,88 @@ def test_a_failed_batch_encode_releases_its_images():
     seg.fail = False
     assert len(seg.encode_batch([image(1), image(2)])) == 2  # no lock left held
     assert seg.encodes == 2
+
+
+class BoxBackbone(msagent.Segmenter):
+    """A backbone written against the current contract: two primitives, nothing else."""
+
+    multimask_default = False
+
+    def __init__(self, mask_dtype=bool, logits_shape=(256, 256), **kw):
+        super().__init__(**kw)
+        self.mask_dtype, self.logits_shape, self.seen = mask_dtype, logits_shape, []
+
+    def encode_image(self, image):
+        return float(image.mean())
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self.seen.append((list(prompt_sets), list(prev_logits), multimask))
+        out = []
+        for prompts in prompt_sets:
+            mask = np.zeros(embedding.image_size, self.mask_dtype)
+            if prompts.box is not None:
+                b = prompts.box
+                mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = 1
+            for p in prompts.points:
+                mask[p.y, p.x] = p.positive
+            out.append(MaskPrediction(mask, np.zeros(self.logits_shape, np.float32), 0.5))
+        return out
+
+
+def test_a_current_backbone_passes_the_conformance_suite():
+    from msagent.testing import check_segmenter
+
+    check_segmenter(BoxBackbone(), thin=True)
+
+
+def test_the_front_doors_validate_before_the_backbone_runs():
+    seg = BoxBackbone()
+    emb = seg.encode(image(3, (20, 30, 3)))
+    with pytest.raises(SegmenterError, match="2 prompt sets but 1 prev_logits"):
+        seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 3, 3))] * 2, [None])
+    with pytest.raises(SegmenterError, match="outside the 30×20 image"):
+        seg.decode(emb, Prompts(points=(Point(30, 0),)))
+    with pytest.raises(SegmenterError, match="256×256 low-res logits"):
+        seg.decode(emb, Prompts(box=BBox(0, 0, 3, 3)), np.zeros((64, 64)))
+    with pytest.raises(SegmenterError, match="needs an Embedding"):
+        seg.decode("not an embedding", Prompts(box=BBox(0, 0, 3, 3)))
+    assert seg.seen == []  # none of these reached the backbone
+    seg.decode(emb, Prompts(box=BBox(0, 0, 3, 3)), np.ones((1, 1, 256, 256)), text="liver")
+    (prompts,), (prev,), multimask = seg.seen[0]
+    assert prompts.text == "liver" and prev.shape == (256, 256) and prev.dtype == np.float32
+    assert multimask is False  # the backbone's default, as a bool
+
+
+@pytest.mark.parametrize("kw, message", [({"mask_dtype": np.uint8}, "mask must be 20×30 bool"),
+                                         ({"logits_shape": (64, 64)}, "256×256 float32")])
+def test_outputs_that_break_the_contract_name_the_backbone(kw, message):
+    seg = BoxBackbone(**kw)
+    seg.name = "threshold"
+    emb = seg.encode(image(3, (20, 30, 3)))
+    with pytest.raises(SegmenterError, match=f"backbone .threshold. broke the decode contract: .*{message}"):
+        seg.decode(emb, Prompts(box=BBox(0, 0, 3, 3)))
+
+
+def test_the_conformance_suite_fails_a_broken_backbone():
+    from msagent.testing import check_segmenter
+
+    class Forgetful(BoxBackbone):
+        def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+            return super().decode_prompts(embedding, prompt_sets[:1], prev_logits[:1], multimask=multimask) * len(prompt_sets)
+
+    with pytest.raises(AssertionError, match="decode_batch must equal one decode per prompt set"):
+        check_segmenter(Forgetful())
+
+
+def test_a_first_contract_backbone_still_works_and_is_told_to_move():
+    with pytest.warns(DeprecationWarning, match="implement decode_prompts"):
+        class Legacy(msagent.Segmenter):
+            def encode_image(self, image):
+                return 0
+
+            def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
+                return MaskPrediction(np.ones(embedding.image_size, bool), np.zeros((256, 256), np.float32), 1.0)
+
+    seg = Legacy()
+    emb = seg.encode(image(1))
+    assert seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))] * 2)[1].mask.all()

@@ -1,4 +1,4 @@
-"""msagent.weights: checkpoint resolution order, messages, and safe state_dict reading."""
+"""msagent.backbones.weights: checkpoint resolution order, messages, and safe state_dict reading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from msagent import weights
+from msagent.backbones import weights
 from msagent.errors import WeightsMismatch, WeightsNotFound
 from msagent.testing import add_to_hf_cache
 
@@ -144,6 +144,6 @@ def test_load_into_names_missing_unexpected_and_misshapen_keys():
 
 
 def test_importing_the_module_imports_no_torch():
-    code = ("import sys, msagent.weights; "
+    code = ("import sys, msagent.backbones.weights; "
             "assert 'torch' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)

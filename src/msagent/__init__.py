@@ -28,13 +28,13 @@ from .policy import Episode, Policy, Reply
 from .reward import MedSAMReward, Reward, RewardBreakdown
 from .segmenter import CacheInfo, Embedding, Segmenter
 from .trajectories import TrajectoryGenerator
-from .types import Action, BBox, Case, MaskPrediction, Observation, Point, Prompts, Step, Trajectory
+from .types import Action, BBox, Case, MaskPrediction, Point, Prompts, Step, Trajectory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
-    "MedSAMReward", "Observation", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
+    "MedSAMReward", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
     "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator", "hookimpl",
     "list_backbones", "list_policies", "list_rewards", "list_segmenters",
     "list_trajectory_generators", "lazy", "load_backbone", "load_policy", "load_reward",

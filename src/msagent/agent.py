@@ -20,16 +20,16 @@ from typing import Any
 import attrs
 import numpy as np
 
+from . import episode as episode_core
 from . import metrics, protocol
+from .episode import PROMPT_MODES, EpisodeState
 from .errors import PolicyError, PolicyOutputError
 from .io.images import to_mask
 from .policy import Episode, Policy, Reply
-from .render import overlay
 from .segmenter import Embedding, Segmenter
-from .types import Action, MaskPrediction, Prompts, Step, Trajectory
+from .types import Action, MaskPrediction, Step, Trajectory
 
 log = logging.getLogger(__name__)
-PROMPT_MODES = ("accumulate", "latest")
 
 
 @attrs.define
@@ -68,9 +68,11 @@ class Agent:
 
     async def arun(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None,
                    *, case_id: str = "", meta: Mapping[str, Any] | None = None) -> Trajectory:
-        """Async :meth:`run`: the policy is awaited, encode/decode run in worker threads."""
+        """Async :meth:`run`: the policy is awaited, the image encoded through the backbone's
+        ``aencode`` (native I/O for a remote backbone); each reply is handled (parsed, decoded)
+        in a worker thread, since a policy such as the expert previews decodes synchronously."""
         runner = self._runner(image, target, ground_truth, case_id, meta)
-        runner.start(await asyncio.to_thread(self.segmenter.encode, image))
+        runner.start(await self.segmenter.aencode(image))
         try:
             while runner.active:
                 try:
@@ -104,47 +106,40 @@ class Agent:
 
 @attrs.define(eq=False)
 class _Runner:
-    """The state of one episode (one per episode, never one per tool)."""
+    """The policy side of one episode; its segmentation state is one
+    :class:`~msagent.episode.EpisodeState` (one per episode, never one per tool)."""
 
     agent: Agent
     episode: Episode
     case_id: str
     meta: dict
-    embedding: Embedding | None = None
-    prompts: Prompts = Prompts()
+    state: EpisodeState | None = None
+    decode: episode_core.Decoder | None = None
     failures: int = 0
     stop_reason: str = ""
-    last_preview: tuple | None = None  # ((executed turns, prompts), prediction)
+    last_preview: tuple | None = None  # ((executed turns, prompt), prediction)
 
     @property
     def active(self) -> bool:
         return not self.stop_reason
 
     def start(self, embedding: Embedding) -> None:
-        self.embedding = embedding
+        segmenter = self.agent.segmenter
+        self.state = episode_core.start(
+            embedding, prompt_mode=self.agent.prompt_mode,
+            text=self.episode.target if segmenter.accepts_text else None)
+        self.decode = episode_core.segmenter_decoder(segmenter, self.agent.use_multimask)
         self.episode.preview = self.preview
-
-    def _next_prompts(self, action: Action) -> Prompts:
-        prompt = protocol.action_to_prompt(action, self.episode.image_size)
-        if self.agent.prompt_mode == "latest":
-            return self.prompts.latest_only(prompt)
-        return self.prompts.add(prompt)
 
     def preview(self, action: Action) -> MaskPrediction:
         """Decode ``action`` on top of the current state without committing it. The latest
         preview is remembered until the state changes, so executing the action a policy just
         previewed (the expert's accepted candidate) costs no second decode."""
-        prompts = self._next_prompts(action)
-        key = (len(self.episode.observations), prompts)
+        prompt = protocol.action_to_prompt(action, self.episode.image_size)
+        key = (self.episode.executed_turns, prompt)
         if self.last_preview is not None and self.last_preview[0] == key:
             return self.last_preview[1]
-        prev = self.episode.prediction
-        segmenter = self.agent.segmenter
-        text = {"text": self.episode.target} if getattr(segmenter, "accepts_text", False) else {}
-        prediction = segmenter.decode(
-            self.embedding, prompts,
-            None if prev is None else prev.low_res_logits, multimask=self.agent.use_multimask,
-            **text)
+        prediction = episode_core.preview(self.decode, self.state, prompt)
         self.last_preview = (key, prediction)
         return prediction
 
@@ -171,14 +166,15 @@ class _Runner:
 
     def _execute(self, index: int, action: Action, reply: Reply) -> None:
         prediction = self.preview(action)
-        self.prompts = self._next_prompts(action)
+        prompt = protocol.action_to_prompt(action, self.episode.image_size)
+        self.state = self.state.after(prompt, prediction)
         gt = self.episode.ground_truth
         step = Step(index, reply.text, action, mask=prediction.mask, score=float(prediction.score),
                     iou=None if gt is None else metrics.iou(prediction.mask, gt),
                     dice=None if gt is None else metrics.dice(prediction.mask, gt),
-                    usage=reply.usage)
+                    usage=reply.usage, prompt=prompt,
+                    prompts=attrs.evolve(self.state.prompts, text=None))
         self.episode.prediction = prediction
-        self.episode.observations.append(overlay(self.episode.image, prediction.mask))
         self._record(step)
         self.failures = 0
         self.episode.feedback = None
@@ -200,4 +196,4 @@ class _Runner:
         height, width = self.episode.image_size
         return Trajectory(target=self.episode.target, image_size=(height, width),
                           steps=tuple(self.episode.steps), stop_reason=self.stop_reason,
-                          case_id=self.case_id, image_sha256=self.embedding.key, meta=self.meta)
+                          case_id=self.case_id, image_sha256=self.state.embedding.key, meta=self.meta)

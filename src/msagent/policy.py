@@ -17,6 +17,7 @@ import attrs
 import numpy as np
 
 from .options import Option
+from .protocol import POLICY_IMAGE_SIZE
 from .types import Action, MaskPrediction, Step
 
 
@@ -32,11 +33,11 @@ class Reply:
 class Episode:
     """The read-only view of an episode that a policy acts on.
 
-    ``image`` is the original H×W×3 uint8 image; ``observations`` the overlay images after
-    each executed action (same size); ``steps`` every reply so far. ``ground_truth`` is set
-    only when the caller gave one (the expert needs it). ``preview(action)`` decodes an
+    ``image`` is the original H×W×3 uint8 image; ``steps`` every reply so far. ``ground_truth``
+    is set only when the caller gave one (the expert needs it). ``preview(action)`` decodes an
     action against the current state without committing it (the expert's ΔIoU test).
     ``feedback`` explains why the previous reply was rejected when the agent asks again.
+    :meth:`policy_images` gives the images an LLM policy sees, each rendered once per episode.
     """
 
     id: str
@@ -44,11 +45,11 @@ class Episode:
     target: str
     max_turns: int
     steps: list[Step] = attrs.field(factory=list)
-    observations: list[np.ndarray] = attrs.field(factory=list)
     ground_truth: np.ndarray | None = None
     prediction: MaskPrediction | None = None
     preview: Callable[[Action], MaskPrediction] | None = None
     feedback: str | None = None
+    _policy_images: dict[int, list] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -59,13 +60,23 @@ class Episode:
         return sum(1 for s in self.steps if s.executed)
 
     def history(self) -> list[tuple[Step, np.ndarray | None]]:
-        """The valid replies in order, each with the overlay it produced (None for stop)."""
-        out, overlays = [], iter(self.observations)
-        for step in self.steps:
-            if step.action is None or step.error is not None:
-                continue
-            out.append((step, next(overlays) if step.executed else None))
-        return out
+        """The valid replies in order, each with the mask it produced (None for a stop)."""
+        return [(step, step.mask if step.executed else None) for step in self.steps
+                if step.action is not None and step.error is None]
+
+    def policy_images(self, size: int = POLICY_IMAGE_SIZE) -> list:
+        """The policy's images at ``size``×``size`` (PIL): the original, then the overlay after
+        each executed action (:func:`msagent.protocol.policy_image`). Each is rendered once per
+        episode and reused on every later turn."""
+        from .protocol import policy_image
+
+        images = self._policy_images.setdefault(size, [])
+        masks = [step.mask for step in self.steps if step.executed]
+        if not images:
+            images.append(policy_image(self.image, size=size))
+        for mask in masks[len(images) - 1:]:
+            images.append(policy_image(self.image, mask, size))
+        return images[:len(masks) + 1]
 
 
 class Policy(ABC):

@@ -268,22 +268,18 @@ def policy_image(image: np.ndarray, mask: np.ndarray | None = None,
 def build_messages(episode: "Episode", size: int = POLICY_IMAGE_SIZE) -> list[dict]:
     """The checkpoint's chat for an episode so far: system prompt, first user message with the
     image, then per valid reply the assistant text and (after executed actions) a user message
-    with the overlay. Images are PIL images at ``size``×``size``; all are kept (RL rule)."""
+    with the overlay. Images are PIL images at ``size``×``size`` (``episode.policy_images``,
+    rendered once per episode); all are kept (RL rule)."""
+    images = iter(episode.policy_images(size))
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        user_message(policy_image(episode.image, size=size), first_user_text(episode.target)),
+        user_message(next(images), first_user_text(episode.target)),
     ]
-    for step, mask in _history_masks(episode):
+    for step, mask in episode.history():
         messages.append({"role": "assistant", "content": step.raw_text})
         if mask is not None:
-            messages.append(user_message(policy_image(episode.image, mask, size), FOLLOW_UP_TEXT))
+            messages.append(user_message(next(images), FOLLOW_UP_TEXT))
     return messages
-
-
-def _history_masks(episode: "Episode"):
-    for step in episode.steps:
-        if step.action is not None and step.error is None:  # rejected replies are not shown
-            yield step, step.mask if step.executed else None
 
 
 def first_user_text(target: str) -> str:

@@ -29,7 +29,7 @@ import attrs
 import numpy as np
 
 from .errors import InvalidImage, SegmenterError
-from .segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts, image_key
+from .segmenter import LOW_RES, Embedding, Segmenter, image_key
 from .types import MaskPrediction, Prompts, decode_mask
 from .wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 
@@ -117,18 +117,15 @@ class RemoteSegmenter(Segmenter):
         self._ensure_encoded(image, key)
         return RemoteImage(key, image)
 
-    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool | None = None, text: str | None = None) -> MaskPrediction:
-        """Decode on the server; ``text`` (the target) only where :attr:`accepts_text`."""
-        body = self._predict_body(embedding, prompts, prev_logits, multimask, text)
-        data = self._with_image(embedding, lambda: self._request("POST", "/v1/predict", json=body))
-        return self._prediction(data, embedding.image_size)
-
-    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
-                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool | None = None,
-                     text: str | Sequence[str | None] | None = None) -> list[MaskPrediction]:
-        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask, text)
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
+        """Decode on the server (one set: ``/v1/predict``; several: ``/v1/predict/batch``)."""
+        if len(prompt_sets) == 1:
+            body = self._predict_body(embedding, prompt_sets[0], prev_logits[0], multimask)
+            data = self._with_image(embedding, lambda: self._request("POST", "/v1/predict", json=body))
+            return [self._prediction(data, embedding.image_size)]
+        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask)
         data = self._with_image(embedding,
                                 lambda: self._request("POST", "/v1/predict/batch", json=body))
         return [self._prediction(p, embedding.image_size) for p in data["predictions"]]
@@ -156,19 +153,25 @@ class RemoteSegmenter(Segmenter):
     async def adecode(self, embedding: Embedding, prompts: Prompts,
                       prev_logits: np.ndarray | None = None, *,
                       multimask: bool | None = None, text: str | None = None) -> MaskPrediction:
-        """Async :meth:`decode`."""
-        body = self._predict_body(embedding, prompts, prev_logits, multimask, text)
+        """Async :meth:`decode` (native httpx I/O, the same checks)."""
+        sets, prev, mode = self.checked_inputs(embedding, [prompts], [prev_logits], multimask, text)
+        body = self._predict_body(embedding, sets[0], prev[0], mode)
         data = await self._awith_image(embedding, "/v1/predict", body)
-        return self._prediction(data, embedding.image_size)
+        predictions = [self._prediction(data, embedding.image_size)]
+        self.check_outputs(predictions, 1, embedding.image_size)
+        return predictions[0]
 
     async def adecode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                             prev_logits: Sequence[np.ndarray | None] | None = None, *,
                             multimask: bool | None = None,
                             text: str | Sequence[str | None] | None = None) -> list[MaskPrediction]:
         """Async :meth:`decode_batch`."""
-        body = self._batch_body(embedding, prompt_sets, prev_logits, multimask, text)
+        sets, prev, mode = self.checked_inputs(embedding, prompt_sets, prev_logits, multimask, text)
+        body = self._batch_body(embedding, sets, prev, mode)
         data = await self._awith_image(embedding, "/v1/predict/batch", body)
-        return [self._prediction(p, embedding.image_size) for p in data["predictions"]]
+        predictions = [self._prediction(p, embedding.image_size) for p in data["predictions"]]
+        self.check_outputs(predictions, len(sets), embedding.image_size)
+        return predictions
 
     # -- request bodies and responses ----------------------------------------------------
     def _handle(self, embedding: Embedding) -> RemoteImage:
@@ -177,39 +180,29 @@ class RemoteSegmenter(Segmenter):
                                  "with the remote segmenter first")
         return embedding.features
 
-    def _prompt_set(self, embedding: Embedding, prompts: Prompts, prev: np.ndarray | None,
-                    text: str | None) -> dict:
-        if text is None or not prompts.empty:
-            check_prompts(prompts, embedding.image_size)
+    def _prompt_set(self, prompts: Prompts, prev: np.ndarray | None) -> dict:
+        """One checked prompt set as the server's JSON (the text only for a text backbone)."""
         body: dict[str, Any] = {"points": [{"x": int(p.x), "y": int(p.y), "label": p.label}
                                            for p in prompts.points]}
-        if text is not None:
-            body["text"] = text
+        if prompts.text is not None and self.accepts_text:
+            body["text"] = prompts.text
         if prompts.box is not None:
             body["box"] = dict(zip(("x1", "y1", "x2", "y2"), map(int, prompts.box.as_tuple())))
-        logits = check_prev_logits(prev)
-        if logits is not None:
-            body["prev_logits"] = pack_array(logits, self.logits_dtype)
+        if prev is not None:
+            body["prev_logits"] = pack_array(prev, self.logits_dtype)
         return body
 
-    def _options(self, multimask: bool | None) -> dict:
-        options = {"mask_format": "rle", "return_logits": True, "logits_dtype": self.logits_dtype}
-        return options if multimask is None else {**options, "multimask": bool(multimask)}
+    def _options(self, multimask: bool) -> dict:
+        return {"mask_format": "rle", "return_logits": True, "logits_dtype": self.logits_dtype,
+                "multimask": bool(multimask)}
 
-    def _predict_body(self, embedding, prompts, prev_logits, multimask, text) -> dict:
-        return {"image_id": self._handle(embedding).image_id,
-                **self._prompt_set(embedding, prompts, prev_logits, text), **self._options(multimask)}
+    def _predict_body(self, embedding, prompts, prev, multimask) -> dict:
+        return {"image_id": self._handle(embedding).image_id, **self._prompt_set(prompts, prev),
+                **self._options(multimask)}
 
-    def _batch_body(self, embedding, prompt_sets, prev_logits, multimask, text) -> dict:
-        count = len(prompt_sets)
-        prev = list(prev_logits) if prev_logits is not None else [None] * count
-        texts = [text] * count if text is None or isinstance(text, str) else list(text)
-        if len(prev) != count or len(texts) != count:
-            raise SegmenterError(f"decode_batch got {count} prompt sets, {len(prev)} prev_logits "
-                                 f"and {len(texts)} texts; give one of each per set")
+    def _batch_body(self, embedding, prompt_sets, prev_logits, multimask) -> dict:
         return {"image_id": self._handle(embedding).image_id, **self._options(multimask),
-                "items": [self._prompt_set(embedding, p, lg, t)
-                          for p, lg, t in zip(prompt_sets, prev, texts)]}
+                "items": [self._prompt_set(p, lg) for p, lg in zip(prompt_sets, prev_logits)]}
 
     @staticmethod
     def _prediction(data: dict, image_size: tuple[int, int]) -> MaskPrediction:

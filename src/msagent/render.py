@@ -62,14 +62,14 @@ def strip(images: Sequence[np.ndarray], labels: Sequence[str] = (), height: int 
 
 
 def trajectory_strip(image: np.ndarray, trajectory: Trajectory, height: int = 256) -> np.ndarray:
-    """One tile per executed turn: the overlay with that turn's prompt drawn, captioned with
-    the action and, when known, IoU/Dice."""
-    from .protocol import action_to_prompt
-
+    """One tile per executed turn: the overlay with that turn's prompt drawn (``step.prompt``;
+    trajectories saved before steps kept it show none), captioned with the action and, when
+    known, IoU/Dice."""
     tiles, labels = [image], ["input"]
     for step in trajectory.executed_steps:
         tile = overlay(image, step.mask)
-        tile = draw_prompt(tile, action_to_prompt(step.action, trajectory.image_size))
+        if step.prompt is not None:
+            tile = draw_prompt(tile, step.prompt)
         label = f"{step.index + 1}: {step.action.kind}"
         if step.iou is not None:
             label += f" IoU {step.iou:.3f}"

@@ -8,8 +8,11 @@ encoded once however many episodes (or GRPO rollouts) use it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -150,10 +153,16 @@ class _EmbeddingCache:
 class Segmenter(ABC):
     """A promptable segmentation backbone.
 
-    Subclasses implement :meth:`encode_image` (uncached) and :meth:`decode`; callers use
-    :meth:`encode`, which goes through the cache. Images are H×W×3 ``uint8`` RGB in their
-    original size; prompts are in original-image pixel XY; each subclass maps them to its own
-    input size (aspect-correct for non-square images).
+    A backbone implements two primitives: :meth:`encode_image` (the image encoder, uncached)
+    and :meth:`decode_prompts` (a batch of prompt sets, already validated). Callers use the
+    front doors, which a backbone does not override: :meth:`encode` / :meth:`encode_batch`
+    (through the content-hash cache), :meth:`decode` / :meth:`decode_batch` (inputs checked,
+    outputs checked, errors naming the backbone) and their async forms :meth:`aencode` /
+    :meth:`adecode` (a worker thread; a remote backbone overrides them with native I/O).
+
+    Images are H×W×3 ``uint8`` RGB in their original size; prompts are in original-image
+    pixel XY; each backbone maps them to its own input size (aspect-correct for non-square
+    images).
     """
 
     #: registered name, set by the plugin
@@ -161,12 +170,16 @@ class Segmenter(ABC):
     #: whether decode keeps the best of several candidate masks by default (backbones whose
     #: multimask heads were never trained, like LiteMedSAM, set False)
     multimask_default: bool = True
-    #: whether :meth:`decode` takes a keyword-only ``text: str | None`` (the target, e.g.
-    #: "liver") as an extra prompt; the Agent passes ``text=episode.target`` only then
+    #: whether the backbone reads ``Prompts.text`` (the target, e.g. "liver") as an extra
+    #: prompt; other backbones never see it
     accepts_text: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
         self._cache = _EmbeddingCache(cache_size)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _adapt_legacy_decode(cls)
 
     # -- the cached front door -------------------------------------------------
     def encode(self, image: np.ndarray) -> Embedding:
@@ -205,6 +218,84 @@ class Segmenter(ABC):
         features = self.encode_image(image)
         return Embedding(features=features, image_size=image.shape[:2], key=key)
 
+    # -- the checked decode front door -------------------------------------------
+    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
+               *, multimask: bool | None = None, text: str | None = None) -> MaskPrediction:
+        """Predict a mask for ``prompts`` (pixel XY of the original image).
+
+        ``prev_logits`` is the previous turn's 256×256 float32 low-res logits (or None).
+        ``multimask`` keeps the candidate with the best predicted IoU (None: the backbone's
+        ``multimask_default``). ``text`` sets ``prompts.text``. Returns the H×W bool mask at the
+        original size, the new 256×256 float32 low-res logits and the predicted IoU.
+        """
+        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask,
+                                 text=text)[0]
+
+    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
+                     multimask: bool | None = None,
+                     text: str | Sequence[str | None] | None = None) -> list[MaskPrediction]:
+        """Decode several prompt sets against one embedding (one :meth:`decode_prompts` call).
+
+        Checks, before the backbone runs: the embedding, prompts inside the image (a text
+        alone suffices for a backbone that ``accepts_text``), one ``prev_logits`` per set, each
+        256×256. After: one prediction per set, masks H×W bool, logits 256×256 float32.
+        """
+        sets, prev, mode = self.checked_inputs(embedding, prompt_sets, prev_logits, multimask, text)
+        predictions = list(self.decode_prompts(embedding, sets, prev, multimask=mode))
+        self.check_outputs(predictions, len(sets), embedding.image_size)
+        return predictions
+
+    def checked_inputs(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None] | None, multimask: bool | None,
+                       text: str | Sequence[str | None] | None = None,
+                       ) -> tuple[list[Prompts], list[np.ndarray | None], bool]:
+        """The front doors' input checks: (prompt sets with their text, 256×256 float32 logits
+        or None per set, the multimask flag). For backbones with their own async front door."""
+        if not isinstance(embedding, Embedding):
+            raise SegmenterError(f"{self._what()}: decode needs an Embedding from encode(), got "
+                                 f"{type(embedding).__name__}")
+        sets = _with_texts(list(prompt_sets), text)
+        prev = list(prev_logits) if prev_logits is not None else [None] * len(sets)
+        if len(prev) != len(sets):
+            raise SegmenterError(f"{self._what()}: decode_batch got {len(sets)} prompt sets but "
+                                 f"{len(prev)} prev_logits; give one of each per set")
+        for prompts in sets:
+            if prompts.empty and self.accepts_text:
+                if not prompts.text:
+                    raise SegmenterError(f"{self._what()}: decode needs a box, a point or text= "
+                                         "(the target, e.g. 'liver')")
+                continue
+            check_prompts(prompts, embedding.image_size)
+        mode = self.multimask_default if multimask is None else bool(multimask)
+        return sets, [check_prev_logits(p) for p in prev], mode
+
+    async def aencode(self, image: np.ndarray) -> Embedding:
+        """Async :meth:`encode` (a worker thread; remote backbones override it)."""
+        return await asyncio.to_thread(self.encode, image)
+
+    async def adecode(self, embedding: Embedding, prompts: Prompts,
+                      prev_logits: np.ndarray | None = None, *, multimask: bool | None = None,
+                      text: str | None = None) -> MaskPrediction:
+        """Async :meth:`decode` (a worker thread; remote backbones override it)."""
+        return await asyncio.to_thread(functools.partial(
+            self.decode, embedding, prompts, prev_logits, multimask=multimask, text=text))
+
+    def check_outputs(self, predictions: list, count: int, image_size: tuple[int, int]) -> None:
+        """The front doors' output checks (one prediction per set, masks H×W bool, logits
+        256×256 float32, numeric scores); SegmenterError naming the backbone otherwise."""
+        if len(predictions) != count:
+            raise SegmenterError(f"{self._what()} returned {len(predictions)} predictions for "
+                                 f"{count} prompt sets")
+        for prediction in predictions:
+            problem = _output_problem(prediction, image_size)
+            if problem:
+                raise SegmenterError(f"{self._what()} broke the decode contract: {problem} "
+                                     "(see msagent.testing.check_segmenter)")
+
+    def _what(self) -> str:
+        return f"backbone {self.name or type(self).__name__!r}"
+
     # -- what a backbone implements --------------------------------------------
     @abstractmethod
     def encode_image(self, image: np.ndarray) -> Any:
@@ -215,37 +306,69 @@ class Segmenter(ABC):
         return [self.encode_image(image) for image in images]
 
     @abstractmethod
-    def decode(
-        self,
-        embedding: Embedding,
-        prompts: Prompts,
-        prev_logits: np.ndarray | None = None,
-        *,
-        multimask: bool = True,
-    ) -> MaskPrediction:
-        """Predict a mask for ``prompts`` (pixel XY of the original image).
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
+        """Decode validated prompt sets: one :class:`MaskPrediction` per set, in order.
 
-        ``prev_logits`` is the previous turn's 256×256 float32 low-res logits (or None).
-        With ``multimask`` the candidate with the best predicted IoU is kept.
-        Returns the H×W bool mask at the original size, the new low-res logits and the score.
+        Inputs are checked: prompts lie inside the image (``prompts.text`` is set only for
+        what a text-prompted backbone may read), each ``prev_logits`` entry is None or a
+        256×256 float32 array, ``multimask`` is a bool. Return H×W bool masks at the original
+        size, 256×256 float32 low-res logits (the next turn's mask input) and scores.
         """
 
-    def decode_batch(
-        self,
-        embedding: Embedding,
-        prompt_sets: Sequence[Prompts],
-        prev_logits: Sequence[np.ndarray | None] | None = None,
-        *,
-        multimask: bool = True,
-    ) -> list[MaskPrediction]:
-        """Decode several prompt sets against one embedding (backbones override to batch)."""
-        prev = list(prev_logits) if prev_logits is not None else [None] * len(prompt_sets)
-        if len(prev) != len(prompt_sets):
-            raise SegmenterError(
-                f"decode_batch got {len(prompt_sets)} prompt sets but {len(prev)} prev_logits"
-            )
-        return [self.decode(embedding, p, logits, multimask=multimask)
-                for p, logits in zip(prompt_sets, prev)]
+
+def _with_texts(sets: list[Prompts], text: str | Sequence[str | None] | None) -> list[Prompts]:
+    """``text`` (one for all, or one per set) moved into the prompt sets."""
+    if text is None:
+        return sets
+    texts = [text] * len(sets) if isinstance(text, str) else list(text)
+    if len(texts) != len(sets):
+        raise SegmenterError(f"decode_batch got {len(sets)} prompt sets but {len(texts)} texts; "
+                             "give one of each per set")
+    return [p if t is None else attrs.evolve(p, text=t) for p, t in zip(sets, texts)]
+
+
+def _output_problem(prediction: Any, image_size: tuple[int, int]) -> str:
+    if not isinstance(prediction, MaskPrediction):
+        return f"a {type(prediction).__name__} instead of a MaskPrediction"
+    mask, logits = prediction.mask, prediction.low_res_logits
+    if not isinstance(mask, np.ndarray) or mask.shape != tuple(image_size) or mask.dtype != bool:
+        return (f"the mask must be {image_size[0]}×{image_size[1]} bool, got "
+                f"{getattr(mask, 'shape', None)} {getattr(mask, 'dtype', type(mask).__name__)}")
+    if not isinstance(logits, np.ndarray) or logits.shape != (LOW_RES, LOW_RES) \
+            or logits.dtype != np.float32:
+        return (f"low_res_logits must be {LOW_RES}×{LOW_RES} float32, got "
+                f"{getattr(logits, 'shape', None)} {getattr(logits, 'dtype', type(logits).__name__)}")
+    try:
+        float(prediction.score)
+    except (TypeError, ValueError):
+        return f"the score must be a number, got {prediction.score!r}"
+    return ""
+
+
+def _adapt_legacy_decode(cls: type) -> None:
+    """Backbones written against the first contract override ``decode`` (or ``decode_batch``)
+    instead of implementing ``decode_prompts``. They keep working as they did (their methods
+    are called as before, unchecked), with a DeprecationWarning; ``decode_prompts`` is derived
+    from their ``decode`` so that the base ``decode_batch`` still works."""
+    own = cls.__dict__
+    if not ("decode" in own or "decode_batch" in own):
+        return
+    implemented = any("decode_prompts" in klass.__dict__ for klass in cls.__mro__
+                      if klass is not Segmenter and issubclass(klass, Segmenter))
+    if implemented:
+        return
+    warnings.warn(f"{cls.__qualname__} overrides Segmenter.decode/decode_batch; implement "
+                  "decode_prompts() instead (the front doors then check inputs and outputs)",
+                  DeprecationWarning, stacklevel=3)
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        return [self.decode(embedding, p, prev, multimask=multimask,
+                            **({"text": p.text} if self.accepts_text and p.text is not None else {}))
+                for p, prev in zip(prompt_sets, prev_logits)]
+
+    cls.decode_prompts = decode_prompts
 
 
 def _check_image(image: np.ndarray) -> None:

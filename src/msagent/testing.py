@@ -55,3 +55,97 @@ def add_to_hf_cache(root: Path, repo_id: str, filename: str, source: Path) -> Pa
     (repo / "refs" / "main").write_text(revision)
     shutil.copyfile(source, target)
     return target
+
+
+def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = False) -> None:
+    """The conformance suite every backbone's tests run: the contract of
+    :class:`msagent.Segmenter`, checked on ``segmenter`` with a non-square phantom (or
+    ``image``), and with a 1-pixel-high strip when ``thin``. Raises AssertionError naming what
+    broke; costs one or two encodes and a few decodes.
+
+    Checked: encode gives an Embedding of the image's size and a second encode of the same
+    pixels hits the cache; decode of a box, of clicks, of a box with clicks and the previous
+    logits gives an H×W bool mask, 256×256 float32 logits and a numeric score; decode is
+    deterministic; decode_batch equals one decode per set; the async front doors equal the
+    sync ones; misuse (a prompt outside the image, no prompt, logits of the wrong shape,
+    mismatched batch lengths) raises SegmenterError; a text-prompted backbone decodes a text
+    alone.
+    """
+    import asyncio
+
+    from .errors import SegmenterError
+    from .segmenter import Embedding
+    from .types import BBox, Point, Prompts
+
+    def expect(condition: bool, what: str) -> None:
+        if not condition:
+            raise AssertionError(f"{type(segmenter).__name__}: {what}")
+
+    image = make_phantom(96, 136, center=(44, 70), radii=(22, 34))[0] if image is None else image
+    height, width = image.shape[:2]
+    embedding = segmenter.encode(image)
+    expect(isinstance(embedding, Embedding) and tuple(embedding.image_size) == (height, width),
+           f"encode must return an Embedding of size {(height, width)}")
+    cached = segmenter.cache_info()
+    if cached.maxsize > 0:
+        segmenter.encode(image.copy())
+        expect(segmenter.cache_info().hits == cached.hits + 1, "a second encode of the same "
+               "pixels must hit the embedding cache")
+    box = BBox(width // 4, height // 4, 3 * width // 4, 3 * height // 4)
+    inside, outside = Point(width // 2, height // 2), Point(width // 4 + 1, height // 4 + 1, False)
+    first = segmenter.decode(embedding, Prompts(box=box))
+    sets = [Prompts(box=box), Prompts(points=(inside,)), Prompts(box=box, points=(inside, outside))]
+    prevs = [None, None, first.low_res_logits]
+    singles = [segmenter.decode(embedding, p, prev) for p, prev in zip(sets, prevs)]
+    for prompts, prediction in zip(sets, singles):
+        _check_prediction(prediction, (height, width), expect, f"decode({prompts})")
+    again = segmenter.decode(embedding, sets[2], prevs[2])
+    expect(np.array_equal(again.mask, singles[2].mask), "decode must be deterministic")
+    batch = segmenter.decode_batch(embedding, sets, prevs)
+    expect(len(batch) == len(sets), "decode_batch must return one prediction per prompt set")
+    for single, batched in zip(singles, batch):
+        expect(np.array_equal(single.mask, batched.mask)
+               and np.allclose(single.low_res_logits, batched.low_res_logits, atol=1e-3),
+               "decode_batch must equal one decode per prompt set")
+
+    async def both():
+        return await segmenter.aencode(image), await segmenter.adecode(embedding, sets[0])
+
+    aembedding, aprediction = asyncio.run(both())
+    expect(aembedding.key == embedding.key and np.array_equal(aprediction.mask, singles[0].mask),
+           "aencode/adecode must equal encode/decode")
+    wrong_logits = np.zeros((64, 64), np.float32)
+    misuse = {
+        "a click outside the image": lambda: segmenter.decode(embedding, Prompts(points=(Point(width, 0),))),
+        "no prompt": lambda: segmenter.decode(embedding, Prompts()),
+        "logits of the wrong shape": lambda: segmenter.decode(embedding, sets[0], wrong_logits),
+        "one prev_logits for two sets": lambda: segmenter.decode_batch(embedding, sets[:2], [None]),
+    }
+    for what, call in misuse.items():
+        if what == "no prompt" and segmenter.accepts_text:
+            continue
+        try:
+            call()
+        except SegmenterError:
+            continue
+        raise AssertionError(f"{type(segmenter).__name__}: {what} must raise SegmenterError")
+    if segmenter.accepts_text:
+        _check_prediction(segmenter.decode(embedding, Prompts(text="the bright object")),
+                          (height, width), expect, "decode of a text alone")
+    if thin:
+        strip = np.ascontiguousarray(image[height // 2:height // 2 + 1])
+        thin_embedding = segmenter.encode(strip)
+        prediction = segmenter.decode(thin_embedding, Prompts(box=BBox(0, 0, width - 1, 0)))
+        _check_prediction(prediction, (1, width), expect, "decode on a 1-pixel-high image")
+
+
+def _check_prediction(prediction, size: tuple[int, int], expect, what: str) -> None:
+    from .segmenter import LOW_RES
+
+    mask, logits = prediction.mask, prediction.low_res_logits
+    expect(isinstance(mask, np.ndarray) and mask.shape == size and mask.dtype == bool,
+           f"{what}: the mask must be a {size} bool array")
+    expect(isinstance(logits, np.ndarray) and logits.shape == (LOW_RES, LOW_RES)
+           and logits.dtype == np.float32, f"{what}: low_res_logits must be 256×256 float32")
+    expect(np.isfinite(logits).all(), f"{what}: low_res_logits must be finite")
+    expect(isinstance(float(prediction.score), float), f"{what}: the score must be a number")

@@ -75,10 +75,13 @@ class Action:
 
 @attrs.frozen
 class Prompts:
-    """Prompts accumulated within one episode: at most one box (the latest) and all clicks."""
+    """Prompts accumulated within one episode: at most one box (the latest) and all clicks,
+    plus the target ``text`` for backbones that take a text prompt (``accepts_text``; others
+    ignore it)."""
 
     box: BBox | None = None
-    points: tuple[Point, ...] = ()
+    points: tuple[Point, ...] = attrs.field(default=(), converter=tuple)
+    text: str | None = None
 
     def add(self, prompt: BBox | Point) -> "Prompts":
         if isinstance(prompt, BBox):
@@ -87,11 +90,47 @@ class Prompts:
 
     def latest_only(self, prompt: BBox | Point) -> "Prompts":
         """Upstream's semantics: only the newest prompt (the mask input carries the rest)."""
-        return Prompts(box=prompt) if isinstance(prompt, BBox) else Prompts(points=(prompt,))
+        if isinstance(prompt, BBox):
+            return Prompts(box=prompt, text=self.text)
+        return Prompts(points=(prompt,), text=self.text)
 
     @property
     def empty(self) -> bool:
+        """No box and no click (a text alone is not a spatial prompt)."""
         return self.box is None and not self.points
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``{"box": [x1, y1, x2, y2] | null, "points": [[x, y, label], ...]}``."""
+        out: dict[str, Any] = {"box": None if self.box is None else list(self.box.as_tuple()),
+                               "points": [[p.x, p.y, p.label] for p in self.points]}
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Prompts":
+        box = data.get("box")
+        return cls(box=None if box is None else BBox(*box),
+                   points=tuple(Point(x, y, bool(label)) for x, y, label in data.get("points", ())),
+                   text=data.get("text"))
+
+
+def prompt_to_dict(prompt: BBox | Point | None) -> dict[str, Any] | None:
+    """JSON form of one pixel prompt: ``{"box": [...]}`` or ``{"point": [x, y, label]}``."""
+    if isinstance(prompt, BBox):
+        return {"box": list(prompt.as_tuple())}
+    if isinstance(prompt, Point):
+        return {"point": [prompt.x, prompt.y, prompt.label]}
+    return None
+
+
+def prompt_from_dict(data: Mapping[str, Any] | None) -> BBox | Point | None:
+    if not data:
+        return None
+    if "box" in data:
+        return BBox(*data["box"])
+    x, y, label = data["point"]
+    return Point(x, y, bool(label))
 
 
 @attrs.frozen(eq=False)
@@ -105,19 +144,13 @@ class MaskPrediction:
 
 
 @attrs.frozen(eq=False)
-class Observation:
-    """What the policy sees after an executed action: the overlay (H×W×3 uint8) and a text."""
-
-    image: np.ndarray
-    text: str
-
-
-@attrs.frozen(eq=False)
 class Step:
     """One policy reply and what came of it.
 
     ``action`` is None when the reply was invalid (then ``error`` says why). Executed actions
-    carry the mask and score after the call, and ``iou``/``dice`` when a ground truth was given.
+    carry the mask and score after the call, and ``iou``/``dice`` when a ground truth was given;
+    ``prompt`` is the pixel prompt the action added and ``prompts`` the pixel prompts in force
+    after it (what the backbone decoded; by the episode's prompt mode).
     """
 
     index: int
@@ -129,6 +162,8 @@ class Step:
     iou: float | None = None
     dice: float | None = None
     usage: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    prompt: BBox | Point | None = None
+    prompts: Prompts | None = None
 
     @property
     def executed(self) -> bool:
@@ -247,6 +282,8 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
         "iou": step.iou,
         "dice": step.dice,
         "usage": dict(step.usage),
+        **({} if step.prompt is None else {"prompt": prompt_to_dict(step.prompt)}),
+        **({} if step.prompts is None else {"prompts": step.prompts.to_dict()}),
     }
 
 
@@ -262,4 +299,6 @@ def _step_from_dict(data: Mapping[str, Any]) -> Step:
         iou=data.get("iou"),
         dice=data.get("dice"),
         usage=data.get("usage", {}),
+        prompt=prompt_from_dict(data.get("prompt")),
+        prompts=None if data.get("prompts") is None else Prompts.from_dict(data["prompts"]),
     )

@@ -77,8 +77,7 @@ def test_prompt_mode_sends_the_checkpoints_conversation(server, segmenter, phant
     assert trajectory.stop_reason == "stop" and trajectory.turns == 1
     second, _ = server.requests[1]
     assert "tools" not in second and second["max_tokens"] == 512
-    episode = msagent.Episode("x", phantom[0], trajectory.target, 5, steps=list(trajectory.steps[:1]),
-                              observations=[phantom[0]])
+    episode = msagent.Episode("x", phantom[0], trajectory.target, 5, steps=list(trajectory.steps[:1]))
     expected = protocol.build_messages(episode)
     assert [m["role"] for m in second["messages"]] == [m["role"] for m in expected]
     assert second["messages"][0]["content"] == protocol.SYSTEM_PROMPT

@@ -197,3 +197,9 @@ def test_text_option(reference, monkeypatch, tmp_path):
     assert not auto.accepts_text
     with pytest.raises(WeightsNotFound, match="use_text_prompt=True"):
         imis.IMISNetSegmenter(path, device="cpu", use_text_prompt=True)
+
+
+def test_conformance(seg, wide, embedding):
+    from msagent.testing import check_segmenter
+
+    check_segmenter(seg, wide[0])  # accepts_text: a text alone is checked too

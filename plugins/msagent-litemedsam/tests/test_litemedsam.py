@@ -6,8 +6,8 @@ import torch
 from msagent_litemedsam import segmenter as lite
 
 import msagent
+from msagent.backbones.geometry import InputGeometry
 from msagent.errors import WeightsMismatch, WeightsNotFound
-from msagent.geometry import InputGeometry
 from msagent.testing import make_phantom
 from msagent.types import BBox, Point, Prompts
 
@@ -111,3 +111,9 @@ def test_agent_episode_on_mri_slice(seg, mni_slice):
     image, gt = mni_slice
     result = msagent.segment(image, "brain", backbone=seg, policy="expert", ground_truth=gt)
     assert result.turns >= 2 and result.iou > 0.6
+
+
+def test_conformance(seg, wide):
+    from msagent.testing import check_segmenter
+
+    check_segmenter(seg, wide[0], thin=True)

@@ -145,3 +145,9 @@ def test_listing_the_backbones_imports_no_torch():
             "assert not {'torch', 'sam2', 'hydra'} & set(sys.modules), 'heavy import'")
     env = dict(os.environ, MSAGENT_LOAD_PLUGINS="medsam2")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_conformance(seg, phantom, emb):
+    from msagent.testing import check_segmenter
+
+    check_segmenter(seg, phantom[0], thin=True)

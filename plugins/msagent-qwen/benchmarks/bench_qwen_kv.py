@@ -26,7 +26,6 @@ import numpy as np
 import msagent
 from msagent import protocol
 from msagent.policy import Episode
-from msagent.render import overlay
 from msagent.types import Action, Step
 
 
@@ -51,7 +50,6 @@ def run_episode(policy, turns: int, episode_id: str) -> list[dict]:
         step_mask = mask.copy()
         step_mask[: 10 * turn] = False
         episode.steps.append(Step(turn, reply.text, Action(kind, args), mask=step_mask, score=1.0))
-        episode.observations.append(overlay(image, step_mask))
     policy.end_episode(episode)
     final = usages[-1]["context_tokens"] + usages[-1]["completion_tokens"]
     for usage in usages:

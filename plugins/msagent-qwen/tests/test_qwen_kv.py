@@ -9,7 +9,6 @@ from msagent_qwen import chat, kv
 
 from msagent import protocol
 from msagent.policy import Episode
-from msagent.render import overlay
 from msagent.types import Action, Step
 
 BOX = ('The target is in the centre.\n<tool_call>\n{"name": "add_bbox", "arguments": '
@@ -39,7 +38,6 @@ def full_prefill(policy, episode, extra=()):
 
 def accept(episode, text, action, mask):
     episode.steps.append(Step(len(episode.steps), text, action, mask=mask, score=0.9))
-    episode.observations.append(overlay(episode.image, mask))
 
 
 def force_reply(monkeypatch, policy, text):

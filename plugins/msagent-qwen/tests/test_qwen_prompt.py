@@ -53,11 +53,9 @@ def test_tokens_fed_over_two_turns_are_the_expected_conversation(tiny_checkpoint
     monkeypatch.setattr(kv, "pick", lambda *a, **k: queue.pop(0))
     first = policy.act(episode)
     assert first.text == REPLY
-    from msagent.render import overlay
     from msagent.types import Step
 
     episode.steps.append(Step(0, REPLY, protocol.parse_action(REPLY), mask=mask, score=1.0))
-    episode.observations.append(overlay(image, mask))
     queue[:] = [policy.stop_ids[-1]]
     policy.act(episode)
     images = [protocol.policy_image(image), protocol.policy_image(image, mask)]

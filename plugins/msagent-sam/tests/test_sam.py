@@ -213,3 +213,9 @@ def test_listing_the_backbone_imports_no_torch():
             "assert not {'torch', 'segment_anything'} & set(sys.modules), 'heavy import'")
     env = dict(os.environ, MSAGENT_LOAD_PLUGINS="sam")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_conformance(seg, phantom, emb):
+    from msagent.testing import check_segmenter
+
+    check_segmenter(seg, phantom[0])  # the phantom is encoded already (emb): no extra encode

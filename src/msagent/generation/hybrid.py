@@ -30,7 +30,8 @@ from collections.abc import Iterator
 import attrs
 import numpy as np
 
-from ..agent import PROMPT_MODES, Agent
+from ..agent import Agent
+from ..episode import PROMPT_MODES
 from ..errors import InvalidInput
 from ..policies.expert import ExpertPolicy
 from ..segmenter import Segmenter

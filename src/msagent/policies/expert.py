@@ -166,11 +166,8 @@ def _click_rationale(point: Point, gt: np.ndarray, episode: Episode,
 
 
 def _clicked_points(episode: Episode) -> list[Point]:
-    points = []
-    for step in episode.steps:
-        if step.action is not None and step.action.kind == "add_point":
-            points.append(protocol.action_to_prompt(step.action, episode.image_size))
-    return points
+    """Every click made so far (in either prompt mode), in pixel XY."""
+    return [step.prompt for step in episode.steps if isinstance(step.prompt, Point)]
 
 
 @attrs.define

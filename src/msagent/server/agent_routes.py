@@ -175,7 +175,7 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
             cancel.set()
 
     def work() -> None:
-        encoder = TurnEncoder((height, width))
+        encoder = TurnEncoder()
         with run.pooled.lock:
             wrapped = StreamingPolicy(run.pooled.policy, lambda s: put("turn", encoder.encode(s)), cancel)
             try:
@@ -278,7 +278,8 @@ async def seed_session(run_id: str, body: SeedRequest, ctx: ServerContext = Depe
     for prompt in record.prompts_after(body.steps):
         await run_prompt(ctx, session, prompt, None)
     state.origins.put(session.id, SessionOrigin(run_id, body.steps,
-                                                tuple(s.prompts for s in session.history)))
+                                                tuple(attrs.evolve(s.prompts, text=None)
+                                                      for s in session.history)))
     return session_step(session, ctx.store, ctx.multimask_default, body.mask_format)
 
 

@@ -56,9 +56,7 @@ class RunRecord:
 
     def prompts_after(self, steps: int) -> list[BBox | Point]:
         """The pixel prompts of the executed actions among the first ``steps`` steps."""
-        size = self.trajectory.image_size
-        return [protocol.action_to_prompt(s.action, size)
-                for s in self.trajectory.steps[:steps] if s.executed]
+        return [s.prompt for s in self.trajectory.steps[:steps] if s.executed]
 
     def mask_after(self, steps: int) -> np.ndarray | None:
         executed = [s for s in self.trajectory.steps[:steps] if s.executed]
@@ -208,26 +206,19 @@ def _finite(value: float | None) -> float | None:
 
 
 class TurnEncoder:
-    """Step → JSON turn, tracking the prompts in force (accumulate or latest mode)."""
-
-    def __init__(self, image_size: tuple[int, int], prompt_mode: str = "accumulate") -> None:
-        self.image_size, self.prompt_mode = image_size, prompt_mode
-        self.prompts = Prompts()
+    """Step → JSON turn: the action, the pixel prompt it added and the prompts in force (as the
+    episode core recorded them on the step), the mask, score and IoU/Dice."""
 
     def encode(self, step: Step) -> dict[str, Any]:
-        prompt = None
-        if step.executed:
-            prompt = protocol.action_to_prompt(step.action, self.image_size)
-            self.prompts = (self.prompts.latest_only(prompt) if self.prompt_mode == "latest"
-                            else self.prompts.add(prompt))
         action = step.action
         return {
             "type": "turn", "index": step.index, "raw_text": step.raw_text,
             "rationale": rationale(step.raw_text),
             "action": None if action is None else {"kind": action.kind,
                                                    "arguments": dict(action.arguments)},
-            "error": step.error, "executed": step.executed, "prompt": prompt_json(prompt),
-            "prompts": prompts_json(self.prompts) if step.executed else None,
+            "error": step.error, "executed": step.executed,
+            "prompt": prompt_json(step.prompt) if step.executed else None,
+            "prompts": prompts_json(step.prompts) if step.executed and step.prompts else None,
             "mask": None if step.mask is None else encode_mask(step.mask),
             "area": None if step.mask is None else int(np.count_nonzero(step.mask)),
             "score": _finite(step.score), "iou": _finite(step.iou), "dice": _finite(step.dice),
@@ -267,40 +258,36 @@ class OriginStore:
 def session_trajectory(states: list, image_size: tuple[int, int], target: str, *,
                        run: RunRecord | None = None, origin: SessionOrigin | None = None,
                        image_id: str = "", ground_truth: np.ndarray | None = None) -> Trajectory:
-    """A Trajectory of a session's undo stack (``states``: its SessionStates, oldest first).
+    """A Trajectory of a session's undo stack (``states``: its EpisodeStates, oldest first).
 
-    Each state is one step: the action is the prompt it added (the box, when the box changed,
-    else the newest click). States that a run replayed keep the agent's reply text; the others
-    are marked ``usage["source"] = "human"``. IoU/Dice come from ``ground_truth`` when given.
+    Each state is one step: the action is the prompt it added (for a state pushed by a whole
+    prompt set, upstream's ``/session/segment``, its box or else its newest click). States that
+    a run replayed keep the agent's reply text; the others are marked
+    ``usage["source"] = "human"``. IoU/Dice come from ``ground_truth`` when given.
     """
     replayed = _replayed_texts(run, origin)
-    steps, previous = [], Prompts()
+    steps = []
     for index, state in enumerate(states):
-        prompt, previous = _added(state.prompts, previous), state.prompts
+        prompt = state.added or state.prompts.box or state.prompts.points[-1]
         action = (protocol.bbox_action(prompt, image_size) if isinstance(prompt, BBox)
                   else protocol.point_action(prompt, image_size))
+        pixel_prompts = attrs.evolve(state.prompts, text=None)
         agent_text = replayed.get(index) if origin is not None and index < len(origin.prompts) \
-            and origin.prompts[index] == state.prompts else None
+            and origin.prompts[index] == pixel_prompts else None
         mask = state.prediction.mask
         steps.append(Step(
             index, agent_text or action.raw_text, action, mask=mask,
             score=_finite(state.prediction.score),
             iou=None if ground_truth is None else metrics.iou(mask, ground_truth),
             dice=None if ground_truth is None else metrics.dice(mask, ground_truth),
-            usage={"source": "agent" if agent_text else "human"}))
+            usage={"source": "agent" if agent_text else "human"}, prompt=prompt,
+            prompts=pixel_prompts))
     meta = {"source": "session"}
     if run is not None and origin is not None:
         meta.update(run.trajectory.meta, source="agent+human", run_id=run.id,
                     takeover_after_steps=origin.steps)
     return Trajectory(target=target, image_size=tuple(image_size), steps=tuple(steps),
                       stop_reason="human", image_sha256=image_id, meta=meta)
-
-
-def _added(prompts: Prompts, previous: Prompts) -> BBox | Point:
-    """The prompt a state added to the previous one (accumulate or latest mode)."""
-    if prompts.points and (len(prompts.points) > len(previous.points) or prompts.box is None):
-        return prompts.points[-1]
-    return prompts.box
 
 
 def _replayed_texts(run: RunRecord | None, origin: SessionOrigin | None) -> dict[int, str]:

@@ -22,6 +22,7 @@ import time
 import weakref
 from typing import Any
 
+import attrs
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import BaseModel
@@ -32,7 +33,7 @@ from ..wire import mask_png_b64, pack_array, unpack_array
 from .context import ServerContext, context, require_api_key
 from .routes import ERRORS, read_upload
 from .session_routes import open_session, run_prompt
-from .sessions import Session, SessionState
+from .sessions import Session
 
 router = APIRouter(tags=["upstream compatibility"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)
@@ -205,7 +206,8 @@ async def segment(session_id: str = Form(...), point_coords: str | None = Form(N
         prev = session.state.prediction if use_previous_mask else None
         pred = await ctx.engine.decode(session.embedding, prompts,
                                        None if prev is None else prev.low_res_logits, multimask_output)
-        session.push(SessionState(prompts, pred))
+        # upstream's /session/segment: a whole prompt set at once, not an episode step
+        session.push(attrs.evolve(session.state, prompts=prompts, prediction=pred, added=None))
     return _interactive(session, f"Segmentation round {session.actions} completed")
 
 

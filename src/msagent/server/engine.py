@@ -142,7 +142,9 @@ class Engine:
 
     async def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None,
                      multimask: bool | None, text: str | None = None) -> MaskPrediction:
-        """Check the request, then decode it (micro-batched with others on the same image)."""
+        """Check the request, then decode it (micro-batched with others on the same image).
+        ``text`` defaults to ``prompts.text`` (a session's target)."""
+        text = prompts.text if text is None else text
         self.check(prompts, embedding.image_size, text)
         prev = check_prev_logits(prev_logits)
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from .context import ServerContext, context, require_api_key
 from .errors import Conflict
 from .routes import ERRORS, read_upload
 from .schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
-from .sessions import Session, SessionState
+from .sessions import Session
 from .views import finite, session_info, session_step
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
@@ -46,12 +46,12 @@ async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
                      multimask: bool | None) -> None:
     """Decode ``prompt`` on top of the session's state and push the new state."""
     async with session.lock:
-        prompts = session.next_prompts(prompt)
-        prev = session.state.prediction
+        state = session.state
+        request = state.request(prompt)  # the episode core's rule: prompts, previous logits
         pred = await ctx.engine.decode(
-            session.embedding, prompts, None if prev is None else prev.low_res_logits,
-            session.multimask if multimask is None else multimask, session.text)
-        session.push(SessionState(prompts, pred))
+            session.embedding, request.prompts, request.prev_logits,
+            session.multimask if multimask is None else multimask)
+        session.push(state.after(prompt, pred))
 
 
 @router.post("", response_model=SessionInfo, status_code=201)

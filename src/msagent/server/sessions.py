@@ -17,22 +17,14 @@ from collections.abc import Callable
 
 import attrs
 
+from .. import episode
+from ..episode import PROMPT_MODES, EpisodeState
 from ..errors import InvalidInput
 from ..segmenter import Embedding
-from ..types import BBox, MaskPrediction, Point, Prompts
 from .errors import Conflict, SessionNotFound, TooManySessions
 
-PROMPT_MODES = ("accumulate", "latest")
 MAX_HISTORY = 64  # undo depth; older states are dropped
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-@attrs.frozen(eq=False)
-class SessionState:
-    """Prompts in force and the prediction they produced (None before the first prompt)."""
-
-    prompts: Prompts = Prompts()
-    prediction: MaskPrediction | None = None
 
 
 @attrs.define(eq=False)
@@ -41,7 +33,8 @@ class Session:
 
     ``prompt_mode``: "accumulate" decodes the box and every click so far with the previous
     logits (SAM's protocol); "latest" only the newest prompt with the previous logits
-    (upstream MedSAM-Agent's server). ``multimask``: None for the backbone's default.
+    (upstream MedSAM-Agent's server). ``multimask``: None for the backbone's default. Its
+    states are :class:`msagent.episode.EpisodeState` values: the episode core's rule.
     """
 
     id: str
@@ -52,7 +45,7 @@ class Session:
     text: str | None = None  # the target, sent with every decode to text-prompted backbones
     created_at: float = attrs.field(factory=time.time)
     last_used: float = 0.0
-    history: list[SessionState] = attrs.field(factory=list)
+    history: list[EpisodeState] = attrs.field(factory=list)
     actions: int = 0  # prompts ever executed (upstream's round number)
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
@@ -61,20 +54,18 @@ class Session:
         return self.embedding.image_size
 
     @property
-    def state(self) -> SessionState:
-        return self.history[-1] if self.history else SessionState()
+    def state(self) -> EpisodeState:
+        """The state in force (a fresh one before the first prompt)."""
+        if self.history:
+            return self.history[-1]
+        return episode.start(self.embedding, prompt_mode=self.prompt_mode, text=self.text)
 
-    def next_prompts(self, prompt: BBox | Point) -> Prompts:
-        if self.prompt_mode == "latest":
-            return self.state.prompts.latest_only(prompt)
-        return self.state.prompts.add(prompt)
-
-    def push(self, state: SessionState) -> None:
+    def push(self, state: EpisodeState) -> None:
         self.history.append(state)
         self.actions += 1
         del self.history[:-MAX_HISTORY]
 
-    def undo(self) -> SessionState:
+    def undo(self) -> EpisodeState:
         if not self.history:
             raise Conflict(f"session {self.id!r} has nothing to undo; add a box or a point first")
         return self.history.pop()

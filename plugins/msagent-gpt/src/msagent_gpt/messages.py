@@ -92,13 +92,12 @@ def _prompt_messages(episode: "Episode", urls: list[str]) -> list[dict]:
 
 def image_urls(episode: "Episode", cache: list[str], size: int) -> list[str]:
     """Data URLs of the policy images (original, then one overlay per executed action), at
-    ``size``×``size``; ``cache`` holds those already encoded for this episode and is extended."""
-    masks = [step.mask for step, overlay in episode.history() if overlay is not None]
-    if not cache:
-        cache.append(data_url(protocol.policy_image(episode.image, size=size)))
-    for mask in masks[len(cache) - 1:]:
-        cache.append(data_url(protocol.policy_image(episode.image, mask, size)))
-    return cache[:len(masks) + 1]
+    ``size``×``size``; ``cache`` holds those already encoded for this episode and is extended.
+    The images come from ``episode.policy_images``, rendered once per episode."""
+    images = episode.policy_images(size)
+    for image in images[len(cache):]:
+        cache.append(data_url(image))
+    return cache[:len(images)]
 
 
 def _user(url: str, text: str) -> dict:

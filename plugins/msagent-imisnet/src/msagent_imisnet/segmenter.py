@@ -14,18 +14,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from msagent.backbones import (
+    Embedding,
+    InputGeometry,
+    MaskPrediction,
+    Prompts,
+    Segmenter,
+    check_prev_logits,
+    check_prompts,
+)
+from msagent.backbones.sam import resolve_device, resolve_dtype
 from msagent.errors import SegmenterError
-from msagent.geometry import InputGeometry
-from msagent.sam_decoding import resolve_device, resolve_dtype
-from msagent.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts
-from msagent.types import MaskPrediction, Prompts
 
 from .model import INPUT_SIZE, IMISNet, build_imisnet
 from .text import TOKENIZER_HINT, resolve_tokenizer, tokenize
 from .weights import load_into, load_state_dict, resolve_checkpoint
 
 log = logging.getLogger(__name__)
-TextArg = str | Sequence[str | None] | None
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:
@@ -131,26 +136,16 @@ class IMISNetSegmenter(Segmenter):
         return embedding
 
     # -- decoder -----------------------------------------------------------------
-    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool = True, text: str | None = None) -> MaskPrediction:
-        """Decode box/points (pixel XY of the original image), the previous 256×256 logits and
-        an optional ``text`` target (e.g. "liver"); ``prompts`` may be empty when ``text`` is
-        given. Returns the H×W mask, the kept 256×256 logits and its predicted IoU."""
-        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask,
-                                 text=text)[0]
-
     @torch.inference_mode()
-    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
-                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool = True, text: TextArg = None) -> list[MaskPrediction]:
-        """Decode several prompt sets against one embedding, batching sets of equal structure.
-        ``text`` is one string for all sets or one (or None) per set."""
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
+        """Decode box/points (pixel XY of the original image), the previous 256×256 logits and
+        the target text (``prompts.text``, e.g. "liver", when a tokenizer is loaded; a set may
+        then have no box or point), batching sets of equal structure."""
         count = len(prompt_sets)
-        prev = list(prev_logits) if prev_logits is not None else [None] * count
-        texts = [text] * count if text is None or isinstance(text, str) else list(text)
-        if len(prev) != count or len(texts) != count:
-            raise SegmenterError(f"decode_batch got {count} prompt sets, {len(prev)} prev_logits "
-                                 f"and {len(texts)} texts; give one of each per set")
+        prev = list(prev_logits)
+        texts = [p.text if self.accepts_text else None for p in prompt_sets]
         for prompts, target in zip(prompt_sets, texts):
             _check(prompts, target, embedding.image_size)
         groups: dict[tuple, list[int]] = defaultdict(list)

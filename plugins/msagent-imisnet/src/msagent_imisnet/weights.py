@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from msagent import weights
+from msagent.backbones import weights
 from msagent.errors import WeightsMismatch
 
 ENV_CHECKPOINT = "MSAGENT_IMISNET_CHECKPOINT"

@@ -11,12 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msagent import weights
+from msagent.backbones import Embedding, InputGeometry, MaskPrediction, Prompts, Segmenter, weights
+from msagent.backbones.sam import decode_sam, resolve_device, resolve_dtype
 from msagent.errors import WeightsMismatch, WeightsNotFound
-from msagent.geometry import InputGeometry
-from msagent.sam_decoding import decode_sam, resolve_device, resolve_dtype
-from msagent.segmenter import Embedding, Segmenter
-from msagent.types import MaskPrediction, Prompts
 
 log = logging.getLogger(__name__)
 INPUT_SIZE = 256
@@ -109,14 +106,9 @@ class LiteMedSAMSegmenter(Segmenter):
         features = self.model.image_encoder(tensor)
         return [features[i:i + 1] for i in range(len(images))]
 
-    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool = False) -> MaskPrediction:
-        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask)[0]
-
-    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
-                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool = False) -> list[MaskPrediction]:
-        prev = list(prev_logits) if prev_logits is not None else [None] * len(prompt_sets)
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
         geometry = InputGeometry(embedding.image_size, INPUT_SIZE)
         return decode_sam(self.model.prompt_encoder, self.model.mask_decoder, embedding.features,
-                          geometry, prompt_sets, prev, multimask, self.dtype)
+                          geometry, prompt_sets, prev_logits, multimask, self.dtype)

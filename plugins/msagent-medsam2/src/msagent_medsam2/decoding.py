@@ -21,10 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msagent.geometry import InputGeometry
-from msagent.sam_decoding import select_best
-from msagent.segmenter import LOW_RES, check_prev_logits, check_prompts
-from msagent.types import MaskPrediction, Prompts
+from msagent.backbones import (
+    LOW_RES,
+    InputGeometry,
+    MaskPrediction,
+    Prompts,
+    check_prev_logits,
+    check_prompts,
+)
+from msagent.backbones.sam import select_best
 
 BOX_LABELS = (2, 3)  # SAM2's labels of the top-left and bottom-right box corners
 LOGIT_CLAMP = 32.0  # SAM2ImagePredictor clamps returned low-res logits to ±32

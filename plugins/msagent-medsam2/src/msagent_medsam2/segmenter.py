@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from msagent.backbones import Embedding, InputGeometry, MaskPrediction, Prompts, Segmenter
+from msagent.backbones.sam import resolve_device, resolve_dtype
+from msagent.backbones.weights import load_into
 from msagent.errors import WeightsMismatch
-from msagent.geometry import InputGeometry
-from msagent.sam_decoding import resolve_device, resolve_dtype
-from msagent.segmenter import Embedding, Segmenter
-from msagent.types import MaskPrediction, Prompts
-from msagent.weights import load_into
 
 from .decoding import Sam2Features, decode_sam2, encode_batch
 from .model import (
@@ -78,14 +76,10 @@ class _Sam2Segmenter(Segmenter):
         with self._autocast():
             return encode_batch(self.model, batch)
 
-    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool = True) -> MaskPrediction:
-        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask)[0]
-
-    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
-                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool = True) -> list[MaskPrediction]:
-        prev = list(prev_logits) if prev_logits is not None else [None] * len(prompt_sets)
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
+        prev = list(prev_logits)
         geometry = InputGeometry(embedding.image_size, self.image_size, mode="stretch")
         with self._autocast():
             return decode_sam2(self.model, embedding.features, geometry, prompt_sets, prev,

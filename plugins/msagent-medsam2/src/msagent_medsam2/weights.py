@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import torch
 
-from msagent import weights
+from msagent.backbones import weights
 from msagent.errors import WeightsMismatch
 
 TRUNK_KEY = "image_encoder.trunk.patch_embed.proj.weight"

@@ -21,12 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from msagent.backbones import Embedding, InputGeometry, MaskPrediction, Prompts, Segmenter
+from msagent.backbones.sam import decode_sam, resolve_device, resolve_dtype
+from msagent.backbones.weights import load_into
 from msagent.errors import WeightsMismatch
-from msagent.geometry import InputGeometry
-from msagent.sam_decoding import decode_sam, resolve_device, resolve_dtype
-from msagent.segmenter import Embedding, Segmenter
-from msagent.types import MaskPrediction, Prompts
-from msagent.weights import load_into
 
 from .weights import infer_variant, load_state_dict, normalize_variant, resolve_checkpoint
 
@@ -117,16 +115,12 @@ class SamSegmenter(Segmenter):
             features = self.model.image_encoder(batch)
         return [features[i:i + 1] for i in range(len(images))]
 
-    def decode(self, embedding: Embedding, prompts: Prompts, prev_logits: np.ndarray | None = None,
-               *, multimask: bool = True) -> MaskPrediction:
-        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask)[0]
-
-    def decode_batch(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
-                     prev_logits: Sequence[np.ndarray | None] | None = None, *,
-                     multimask: bool = True) -> list[MaskPrediction]:
+    def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
+                       prev_logits: Sequence[np.ndarray | None], *,
+                       multimask: bool) -> list[MaskPrediction]:
         """Decode prompt sets against one embedding; sets of equal structure (box or not, number
         of clicks, mask input or not) go through the decoder as one batch."""
-        prev = list(prev_logits) if prev_logits is not None else [None] * len(prompt_sets)
+        prev = list(prev_logits)
         geometry = SamGeometry(embedding.image_size, INPUT_SIZE)
         with self._autocast():
             return decode_sam(self.model.prompt_encoder, self.model.mask_decoder,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from msagent import weights
+from msagent.backbones import weights
 from msagent.errors import InvalidInput, WeightsMismatch
 
 ENV_CHECKPOINT = "MSAGENT_SAM_CHECKPOINT"

@@ -1,0 +1,40 @@
+"""The SDK for backbone authors: everything a backbone plugin may import from msagent.
+
+A backbone subclasses :class:`Segmenter` and implements two primitives: ``encode_image`` (the
+image encoder, uncached) and ``decode_prompts`` (a batch of prompt sets, already validated).
+The base class owns the embedding cache, input checks, output checks and the sync/async front
+doors. What SAM-family backbones share lives here too:
+
+- :class:`InputGeometry` — image ↔ model-input geometry (resize, pad, per-axis prompt
+  scaling, low-res crops), NumPy only;
+- :mod:`msagent.backbones.sam` — the torch decode path of SAM-style prompt encoders and mask
+  decoders (``decode_sam``, ``select_best``, ``upscale``, ``resolve_device``/``resolve_dtype``);
+  imported by the plugin itself, so ``import msagent.backbones`` imports no torch;
+- :mod:`msagent.backbones.weights` — checkpoint resolution (explicit path, environment
+  variable, Hugging Face cache) and safe loading (``weights_only=True``);
+- :func:`check_prompts`, :func:`check_prev_logits`, ``LOW_RES`` — the prompt and mask-input
+  contract.
+
+:func:`msagent.testing.check_segmenter` is the conformance suite every backbone's tests run.
+"""
+
+from __future__ import annotations
+
+from ..segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts
+from ..types import BBox, MaskPrediction, Point, Prompts
+from . import weights
+from .geometry import InputGeometry
+
+__all__ = [
+    "LOW_RES",
+    "BBox",
+    "Embedding",
+    "InputGeometry",
+    "MaskPrediction",
+    "Point",
+    "Prompts",
+    "Segmenter",
+    "check_prev_logits",
+    "check_prompts",
+    "weights",
+]
