@@ -34,13 +34,13 @@ def main() -> None:
 
     import msagent
     from msagent.io import to_rgb_uint8
-    from msagent.server import create_app
     from msagent.server.background import serve_in_thread
     from msagent.testing import mni152_slice
+    from msagent.webapp import create_web_app
 
     image, truth = mni152_slice(args.target)
     segmenter = msagent.load_segmenter("litemedsam", device="cpu")
-    with tempfile.TemporaryDirectory() as tmp, serve_in_thread(create_app(segmenter)) as url, \
+    with tempfile.TemporaryDirectory() as tmp, serve_in_thread(create_web_app(segmenter)) as url, \
             sync_playwright() as pw:
         Image.fromarray(to_rgb_uint8(image)).save(Path(tmp) / "mni152-axial.png")
         Image.fromarray(truth.astype(np.uint8) * 255).save(Path(tmp) / "mni152-brain-mask.png")

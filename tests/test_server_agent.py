@@ -20,11 +20,12 @@ from msagent import io as msio  # noqa: E402
 from msagent import protocol  # noqa: E402
 from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
 from msagent.policy import Policy, Reply  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.agent_runs import rationale  # noqa: E402
+from msagent.protocol import rationale  # noqa: E402
+from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import BBox, Point, Trajectory, decode_mask, encode_mask  # noqa: E402
+from msagent.webapp import create_web_app  # noqa: E402
 from msagent.wire import png_bytes  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def server(litemedsam):
     pm = make_plugin_manager()
     pm.register(SlowPlugin, name="slow")
     set_registry(Registry(pm))
-    app = create_app(litemedsam, ServerConfig(batch_window_ms=0))
+    app = create_web_app(litemedsam, ServerConfig(batch_window_ms=0))
     try:
         with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
             yield client

@@ -222,16 +222,22 @@ def test_load_32_concurrent_sessions_finishes_without_errors():
 
 
 def test_static_files_are_served_at_ui_when_present(tmp_path):
+    from msagent.webapp import create_web_app
+
     (tmp_path / "index.html").write_text("<h1>msagent</h1>")
-    app = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path), api_key="k"))
+    app = create_web_app(Boxes(), ServerConfig(static_dir=str(tmp_path), api_key="k"))
     with serve_in_thread(app) as url:
         page = httpx.get(f"{url}/ui/")
         assert page.status_code == 200 and "msagent" in page.text
         assert httpx.get(f"{url}/", headers={"Authorization": "Bearer k"}).json()["ui"] == "/ui/"
-    plain = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path / "missing")))
+    plain = create_web_app(Boxes(), ServerConfig(static_dir=str(tmp_path / "missing")))
     with serve_in_thread(plain) as url:
         assert httpx.get(f"{url}/ui/").status_code == 404
         assert httpx.get(f"{url}/").json()["ui"] is None
+    service = create_app(Boxes(), ServerConfig(static_dir=str(tmp_path)))  # the service alone
+    with serve_in_thread(service) as url:
+        assert httpx.get(f"{url}/ui/").status_code == 404
+        assert httpx.get(f"{url}/v1/plugins").status_code == 404
 
 
 class TextBoxes(Boxes):

@@ -17,9 +17,10 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
-from msagent.server import ServerConfig, create_app  # noqa: E402
+from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.sessions import Session  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
+from msagent.webapp import create_web_app  # noqa: E402
 from msagent.wire import png_bytes  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MSAGENT_SCHEMA_EXAMPLES", "6"))  # per operation and mode
@@ -32,7 +33,7 @@ SESSION = "live-session"
 def server(litemedsam):
     from fastapi.testclient import TestClient
 
-    app = create_app(litemedsam, ServerConfig(api_key=KEY, max_upload_bytes=1 << 20,
+    app = create_web_app(litemedsam, ServerConfig(api_key=KEY, max_upload_bytes=1 << 20,
                                               max_sessions=64))
     with TestClient(app) as client:
         image = make_phantom()[0]

@@ -17,10 +17,11 @@ httpx = pytest.importorskip("httpx")
 import msagent  # noqa: E402
 from msagent.cli import main  # noqa: E402
 from msagent.options import InvalidOption  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.agent_runs import run_options  # noqa: E402
+from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.types import MaskPrediction  # noqa: E402
+from msagent.webapp import create_web_app  # noqa: E402
+from msagent.webapp.policies import run_options  # noqa: E402
 from msagent.wire import png_bytes  # noqa: E402
 
 SECRET = "sk-operator-secret-0123456789"
@@ -91,7 +92,7 @@ def listener():
 @pytest.fixture
 def api(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    app = create_app(BoxMasks(), ServerConfig(batch_window_ms=0))
+    app = create_web_app(BoxMasks(), ServerConfig(batch_window_ms=0))
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
         client.image_id = client.post("/v1/images", files={"file": ("i.png", png_bytes(image))}).json()["image_id"]
@@ -168,7 +169,7 @@ def test_operator_options_are_kept_and_cannot_be_overridden():
 
 
 def test_only_health_and_the_page_shell_are_open_with_a_key():
-    app = create_app(BoxMasks(), ServerConfig(api_key="k3y"))
+    app = create_web_app(BoxMasks(), ServerConfig(api_key="k3y"))
     with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
         for path in ("/", "/openapi.json", "/docs", "/metrics", "/v1/plugins"):
             assert client.get(path).status_code == 401, path
@@ -186,7 +187,7 @@ def multipart(files: dict) -> tuple[bytes, dict]:
 
 
 def test_an_unexpected_error_is_a_json_500_and_the_connection_survives():
-    app = create_app(BoxMasks(fail=True), ServerConfig(batch_window_ms=0))
+    app = create_web_app(BoxMasks(fail=True), ServerConfig(batch_window_ms=0))
     image = np.zeros((20, 30, 3), np.uint8)
     body, headers = multipart({"image": ("i.png", png_bytes(image), "image/png")})
     with serve_in_thread(app) as url:
@@ -209,7 +210,7 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_survives():
 def test_clicks_in_force_are_bounded():
     from fastapi.testclient import TestClient
 
-    app = create_app(BoxMasks(), ServerConfig(max_points=3, batch_window_ms=0))
+    app = create_web_app(BoxMasks(), ServerConfig(max_points=3, batch_window_ms=0))
     image = np.zeros((20, 30, 3), np.uint8)
     with TestClient(app) as client:
         session = client.post("/v1/sessions", files={"image": ("i.png", png_bytes(image), "image/png")}).json()
@@ -242,7 +243,7 @@ def test_extreme_aspect_ratios_are_served(litemedsam, shape):
     from fastapi.testclient import TestClient
 
     image = np.random.default_rng(2).integers(0, 255, shape + (3,), dtype=np.uint8)
-    with TestClient(create_app(litemedsam, ServerConfig(batch_window_ms=0))) as client:
+    with TestClient(create_web_app(litemedsam, ServerConfig(batch_window_ms=0))) as client:
         created = client.post("/v1/sessions", files={"image": ("i.png", png_bytes(image), "image/png")})
         assert created.status_code == 201, created.text
         box = {"x1": 0, "y1": 0, "x2": shape[1] - 1, "y2": shape[0] - 1}

@@ -14,7 +14,8 @@ pytest.importorskip("fastapi")
 nib = pytest.importorskip("nibabel")
 
 import msagent  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
+from msagent.server import ServerConfig  # noqa: E402
+from msagent.webapp import create_web_app  # noqa: E402
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def client_for():
     from fastapi.testclient import TestClient
 
     def make(**config):
-        app = create_app(msagent.load_segmenter("mybackbone"), ServerConfig(batch_window_ms=0, **config))
+        app = create_web_app(msagent.load_segmenter("mybackbone"), ServerConfig(batch_window_ms=0, **config))
         return TestClient(app)
 
     return make

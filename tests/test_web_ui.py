@@ -33,10 +33,11 @@ from msagent import io as msio  # noqa: E402
 from msagent import protocol  # noqa: E402
 from msagent.errors import WeightsNotFound  # noqa: E402
 from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
+from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import Trajectory, decode_mask, encode_mask  # noqa: E402
+from msagent.webapp import create_web_app  # noqa: E402
 
 API_KEY = "web-ui-test-key"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -81,7 +82,7 @@ def server(litemedsam):
     pm = make_plugin_manager()
     pm.register(TestPolicies, name="test-policies")
     set_registry(Registry(pm))
-    app = create_app(litemedsam, ServerConfig(api_key=API_KEY, batch_window_ms=0))
+    app = create_web_app(litemedsam, ServerConfig(api_key=API_KEY, batch_window_ms=0))
     try:
         with serve_in_thread(app) as url:
             yield url

@@ -136,15 +136,37 @@ def parse_action(text: str, image_size: tuple[int, int] | None = None) -> Action
     call = _load_json(payload)
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise PolicyOutputError(f"tool call must be an object with a 'name': {payload[:200]!r}")
-    arguments = call.get("arguments", call.get("parameters", {}))
-    if isinstance(arguments, str):  # some servers send arguments as a JSON string
-        arguments = _load_json(arguments) if arguments.strip() else {}
+    # arguments as a JSON string are tolerated too (some servers send them so)
+    return validate_call(call["name"], call.get("arguments", call.get("parameters", {})),
+                         image_size, text)
+
+
+def validate_call(name: str, arguments: Any, image_size: tuple[int, int] | None = None,
+                  raw_text: str = "") -> Action:
+    """A structured tool call (a name and its arguments, as verl's tools or an API's native
+    ``tool_calls`` deliver them) checked by the same rules as :func:`parse_action`."""
+    if not isinstance(name, str):
+        raise PolicyOutputError(f"tool name must be text, got {_short(name)}")
+    if isinstance(arguments, str):
+        arguments = _load_json(arguments[:MAX_REPLY_CHARS]) if arguments.strip() else {}
     if not isinstance(arguments, dict):
         raise PolicyOutputError(f"tool arguments must be an object, got {_short(arguments)}")
-    action = _validated(call["name"], arguments, text)
+    action = _validated(name, arguments, raw_text)
     if image_size is not None:
         check_prompt(action, image_size)
     return action
+
+
+def split_reply(text: str) -> tuple[str, str]:
+    """A reply as (rationale: the text before its ``<tool_call>``, the call from there on;
+    "" when there is none)."""
+    rationale, tag, rest = text.partition(_OPEN)
+    return rationale.strip(), (tag + rest) if tag else ""
+
+
+def rationale(text: str) -> str:
+    """The reply's text before its ``<tool_call>`` (all of it when there is none)."""
+    return split_reply(text)[0]
 
 
 def check_prompt(action: Action, image_size: tuple[int, int]) -> None:

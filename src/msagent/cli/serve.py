@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encode-workers", type=int, default=2)
     parser.add_argument("--no-compat", action="store_true",
                         help="do not serve upstream MedSAM-Agent's /session/* and /predict routes")
-    parser.add_argument("--static-dir", help="files to serve at /ui (default: the bundled UI, if any)")
+    parser.add_argument("--web", action=argparse.BooleanOptionalAction, default=None,
+                        help="also serve the web page's app (agent runs, volumes, the page at "
+                        "/ui); default: on for a loopback --host, off otherwise")
+    parser.add_argument("--static-dir", help="files to serve at /ui (default: the bundled page)")
 
 
 def build_config(args: argparse.Namespace):
@@ -120,17 +123,23 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         from ..errors import MsAgentError
 
-        raise MsAgentError("msagent serve needs the server extra: pip install 'msagent[server]'") \
+        raise MsAgentError("msagent serve needs the server extra: pip install '.[server]' in a msagent clone") \
             from None
     from ..options import parse_options
     from ..server import create_app
+    from ..server.config import LOOPBACK_HOSTS
 
     config = build_config(args)
     check_exposure(args.host, config)  # before loading the backbone
     segmenter = load_backbone(args.backbone, parse_options(args.backbone_option), args.cache_size)
+    web = args.web if args.web is not None else args.host in LOOPBACK_HOSTS
     app = create_app(segmenter, config)
-    log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs)", segmenter.name, args.host,
-             args.port)
+    if web:
+        from ..webapp import install
+
+        install(app)
+    log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs%s)", segmenter.name, args.host,
+             args.port, "; the web page at /ui/" if web else "; no web page: --web adds it")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 timeout_keep_alive=30)
     return 0

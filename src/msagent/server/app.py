@@ -1,9 +1,10 @@
-"""The application factory: ``create_app(segmenter, config)`` → a FastAPI app.
+"""The segmentation service: ``create_app(segmenter, config)`` → a FastAPI app.
 
 Routes: ``/health`` and ``/metrics``; ``/v1/images``, ``/v1/predict``, ``/v1/sessions/...``;
 upstream MedSAM-Agent's ``/session/...`` and ``/predict`` (``config.compat``); the OpenAPI
-spec at ``/openapi.json`` (pages at ``/docs``); static files from ``msagent/server/static``
-(or ``config.static_dir``) at ``/ui`` when that folder exists.
+spec at ``/openapi.json`` (pages at ``/docs``). This is what the ``remote`` backbone and the
+training tools talk to. The web page's app (agent runs, volumes, the page itself) is a separate
+app on top of it: :func:`msagent.webapp.create_web_app`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
 from .. import __version__
 from ..segmenter import Segmenter
-from . import agent_routes, compat, errors, routes, session_routes, volume_routes
+from . import compat, errors, routes, session_routes
 from .config import ServerConfig
 from .context import ServerContext, require_api_key
 from .engine import Engine
@@ -26,7 +26,6 @@ from .middleware import LimitsMiddleware, UnexpectedErrorsMiddleware
 from .sessions import SessionStore
 
 log = logging.getLogger(__name__)
-STATIC_DIR = Path(__file__).parent / "static"
 DESCRIPTION = """Interactive segmentation sessions and stateless decodes over one msagent
 backbone. Coordinates are pixel XY of the original image; masks come as msagent's run-length
 code or PNG; low-res logits as base64 float16/float32. Send `Authorization: Bearer <key>` when
@@ -60,9 +59,6 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
     app.include_router(session_routes.router)
     if config.compat:
         app.include_router(compat.router)
-    agent_routes.install(app)  # the web page's agent runs, plugins listing
-    volume_routes.install(app)  # the web page's images as PNG, volumes, mask export
-    _mount_static(app, Path(config.static_dir) if config.static_dir else STATIC_DIR)
     _install_docs(app)
     app.add_middleware(UnexpectedErrorsMiddleware)  # inside the limits: its 500s are counted
     app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
@@ -91,13 +87,6 @@ def _install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
-
-
-def _mount_static(app: FastAPI, directory: Path) -> None:
-    if directory.is_dir():
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/ui", StaticFiles(directory=directory, html=True), name="ui")
 
 
 async def _expire_idle(store: SessionStore) -> None:

@@ -57,7 +57,7 @@ class ServerConfig:
         factory=dict, converter=lambda m: {k: dict(v) for k, v in dict(m).items()})
     open_server: bool = False
     compat: bool = True  # also serve upstream MedSAM-Agent's /session/* and /predict routes
-    static_dir: str | None = None  # default: msagent/server/static, mounted at /ui if present
+    static_dir: str | None = None  # the web app's page; default msagent/webapp/static, at /ui
 
     def batch_window_s(self, device: str) -> float:
         """The micro-batching window in seconds for a backbone on ``device`` (0: off)."""

@@ -31,7 +31,7 @@ from .. import io
 from .._lru import BoundedLRU
 from ..errors import InvalidImage, InvalidInput, InvalidMask
 from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
-from .errors import ServerError
+from ..server.errors import ServerError
 
 MAX_VOLUMES = 4
 EXPORT_FORMATS = {"nifti": ("application/gzip", ".nii.gz"), "dicom-seg": ("application/dicom", ".dcm")}

@@ -3,7 +3,7 @@
 - ``GET /v1/plugins``: the installed backbones (which one this server runs) and policies;
 - ``POST /v1/agent/run``: one :class:`msagent.Agent` episode on a stored image with the
   server's segmenter (its shared embedding cache), streamed as NDJSON: a ``start`` line, one
-  ``turn`` line per policy reply (see :class:`~.agent_runs.TurnEncoder`), then ``done`` (or
+  ``turn`` line per policy reply (see :class:`~.turns.TurnEncoder`), then ``done`` (or
   ``error``). The episode runs in a worker thread; closing the stream stops it (the run is
   kept with the steps it made);
 - ``GET /v1/agent/runs/{id}``: the finished run's trajectory JSON
@@ -35,29 +35,18 @@ from pydantic import BaseModel, Field
 from ..agent import Agent
 from ..errors import InvalidInput, InvalidTarget, MsAgentError
 from ..options import MAX_CLIENT_TEXT
+from ..server.context import ServerContext, context, require_api_key
+from ..server.errors import Conflict, status_of
+from ..server.routes import ERRORS, read_upload
+from ..server.schemas import MaskFormat, SessionStep
+from ..server.session_routes import open_session, run_prompt
+from ..server.views import session_step
 from ..types import encode_mask
 from ..wire import png_bytes
-from .agent_runs import (
-    OriginStore,
-    PolicyPool,
-    PooledPolicy,
-    RunNotFound,
-    RunRecord,
-    RunStore,
-    SessionOrigin,
-    StreamingPolicy,
-    TurnEncoder,
-    policy_listing,
-    run_options,
-    segmenter_listing,
-    session_trajectory,
-)
-from .context import ServerContext, context, require_api_key
-from .errors import Conflict, status_of
-from .routes import ERRORS, read_upload
-from .schemas import MaskFormat, SessionStep
-from .session_routes import open_session, run_prompt
-from .views import session_step
+from .policies import PolicyPool, PooledPolicy, policy_listing, run_options, segmenter_listing
+from .runs import RunNotFound, RunRecord, RunStore
+from .takeover import OriginStore, SessionOrigin, session_trajectory
+from .turns import StreamingPolicy, TurnEncoder
 from .volumes import VolumeStore, ground_truth_upload
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFil
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from ..server.context import ServerContext, context, require_api_key
+from ..server.routes import ERRORS, read_upload
+from ..server.schemas import RLE, ImageInfo
 from ..wire import ImageTooLarge, png_bytes
-from .context import ServerContext, context, require_api_key
-from .routes import ERRORS, read_upload
-from .schemas import RLE, ImageInfo
 from .volumes import (
     EXPORT_FORMATS,
     StoredVolume,

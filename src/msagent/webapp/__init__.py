@@ -1,0 +1,44 @@
+"""The web page's app, on top of the segmentation service (``msagent serve`` mounts it by
+default on loopback; ``--web`` / ``--no-web`` choose).
+
+- :mod:`.agent_routes`: ``GET /v1/plugins``, ``POST /v1/agent/run`` (NDJSON turns), finished
+  runs, sessions seeded from a run; :mod:`.policies` (the policy pool and what API clients may
+  set), :mod:`.runs`, :mod:`.turns`, :mod:`.takeover`;
+- :mod:`.volume_routes` / :mod:`.volumes`: NIfTI and DICOM volumes, slices, mask export;
+- ``static/``: the page itself, at ``/ui``.
+
+It uses the service's context (backbone engine, session store, limits, auth): the service
+never imports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+__all__ = ["STATIC_DIR", "create_web_app", "install"]
+
+
+def install(app: Any) -> None:
+    """Add the web page's routes, their stores and the page at ``/ui`` to a service ``app``."""
+    from . import agent_routes, volume_routes
+
+    agent_routes.install(app)
+    volume_routes.install(app)
+    config = app.state.msagent.config
+    directory = Path(config.static_dir) if config.static_dir else STATIC_DIR
+    if directory.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/ui", StaticFiles(directory=directory, html=True), name="ui")
+
+
+def create_web_app(segmenter: Any, config: Any = None) -> Any:
+    """The segmentation service (:func:`msagent.server.create_app`) with the web page's app."""
+    from ..server import create_app
+
+    app = create_app(segmenter, config)
+    install(app)
+    return app

@@ -1,0 +1,79 @@
+"""Agent runs as they stream: a policy wrapper that hands each step on, and steps as JSON turns."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import protocol
+from ..errors import PolicyError
+from ..policy import Episode, Policy, Reply
+from ..types import BBox, Point, Prompts, Step, encode_mask
+
+
+class StreamingPolicy(Policy):
+    """Wraps a policy: hands each new step to ``emit`` when the next action is asked for, and
+    stops the episode (a policy error) once ``cancel`` is set."""
+
+    def __init__(self, inner: Policy, emit: Callable[[Step], None], cancel: threading.Event) -> None:
+        self.inner, self.emit, self.cancel = inner, emit, cancel
+        self.name = inner.name
+        self.needs_ground_truth = inner.needs_ground_truth
+        self.sent = 0
+
+    def flush(self, steps: list[Step]) -> None:
+        for step in steps[self.sent:]:
+            self.emit(step)
+        self.sent = len(steps)
+
+    def act(self, episode: Episode) -> Reply:
+        self.flush(episode.steps)
+        if self.cancel.is_set():
+            raise PolicyError("the run was cancelled (the page closed or stopped it)")
+        return self.inner.act(episode)
+
+    def end_episode(self, episode: Episode) -> None:
+        self.inner.end_episode(episode)
+
+
+def prompt_json(prompt: BBox | Point | None) -> dict[str, Any] | None:
+    if isinstance(prompt, BBox):
+        return {"box": {"x1": prompt.x1, "y1": prompt.y1, "x2": prompt.x2, "y2": prompt.y2}}
+    if isinstance(prompt, Point):
+        return {"point": {"x": prompt.x, "y": prompt.y, "label": prompt.label}}
+    return None
+
+
+def prompts_json(prompts: Prompts) -> dict[str, Any]:
+    return {"box": None if prompts.box is None else prompt_json(prompts.box)["box"],
+            "points": [prompt_json(p)["point"] for p in prompts.points]}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+class TurnEncoder:
+    """Step → JSON turn: the action, the pixel prompt it added and the prompts in force (as the
+    episode core recorded them on the step), the mask, score and IoU/Dice."""
+
+    def encode(self, step: Step) -> dict[str, Any]:
+        action = step.action
+        return {
+            "type": "turn", "index": step.index, "raw_text": step.raw_text,
+            "rationale": protocol.rationale(step.raw_text),
+            "action": None if action is None else {"kind": action.kind,
+                                                   "arguments": dict(action.arguments)},
+            "error": step.error, "executed": step.executed,
+            "prompt": prompt_json(step.prompt) if step.executed else None,
+            "prompts": prompts_json(step.prompts) if step.executed and step.prompts else None,
+            "mask": None if step.mask is None else encode_mask(step.mask),
+            "area": None if step.mask is None else int(np.count_nonzero(step.mask)),
+            "score": _finite(step.score), "iou": _finite(step.iou), "dice": _finite(step.dice),
+            "usage": {k: v for k, v in step.usage.items() if isinstance(v, (int, float, str))},
+        }
+
+
