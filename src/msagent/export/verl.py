@@ -54,7 +54,7 @@ def _structured(message: dict) -> dict:
     if message["role"] != "assistant":
         return {**message, "tool_calls": None}
     action = protocol.parse_action(message["content"])
-    rationale = message["content"].split("<tool_call>", 1)[0].strip()
+    rationale = protocol.rationale(message["content"])
     call = {"type": "function", "function": {"name": action.kind,
                                              "arguments": json.dumps(dict(action.arguments))}}
     return {"role": "assistant", "content": rationale, "tool_calls": [call]}

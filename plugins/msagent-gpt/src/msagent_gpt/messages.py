@@ -68,7 +68,7 @@ def build(episode: "Episode", mode: str, urls: list[str]) -> list[dict]:
         call_id = f"call_{step.index}"
         action = step.action
         messages.append({
-            "role": "assistant", "content": rationale(step.raw_text) or None,
+            "role": "assistant", "content": protocol.rationale(step.raw_text) or None,
             "tool_calls": [{"id": call_id, "type": "function", "function": {
                 "name": action.kind, "arguments": json.dumps(dict(action.arguments))}}]})
         if overlay is not None:
@@ -103,11 +103,6 @@ def image_urls(episode: "Episode", cache: list[str], size: int) -> list[str]:
 def _user(url: str, text: str) -> dict:
     return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                         {"type": "text", "text": text}]}
-
-
-def rationale(raw_text: str) -> str:
-    """The text of a reply before its ``<tool_call>``."""
-    return raw_text.split("<tool_call>")[0].strip()
 
 
 def reply_text(message: Any) -> str:
