@@ -75,3 +75,35 @@ def test_cli_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     assert "not a readable image" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "bad.png"), "x", "--backbone", "nope"]) == 2
     assert main(["segment", "x.png", "x", "--backbone-option", "novalue"]) == 2
+
+
+# -- issue 19 item 1: an episode without a mask is a failure, one rule everywhere -----------
+def test_segment_raises_segmentation_failed_with_the_trajectory_when_no_mask(phantom):
+    from msagent.errors import PolicyError, SegmentationFailed
+
+    class Down(msagent.Policy):
+        name = "down"
+
+        def act(self, episode):
+            raise PolicyError("cannot reach the API")
+
+    with pytest.raises(SegmentationFailed, match="policy_error") as caught:
+        msagent.segment(phantom[0], "blob", backbone="mybackbone", policy=Down())
+    assert caught.value.stop_reason == "policy_error"
+    assert caught.value.trajectory.steps[0].error.startswith("policy failed")
+
+
+def test_result_says_ok_and_stop_reason(phantom):
+    image, gt = phantom
+    result = msagent.segment(image, "blob", backbone="mybackbone", policy="expert",
+                             ground_truth=gt, backbone_options={"threshold": 120})
+    assert result.ok and result.stop_reason in ("stop", "max_turns") and result.error is None
+
+
+def test_expert_without_ground_truth_is_refused_before_any_backbone_loads(monkeypatch):
+    from msagent import api
+    from msagent.errors import InvalidInput
+
+    monkeypatch.setattr(api, "resolve", lambda *a, **k: pytest.fail("nothing may load"))
+    with pytest.raises(InvalidInput, match="ground_truth="):
+        msagent.segment(np.zeros((32, 32), np.uint8), "liver", backbone="imisnet", policy="expert")

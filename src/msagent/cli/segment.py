@@ -4,6 +4,7 @@ or DICOM series) one episode per slice (``--slices``; see :mod:`msagent.cli._vol
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..options import parse_options
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import api, io, render
+    from ..errors import SegmentationFailed
     from ..io.atomic import atomic_write
     from ..turns import turn_lines
     from ._volume import is_volume, run_volume
@@ -53,13 +55,22 @@ def run(args: argparse.Namespace) -> int:
         return run_volume(args)
     check_image_outputs(args)
 
-    result = api.segment(
-        args.image, args.target, backbone=args.backbone, policy=args.policy,
-        ground_truth=args.ground_truth, max_turns=args.max_turns,
-        backbone_options=parse_options(args.backbone_option),
-        policy_options=parse_options(args.policy_option))
+    try:
+        result = api.segment(
+            args.image, args.target, backbone=args.backbone, policy=args.policy,
+            ground_truth=args.ground_truth, max_turns=args.max_turns,
+            backbone_options=parse_options(args.backbone_option),
+            policy_options=parse_options(args.policy_option))
+    except SegmentationFailed as exc:  # the replies are still worth reading
+        print("\n".join(turn_lines(exc.trajectory)))
+        if args.trajectory:
+            atomic_write(args.trajectory, exc.trajectory.to_json(indent=1).encode())
+        raise
     trajectory = result.trajectory
     print("\n".join(turn_lines(trajectory)))
+    if not result.ok:
+        print(f"msagent: warning: the episode ended early ({result.stop_reason}): {result.error}; "
+              "the mask is the last one produced", file=sys.stderr)
     if args.out:
         io.save_mask_png(result.mask, args.out)
     if args.overlay:
@@ -67,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         io.save_png(render.trajectory_strip(image, trajectory), args.overlay)
     if args.trajectory:
         atomic_write(args.trajectory, trajectory.to_json(indent=1).encode())
-    return 0 if trajectory.turns else 1
+    return 0 if result.ok else 1
 
 
 def check_image_outputs(args: argparse.Namespace) -> None:

@@ -79,9 +79,22 @@ def agent_outcome(trajectory: Trajectory, gt: np.ndarray, spacing=(1.0, 1.0),
                    curves=curves, values=values, usage=trajectory.usage, trajectory=trajectory)
 
 
+def check_answered(trajectory: Trajectory) -> None:
+    """A policy that never answered (API down, model missing) left no mask: that case is an
+    error (retried on resume, not averaged in), as :func:`msagent.segment` raises
+    :class:`~msagent.errors.SegmentationFailed`. A policy that answered without a valid mask
+    scores Dice 0 (counted in ``no_mask``): that is its result."""
+    if trajectory.turns == 0 and trajectory.stop_reason == "policy_error":
+        from ..api import failure_message
+        from ..errors import SegmentationFailed
+
+        raise SegmentationFailed(failure_message(trajectory), trajectory)
+
+
 def run_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcome:
     """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it)."""
     trajectory = agent.run(case.image, case.target, case.ground_truth, case_id=case.id)
+    check_answered(trajectory)
     return agent_outcome(trajectory, case.ground_truth, case_spacing(case), tolerance)
 
 
@@ -90,6 +103,7 @@ async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcom
     import asyncio
 
     trajectory = await agent.arun(case.image, case.target, case.ground_truth, case_id=case.id)
+    check_answered(trajectory)
     return await asyncio.to_thread(agent_outcome, trajectory, case.ground_truth,
                                    case_spacing(case), tolerance)
 

@@ -87,8 +87,20 @@ function onItem(run, item) {
   } else if (item.type === "done") {
     run.done = true;
     run.stopReason = item.stop_reason;
-    const quality = item.iou === null ? "" : ` · IoU ${fmt(item.iou)} · Dice ${fmt(item.dice)}`;
-    setStatus("run-status", `Done: ${item.turns} action(s), ${reason(item.stop_reason)}${quality}`, "done");
+    // One rule with msagent.segment and the CLI: no mask is a failure, with the last error;
+    // a mask after an early end is a result that says how it ended.
+    const errors = run.turns.filter((t) => t.error).map((t) => t.error);
+    const lastError = errors.length ? ` — ${errors[errors.length - 1]}` : "";
+    if (item.turns === 0) {
+      run.failed = true;
+      setStatus("run-status", `No mask: ${reason(item.stop_reason)}${lastError}`, "error");
+    } else {
+      const early = ["stop", "max_turns"].includes(item.stop_reason) ? "" : lastError;
+      const quality = item.iou === null ? "" : ` · IoU ${fmt(item.iou)} · Dice ${fmt(item.dice)}`;
+      setStatus("run-status",
+        `Done: ${item.turns} action(s), ${reason(item.stop_reason)}${quality}${early}`,
+        early ? "error" : "done");
+    }
   } else if (item.type === "error") {
     run.failed = true;
     setStatus("run-status", "The run failed.", "error");
