@@ -72,7 +72,7 @@ class RemoteSegmenter(Segmenter):
             import httpx  # noqa: F401
         except ImportError:
             raise SegmenterError("the remote backbone needs httpx: pip install httpx "
-                                 "(or pip install 'msagent[server]')") from None
+                                 "(or pip install '.[server]' in a msagent clone)") from None
         url = url or os.environ.get(ENV_URL)
         if not url:
             raise SegmenterError(f"the remote backbone needs the server's address: url=... or "

@@ -51,10 +51,7 @@ def open_data(specs: list[str], out: Path):
         raise InvalidInput("reading datasets needs msagent.datasets (this install lacks it)") from None
     parts = []
     for spec in specs:
-        if spec.lower() == "mni152":
-            parts.append(datasets.open_dataset(datasets.make_mni152_dataset(out / "data-mni152")))
-        else:
-            parts.append(datasets.open_dataset(spec))
+        parts.append(datasets.open_dataset(datasets.resolve_dataset(spec, out / f"data-{spec.lower()}")))
     return parts[0] if len(parts) == 1 else datasets.concat(parts)
 
 
@@ -79,7 +76,20 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, retry_errors=not args.no_retry_errors, report=not args.no_report,
         ray_address=args.ray, save_masks=not args.no_masks)
     print(markdown_table(summary))
-    print(f"\nresults: {args.out / 'results.csv'}; summary: {args.out / 'summary.json'}"
-          + ("" if args.no_report else f"; report: {args.out / 'report.html'}"), file=sys.stdout)
+    print("\n" + written_files(args.out, report=not args.no_report), file=sys.stdout)
     errors = sum(s["n_errors"] for s in summary.values())
     return 0 if errors == 0 else 1
+
+
+def written_files(out: Path, report: bool = True) -> str:
+    """The outputs that exist (never one that was skipped), and why a wanted one is missing."""
+    names = [("results", "results.csv"), ("parquet", "results.parquet"),
+             ("summary", "summary.json")] + ([("report", "report.html")] if report else [])
+    lines = [f"{label}: {out / name}" for label, name in names if (out / name).exists()]
+    if not (out / "results.parquet").exists():
+        lines.append("no results.parquet: pyarrow is not installed (pip install '.[data]' in a "
+                     "msagent clone)")
+    if report and not (out / "report.html").exists():
+        lines.append("no report.html: matplotlib is not installed (pip install '.[plot]' in a "
+                     "msagent clone)")
+    return "\n".join(lines)

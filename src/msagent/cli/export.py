@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "+ dataset_info.json), verl-rl (RLHFDataset prompt parquet)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (rerun to resume)")
     parser.add_argument("--dataset", action="append", default=[], metavar="PATH",
-                        help="verl-rl straight from dataset path(s) instead of a trajectory set")
+                        help="verl-rl straight from dataset path(s) or 'mni152' instead of a trajectory set")
     parser.add_argument("--split", help="dataset split for --dataset")
     parser.add_argument("--image-size", type=int, default=512,
                         help="observation image side, a multiple of 32 (default 512, the checkpoint's)")

@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _dataset_path(spec: str, out: Path) -> str:
     """A dataset path; ``mni152`` builds the small MNI152 folder beside the output."""
-    if spec.lower() != "mni152":
-        return spec
-    from ..datasets import make_mni152_dataset
+    from ..datasets import resolve_dataset
 
-    return str(make_mni152_dataset(out.parent / f"{out.name}-data-mni152"))
+    return str(resolve_dataset(spec, out.parent / f"{out.name}-data-{spec.lower()}"))

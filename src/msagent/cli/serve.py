@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         from ..errors import MsAgentError
 
-        raise MsAgentError("msagent serve needs the server extra: pip install '.[server]' in a msagent clone") \
+        raise MsAgentError("msagent serve needs the server extra: "
+                           "pip install '.[server]' in a msagent clone") \
             from None
     from ..options import parse_options
     from ..server import create_app

@@ -28,16 +28,35 @@ from .nifti import NiftiSlice, read_nifti_folder, read_nifti_pair
 
 __all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "NiftiSlice", "concat", "make_mni152_dataset",
            "open_dataset", "read_biomedparse", "read_folder", "read_nifti_folder",
-           "read_nifti_pair", "write_folder"]
+           "read_nifti_pair", "resolve_dataset", "write_folder"]
 
 LAYOUTS = ("biomedparse", "folder", "nifti")
+#: dataset names every command accepts in place of a path (built offline on first use)
+BUILTIN = ("mni152",)
+
+
+def resolve_dataset(spec: str | os.PathLike, build_in: str | os.PathLike | None = None) -> Path:
+    """The path of dataset ``spec``: a path as given, or a built-in name (``mni152``) built
+    once, offline, into the folder ``build_in`` or, without one, ``$MSAGENT_DATA_DIR/<name>``
+    (default ``~/.cache/msagent/datasets/<name>``). Every command and reader resolves here."""
+    name = str(spec).lower()
+    if name not in BUILTIN:
+        return Path(spec)
+    if build_in is None:
+        root = os.environ.get("MSAGENT_DATA_DIR") or Path.home() / ".cache" / "msagent" / "datasets"
+        build_in = Path(root) / name
+    folder = Path(build_in)
+    if not (folder / DEFAULT_CSV).is_file():
+        make_mni152_dataset(folder)
+    return folder
 
 
 def detect_layout(path: str | os.PathLike) -> str:
     """"biomedparse", "folder" or "nifti" for a dataset path (see :func:`open_dataset`)."""
     path = Path(path)
     if not path.exists():
-        raise InvalidInput(f"dataset path not found: {path}")
+        raise InvalidInput(f"dataset path not found: {path} (a dataset folder or file, or a "
+                           f"built-in name: {', '.join(BUILTIN)})")
     if path.is_file():
         if path.suffix == ".csv":
             return "folder"
@@ -60,8 +79,9 @@ def detect_layout(path: str | os.PathLike) -> str:
 def open_dataset(spec: str | os.PathLike, *, split: str | None = None, **options) -> Dataset:
     """The dataset at ``spec`` with the reader its layout needs. ``split`` selects a
     BiomedParse split (default: all) and is ignored by the other layouts unless their cases
-    carry it; ``options`` go to the reader (e.g. ``modality=``, ``dataset=``)."""
-    path = Path(spec)
+    carry it; ``options`` go to the reader (e.g. ``modality=``, ``dataset=``). ``spec`` may be
+    a built-in name (``mni152``, see :func:`resolve_dataset`)."""
+    path = resolve_dataset(spec)
     layout = detect_layout(path)
     if layout == "biomedparse":
         return read_biomedparse(path, split, **options)

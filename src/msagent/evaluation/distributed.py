@@ -54,7 +54,7 @@ def run_on_ray(job: Evaluation, cases: Iterable[Any], address: str, *, limit: in
         import ray
         from ray.util import ActorPool
     except ImportError:
-        raise InvalidInput("--ray needs Ray: pip install 'msagent[ray]'") from None
+        raise InvalidInput("--ray needs Ray: pip install '.[ray]' in a msagent clone") from None
     from tqdm.auto import tqdm
 
     if not all(isinstance(b, str) for b in job.backbones):

@@ -116,5 +116,5 @@ def finish(out_dir: str | Path, report: bool = True) -> dict[str, Any]:
         try:
             write_report(records, summary, out_dir)
         except ImportError as exc:
-            log.warning("no plots/report: %s (pip install 'msagent[plot]')", exc)
+            log.warning("no plots/report: %s (pip install '.[plot]' in a msagent clone)", exc)
     return summary

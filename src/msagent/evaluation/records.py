@@ -184,7 +184,8 @@ def write_tables(records: Iterable[CaseRecord], out_dir: Path) -> dict[str, Path
     try:
         import pyarrow as pa
     except ImportError:
-        log.info("pyarrow is not installed: skipping results.parquet (pip install 'msagent[data]')")
+        log.warning("pyarrow is not installed: skipping results.parquet "
+                    "(pip install '.[data]' in a msagent clone)")
         return written
     table = pa.table({c: _column(pa, [row.get(c) for row in rows]) for c in columns})
     written["parquet"] = out_dir / "results.parquet"

@@ -50,7 +50,8 @@ def _pydicom():
     try:
         import pydicom
     except ImportError:
-        raise InvalidImage("reading DICOM needs pydicom: pip install 'msagent[medical]'") from None
+        raise InvalidImage("reading DICOM needs pydicom: "
+                           "pip install '.[medical]' in a msagent clone") from None
     return pydicom
 
 

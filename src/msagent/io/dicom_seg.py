@@ -32,7 +32,8 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *
         from pydicom.sr.codedict import codes
         from pydicom.uid import generate_uid
     except ImportError:
-        raise InvalidImage("writing DICOM SEG needs highdicom: pip install 'msagent[medical]'") from None
+        raise InvalidImage("writing DICOM SEG needs highdicom: "
+                           "pip install '.[medical]' in a msagent clone") from None
     from .. import __version__
 
     if not volume.datasets:

@@ -36,7 +36,8 @@ def _nibabel():
     try:
         import nibabel
     except ImportError:
-        raise InvalidImage("reading NIfTI needs nibabel: pip install 'msagent[medical]'") from None
+        raise InvalidImage("reading NIfTI needs nibabel: "
+                           "pip install '.[medical]' in a msagent clone") from None
     return nibabel
 
 

@@ -27,7 +27,7 @@ MAX_TOKENS = 77  # CLIP's context length
 
 TOKENIZER_HINT = (
     f"IMIS-Net's text prompts need the CLIP tokenizer of {TOKENIZER_REPO} on this machine: "
-    f"`huggingface-cli download {TOKENIZER_REPO} vocab.json merges.txt tokenizer.json "
+    f"`hf download {TOKENIZER_REPO} vocab.json merges.txt tokenizer.json "
     "tokenizer_config.json special_tokens_map.json` (it lands in the HF cache and is found "
     f"offline), or point tokenizer= / ${ENV_TOKENIZER} at a folder holding those files."
 )

@@ -30,7 +30,8 @@ HOW_TO_GET = (
     f"Download {FILENAME} (about 0.7 GB) yourself, e.g. "
     f"`modelscope download --model {REPO_ID} {FILENAME} --local_dir <dir>` "
     "(or from the link in the uni-medical/IMIS-Bench README), then pass "
-    f"checkpoint='<dir>/{FILENAME}' or set {ENV_CHECKPOINT}=<dir>/{FILENAME}. "
+    f"checkpoint='<dir>/{FILENAME}' "
+    f"(CLI: --backbone-option checkpoint=<dir>/{FILENAME}) or set {ENV_CHECKPOINT}=<dir>/{FILENAME}. "
     f"A copy in the Hugging Face cache under repo id {REPO_ID!r} or in the ModelScope cache "
     "is found automatically; msagent never downloads it."
 )

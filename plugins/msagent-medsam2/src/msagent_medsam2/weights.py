@@ -51,7 +51,8 @@ class WeightsSource:
         commands = "; ".join(f"`hf download {f.repo_id} {f.filename}`"
                              + (f" ({f.label})" if f.label else "") for f in files)
         return (f"Put the weights in the Hugging Face cache with {commands} — or download "
-                f"{files[0].url} anywhere and pass checkpoint=<path> or set {self.env}=<path>. "
+                f"{files[0].url} anywhere and pass checkpoint=<path> "
+                f"(CLI: --backbone-option checkpoint=<path>) or set {self.env}=<path>. "
                 "msagent never downloads them.")
 
 

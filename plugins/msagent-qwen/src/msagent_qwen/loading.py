@@ -57,8 +57,8 @@ def _from_hf_cache(repo_id: str) -> Path:
         raise WeightsNotFound(
             f"the Qwen-VL checkpoint {repo_id!r} is not in the local Hugging Face cache "
             f"({constants.HF_HUB_CACHE}); msagent never downloads weights. Download it once "
-            f"with `hf download {repo_id}` (or `huggingface-cli download {repo_id}`), or pass "
-            f"model=/path/to/checkpoint (or set ${MODEL_ENV})") from None
+            f"with `hf download {repo_id}`, or pass "
+            f"model=/path/to/checkpoint (CLI: --policy-option model=<path>; or set ${MODEL_ENV})") from None
 
 
 def pick_device(device: str = "auto") -> str:

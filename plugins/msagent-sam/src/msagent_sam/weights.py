@@ -44,7 +44,9 @@ def how_to_get(variants: Sequence[str]) -> str:
     commands = "; ".join(f"`hf download {HF_REPO} checkpoints/{FILES[v]}` ({v})" for v in variants)
     return (f"Put the weights in the Hugging Face cache with {commands} — or download "
             f"https://dl.fbaipublicfiles.com/segment_anything/{FILES[variants[0]]} anywhere and "
-            f"pass checkpoint=<path> or set {ENV_CHECKPOINT}=<path>. msagent never downloads them.")
+            f"pass checkpoint=<path> "
+            f"(CLI: --backbone-option checkpoint=<path>) or set {ENV_CHECKPOINT}=<path>. "
+            "msagent never downloads them.")
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None = None,
