@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     headers = ("name", "kind", "package", "version")
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) if rows else len(h) for h in headers]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)) + "  description")
     for row in rows:
-        print("  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths)))
+        cells = "  ".join(str(row[h]).ljust(w) for h, w in zip(headers, widths))
+        print(f"{cells}  {row['description'] or '-'}".rstrip())
     return 0
