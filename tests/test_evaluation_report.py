@@ -26,14 +26,16 @@ CHECK_IMAGES = """<script>window.addEventListener('load', () => {
 class Sources(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.sources, self.links = [], []
+        self.sources, self.links, self.anchors = [], [], []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
             self.sources.append(attrs.get("src", ""))
-        if tag in ("link", "script") or (tag == "a" and "href" in attrs):
+        if tag in ("link", "script"):
             self.links.append(tag)
+        if tag == "a" and "href" in attrs:
+            self.anchors.append(attrs["href"])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,10 @@ def test_report_is_self_contained_with_valid_images(report):
     page = report.read_text()
     parser = Sources()
     parser.feed(page)
-    assert parser.links == []                                  # no scripts, styles or links to fetch
+    assert parser.links == []                                  # no scripts or styles to fetch
+    # each case thumbnail links to its full-size picture beside the report (issue 19)
+    assert len(parser.anchors) == 2 * 4 * 3
+    assert all(h.startswith("overlays/") and (report.parent / h).is_file() for h in parser.anchors)
     assert len(parser.sources) == 4 + 2 * 4 * 3               # 4 plots + 3 best, 3 worst of 4 methods
     for source in parser.sources:
         assert source.startswith("data:image/png;base64,")

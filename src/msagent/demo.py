@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     io.save_mask_png(result.mask, out / "mask.png")
     for step in result.trajectory.executed_steps:
         io.save_png(render.overlay(rgb, step.mask), out / f"overlay_turn{step.index + 1}.png")
-    io.save_png(render.trajectory_strip(rgb, result.trajectory), out / "turns.png")
+    io.save_png(render.trajectory_strip(rgb, result.trajectory, ground_truth=gt), out / "turns.png")
     atomic_write(out / "trajectory.json", result.trajectory.to_json(indent=1).encode())
     print(f"final IoU {result.iou:.3f}, Dice {result.dice:.3f} after {result.turns} turn(s); "
           f"wrote {out}/turns.png, overlays, mask.png and trajectory.json")

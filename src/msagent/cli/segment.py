@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help="registered backbone (default $MSAGENT_BACKBONE, then medsam2)")
     parser.add_argument("--policy", help="registered policy (default $MSAGENT_POLICY, then qwen)")
     parser.add_argument("--ground-truth", help="mask of the same size: per-turn IoU/Dice; needed by expert")
+    parser.add_argument("--initial-mask", help="a prediction to refine instead of starting from "
+                        "nothing (e.g. nnU-Net's): a binary mask of the same size, or for a volume "
+                        "a label volume on its voxel grid (nonzero, or --label, is the target)")
     parser.add_argument("--max-turns", type=int, default=5)
     parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                         help="option for the backbone (repeatable), e.g. device=cuda")
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         result = api.segment(
             args.image, args.target, backbone=args.backbone, policy=args.policy,
             ground_truth=args.ground_truth, max_turns=args.max_turns,
-            backbone_options=parse_options(args.backbone_option),
+            initial_mask=args.initial_mask, backbone_options=parse_options(args.backbone_option),
             policy_options=parse_options(args.policy_option))
     except SegmentationFailed as exc:  # the replies are still worth reading
         print("\n".join(turn_lines(exc.trajectory)))
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         io.save_mask_png(result.mask, args.out)
     if args.overlay:
         image = io.to_rgb_uint8(args.image)
-        io.save_png(render.trajectory_strip(image, trajectory), args.overlay)
+        gt = io.to_mask(args.ground_truth, image.shape[:2]) if args.ground_truth else None
+        io.save_png(render.trajectory_strip(image, trajectory, ground_truth=gt), args.overlay)
     if args.trajectory:
         atomic_write(args.trajectory, trajectory.to_json(indent=1).encode())
     return 0 if result.ok else 1

@@ -5,7 +5,8 @@ Plots, written to ``plots/``: ``dice_by_turn.png`` (agent methods: mean Dice aft
 click, NoC protocol, with the 0.85/0.90 lines), ``cvpr_curve.png`` (mean DSC and NSD after
 the box and each click). ``report.html`` shows the headline table, per-class/dataset tables,
 the plots and, for every backbone/method, the best and worst cases by Dice as overlays
-(prediction in green, ground-truth contour in yellow).
+(prediction in green, ground-truth contour in yellow, the final box and clicks drawn), each a
+thumbnail that links to its full-size picture in ``overlays/``.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ import cv2
 import numpy as np
 
 from ..io.atomic import atomic_write
-from ..render import overlay
+from ..render import LEGEND, annotate
+from ..types import Trajectory
 from .records import CaseRecord
 from .summary import table_rows
 
 THUMB = 256
 
 
-def case_overlay(image: np.ndarray, gt: np.ndarray, mask: np.ndarray, size: int = THUMB) -> np.ndarray:
-    """A thumbnail (longest side ``size``): prediction blended green, ground truth outlined."""
-    out = overlay(image, mask)
-    contours, _ = cv2.findContours(np.asarray(gt, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    thickness = max(1, round(max(image.shape[:2]) / 200))
-    cv2.drawContours(out, contours, -1, (255, 220, 0), thickness)
-    scale = size / max(out.shape[:2])
+def case_overlay(image: np.ndarray, gt: np.ndarray, mask: np.ndarray, size: int | None = None,
+                 trajectory: Trajectory | None = None) -> np.ndarray:
+    """The case's picture, at a size a reader can judge (:func:`msagent.render.annotate`: a
+    small image enlarged): prediction blended green, ground truth outlined yellow and, from
+    ``trajectory``, the final prompts (box cyan, clicks blue + / red −). ``size`` caps the
+    longest side (None: no cap); the report shows it as a thumbnail linked to this file."""
+    steps = trajectory.executed_steps if trajectory is not None else ()
+    prompts = steps[-1].prompts if steps else None
+    out = annotate(image, mask, gt, prompts)
+    scale = (size or max(out.shape[:2])) / max(out.shape[:2])
     if scale < 1:
         out = cv2.resize(out, (max(1, round(out.shape[1] * scale)), max(1, round(out.shape[0] * scale))),
                          interpolation=cv2.INTER_AREA)
@@ -176,7 +181,8 @@ def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
             if not chosen:
                 continue
             figures = "".join(
-                f'<figure>{_img(out_dir / r.overlay_file, r.case_id)}<figcaption>'
+                f'<figure><a href="{html.escape(Path(r.overlay_file).as_posix())}">'
+                f'{_img(out_dir / r.overlay_file, r.case_id, THUMB)}</a><figcaption>'
                 f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {r.dice:.3f}"
                 f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}</figcaption></figure>"
                 for r in chosen)
@@ -210,7 +216,9 @@ def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir
         "<h2>Per class</h2>", _group_table(summary, "per_class"),
         "<h2>Per dataset</h2>", _group_table(summary, "per_dataset"),
         "<h2>Per modality</h2>", _group_table(summary, "per_modality"),
-        "<h2>Best and worst cases</h2>", _cases(records, out_dir, cases_shown),
+        "<h2>Best and worst cases</h2>",
+        f"<p>{html.escape(LEGEND)}. Click a picture for its full size.</p>",
+        _cases(records, out_dir, cases_shown),
     ]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>msagent evaluation</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")

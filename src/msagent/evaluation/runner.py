@@ -246,7 +246,8 @@ class Evaluation:
         if outcome is None:
             return UnitResult(record)
         checked = _checked(case)
-        overlay = case_overlay(checked.image, checked.ground_truth, outcome.mask)
+        overlay = case_overlay(checked.image, checked.ground_truth, outcome.mask,
+                               trajectory=getattr(outcome, "trajectory", None))
         trajectory = outcome.trajectory if self.save_trajectories else None
         return UnitResult(record, outcome.mask, overlay,
                           None if trajectory is None else trajectory.to_json())
