@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import msagent
+from msagent import render
 from msagent.cli import main
 from msagent.errors import InvalidImage, InvalidMask, InvalidTarget, PluginNotFound
 
@@ -65,7 +66,7 @@ def test_cli_segment_writes_mask_overlay_and_trajectory(tmp_path, phantom, capsy
     traj = msagent.Trajectory.from_json((tmp_path / "t.json").read_text())
     saved = np.asarray(Image.open(tmp_path / "m.png")) > 0
     assert np.array_equal(saved, traj.final_mask)
-    assert Image.open(tmp_path / "o.png").height == 256
+    assert Image.open(tmp_path / "o.png").height == render.READABLE + 22  # tiles + legend
 
 
 def test_cli_errors_exit_nonzero_with_a_message(tmp_path, capsys):
