@@ -251,3 +251,33 @@ def test_extreme_aspect_ratios_are_served(litemedsam, shape):
         assert step.status_code == 200 and step.json()["mask"]["size"] == list(shape)
         predict = client.post("/v1/predict", json={"image_id": created.json()["image_id"], "box": box})
         assert predict.status_code == 200
+
+
+def test_a_npy_header_is_checked_before_anything_is_allocated():
+    import io as _io
+    import tracemalloc
+
+    from numpy.lib import format as npy
+
+    from msagent.errors import InvalidImage
+    from msagent.wire import ImageTooLarge, load_npy_bytes
+
+    def claim(shape, data=b"\0" * 64):
+        buffer = _io.BytesIO()
+        npy.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+        return buffer.getvalue() + data
+
+    tracemalloc.start()
+    with pytest.raises(ImageTooLarge):
+        load_npy_bytes(claim((30000, 30000)), 64_000_000)  # np.load would ask for 6.7 GiB first
+    with pytest.raises(InvalidImage, match="holds 64 bytes"):
+        load_npy_bytes(claim((3000, 3000)), 64_000_000)
+    with pytest.raises(InvalidImage, match="at most 4 channels"):
+        load_npy_bytes(claim((10, 10, 1000), b"\0" * 800000), 64_000_000)
+    assert tracemalloc.get_traced_memory()[1] < 8 * 2**20
+    tracemalloc.stop()
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_web_app(BoxMasks(), ServerConfig())) as client:
+        refused = client.post("/v1/images", files={"file": ("x.npy", claim((30000, 30000)))})
+        assert refused.status_code == 413

@@ -65,6 +65,14 @@ SYSTEM_PROMPT = (
 FIRST_USER_TEXT = ("The target to be segmented is: {target}.\n"
                    "Now, please analyze the original image, then decide your first action.")
 
+#: The first user message when the episode refines an existing mask (msagent's prompt variant:
+#: the released checkpoint never saw it). The image shows that mask's overlay.
+FIRST_USER_TEXT_REFINE = ("The target to be segmented is: {target}.\n"
+                          "The image shows an existing segmentation of it as a green overlay. "
+                          "Now, please analyze the image and the overlay, then decide your first "
+                          "action to correct the mask. If it is already accurate, you can call "
+                          "'stop_action' to finish.")
+
 #: User message text after each executed action, after the overlay image.
 FOLLOW_UP_TEXT = ("Here is the updated mask after your previous action.\n"
                   "Based on this, what is your next action? "

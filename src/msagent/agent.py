@@ -26,8 +26,9 @@ from .episode import PROMPT_MODES, EpisodeState
 from .errors import PolicyError, PolicyOutputError
 from .io.images import to_mask
 from .policy import Episode, Policy, Reply
+from .refine import check_initial_mask, initial_state
 from .segmenter import Embedding, Segmenter
-from .types import Action, MaskPrediction, Step, Trajectory
+from .types import Action, InitialMask, MaskPrediction, Step, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,18 @@ class Agent:
         return self.segmenter.multimask_default if self.multimask is None else self.multimask
 
     def run(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None, *,
-            case_id: str = "", meta: Mapping[str, Any] | None = None) -> Trajectory:
+            case_id: str = "", meta: Mapping[str, Any] | None = None,
+            initial_mask: Any = None, initial_source: str = "") -> Trajectory:
         """Run one episode. ``image`` is H×W×3 uint8 RGB (see :func:`msagent.io.to_rgb_uint8`);
-        ``ground_truth`` an optional H×W bool mask used for per-step IoU/Dice (and by experts)."""
-        runner = self._runner(image, target, ground_truth, case_id, meta)
+        ``ground_truth`` an optional H×W bool mask used for per-step IoU/Dice (and by experts).
+
+        ``initial_mask`` (H×W, binary) is a prediction to refine: turn 0 of the trajectory
+        (``trajectory.initial``, with its IoU/Dice), shown to the policy first and given to the
+        backbone as the first decode's mask input (see :mod:`msagent.refine`). An empty one is
+        no initial mask. With it, stopping at once is allowed: the result is then that mask.
+        """
+        runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
+                              initial_source)
         runner.start(self.segmenter.encode(image))
         try:
             while runner.active:
@@ -67,11 +76,13 @@ class Agent:
         return runner.trajectory()
 
     async def arun(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None,
-                   *, case_id: str = "", meta: Mapping[str, Any] | None = None) -> Trajectory:
+                   *, case_id: str = "", meta: Mapping[str, Any] | None = None,
+                   initial_mask: Any = None, initial_source: str = "") -> Trajectory:
         """Async :meth:`run`: the policy is awaited, the image encoded through the backbone's
         ``aencode`` (native I/O for a remote backbone); each reply is handled (parsed, decoded)
         in a worker thread, since a policy such as the expert previews decodes synchronously."""
-        runner = self._runner(image, target, ground_truth, case_id, meta)
+        runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
+                              initial_source)
         runner.start(await self.segmenter.aencode(image))
         try:
             while runner.active:
@@ -90,18 +101,20 @@ class Agent:
         except PolicyError as exc:
             return exc
 
-    def _runner(self, image, target, ground_truth, case_id, meta) -> "_Runner":
+    def _runner(self, image, target, ground_truth, case_id, meta, initial_mask=None,
+                initial_source="") -> "_Runner":
         if self.policy.needs_ground_truth and ground_truth is None:
             raise PolicyError(f"policy {self.policy.name!r} simulates an expert and needs "
                               "ground_truth=")
         if ground_truth is not None:  # bool or numeric, the image's size (InvalidMask otherwise)
             ground_truth = to_mask(ground_truth, np.shape(image)[:2], allow_empty=True)
+        initial = check_initial_mask(initial_mask, np.shape(image)[:2])
         episode = Episode(id=uuid.uuid4().hex, image=image, target=target,
-                          max_turns=self.max_turns, ground_truth=ground_truth)
+                          max_turns=self.max_turns, ground_truth=ground_truth, initial_mask=initial)
         info = {"backbone": self.segmenter.name, "policy": self.policy.name,
                 "max_turns": self.max_turns, "prompt_mode": self.prompt_mode,
                 "multimask": self.use_multimask, **(meta or {})}
-        return _Runner(self, episode, case_id, info)
+        return _Runner(self, episode, case_id, info, initial_source=initial_source)
 
 
 @attrs.define(eq=False)
@@ -113,6 +126,7 @@ class _Runner:
     episode: Episode
     case_id: str
     meta: dict
+    initial_source: str = ""
     state: EpisodeState | None = None
     decode: episode_core.Decoder | None = None
     failures: int = 0
@@ -125,9 +139,14 @@ class _Runner:
 
     def start(self, embedding: Embedding) -> None:
         segmenter = self.agent.segmenter
+        initial = prompts = None
+        if self.episode.initial_mask is not None:
+            initial, prompts = initial_state(segmenter, self.episode.initial_mask)
+            self.episode.prediction = initial
         self.state = episode_core.start(
             embedding, prompt_mode=self.agent.prompt_mode,
-            text=self.episode.target if segmenter.accepts_text else None)
+            text=self.episode.target if segmenter.accepts_text else None, initial=initial,
+            prompts=prompts)
         self.decode = episode_core.segmenter_decoder(segmenter, self.agent.use_multimask)
         self.episode.preview = self.preview
 
@@ -155,7 +174,7 @@ class _Runner:
             self._fail(Step(index, reply.text, error=str(exc), usage=reply.usage), str(exc))
             return
         if action.is_stop:
-            if self.episode.executed_turns == 0:
+            if self.episode.prediction is None:  # no mask yet: neither executed nor initial
                 error = "stop_action before any mask exists; make a first action"
                 self._fail(Step(index, reply.text, action, error=error, usage=reply.usage), error)
             else:
@@ -196,4 +215,12 @@ class _Runner:
         height, width = self.episode.image_size
         return Trajectory(target=self.episode.target, image_size=(height, width),
                           steps=tuple(self.episode.steps), stop_reason=self.stop_reason,
-                          case_id=self.case_id, image_sha256=self.state.embedding.key, meta=self.meta)
+                          case_id=self.case_id, image_sha256=self.state.embedding.key, meta=self.meta,
+                          initial=self._initial())
+
+    def _initial(self) -> InitialMask | None:
+        mask, gt = self.episode.initial_mask, self.episode.ground_truth
+        if mask is None:
+            return None
+        return InitialMask(mask, None if gt is None else metrics.iou(mask, gt),
+                           None if gt is None else metrics.dice(mask, gt), self.initial_source)

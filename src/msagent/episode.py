@@ -75,10 +75,13 @@ class EpisodeState:
 
 
 def start(embedding: Embedding, *, prompt_mode: str = "accumulate", text: str | None = None,
-          initial: MaskPrediction | None = None) -> EpisodeState:
-    """A fresh state; ``initial`` is the prediction the episode starts from (a mask to refine),
-    whose logits enter the first decode as its mask input."""
-    return EpisodeState(embedding, prompt_mode, text, prediction=initial)
+          initial: MaskPrediction | None = None, prompts: Prompts | None = None) -> EpisodeState:
+    """A fresh state. ``initial`` is the prediction the episode starts from (a mask to refine,
+    see :func:`msagent.refine.initial_state`): its logits enter the first decode as the mask
+    input; ``prompts`` are prompts already in force (the initial mask's box, for a backbone
+    without a mask input)."""
+    return EpisodeState(embedding, prompt_mode, text, prompts=prompts or Prompts(),
+                        prediction=initial)
 
 
 Decoder = Callable[[Embedding, Prompts, "np.ndarray | None"], MaskPrediction]

@@ -37,6 +37,7 @@ class Episode:
     is set only when the caller gave one (the expert needs it). ``preview(action)`` decodes an
     action against the current state without committing it (the expert's ΔIoU test).
     ``feedback`` explains why the previous reply was rejected when the agent asks again.
+    ``initial_mask`` is the mask the episode refines (then ``prediction`` starts as it).
     :meth:`policy_images` gives the images an LLM policy sees, each rendered once per episode.
     """
 
@@ -49,6 +50,7 @@ class Episode:
     prediction: MaskPrediction | None = None
     preview: Callable[[Action], MaskPrediction] | None = None
     feedback: str | None = None
+    initial_mask: np.ndarray | None = None  # the prediction being refined (turn 0), if any
     _policy_images: dict[int, list] = attrs.field(factory=dict, init=False, repr=False)
 
     @property
@@ -65,15 +67,16 @@ class Episode:
                 if step.action is not None and step.error is None]
 
     def policy_images(self, size: int = POLICY_IMAGE_SIZE) -> list:
-        """The policy's images at ``size``×``size`` (PIL): the original, then the overlay after
-        each executed action (:func:`msagent.protocol.policy_image`). Each is rendered once per
-        episode and reused on every later turn."""
+        """The policy's images at ``size``×``size`` (PIL): the original (with the initial mask's
+        overlay when the episode refines one), then the overlay after each executed action
+        (:func:`msagent.protocol.policy_image`). Each is rendered once per episode and reused on
+        every later turn."""
         from .protocol import policy_image
 
         images = self._policy_images.setdefault(size, [])
         masks = [step.mask for step in self.steps if step.executed]
         if not images:
-            images.append(policy_image(self.image, size=size))
+            images.append(policy_image(self.image, self.initial_mask, size))
         for mask in masks[len(images) - 1:]:
             images.append(policy_image(self.image, mask, size))
         return images[:len(masks) + 1]

@@ -25,6 +25,7 @@ from PIL import Image
 
 from ._prompts import (  # noqa: F401  (re-exported: the pinned strings)
     FIRST_USER_TEXT,
+    FIRST_USER_TEXT_REFINE,
     FOLLOW_UP_TEXT,
     SYSTEM_PROMPT,
     TOOL_SCHEMAS,
@@ -295,7 +296,8 @@ def build_messages(episode: "Episode", size: int = POLICY_IMAGE_SIZE) -> list[di
     images = iter(episode.policy_images(size))
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
-        user_message(next(images), first_user_text(episode.target)),
+        user_message(next(images), first_user_text(episode.target,
+                                                    refine=episode.initial_mask is not None)),
     ]
     for step, mask in episode.history():
         messages.append({"role": "assistant", "content": step.raw_text})
@@ -304,8 +306,11 @@ def build_messages(episode: "Episode", size: int = POLICY_IMAGE_SIZE) -> list[di
     return messages
 
 
-def first_user_text(target: str) -> str:
-    return FIRST_USER_TEXT.format(target=target or "the object in the image")
+def first_user_text(target: str, refine: bool = False) -> str:
+    """The first user message's text; ``refine``: the variant for an episode that starts from
+    an existing mask (its overlay is the first image)."""
+    template = FIRST_USER_TEXT_REFINE if refine else FIRST_USER_TEXT
+    return template.format(target=target or "the object in the image")
 
 
 def user_message(image: Image.Image, text: str) -> dict:

@@ -62,28 +62,44 @@ class MedSAMReward(Reward):
         if any(s.iou is None or s.dice is None for s in executed):
             raise ValueError("the reward needs IoU/Dice on every executed step: run the episode "
                              "with ground_truth=")
+        initial = trajectory.initial
+        if initial is not None and (initial.iou is None or initial.dice is None):
+            raise ValueError("the reward needs the initial mask's IoU/Dice: run the episode "
+                             "with ground_truth=")
         return self.from_values(
             has_interaction=any(kind != "stop_action" for kind in calls),
             ends_with_stop=bool(calls) and calls[-1] == "stop_action",
             ious=[s.iou for s in executed],
             dices=[s.dice for s in executed],
+            initial=None if initial is None else (initial.iou, initial.dice),
         )
 
     def from_values(self, *, has_interaction: bool, ends_with_stop: bool,
-                    ious: Sequence[float], dices: Sequence[float]) -> RewardBreakdown:
-        """The reward from recorded per-call IoU/Dice (what the training tools log)."""
+                    ious: Sequence[float], dices: Sequence[float],
+                    initial: tuple[float, float] | None = None) -> RewardBreakdown:
+        """The reward from recorded per-call IoU/Dice (what the training tools log).
+
+        ``initial`` (IoU, Dice) is the mask a refining episode started from, turn 0: it counts
+        in the regression term (ending below the best mask so far, the initial one included,
+        is penalised) and in the progress bonus (its first step counts the gain over the
+        initial mask), and it is the final mask when no call executed; the step cost counts
+        the calls only. Without it the reward is upstream's exactly.
+        """
         fmt = (float(has_interaction) + float(ends_with_stop)) / 2.0
+        calls = len(ious)
+        if initial is not None:
+            ious, dices = [initial[0], *ious], [initial[1], *dices]
         turns = len(ious)
         final_iou = float(ious[-1]) if ious else 0.0
         final_dice = float(dices[-1]) if dices else 0.0
         penalty = bonus = 0.0
         if turns > 1:
-            penalty = self.regression_weight * (max(ious) - final_iou) + self.step_cost * turns
+            penalty = self.regression_weight * (max(ious) - final_iou) + self.step_cost * calls
             bonus = self.progress_weight * sum(max(0.0, b - a) for a, b in zip(ious, ious[1:]))
         base = self.iou_weight * final_iou + self.dice_weight * final_dice
         quality = min(1.0, max(0.0, base - penalty + bonus))
         return RewardBreakdown(
             score=self.format_weight * fmt + self.quality_weight * quality,
-            format=fmt, quality=quality, penalty=penalty, bonus=bonus, turns=turns,
+            format=fmt, quality=quality, penalty=penalty, bonus=bonus, turns=calls,
             iou=final_iou, dice=final_dice,
         )

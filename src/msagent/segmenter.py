@@ -16,13 +16,16 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
 from .errors import SegmenterError
 from .types import MaskPrediction, Prompts
+
+if TYPE_CHECKING:
+    from .backbones.geometry import InputGeometry
 
 LOW_RES = 256  # side of the low-res logits every backbone returns and accepts as mask input
 
@@ -295,6 +298,19 @@ class Segmenter(ABC):
 
     def _what(self) -> str:
         return f"backbone {self.name or type(self).__name__!r}"
+
+    # -- the mask input (refining an existing mask) ------------------------------
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry | None:
+        """How an image of ``image_size`` maps onto the model input, for backbones that take a
+        mask input (SAM-family: their low-res logits frame); None for a backbone that cannot
+        take one (then an episode refining a mask starts from the mask's box instead)."""
+        return None
+
+    def mask_logits(self, mask: np.ndarray) -> np.ndarray | None:
+        """An H×W binary mask as 256×256 float32 low-res logits in this backbone's frame (the
+        mask input of a first decode), or None when the backbone takes no mask input."""
+        geometry = self.input_geometry(tuple(np.shape(mask)))
+        return None if geometry is None else geometry.mask_logits(mask, LOW_RES)
 
     # -- what a backbone implements --------------------------------------------
     @abstractmethod

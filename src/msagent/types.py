@@ -171,8 +171,32 @@ class Step:
 
 
 @attrs.frozen(eq=False)
+class InitialMask:
+    """The mask an episode refined (turn 0): H×W bool, its IoU/Dice when a ground truth was
+    given, and where it came from (``source``, e.g. "nnunet" or "degraded:erode")."""
+
+    mask: np.ndarray
+    iou: float | None = None
+    dice: float | None = None
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mask": encode_mask(self.mask), "iou": self.iou, "dice": self.dice,
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InitialMask":
+        return cls(decode_mask(data["mask"]), data.get("iou"), data.get("dice"),
+                   data.get("source", ""))
+
+
+@attrs.frozen(eq=False)
 class Trajectory:
-    """A finished episode. Serializes to JSON losslessly (masks as run-length codes)."""
+    """A finished episode. Serializes to JSON losslessly (masks as run-length codes).
+
+    ``initial`` is the mask the episode started from (None when it started from nothing);
+    without any executed step the final mask is that mask.
+    """
 
     target: str
     image_size: tuple[int, int]  # (height, width)
@@ -181,6 +205,7 @@ class Trajectory:
     case_id: str = ""
     image_sha256: str = ""
     meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    initial: InitialMask | None = None
 
     @property
     def executed_steps(self) -> tuple[Step, ...]:
@@ -196,6 +221,8 @@ class Trajectory:
         executed = self.executed_steps
         if executed:
             return executed[-1].mask
+        if self.initial is not None:
+            return self.initial.mask
         return np.zeros(self.image_size, dtype=bool)
 
     @property
@@ -216,6 +243,7 @@ class Trajectory:
             "case_id": self.case_id,
             "image_sha256": self.image_sha256,
             "meta": dict(self.meta),
+            **({} if self.initial is None else {"initial": self.initial.to_dict()}),
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -231,6 +259,7 @@ class Trajectory:
             case_id=data.get("case_id", ""),
             image_sha256=data.get("image_sha256", ""),
             meta=data.get("meta", {}),
+            initial=None if data.get("initial") is None else InitialMask.from_dict(data["initial"]),
         )
 
     @classmethod

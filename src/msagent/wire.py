@@ -117,18 +117,38 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     return to_rgb_uint8(np.asarray(img), max_pixels=max_pixels)
 
 
-def _load_npy(data: bytes, max_pixels: int) -> np.ndarray:
+def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    """A ``.npy`` upload as an array, its header checked before anything is allocated: the
+    shape against ``max_pixels`` (height × width; at most 4 channels) and against the bytes
+    actually sent (``np.load`` would allocate what the header claims first). No pickles."""
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:
+        version = npy.read_magic(stream)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(stream, max_header_size=10_000)
+    except Exception as exc:  # a bad magic, header or dtype
         raise InvalidImage(f"the upload is not a readable .npy array: {exc}") from None
-    if not isinstance(array, np.ndarray):
-        raise InvalidImage("the .npy upload must hold one array, not an archive")
-    if array.ndim >= 2:
-        hw = array.shape[1:3] if array.ndim == 3 and array.shape[0] in (1, 3, 4) \
-            and array.shape[2] > 4 else array.shape[:2]
+    if dtype.hasobject or dtype.itemsize == 0 or len(shape) > 4:
+        raise InvalidImage(f"the .npy upload must hold a numeric image array, got {dtype} {shape}")
+    if len(shape) >= 2:
+        hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] > 4 else shape[:2]
         _check_pixels(int(hw[0]) * int(hw[1]), max_pixels)
-    return array
+        channels = int(np.prod(shape)) // max(1, int(hw[0]) * int(hw[1]))
+        if channels > 4:
+            raise InvalidImage(f"the .npy upload has shape {shape}: at most 4 channels per pixel")
+    count = int(np.prod(shape))
+    body = data[stream.tell():]
+    if len(body) != count * dtype.itemsize:
+        raise InvalidImage(f"the .npy upload declares {shape} {dtype} ({count * dtype.itemsize:,} "
+                           f"bytes) but holds {len(body):,} bytes of data")
+    array = np.frombuffer(body, dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _load_npy(data: bytes, max_pixels: int) -> np.ndarray:
+    return load_npy_bytes(data, max_pixels)
 
 
 def _check_pixels(count: int, limit: int) -> None:

@@ -71,3 +71,21 @@ class InputGeometry:
         """The (h, w) of the valid (unpadded) part of low-res logits."""
         new_h, new_w = self.resized_hw
         return (max(1, round(new_h * low_res / self.size)), max(1, round(new_w * low_res / self.size)))
+
+    def mask_logits(self, mask: np.ndarray, low_res: int = 256, magnitude: float = 10.0) -> np.ndarray:
+        """A binary H×W mask (original image frame) as ``low_res``×``low_res`` float32 logits in
+        this geometry's frame: the inverse of how low-res logits are upscaled to a mask. In
+        ``longest_side`` mode the mask fills the unpadded part (:meth:`low_res_crop`) and the
+        padding is background; in ``stretch`` mode it fills the whole square. Foreground is
+        ``+magnitude``, background ``-magnitude`` (SAM2 turns an input mask into logits the same
+        way, ×20 − 10). A cell is foreground when at least half of it is; a mask too thin for
+        that keeps every cell it touches, so it never vanishes."""
+        crop_h, crop_w = (low_res, low_res) if self.mode == "stretch" else self.low_res_crop(low_res)
+        coverage = cv2.resize(np.asarray(mask, np.float32), (crop_w, crop_h), interpolation=cv2.INTER_AREA)
+        inside = coverage >= 0.5
+        if not inside.any() and np.any(mask):
+            inside = coverage > 0
+        out = np.full((low_res, low_res), -magnitude, np.float32)
+        out[:crop_h, :crop_w] = np.where(inside, magnitude, -magnitude)
+        return out
+

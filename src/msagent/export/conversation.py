@@ -26,8 +26,10 @@ from ..types import Action, Trajectory
 
 IMAGE_TOKEN = "<image>"
 _FIRST_RE = re.compile(
-    "^" + re.escape(IMAGE_TOKEN) + re.escape(protocol.FIRST_USER_TEXT).replace(
-        re.escape("{target}"), "(?P<target>.*)") + "$", re.DOTALL)
+    "^" + re.escape(IMAGE_TOKEN) + "(?:" + "|".join(
+        re.escape(text).replace(re.escape("{target}"), f"(?P<target{i}>.*)")
+        for i, text in enumerate((protocol.FIRST_USER_TEXT, protocol.FIRST_USER_TEXT_REFINE)))
+    + ")$", re.DOTALL)
 
 
 @attrs.frozen(eq=False)
@@ -69,9 +71,11 @@ def conversation(trajectory: Trajectory, image: np.ndarray,
     steps = shown_steps(trajectory)
     if not steps:
         raise InvalidInput(f"trajectory {trajectory.case_id!r} has no valid action to export")
+    initial = None if trajectory.initial is None else trajectory.initial.mask
+    first = protocol.first_user_text(trajectory.target, refine=initial is not None)
     messages = [{"role": "system", "content": protocol.SYSTEM_PROMPT},
-                {"role": "user", "content": IMAGE_TOKEN + protocol.first_user_text(trajectory.target)}]
-    images = [protocol.policy_image(image, size=size)]
+                {"role": "user", "content": IMAGE_TOKEN + first}]
+    images = [protocol.policy_image(image, initial, size)]  # the initial overlay when refining
     for index, step in enumerate(steps):
         messages.append({"role": "assistant", "content": step.raw_text})
         if step.executed and index < len(steps) - 1:
@@ -97,4 +101,5 @@ def parse_conversation(messages: list[dict]) -> ParsedConversation:
             images += 1
         else:
             raise InvalidInput(f"unexpected {message.get('role')} turn: {message.get('content')!r:.80}")
-    return ParsedConversation(match.group("target"), actions, images)
+    target = match.group("target0") if match.group("target0") is not None else match.group("target1")
+    return ParsedConversation(target, actions, images)

@@ -130,6 +130,14 @@ class ExpertPolicy(Policy):
         size = episode.image_size
         clicked = _clicked_points(episode)
         tried = 0
+        if episode.initial_mask is not None and not episode.executed_turns and self.first == "box":
+            # refining: redrawing the box (over the initial mask's logits) is the first candidate
+            box = jitter_bbox(mask_bbox(gt), self.box_jitter, size, rng)
+            action, tried = protocol.bbox_action(box, size), 1
+            if metrics.iou(episode.preview(action).mask, gt) - current >= self.tau:
+                facts = {"target": episode.target, "size": text.size_word(float(gt.mean())),
+                         "where": text.where(*text.mask_center(gt), size[1], size[0])}
+                return _reply(protocol.format_action(action, text.pick(text.BOX, rng, **facts)), 1, True)
         for point in clicker.click_candidates(gt, episode.prediction.mask, clicked,
                                               self.candidates, rng):
             tried += 1

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import InvalidInput
+from .. import episode
+from ..errors import InvalidImage, InvalidInput
+from ..refine import check_initial_mask, initial_state
 from ..types import BBox, Point, encode_mask
-from ..wire import png_bytes
+from ..wire import decode_upload, load_npy_bytes, png_bytes
 from .context import ServerContext, context, require_api_key
 from .errors import Conflict
 from .routes import ERRORS, read_upload
@@ -26,8 +30,10 @@ MASK_RESPONSES = {200: {"description": "the mask as PNG (0/255) or as msagent's 
 
 async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
                        session_id: str | None, prompt_mode: str, multimask: bool | None,
-                       text: str | None = None, replace: bool = False) -> Session:
-    """Create a session from an upload or a stored image's hash (encodes the image)."""
+                       text: str | None = None, replace: bool = False,
+                       initial_mask: np.ndarray | None = None) -> Session:
+    """Create a session from an upload or a stored image's hash (encodes the image);
+    ``initial_mask`` (checked, H×W bool) is a prediction to refine: the session's first state."""
     if (image is None) == (image_id is None):
         raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
                            "an uploaded image)")
@@ -39,7 +45,27 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
     embedding = await ctx.engine.embed(image_id)
     session = Session(id=session_id, image_id=image_id, embedding=embedding,
                       prompt_mode=prompt_mode, multimask=multimask, text=text)
+    if initial_mask is not None:
+        mask = check_initial_mask(initial_mask, embedding.image_size)
+        if mask is not None:
+            prediction, prompts = initial_state(ctx.engine.segmenter, mask)
+            session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
+                                            initial=prediction, prompts=prompts)
     return ctx.store.add(session, replace=replace)
+
+
+def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
+    """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array."""
+    from ..errors import InvalidMask
+
+    if not data:
+        raise InvalidMask("the initial_mask upload is empty")
+    try:
+        if data.startswith(b"\x93NUMPY"):
+            return load_npy_bytes(data, max_pixels)
+        return decode_upload(data, max_pixels=max_pixels)[:, :, 0]
+    except InvalidImage as exc:
+        raise InvalidMask(f"initial_mask: {exc}") from None
 
 
 async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
@@ -65,11 +91,20 @@ async def create_session(
     multimask: bool | None = Form(None, description="default: the backbone's"),
     text: str | None = Form(None, min_length=1, max_length=500,
                             description="the target, for backbones that accept a text prompt"),
+    initial_mask: UploadFile | None = File(None, description=(
+        "a prediction to refine (PNG/TIFF/BMP/.npy, the image's size, binary): the session "
+        "starts from it; undo and reset go back to it")),
     ctx: ServerContext = Depends(context),
 ) -> SessionInfo:
-    """Start a session on an image (uploaded now, or by the hash of an earlier upload)."""
+    """Start a session on an image (uploaded now, or by the hash of an earlier upload),
+    optionally from an existing mask to refine."""
+    mask = None
+    if initial_mask is not None and initial_mask.filename:
+        data = await read_upload(initial_mask, ctx)
+        mask = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels)
     session = await open_session(ctx, image=image, image_id=image_id, session_id=session_id,
-                                 prompt_mode=prompt_mode, multimask=multimask, text=text)
+                                 prompt_mode=prompt_mode, multimask=multimask, text=text,
+                                 initial_mask=mask)
     return session_info(session, ctx.store, ctx.multimask_default)
 
 

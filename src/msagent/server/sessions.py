@@ -46,6 +46,7 @@ class Session:
     created_at: float = attrs.field(factory=time.time)
     last_used: float = 0.0
     history: list[EpisodeState] = attrs.field(factory=list)
+    initial: EpisodeState | None = None  # the state of an initial mask to refine (undo's floor)
     actions: int = 0  # prompts ever executed (upstream's round number)
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
@@ -55,9 +56,11 @@ class Session:
 
     @property
     def state(self) -> EpisodeState:
-        """The state in force (a fresh one before the first prompt)."""
+        """The state in force (before the first prompt: the initial mask's, or a fresh one)."""
         if self.history:
             return self.history[-1]
+        if self.initial is not None:
+            return self.initial
         return episode.start(self.embedding, prompt_mode=self.prompt_mode, text=self.text)
 
     def push(self, state: EpisodeState) -> None:
@@ -71,6 +74,7 @@ class Session:
         return self.history.pop()
 
     def reset(self) -> None:
+        """Forget every prompt (back to the initial mask, if the session has one)."""
         self.history.clear()
 
 

@@ -32,14 +32,16 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Upl
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from .. import metrics
 from ..agent import Agent
 from ..errors import InvalidInput, InvalidTarget, MsAgentError
 from ..options import MAX_CLIENT_TEXT
+from ..refine import check_initial_mask
 from ..server.context import ServerContext, context, require_api_key
 from ..server.errors import Conflict, status_of
 from ..server.routes import ERRORS, read_upload
 from ..server.schemas import MaskFormat, SessionStep
-from ..server.session_routes import open_session, run_prompt
+from ..server.session_routes import initial_mask_upload, open_session, run_prompt
 from ..server.views import session_step
 from ..types import encode_mask
 from ..wire import png_bytes
@@ -104,6 +106,9 @@ async def run_agent(
     ground_truth: UploadFile | None = File(None, description=(
         "optional mask: PNG/TIFF/BMP/.npy (nonzero = foreground), or a label volume when the "
         "image is a slice of volume_id")),
+    initial_mask: UploadFile | None = File(None, description=(
+        "optional prediction to refine (PNG/TIFF/BMP/.npy, the image's size, binary): the run "
+        "starts from it (turn 0)")),
     volume_id: str | None = Form(None, max_length=64),
     plane: Literal["axial", "coronal", "sagittal"] = Form("axial"),
     index: int | None = Form(None, ge=0, description="the slice of volume_id the image is"),
@@ -121,13 +126,19 @@ async def run_agent(
             ground_truth_upload, await read_upload(ground_truth, ctx), ground_truth.filename,
             image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels,
             max_voxels=ctx.config.max_voxels)
+    initial = None
+    if initial_mask is not None and initial_mask.filename:
+        data = await read_upload(initial_mask, ctx)
+        raw = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels)
+        initial = check_initial_mask(raw, image.shape[:2])  # InvalidMask before the stream starts
     options = await asyncio.to_thread(run_options, policy, policy_options, ctx.config.policy_options)
     pooled = await asyncio.to_thread(state.policies.get, policy, options)
     if pooled.policy.needs_ground_truth and gt is None:
         raise InvalidInput(f"policy {policy!r} simulates an expert from the ground truth: upload "
                            "a ground-truth mask, or pick a policy that needs none")
     await ctx.engine.embed(image_id)  # through the shared cache, in the encode pool
-    run = _Run(uuid.uuid4().hex, image_id, image, target.strip(), gt, pooled, max_turns, policy)
+    run = _Run(uuid.uuid4().hex, image_id, image, target.strip(), gt, pooled, max_turns, policy,
+               initial)
     return StreamingResponse(_stream(run, ctx, state), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no",
                                       "X-Run-Id": run.id})
@@ -143,6 +154,7 @@ class _Run:
     pooled: PooledPolicy
     max_turns: int
     policy_name: str
+    initial_mask: np.ndarray | None = None
 
 
 def _line(payload: dict[str, Any]) -> bytes:
@@ -170,7 +182,8 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
             try:
                 trajectory = Agent(wrapped, segmenter, max_turns=run.max_turns).run(
                     run.image, run.target, gt, case_id=run.id,
-                    meta={"run_id": run.id, "image_id": run.image_id})
+                    meta={"run_id": run.id, "image_id": run.image_id},
+                    initial_mask=run.initial_mask, initial_source="upload")
                 wrapped.flush(list(trajectory.steps))
                 state.runs.put(RunRecord(run.id, run.image_id, trajectory, gt))  # stopped ones too
                 put("done", trajectory)
@@ -180,7 +193,8 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
     yield _line({"type": "start", "run_id": run.id, "image_id": run.image_id, "width": width,
                  "height": height, "backbone": segmenter.name, "policy": run.policy_name,
                  "target": run.target, "max_turns": run.max_turns,
-                 "ground_truth": None if gt is None else encode_mask(gt)})
+                 "ground_truth": None if gt is None else encode_mask(gt),
+                 "initial": None if run.initial_mask is None else _initial_json(run.initial_mask, gt)})
     loop.run_in_executor(state.executor, work)
     try:
         while True:
@@ -195,6 +209,11 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
                 return
     finally:
         cancel.set()
+
+
+def _initial_json(mask: np.ndarray, gt: np.ndarray | None) -> dict[str, Any]:
+    return {"mask": encode_mask(mask), "iou": None if gt is None else metrics.iou(mask, gt),
+            "dice": None if gt is None else metrics.dice(mask, gt)}
 
 
 def _done(run_id: str, trajectory) -> dict[str, Any]:
@@ -261,9 +280,11 @@ async def seed_session(run_id: str, body: SeedRequest, ctx: ServerContext = Depe
     prompts, same masks), to continue by hand with ``/v1/sessions/{id}/box`` and ``/point``."""
     record = state.runs.get(run_id)
     text = record.trajectory.target if ctx.engine.segmenter.accepts_text else None
+    initial = record.trajectory.initial
     session = await open_session(ctx, image=None, image_id=record.image_id,
                                  session_id=body.session_id, prompt_mode="accumulate",
-                                 multimask=None, text=text)
+                                 multimask=None, text=text,
+                                 initial_mask=None if initial is None else initial.mask)
     for prompt in record.prompts_after(body.steps):
         await run_prompt(ctx, session, prompt, None)
     state.origins.put(session.id, SessionOrigin(run_id, body.steps,
@@ -292,5 +313,6 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
     trajectory = await asyncio.to_thread(
         session_trajectory, list(session.history), session.image_size, target, run=run,
         origin=origin, image_id=session.image_id,
-        ground_truth=None if run is None else run.ground_truth)
+        ground_truth=None if run is None else run.ground_truth,
+        initial=None if session.initial is None else session.initial.prediction.mask)
     return JSONResponse(trajectory.to_dict(), headers=_attachment(f"trajectory-{session_id[:8]}.json"))

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import metrics, protocol
 from .._lru import BoundedLRU
-from ..types import BBox, Prompts, Step, Trajectory
+from ..types import BBox, InitialMask, Prompts, Step, Trajectory
 from .runs import RunRecord
 from .turns import _finite
 
@@ -39,7 +39,8 @@ class OriginStore:
 
 def session_trajectory(states: list, image_size: tuple[int, int], target: str, *,
                        run: RunRecord | None = None, origin: SessionOrigin | None = None,
-                       image_id: str = "", ground_truth: np.ndarray | None = None) -> Trajectory:
+                       image_id: str = "", ground_truth: np.ndarray | None = None,
+                       initial: np.ndarray | None = None) -> Trajectory:
     """A Trajectory of a session's undo stack (``states``: its EpisodeStates, oldest first).
 
     Each state is one step: the action is the prompt it added (for a state pushed by a whole
@@ -68,8 +69,11 @@ def session_trajectory(states: list, image_size: tuple[int, int], target: str, *
     if run is not None and origin is not None:
         meta.update(run.trajectory.meta, source="agent+human", run_id=run.id,
                     takeover_after_steps=origin.steps)
+    start = None if initial is None else InitialMask(
+        initial, None if ground_truth is None else metrics.iou(initial, ground_truth),
+        None if ground_truth is None else metrics.dice(initial, ground_truth), "session")
     return Trajectory(target=target, image_size=tuple(image_size), steps=tuple(steps),
-                      stop_reason="human", image_sha256=image_id, meta=meta)
+                      stop_reason="human", image_sha256=image_id, meta=meta, initial=start)
 
 
 def _replayed_texts(run: RunRecord | None, origin: SessionOrigin | None) -> dict[int, str]:

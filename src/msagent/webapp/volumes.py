@@ -32,6 +32,7 @@ from .._lru import BoundedLRU
 from ..errors import InvalidImage, InvalidInput, InvalidMask
 from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
 from ..server.errors import ServerError
+from ..wire import load_npy_bytes
 
 MAX_VOLUMES = 4
 EXPORT_FORMATS = {"nifti": ("application/gzip", ".nii.gz"), "dicom-seg": ("application/dicom", ".dcm")}
@@ -228,9 +229,9 @@ def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
         return io.to_mask(labels.slice(index, plane), image_size, what=f"ground truth ({plane} {index})")
     if data.startswith(b"\x93NUMPY"):
         try:
-            array = np.load(_io.BytesIO(data), allow_pickle=False)
-        except Exception as exc:
-            raise InvalidMask(f"ground truth: not a readable .npy array ({exc})") from None
+            array = load_npy_bytes(data, max_pixels)  # the header checked before allocating
+        except InvalidImage as exc:
+            raise InvalidMask(f"ground truth: {exc}") from None
         return io.to_mask(array, image_size)
     try:
         image = Image.open(_io.BytesIO(data))

@@ -62,7 +62,7 @@ def build(episode: "Episode", mode: str, urls: list[str]) -> list[dict]:
     images = iter(urls)
     messages: list[dict] = [
         {"role": "system", "content": NATIVE_SYSTEM_PROMPT},
-        _user(next(images), protocol.first_user_text(episode.target)),
+        _user(next(images), _first_text(episode)),
     ]
     for step, overlay in episode.history():
         call_id = f"call_{step.index}"
@@ -82,7 +82,7 @@ def _prompt_messages(episode: "Episode", urls: list[str]) -> list[dict]:
     """:func:`msagent.protocol.build_messages`' conversation with data-URL images."""
     images = iter(urls)
     messages = [{"role": "system", "content": protocol.SYSTEM_PROMPT},
-                _user(next(images), protocol.first_user_text(episode.target))]
+                _user(next(images), _first_text(episode))]
     for step, overlay in episode.history():
         messages.append({"role": "assistant", "content": step.raw_text})
         if overlay is not None:
@@ -98,6 +98,10 @@ def image_urls(episode: "Episode", cache: list[str], size: int) -> list[str]:
     for image in images[len(cache):]:
         cache.append(data_url(image))
     return cache[:len(images)]
+
+
+def _first_text(episode: "Episode") -> str:
+    return protocol.first_user_text(episode.target, refine=episode.initial_mask is not None)
 
 
 def _user(url: str, text: str) -> dict:

@@ -136,6 +136,10 @@ class IMISNetSegmenter(Segmenter):
         return embedding
 
     # -- decoder -----------------------------------------------------------------
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """Each axis stretched to IMIS-Net's 1024-px input."""
+        return InputGeometry(image_size, INPUT_SIZE, mode="stretch")
+
     @torch.inference_mode()
     def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                        prev_logits: Sequence[np.ndarray | None], *,
@@ -152,7 +156,7 @@ class IMISNetSegmenter(Segmenter):
         for i, prompts in enumerate(prompt_sets):
             groups[(prompts.box is not None, len(prompts.points), prev[i] is not None,
                     texts[i] is not None)].append(i)
-        geometry = InputGeometry(embedding.image_size, INPUT_SIZE, mode="stretch")
+        geometry = self.input_geometry(embedding.image_size)
         results: list[MaskPrediction | None] = [None] * count
         for indices in groups.values():
             logits, scores = self._decode_group(

@@ -106,9 +106,13 @@ class LiteMedSAMSegmenter(Segmenter):
         features = self.model.image_encoder(tensor)
         return [features[i:i + 1] for i in range(len(images))]
 
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """256-px longest side, padded bottom/right (the official LiteMedSAM input)."""
+        return InputGeometry(image_size, INPUT_SIZE)
+
     def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                        prev_logits: Sequence[np.ndarray | None], *,
                        multimask: bool) -> list[MaskPrediction]:
-        geometry = InputGeometry(embedding.image_size, INPUT_SIZE)
+        geometry = self.input_geometry(embedding.image_size)
         return decode_sam(self.model.prompt_encoder, self.model.mask_decoder, embedding.features,
                           geometry, prompt_sets, prev_logits, multimask, self.dtype)

@@ -76,11 +76,15 @@ class _Sam2Segmenter(Segmenter):
         with self._autocast():
             return encode_batch(self.model, batch)
 
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """Each axis stretched to the model's input size (SAM2's transforms)."""
+        return InputGeometry(image_size, self.image_size, mode="stretch")
+
     def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                        prev_logits: Sequence[np.ndarray | None], *,
                        multimask: bool) -> list[MaskPrediction]:
         prev = list(prev_logits)
-        geometry = InputGeometry(embedding.image_size, self.image_size, mode="stretch")
+        geometry = self.input_geometry(embedding.image_size)
         with self._autocast():
             return decode_sam2(self.model, embedding.features, geometry, prompt_sets, prev,
                                multimask)

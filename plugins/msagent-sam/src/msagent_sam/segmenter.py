@@ -115,13 +115,17 @@ class SamSegmenter(Segmenter):
             features = self.model.image_encoder(batch)
         return [features[i:i + 1] for i in range(len(images))]
 
+    def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """1024-px longest side, padded bottom/right, SAM's per-axis prompt factors."""
+        return SamGeometry(image_size, INPUT_SIZE)
+
     def decode_prompts(self, embedding: Embedding, prompt_sets: Sequence[Prompts],
                        prev_logits: Sequence[np.ndarray | None], *,
                        multimask: bool) -> list[MaskPrediction]:
         """Decode prompt sets against one embedding; sets of equal structure (box or not, number
         of clicks, mask input or not) go through the decoder as one batch."""
         prev = list(prev_logits)
-        geometry = SamGeometry(embedding.image_size, INPUT_SIZE)
+        geometry = self.input_geometry(embedding.image_size)
         with self._autocast():
             return decode_sam(self.model.prompt_encoder, self.model.mask_decoder,
                               embedding.features, geometry, prompt_sets, prev, multimask,

@@ -47,6 +47,8 @@ export async function runAgent() {
     form.append("max_turns", $("max-turns").value || "5");
     form.append("policy_options", $("policy-options").value);
     if (gtFile) form.append("ground_truth", gtFile, gtFile.name);
+    const initialFile = $("initial-file").files[0];
+    if (initialFile) form.append("initial_mask", initialFile, initialFile.name);
     if (state.volume) {
       form.append("volume_id", state.volume.volume_id);
       form.append("plane", state.volume.plane);
@@ -78,6 +80,8 @@ function onItem(run, item) {
     run.backbone = item.backbone;
     run.policy = item.policy;
     run.gt = item.ground_truth ? decodeMask(item.ground_truth) : null;
+    // a run that refines an existing mask shows it before turn 1
+    run.initial = item.initial ? { maskBits: decodeMask(item.initial.mask), mask: item.initial.mask } : null;
     $("canvas").dataset.runId = item.run_id;
   } else if (item.type === "turn") {
     item.maskBits = item.mask ? decodeMask(item.mask) : null;
@@ -91,7 +95,7 @@ function onItem(run, item) {
     // a mask after an early end is a result that says how it ended.
     const errors = run.turns.filter((t) => t.error).map((t) => t.error);
     const lastError = errors.length ? ` — ${errors[errors.length - 1]}` : "";
-    if (item.turns === 0) {
+    if (item.turns === 0 && !(run.initial && item.stop_reason === "stop")) {
       run.failed = true;
       setStatus("run-status", `No mask: ${reason(item.stop_reason)}${lastError}`, "error");
     } else {
@@ -134,8 +138,8 @@ export function runView(run, view) {
   return {
     turn,
     last,
-    mask: last ? last.maskBits : null,
-    maskRle: last ? last.mask : null,
+    mask: last ? last.maskBits : run.initial ? run.initial.maskBits : null,
+    maskRle: last ? last.mask : run.initial ? run.initial.mask : null,
     prompts: last ? last.prompts : { box: null, points: [] },
     highlight: turn && turn.executed ? turn.prompt : null,
   };
