@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import io, metrics
+from . import _status, io, metrics
 from .agent import Agent
 from .errors import (
     InvalidInput,
@@ -48,7 +48,8 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.trajectory.turns > 0 and self.stop_reason in FINISHED
+        has_mask = self.trajectory.turns > 0 or getattr(self.trajectory, "initial", None) is not None
+        return has_mask and self.stop_reason in FINISHED
 
     @property
     def stop_reason(self) -> str:
@@ -155,9 +156,8 @@ def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
     gt = None if ground_truth is None else io.to_mask(ground_truth, rgb.shape[:2])
     check_ground_truth(policy, gt)  # before anything heavy loads
     agent_policy = load_policy_for(policy, policy_options or {})  # policies fail fast; first
-    segmenter = resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE,
-                        backbone_options or {})
-    agent = Agent(agent_policy, segmenter, max_turns=max_turns, **agent_options)
+    segmenter = load_backbone_for(backbone, backbone_options or {})
+    agent = agent_class()(agent_policy, segmenter, max_turns=max_turns, **agent_options)
     trajectory = agent.run(rgb, target.strip(), gt)
     if not trajectory.turns:
         raise SegmentationFailed(failure_message(trajectory), trajectory)
@@ -186,13 +186,58 @@ def check_ground_truth(policy: str | Policy | None, ground_truth: Any) -> None:
 def load_policy_for(policy: str | Policy | None, options: Mapping[str, Any]) -> Policy:
     """:func:`resolve` for the policy; a missing model adds the other choices."""
     try:
-        return resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, options)
+        with _status.Status().step(f"loading policy {_name_of(policy, 'MSAGENT_POLICY', PAPER_POLICY)}"):
+            return resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, options)
     except (WeightsNotFound, PolicyError) as exc:  # no model here, or it cannot answer
         try:
             extended = type(exc)(f"{str(exc).rstrip('. ')}. {POLICY_HINT}")
         except Exception:  # noqa: BLE001 - an error type with another signature keeps its message
             raise exc from None
         raise extended from exc
+
+
+def load_backbone_for(backbone: str | Segmenter | None, options: Mapping[str, Any]) -> Segmenter:
+    """:func:`resolve` for the backbone, with a status line while its weights load."""
+    with _status.Status().step(f"loading backbone {_name_of(backbone, 'MSAGENT_BACKBONE', PAPER_BACKBONE)}"):
+        return resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE, options)
+
+
+def _name_of(value: Any, env: str, paper: str) -> str:
+    if value is not None and not isinstance(value, str):
+        return getattr(value, "name", "") or type(value).__name__
+    return value or os.environ.get(env) or paper
+
+
+def agent_class() -> type[Agent]:
+    """:class:`Agent`, or on a terminal the agent that says what it is doing (:mod:`._status`)."""
+    return _WatchedAgent if _status.wanted() else Agent
+
+
+@attrs.define
+class _WatchedAgent(Agent):
+    """An :class:`Agent` that writes a status line while the image encodes and one per turn."""
+
+    def run(self, image: np.ndarray, *args: Any, **kwargs: Any) -> Trajectory:
+        status = _status.Status()
+        if self.segmenter.cache_info().maxsize > 0:  # the run's own encode is then a cache hit
+            with status.step(f"encoding the image ({image.shape[1]}×{image.shape[0]})"):
+                self.segmenter.encode(image)
+        policy, shown = self.policy, []
+
+        def act(episode: Any, _act=policy.act) -> Any:
+            for step in episode.steps[len(shown):]:
+                shown.append(step)
+                status.line(_status.turn_text(step))
+            return _act(episode)
+
+        policy.act = act  # this episode only; removed below
+        try:
+            trajectory = super().run(image, *args, **kwargs)
+        finally:
+            del policy.act
+        for step in trajectory.steps[len(shown):]:
+            status.line(_status.turn_text(step))
+        return trajectory
 
 
 def list_plugins(kind: str) -> list[str]:

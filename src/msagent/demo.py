@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from . import io, render
+from . import _status, io, render
 from .api import segment
 from .io.atomic import atomic_write
 from .testing import MNI_TARGETS, mni152_slice
@@ -26,13 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--policy", default="expert")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="timm")  # litemedsam's import
 
     image, gt = mni152_slice(args.target)
     rgb = io.to_rgb_uint8(image)
     print(f"MNI152 T1 axial slice {rgb.shape[1]}×{rgb.shape[0]}, target: {args.target}, "
           f"backbone: {args.backbone}, policy: {args.policy}")
     result = segment(rgb, args.target, backbone=args.backbone, policy=args.policy, ground_truth=gt)
-    print("\n".join(turn_lines(result.trajectory)))
+    print("\n".join(turn_lines(result.trajectory)[-1 if _status.live() else 0:]))
 
     out: Path = args.out
     io.save_png(rgb, out / "image.png")

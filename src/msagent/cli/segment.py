@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import api, io, render
+    from .. import _status, api, io, render
     from ..errors import SegmentationFailed
     from ..io.atomic import atomic_write
     from ..turns import turn_lines
@@ -65,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
             initial_mask=args.initial_mask, backbone_options=parse_options(args.backbone_option),
             policy_options=parse_options(args.policy_option))
     except SegmentationFailed as exc:  # the replies are still worth reading
-        print("\n".join(turn_lines(exc.trajectory)))
+        print("\n".join(turn_lines(exc.trajectory)[-1 if _status.live() else 0:]))
         if args.trajectory:
             atomic_write(args.trajectory, exc.trajectory.to_json(indent=1).encode())
         raise
     trajectory = result.trajectory
-    print("\n".join(turn_lines(trajectory)))
+    print("\n".join(turn_lines(trajectory)[-1 if _status.live() else 0:]))
     if not result.ok:
         print(f"msagent: warning: the episode ended early ({result.stop_reason}): {result.error}; "
               "the mask is the last one produced", file=sys.stderr)

@@ -102,19 +102,21 @@ def check_exposure(host: str, config) -> None:
 
 def load_backbone(name: str | None, options: dict, cache_size: int):
     from .. import api
+    from .._status import Status
     from ..errors import InvalidInput
 
     name = name or os.environ.get("MSAGENT_BACKBONE")
     if not name:
         raise InvalidInput(f"which backbone? --backbone NAME (installed: "
                            f"{', '.join(api.list_backbones())})")
-    try:
-        return api.load_backbone(name, **{"cache_size": cache_size, **options})
-    except TypeError as exc:
-        if "cache_size" not in str(exc):
-            raise
-        log.warning("backbone %s takes no cache_size option; using its default cache", name)
-        return api.load_backbone(name, **options)
+    with Status().step(f"loading backbone {name}"):
+        try:
+            return api.load_backbone(name, **{"cache_size": cache_size, **options})
+        except TypeError as exc:
+            if "cache_size" not in str(exc):
+                raise
+            log.warning("backbone %s takes no cache_size option; using its default cache", name)
+            return api.load_backbone(name, **options)
 
 
 def run(args: argparse.Namespace) -> int:
