@@ -15,7 +15,8 @@ VAL=${VAL:-$TRAIN}
 if [ -d "$TRAIN" ]; then TRAIN="[$(ls "$TRAIN"/part-*.parquet | paste -sd, -)]"; fi
 if [ -d "$VAL" ]; then VAL="[$(ls "$VAL"/part-*.parquet | paste -sd, -)]"; fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-exec python3 -m verl.trainer.main_ppo \
+# verl's main_ppo, with the reward breakdown in each step's metrics (msagent_training/grpo.py)
+exec python3 -m msagent_training.grpo \
   --config-path="$CONFIGS" --config-name="$CONFIG" \
   data.train_files="$TRAIN" data.val_files="$VAL" \
   actor_rollout_ref.rollout.multi_turn.tool_config_path="$CONFIGS/tools/$BACKBONE.yaml" \

@@ -281,3 +281,25 @@ def test_non_canonical_reply_tokens_are_kept_exactly(rollout, worker_output, tin
     # the loop parsed the same calls and the tools made the same masks
     for key in (CALLS, IOUS):
         assert list(output.non_tensor_batch[key]) == list(worker_output[0].non_tensor_batch[key])
+
+
+def test_reward_breakdown_reaches_each_training_steps_metrics(rewarded, worker_output):
+    # the recipe's trainer mode is verl's sync trainer whose step metrics add the breakdown
+    # from each trajectory's extra_fields["reward_extra_info"] (what verl's reward loop wrote)
+    from verl.trainer.ppo.v1 import get_trainer_cls
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from msagent_training import grpo
+    from msagent_training.metrics import register, reward_metrics
+
+    output, _, _, config = rewarded
+    trainer = register()
+    assert get_trainer_cls(config.trainer.v1.trainer_mode) is trainer
+    assert issubclass(trainer, PPOTrainerSync) and "_compute_metrics" in vars(trainer)
+    assert grpo.TaskRunner.__ray_metadata__.modified_class.run is not None
+    metrics = reward_metrics(output.non_tensor_batch["reward_extra_info"])
+    expected = {key: [float(v) for v in output.non_tensor_batch[key]]
+                for key in ("format", "quality", "penalty", "bonus", "turns", "iou", "dice")}
+    for key, values in expected.items():
+        assert metrics[f"reward/{key}/mean"] == pytest.approx(np.mean(values))
+        assert metrics[f"reward/{key}/max"] == pytest.approx(max(values))

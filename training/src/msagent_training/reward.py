@@ -9,10 +9,10 @@ loop), the calls are parsed from the response text with msagent's parser.
 Config: ``reward.custom_reward_function.path=pkg://msagent_training.reward``,
 ``name=compute_score``; ``reward_kwargs`` may override any :class:`MedSAMReward` weight.
 Returns a dict with the same keys for every sample: score, format, quality, penalty, bonus,
-turns, iou, dice. verl's reward loop puts the keys other than score into the batch
-(``reward_extra_info``); its V1 trainer logs them from validation only, as
-``val-aux/<data_source>/<key>/mean@1`` — the GRPO recipe validates every ``test_freq: 10``
-steps (and before training) for that.
+turns, iou, dice. verl's reward loop keeps them per trajectory (``reward_extra_info``); verl's
+V1 trainer logs them from validation only (``val-aux/<data_source>/<key>/mean@1``, every
+``test_freq: 10`` steps in the recipe), and the recipe's trainer mode ``msagent_sync``
+(:mod:`msagent_training.metrics`) adds ``reward/<key>/{mean,min,max}`` to every training step.
 """
 
 from __future__ import annotations
