@@ -155,3 +155,36 @@ def _blob(shape: Sequence[int], x: int, y: int, radius: int) -> np.ndarray:
 
 
 _DEGRADE = {"erode": _erode, "dilate": _dilate, "shift": _shift, "drop": _drop, "add": _add}
+
+
+def initial_for_case(case, spec: str, strength: float = 0.15, seed: int = 0) -> tuple[np.ndarray, str]:
+    """The initial mask of an evaluation case and its source: ``spec`` is ``degrade:K1,K2,...``
+    (one of the kinds per case, chosen and seeded by the case id, applied to its ground truth)
+    or a folder of predictions named by case id (``<id>.png``, ``.npy``, ``.tif``; nonzero =
+    the target)."""
+    import hashlib
+    from pathlib import Path
+
+    from .errors import InvalidInput
+
+    digest = int(hashlib.sha256(f"{seed}:{case.id}".encode()).hexdigest()[:16], 16)
+    if spec.startswith("degrade:"):
+        kinds = [k.strip() for k in spec[len("degrade:"):].split(",") if k.strip()] or list(DEGRADATIONS)
+        unknown = sorted(set(kinds) - set(DEGRADATIONS))
+        if unknown:
+            raise InvalidInput(f"unknown degradation(s) {unknown}; choose from {', '.join(DEGRADATIONS)}")
+        kind = kinds[digest % len(kinds)]
+        mask = Degradation(kind, strength).apply(case.ground_truth, np.random.default_rng(digest))
+        return mask, f"degraded:{kind}"
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise InvalidInput(f"--refine-from {spec}: not a folder of predictions, nor degrade:KINDS "
+                           f"(kinds: {', '.join(DEGRADATIONS)})")
+    from .io.images import load_array
+
+    names = [f"{case.id}{suffix}" for suffix in (".png", ".npy", ".tif", ".tiff")]
+    for name in names:
+        if (folder / name).is_file():
+            return load_array(folder / name), f"prediction:{name}"
+    raise InvalidInput(f"no prediction for case {case.id!r} in {folder} (looked for "
+                       f"{', '.join(names)})")

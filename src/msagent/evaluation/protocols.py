@@ -67,13 +67,20 @@ def _final_metrics(mask: np.ndarray, gt: np.ndarray, spacing, tolerance: float) 
 
 def agent_outcome(trajectory: Trajectory, gt: np.ndarray, spacing=(1.0, 1.0),
                   tolerance: float = 2.0) -> Outcome:
-    """Score a finished agent episode against the ground truth."""
-    steps = trajectory.executed_steps
-    curves = {"dice": [metrics.dice(s.mask, gt) for s in steps],
-              "iou": [metrics.iou(s.mask, gt) for s in steps],
-              "nsd": [metrics.nsd(s.mask, gt, tolerance, spacing) for s in steps]}
+    """Score a finished agent episode against the ground truth. A refining episode's curves
+    start with its initial mask (turn 0), and ``values`` gain ``*_before`` and ``dice_gain``."""
+    masks = [s.mask for s in trajectory.executed_steps]
+    if trajectory.initial is not None:
+        masks.insert(0, trajectory.initial.mask)
+    curves = {"dice": [metrics.dice(m, gt) for m in masks],
+              "iou": [metrics.iou(m, gt) for m in masks],
+              "nsd": [metrics.nsd(m, gt, tolerance, spacing) for m in masks]}
     mask = trajectory.final_mask
     values = _final_metrics(mask, gt, spacing, tolerance)
+    if trajectory.initial is not None:
+        values.update({f"{k}_before": curves[k][0] for k in ("dice", "iou", "nsd")},
+                      dice_gain=values["dice"] - curves["dice"][0],
+                      initial_source=trajectory.initial.source)
     values["invalid_replies"] = sum(1 for s in trajectory.steps if s.error is not None)
     return Outcome(mask=mask, turns=trajectory.turns, stop_reason=trajectory.stop_reason,
                    curves=curves, values=values, usage=trajectory.usage, trajectory=trajectory)
@@ -91,18 +98,25 @@ def check_answered(trajectory: Trajectory) -> None:
         raise SegmentationFailed(failure_message(trajectory), trajectory)
 
 
-def run_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcome:
-    """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it)."""
-    trajectory = agent.run(case.image, case.target, case.ground_truth, case_id=case.id)
+def run_agent(agent: Agent, case: Case, tolerance: float = 2.0,
+              initial: tuple[np.ndarray, str] | None = None) -> Outcome:
+    """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it);
+    ``initial``: (mask, source) to refine (the ``refine`` protocol)."""
+    mask, source = initial if initial is not None else (None, "")
+    trajectory = agent.run(case.image, case.target, case.ground_truth, case_id=case.id,
+                           initial_mask=mask, initial_source=source)
     check_answered(trajectory)
     return agent_outcome(trajectory, case.ground_truth, case_spacing(case), tolerance)
 
 
-async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0) -> Outcome:
+async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0,
+                     initial: tuple[np.ndarray, str] | None = None) -> Outcome:
     """Async :func:`run_agent` (:meth:`msagent.Agent.arun`): for API policies."""
     import asyncio
 
-    trajectory = await agent.arun(case.image, case.target, case.ground_truth, case_id=case.id)
+    trajectory = await agent.arun(case.image, case.target, case.ground_truth, case_id=case.id,
+                                  initial_mask=None if initial is None else initial[0],
+                                  initial_source="" if initial is None else initial[1])
     check_answered(trajectory)
     return await asyncio.to_thread(agent_outcome, trajectory, case.ground_truth,
                                    case_spacing(case), tolerance)

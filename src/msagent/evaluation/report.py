@@ -135,6 +135,8 @@ def write_plots(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         plot_curves(summary, "iou_by_click", "NoC protocol: IoU after each click", "clicks",
                     "mean IoU", plots / "noc_curve.png", hlines=(0.85, 0.9)),
         plot_cvpr(summary, plots / "cvpr_curve.png"),
+        plot_curves(summary, "refine_dice_by_turn", "Refine: Dice from the initial mask (turn 0)",
+                    "turn", "mean Dice", plots / "refine_curve.png", first_x=0),
     ]
     return [p for p in made if p is not None]
 

@@ -75,6 +75,18 @@ class EvalConfig:
     noc_stop_iou: float | None = None
     cvpr_clicks: int = protocols.CVPR_CLICKS
     nsd_tolerance: float = 2.0
+    # the refine protocol: agent episodes start from an initial mask (msagent.refine)
+    refine_from: str | None = None  # "degrade:erode,dilate,..." or a folder of predictions
+    refine_strength: float = 0.15
+    refine_seed: int = 0
+
+    def initial(self, case: Case) -> tuple[np.ndarray, str] | None:
+        """The initial mask of ``case`` under the refine protocol (None without it)."""
+        if self.refine_from is None:
+            return None
+        from ..refine import initial_for_case
+
+        return initial_for_case(case, self.refine_from, self.refine_strength, self.refine_seed)
 
 
 @attrs.define
@@ -199,7 +211,8 @@ class Evaluation:
             if checked is None:
                 return attrs.evolve(base, status="skipped", error="empty ground truth"), None
             outcome = await protocols.arun_agent(self.agent(backbone, method), checked,
-                                                 self.config.nsd_tolerance)
+                                                 self.config.nsd_tolerance,
+                                                 self.config.initial(checked))
         except Exception as exc:  # noqa: BLE001
             log.warning("case %s (%s/%s) failed: %s", base.case_id, base.backbone, base.method, exc)
             return attrs.evolve(base, status="error", error=f"{type(exc).__name__}: {exc}",
@@ -209,7 +222,8 @@ class Evaluation:
     def _outcome(self, case: Case, backbone: Any, method: Method) -> protocols.Outcome:
         cfg = self.config
         if method.protocol == "agent":
-            return protocols.run_agent(self.agent(backbone, method), case, cfg.nsd_tolerance)
+            return protocols.run_agent(self.agent(backbone, method), case, cfg.nsd_tolerance,
+                                       cfg.initial(case))
         segmenter = self.segmenter(backbone)
         if method.protocol == "noc":
             return protocols.run_noc(segmenter, case, cfg.max_clicks, cfg.noc_thresholds,

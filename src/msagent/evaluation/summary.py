@@ -86,6 +86,14 @@ def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
         "dice_by_turn": curve_mean([r.curves.get("dice", []) for r in ok]),
         "iou_by_turn": curve_mean([r.curves.get("iou", []) for r in ok]),
     }
+    refined = [r for r in ok if "dice_before" in r.values]
+    if refined:  # the refine protocol: curves start at the initial mask (turn 0)
+        stats.update({key: _mean(r.values[key] for r in refined)
+                      for key in ("dice_before", "iou_before", "nsd_before", "dice_gain")})
+        stats["refine_not_worse"] = sum(1 for r in refined if r.values["dice_gain"] >= -1e-12)
+        stats["refine_cases"] = len(refined)
+        stats["refine_dice_by_turn"] = stats.pop("dice_by_turn")
+        stats["refine_iou_by_turn"] = stats.pop("iou_by_turn")
     invalid = [r.values.get("invalid_replies") for r in ok if "invalid_replies" in r.values]
     if invalid:
         stats["invalid_replies"] = int(sum(invalid))

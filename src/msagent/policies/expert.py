@@ -180,12 +180,13 @@ def _clicked_points(episode: Episode) -> list[Point]:
 
 @attrs.define
 class OracleBoxPolicy(Policy):
-    """The baseline: one tight ground-truth box, then stop."""
+    """The baseline: one tight ground-truth box, then stop (also when refining a mask: the box
+    is its one action)."""
 
     needs_ground_truth = True
 
     def act(self, episode: Episode) -> Reply:
         gt = _need_gt(episode)
-        if episode.prediction is None:
+        if not episode.executed_turns:
             return Reply(protocol.bbox_action(mask_bbox(gt), episode.image_size).raw_text)
         return Reply(protocol.stop_action().raw_text)
