@@ -21,6 +21,7 @@ from .errors import (
 )
 from .plugins import LABELS, factory_class, get_registry
 from .policy import Policy
+from .refine import check_initial_mask
 from .segmenter import Segmenter
 from .types import Trajectory
 
@@ -141,25 +142,30 @@ def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
             policy: str | Policy | None = None, ground_truth: Any = None, max_turns: int = 5,
             backbone_options: Mapping[str, Any] | None = None,
             policy_options: Mapping[str, Any] | None = None, max_pixels: int | None = None,
-            **agent_options: Any) -> Result:
+            initial_mask: Any = None, **agent_options: Any) -> Result:
     """Segment ``target`` in ``image`` with an agent.
 
     ``image``: a path (PNG/JPEG/TIFF/.npy), a PIL image or an array (gray, RGB, 16-bit or
     float: windowed, see :mod:`msagent.io`). ``backbone``/``policy``: a registered name or an
     instance; defaults from ``$MSAGENT_BACKBONE``/``$MSAGENT_POLICY``, then the paper's
     (medsam2 + qwen). ``ground_truth`` (same size) adds per-turn IoU/Dice and drives the
-    ``expert``/``oracle-box`` policies. Extra keyword options go to :class:`msagent.Agent`.
+    ``expert``/``oracle-box`` policies. ``initial_mask`` (same size, binary; a path or an
+    array) is a prediction to refine instead of starting from nothing (see
+    :mod:`msagent.refine`); ``result.trajectory.initial`` keeps it with its IoU/Dice. Extra
+    keyword options go to :class:`msagent.Agent`.
     """
     if not isinstance(target, str) or not target.strip():
         raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")
     rgb = io.to_rgb_uint8(image, max_pixels=max_pixels)
     gt = None if ground_truth is None else io.to_mask(ground_truth, rgb.shape[:2])
+    initial = check_initial_mask(initial_mask, rgb.shape[:2])  # InvalidMask before loading
     check_ground_truth(policy, gt)  # before anything heavy loads
     agent_policy = load_policy_for(policy, policy_options or {})  # policies fail fast; first
     segmenter = load_backbone_for(backbone, backbone_options or {})
     agent = agent_class()(agent_policy, segmenter, max_turns=max_turns, **agent_options)
-    trajectory = agent.run(rgb, target.strip(), gt)
-    if not trajectory.turns:
+    trajectory = agent.run(rgb, target.strip(), gt, initial_mask=initial)
+    refined_nothing = trajectory.initial is not None and trajectory.stop_reason == "stop"
+    if not trajectory.turns and not refined_nothing:  # a policy that judged the mask fine is ok
         raise SegmentationFailed(failure_message(trajectory), trajectory)
     return Result(mask=trajectory.final_mask, trajectory=trajectory)
 

@@ -74,7 +74,8 @@ def run_volume(args: argparse.Namespace) -> int:
     volume = io.read_volume(args.image, series_uid=args.series_uid,
                             allow_irregular=args.allow_irregular_slices)
     check_outputs_fit(args, volume)
-    gt_volume = _ground_truth(args, volume)
+    gt_volume = _label_volume(args.ground_truth, "ground truth", volume, args.label)
+    initial_volume = _label_volume(args.initial_mask, "initial mask", volume, args.label)
     width, level = window_for(volume, args.window)
     indices = parse_slices(args.slices or "all", volume.n_slices(args.plane))
     segmenter = resolve("segmenter", args.backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE,
@@ -92,8 +93,10 @@ def run_volume(args: argparse.Namespace) -> int:
             if policy.needs_ground_truth:
                 continue  # nothing to segment for a simulated expert
             gt = None
+        initial = None if initial_volume is None else initial_volume.slice(index, args.plane)
         trajectory = agent.run(image, args.target, gt, case_id=f"{args.plane}-{index}",
-                               meta={"slice": index, "plane": args.plane})
+                               meta={"slice": index, "plane": args.plane}, initial_mask=initial,
+                               initial_source=args.initial_mask or "")
         volume.put_slice(masks, trajectory.final_mask, index, args.plane)
         trajectories.append(trajectory)
         steps = trajectory.executed_steps
@@ -107,20 +110,21 @@ def run_volume(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ground_truth(args, volume):
+def _label_volume(path, what: str, volume, label: int | None):
+    """A label volume on ``volume``'s voxel grid as a bool volume (``label``, or nonzero)."""
     from .. import io
     from ..errors import InvalidInput
 
-    if not args.ground_truth:
+    if not path:
         return None
-    labels = io.read_volume(args.ground_truth)
+    labels = io.read_volume(path)
     if labels.data.dtype.kind == "f" and not np.isfinite(labels.data).all():
-        raise InvalidInput(f"the ground truth {args.ground_truth} has NaN or infinite voxels; a "
-                           "label map holds 0 (background) and label values")
+        raise InvalidInput(f"the {what} {path} has NaN or infinite voxels; a label map holds 0 "
+                           "(background) and label values")
     if labels.shape != volume.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
-        raise InvalidInput(f"the ground truth {args.ground_truth} ({labels.shape}) is not on the "
-                           f"image's voxel grid ({volume.shape}); resample it first")
-    data = labels.data == args.label if args.label is not None else labels.data != 0
+        raise InvalidInput(f"the {what} {path} ({labels.shape}) is not on the image's voxel grid "
+                           f"({volume.shape}); resample it first")
+    data = labels.data == label if label is not None else labels.data != 0
     return io.Volume(data, volume.affine)
 
 

@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-mode", choices=["accumulate", "latest"], default="accumulate")
     parser.add_argument("--multimask", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--max-clicks", type=int, default=20, help="NoC protocol click limit")
+    parser.add_argument("--refine-from", metavar="SPEC", help="the refine protocol: every --policy "
+                        "episode starts from an initial mask, from a folder of predictions named "
+                        "by case id (<id>.png/.npy/.tif), or degrade:KINDS (seeded degradations "
+                        "of the ground truth: erode, dilate, shift, drop, add; one per case)")
+    parser.add_argument("--refine-strength", type=float, default=0.15,
+                        help="degradation size as a fraction of the target's diameter (0.15)")
+    parser.add_argument("--refine-seed", type=int, default=0)
     parser.add_argument("--nsd-tolerance", type=float, default=2.0,
                         help="NSD tolerance in mm (pixels when a case has no spacing)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cases of the data")
@@ -66,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
                            "--protocol noc/cvpr")
     config = EvalConfig(max_turns=args.max_turns, prompt_mode=args.prompt_mode,
                         multimask={"auto": None, "on": True, "off": False}[args.multimask],
-                        max_clicks=args.max_clicks, nsd_tolerance=args.nsd_tolerance)
+                        max_clicks=args.max_clicks, nsd_tolerance=args.nsd_tolerance,
+                        refine_from=args.refine_from, refine_strength=args.refine_strength,
+                        refine_seed=args.refine_seed)
+    if args.refine_from and not args.policy:
+        from ..errors import InvalidInput
+
+        raise InvalidInput("--refine-from refines agent episodes: give --policy (e.g. expert)")
     data = open_data(args.data, args.out)
     cases = getattr(data, "refs", data)  # lazy refs: a failing file becomes an error record
     summary = evaluate(
