@@ -205,3 +205,36 @@ def test_every_accepted_litemedsam_step_gains_at_least_tau(litemedsam, phantom, 
         assert abs(got - want) <= 0.1 * side + 1  # jitter up to 10% of the box side
     for step in trajectory.executed_steps[1:]:
         assert step.usage["expert_accepted"] == 1 and 1 <= step.usage["expert_previews"] <= 3
+
+
+def test_the_refine_strategy_starts_from_a_degraded_ground_truth(litemedsam, mni_slice):
+    from msagent.export.conversation import conversation
+
+    image, gt = mni_slice
+    rgb = msagent.io.to_rgb_uint8(image)
+    case = Case("brain-40", rgb, "brain", gt)
+    plain, refining = HybridGenerator(seed=3), HybridGenerator(seed=3, refine_ratio=0.6)
+    ids = [f"c{i}" for i in range(200)]
+    strategies = [refining.strategy(i) for i in ids]
+    assert 0.5 < strategies.count("refine") / len(ids) < 0.7
+    assert all(plain.strategy(i) == s for i, s in zip(ids, strategies) if s != "refine")  # same draws
+    assert "refine_ratio" not in plain.options() and refining.options()["refine_kinds"] == list(
+        msagent.refine.DEGRADATIONS)
+    refine_id = next(i for i in ids if refining.strategy(i) == "refine")
+    attempt = next(refining.attempt(attrs_evolve(case, refine_id), litemedsam))
+    trajectory = attempt.trajectory
+    assert trajectory.meta["strategy"] == "refine" and trajectory.meta["degradation"] in msagent.refine.DEGRADATIONS
+    assert trajectory.initial is not None and trajectory.initial.source.startswith("degraded:")
+    assert msagent.metrics.iou(trajectory.final_mask, gt) >= trajectory.initial.iou
+    again = next(refining.attempt(attrs_evolve(case, refine_id), litemedsam)).trajectory
+    assert again.to_json() == trajectory.to_json()  # deterministic for a seed
+    chat = conversation(trajectory, rgb)
+    assert chat.messages[1]["content"].endswith(protocol.FIRST_USER_TEXT_REFINE.format(target="brain"))
+    expected = protocol.policy_image(rgb, trajectory.initial.mask)
+    assert np.array_equal(np.asarray(chat.images[0]), np.asarray(expected))
+
+
+def attrs_evolve(case, case_id):
+    import attrs
+
+    return attrs.evolve(case, id=case_id)

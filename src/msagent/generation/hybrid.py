@@ -17,7 +17,13 @@ by :class:`msagent.policies.expert.ExpertPolicy`:
 - **filter**: trajectories whose final IoU is below ``min_final_iou`` are dropped;
 - **fallback**: with ``click_fallback``, a Sequential-Click case whose first click is never
   accepted (box-only backbones such as LiteMedSAM return an empty mask for one click) runs
-  as Box-to-Point instead; its meta records ``requested_strategy: "click"``.
+  as Box-to-Point instead; its meta records ``requested_strategy: "click"``;
+- **refine** (with probability ``refine_ratio``, drawn after the box/click choice so that
+  ``refine_ratio=0`` gives the same trajectories as before): the episode starts from a seeded
+  degradation of the ground truth (:mod:`msagent.refine`, one of ``refine_kinds`` at
+  ``refine_strength``) and the expert corrects it — by redrawing the box or clicking, each
+  action kept only if it gains ``tau`` — or stops at once when nothing improves it (that
+  teaches stopping on a good mask). Its meta records ``degradation``.
 
 Everything is deterministic for a seed (see :func:`msagent.policies.expert.episode_rng`).
 """
@@ -25,6 +31,7 @@ Everything is deterministic for a seed (see :func:`msagent.policies.expert.episo
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 
 import attrs
@@ -34,6 +41,7 @@ from ..agent import Agent
 from ..episode import PROMPT_MODES
 from ..errors import InvalidInput
 from ..policies.expert import ExpertPolicy
+from ..refine import DEGRADATIONS, Degradation
 from ..segmenter import Segmenter
 from ..trajectories import Attempt, TrajectoryGenerator
 from ..types import Case, Trajectory
@@ -58,6 +66,9 @@ class HybridConfig:
     ``seed``: the seed, default 0.
     ``prompt_mode``, ``multimask``: as :class:`msagent.Agent` (default "accumulate", the
     backbone's choice).
+    ``refine_ratio``: probability of the refine strategy, default 0; ``refine_kinds``: the
+    degradations it draws from (default all: erode, dilate, shift, drop, add);
+    ``refine_strength``: their size as a fraction of the target's diameter, default 0.15.
     """
 
     box_ratio: float = attrs.field(default=0.5, validator=_unit)
@@ -73,6 +84,11 @@ class HybridConfig:
     seed: int = 0
     prompt_mode: str = attrs.field(default="accumulate", validator=attrs.validators.in_(PROMPT_MODES))
     multimask: bool | None = None
+    refine_ratio: float = attrs.field(default=0.0, validator=_unit)
+    refine_kinds: tuple[str, ...] = attrs.field(
+        default=DEGRADATIONS, converter=lambda v: tuple(v.split(",")) if isinstance(v, str) else tuple(v),
+        validator=attrs.validators.deep_iterable(attrs.validators.in_(DEGRADATIONS)))
+    refine_strength: float = attrs.field(default=0.15, validator=_unit)
 
 
 def make_config(config: HybridConfig | None = None, **options) -> HybridConfig:
@@ -96,12 +112,21 @@ class HybridGenerator(TrajectoryGenerator):
         self.config = make_config(config, **options)
 
     def options(self) -> dict:
-        return attrs.asdict(self.config)
+        """The options as JSON values (the job manifest's ``generator_options``); the refine
+        options only when the strategy is on, so that sets made without it still resume."""
+        options = json.loads(json.dumps(attrs.asdict(self.config)))
+        if not self.config.refine_ratio:
+            for name in ("refine_ratio", "refine_kinds", "refine_strength"):
+                options.pop(name)
+        return options
 
     def strategy(self, case_id: str, sample: int = 0) -> str:
-        """"box" (Box-to-Point) or "click" (Sequential-Click) for this case and sample."""
+        """"box" (Box-to-Point), "click" (Sequential-Click) or "refine" for this case and sample."""
         rng = np.random.default_rng(_seed_words(self.config.seed, case_id, sample))
-        return "box" if rng.random() < self.config.box_ratio else "click"
+        first = "box" if rng.random() < self.config.box_ratio else "click"
+        if self.config.refine_ratio and rng.random() < self.config.refine_ratio:
+            return "refine"
+        return first
 
     def policy(self, strategy: str, sample: int = 0) -> ExpertPolicy:
         """The expert that runs one trajectory of ``strategy``."""
@@ -133,6 +158,14 @@ class HybridGenerator(TrajectoryGenerator):
 
     def _run(self, case: Case, gt: np.ndarray, strategy: str, sample: int,
              segmenter: Segmenter, meta: dict) -> Trajectory:
+        if strategy == "refine":
+            rng = np.random.default_rng(_seed_words(self.config.seed + 1, case.id, sample))
+            kind = self.config.refine_kinds[int(rng.integers(len(self.config.refine_kinds)))]
+            initial = Degradation(kind, self.config.refine_strength).apply(gt, rng)
+            meta["degradation"] = kind
+            return self._agent("box", sample, segmenter).run(
+                case.image, case.target, gt, case_id=case.id, meta=meta, initial_mask=initial,
+                initial_source=f"degraded:{kind}")
         return self._agent(strategy, sample, segmenter).run(case.image, case.target, gt,
                                                             case_id=case.id, meta=meta)
 
@@ -144,9 +177,10 @@ class HybridGenerator(TrajectoryGenerator):
     def verdict(self, trajectory: Trajectory) -> tuple[bool, str]:
         """(kept, reason): dropped without a mask or below ``min_final_iou``."""
         steps = trajectory.executed_steps
-        if not steps:
+        if not steps and trajectory.initial is None:
             return False, "no_first_action"
-        if steps[-1].iou is None or steps[-1].iou < self.config.min_final_iou:
+        final_iou = steps[-1].iou if steps else trajectory.initial.iou
+        if final_iou is None or final_iou < self.config.min_final_iou:
             return False, "low_final_iou"
         return True, ""
 
