@@ -75,31 +75,25 @@ class SegmenterClient:
 
 def _decode(segmenter, embedding, prompts, prev_logits, multimask, text) -> MaskPrediction:
     """:meth:`Segmenter.decode` as :class:`msagent.Agent` calls it (text only where accepted)."""
-    extra = {"text": text} if text and getattr(segmenter, "accepts_text", False) else {}
+    extra = {"text": text} if text and segmenter.accepts_text else {}
     return segmenter.decode(embedding, prompts, prev_logits, multimask=multimask, **extra)
 
 
 class LocalClient(SegmenterClient):
-    """A segmenter in this process; calls run in worker threads, or natively async where the
-    segmenter has ``aencode``/``adecode`` (the ``remote`` backbone)."""
+    """A segmenter in this process, through its async front doors (``aencode``/``adecode``:
+    worker threads, or native I/O for the ``remote`` backbone)."""
 
     def __init__(self, segmenter) -> None:
         self.segmenter = segmenter
         self.multimask_default = segmenter.multimask_default
-        self.native_async = hasattr(segmenter, "aencode") and hasattr(segmenter, "adecode")
 
     async def encode(self, image: np.ndarray):
-        if self.native_async:
-            return await self.segmenter.aencode(image)
-        return await asyncio.to_thread(self.segmenter.encode, image)
+        return await self.segmenter.aencode(image)
 
     async def decode(self, handle, image, prompts, prev_logits, multimask, text=None):
-        if self.native_async:
-            extra = {"text": text} if text and getattr(self.segmenter, "accepts_text", False) else {}
-            return await self.segmenter.adecode(handle, prompts, prev_logits, multimask=multimask,
-                                                **extra)
-        return await asyncio.to_thread(_decode, self.segmenter, handle, prompts, prev_logits,
-                                       multimask, text)
+        extra = {"text": text} if text and self.segmenter.accepts_text else {}
+        return await self.segmenter.adecode(handle, prompts, prev_logits, multimask=multimask,
+                                            **extra)
 
 
 class SegmenterActor:

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 from msagent import protocol, types
+from msagent.episode import EpisodeState as CoreState
 from msagent.errors import InvalidInput, PolicyOutputError
 from msagent.types import MaskPrediction, Prompts
 from PIL import Image
@@ -52,8 +53,7 @@ class EpisodeState:
     image: np.ndarray
     ground_truth: np.ndarray | None
     handle: Any = None
-    prompts: Prompts = Prompts()
-    prediction: MaskPrediction | None = None
+    core: CoreState | None = None  # msagent's episode state: prompts in force, last prediction
     ious: list[float] = attrs.field(factory=list)
     dices: list[float] = attrs.field(factory=list)
     scores: list[float] = attrs.field(factory=list)
@@ -62,6 +62,14 @@ class EpisodeState:
     @property
     def image_size(self) -> tuple[int, int]:
         return self.image.shape[:2]
+
+    @property
+    def prompts(self) -> Prompts:
+        return Prompts() if self.core is None else self.core.prompts
+
+    @property
+    def prediction(self) -> MaskPrediction | None:
+        return None if self.core is None else self.core.prediction
 
 
 class EpisodeStore:

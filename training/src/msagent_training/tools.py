@@ -21,14 +21,14 @@ mask, nonzero = foreground; optional, needed for the reward's IoU/Dice).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from uuid import uuid4
 
-from msagent import metrics, protocol
-from msagent.agent import PROMPT_MODES
+from msagent import episode, metrics, protocol
+from msagent.episode import PROMPT_MODES
 from msagent.errors import InvalidInput, PolicyOutputError
+from msagent.segmenter import Embedding
 from msagent.types import Action
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
@@ -102,11 +102,15 @@ class SegmentingTool(MSAgentTool):
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs
                       ) -> tuple[ToolResponse, float, dict]:
         agent_data = kwargs.get("agent_data")
-        try:
+        try:  # the inference parser's rules; malformed arguments touch no episode state
             action = parse_call(self.name, parameters)
         except PolicyOutputError as exc:
             return ToolResponse(text=f"Error: {exc}"), 0.0, {"error": str(exc)}
         state = await self.episode(instance_id, episode_id(agent_data, instance_id, kwargs))
+        try:
+            protocol.check_prompt(action, state.image_size)  # a box of zero pixel width/height
+        except PolicyOutputError as exc:
+            return ToolResponse(text=f"Error: {exc}"), 0.0, {"error": str(exc)}
         async with state.lock:
             result = await self._step(state, action)
         if agent_data is not None:
@@ -117,14 +121,14 @@ class SegmentingTool(MSAgentTool):
         client = await get_client(self.backend)
         if state.handle is None:  # the episode's first add_* call: encode once
             state.handle = await client.encode(state.image)
+            state.core = episode.start(Embedding(state.handle, state.image_size, ""),
+                                       prompt_mode=self.prompt_mode)
         prompt = protocol.action_to_prompt(action, state.image_size)
-        prompts = state.prompts.latest_only(prompt) if self.prompt_mode == "latest" \
-            else state.prompts.add(prompt)
+        request = state.core.request(prompt)  # msagent's one episode rule
         multimask = client.multimask_default if self.multimask is None else bool(self.multimask)
-        prev = None if state.prediction is None else state.prediction.low_res_logits
-        prediction = await client.decode(state.handle, state.image, prompts, prev, multimask,
-                                         state.target)
-        state.prompts, state.prediction = prompts, prediction
+        prediction = await client.decode(state.handle, state.image, request.prompts,
+                                         request.prev_logits, multimask, state.target)
+        state.core = state.core.after(prompt, prediction)
         state.scores.append(float(prediction.score))
         info: dict[str, Any] = {"score": float(prediction.score), "turn": len(state.scores)}
         if state.ground_truth is not None:
@@ -158,11 +162,9 @@ class StopActionTool(MSAgentTool):
         return ToolResponse(text=text), 0.0, {"stopped": True, "turns": turns}
 
 
-def parse_call(name: str, parameters: Any) -> Action:
-    """Validate a call's arguments with the inference parser (same rules, same errors)."""
-    if isinstance(parameters, str):
-        parameters = json.loads(parameters) if parameters.strip() else {}
-    action = protocol.parse_action(json.dumps({"name": name, "arguments": parameters}))
+def parse_call(name: str, parameters: Any, image_size: tuple[int, int] | None = None) -> Action:
+    """Validate a call's arguments with the inference parser's rules (same errors)."""
+    action = protocol.validate_call(name, parameters, image_size)
     if action.kind != name:
         raise PolicyOutputError(f"{name} cannot execute a {action.kind} call")
     return action
