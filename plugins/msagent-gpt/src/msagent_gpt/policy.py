@@ -95,7 +95,8 @@ class GPTPolicy(Policy):
         with self._sync_slots:
             start = time.perf_counter()
             with self._policy_errors():
-                raw = self._sync_client().chat.completions.with_raw_response.create(**request)
+                raw = self._sync_client().chat.completions.with_raw_response.create(
+                    **as_sent(request))
                 return self._reply(raw, start)
 
     async def aact(self, episode: Episode) -> Reply:
@@ -104,7 +105,7 @@ class GPTPolicy(Policy):
         async with slots:
             start = time.perf_counter()
             with self._policy_errors():
-                raw = await client.chat.completions.with_raw_response.create(**request)
+                raw = await client.chat.completions.with_raw_response.create(**as_sent(request))
                 return self._reply(raw, start)
 
     @contextlib.contextmanager
@@ -215,3 +216,15 @@ class GPTPolicy(Policy):
 
 def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def as_sent(request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` with its JSON-ready ``messages`` and ``tools`` passed through ``extra_body``,
+    which the SDK sends as they are. Given as parameters, the SDK walks every message against
+    its typed schema first: about 13 ms of CPU a request with a few images, which serializes
+    concurrent episodes (``msagent eval --concurrency 32``). The body on the wire is the same."""
+    body = {key: request[key] for key in ("messages", "tools") if key in request}
+    rest = {key: value for key, value in request.items() if key not in body}
+    rest["extra_body"] = {**body, **rest.get("extra_body", {})}
+    rest["messages"] = []  # a required parameter; the extra body's list replaces it
+    return rest
