@@ -65,7 +65,8 @@ async def _run_async(job: Evaluation, units, bar) -> None:
         try:
             record, outcome = await job.acompute(case, backbone, method)
             result = await asyncio.to_thread(job.package, case, record, outcome)
-            _advance(bar, job.store_result(result))
+            # files and the fsync'ed record off the loop: other episodes' replies go on meanwhile
+            _advance(bar, await asyncio.to_thread(job.store_result, result))
         finally:
             limit.release()
 
