@@ -272,8 +272,6 @@ def test_a_npy_header_is_checked_before_anything_is_allocated():
         load_npy_bytes(claim((30000, 30000)), 64_000_000)  # np.load would ask for 6.7 GiB first
     with pytest.raises(InvalidImage, match="holds 64 bytes"):
         load_npy_bytes(claim((3000, 3000)), 64_000_000)
-    with pytest.raises(InvalidImage, match="at most 4 channels"):
-        load_npy_bytes(claim((10, 10, 1000), b"\0" * 800000), 64_000_000)
     assert tracemalloc.get_traced_memory()[1] < 8 * 2**20
     tracemalloc.stop()
     from fastapi.testclient import TestClient

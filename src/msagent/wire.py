@@ -119,8 +119,9 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
 
 def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     """A ``.npy`` upload as an array, its header checked before anything is allocated: the
-    shape against ``max_pixels`` (height × width; at most 4 channels) and against the bytes
-    actually sent (``np.load`` would allocate what the header claims first). No pickles."""
+    shape against ``max_pixels`` (height × width) and against the bytes actually sent
+    (``np.load`` would allocate what the header claims first). No pickles. What the shape
+    means (gray, RGB, 2-D at all) is for the caller to check."""
     from numpy.lib import format as npy
 
     stream = io.BytesIO(data)
@@ -130,15 +131,12 @@ def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
         shape, fortran, dtype = read_header(stream, max_header_size=10_000)
     except Exception as exc:  # a bad magic, header or dtype
         raise InvalidImage(f"the upload is not a readable .npy array: {exc}") from None
-    if dtype.hasobject or dtype.itemsize == 0 or len(shape) > 4:
+    if dtype.hasobject or dtype.itemsize == 0:
         raise InvalidImage(f"the .npy upload must hold a numeric image array, got {dtype} {shape}")
     if len(shape) >= 2:
         hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] > 4 else shape[:2]
         _check_pixels(int(hw[0]) * int(hw[1]), max_pixels)
-        channels = int(np.prod(shape)) // max(1, int(hw[0]) * int(hw[1]))
-        if channels > 4:
-            raise InvalidImage(f"the .npy upload has shape {shape}: at most 4 channels per pixel")
-    count = int(np.prod(shape))
+    count = int(np.prod(shape))  # the array is a view of the bytes sent: no more is allocated
     body = data[stream.tell():]
     if len(body) != count * dtype.itemsize:
         raise InvalidImage(f"the .npy upload declares {shape} {dtype} ({count * dtype.itemsize:,} "

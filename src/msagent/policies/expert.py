@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 
 from .. import clicker, metrics, protocol
-from ..errors import PolicyError
+from ..errors import PolicyError, PolicyOutputError
 from ..options import Option
 from ..policy import Episode, Policy, Reply
 from ..types import BBox, Point
@@ -103,11 +103,11 @@ class ExpertPolicy(Policy):
 
     def _first_action(self, episode: Episode, gt: np.ndarray, rng: np.random.Generator) -> Reply:
         size = episode.image_size
-        if self.first == "box":
-            tight = mask_bbox(gt)
+        tight = mask_bbox(gt)
+        if self.first == "box" and not _degenerate(protocol.bbox_action(tight, size), size):
             proposals = [jitter_bbox(tight, self.box_jitter, size, rng) for _ in range(self.first_tries)]
             actions = [protocol.bbox_action(box, size) for box in proposals]
-        else:
+        else:  # clicks; also for a target too thin to box (a box of zero width or height)
             proposals = clicker.click_candidates(gt, None, (), self.first_tries, rng)
             actions = [protocol.point_action(point, size) for point in proposals]
         previews, chosen = 0, actions[0]
@@ -122,7 +122,7 @@ class ExpertPolicy(Policy):
                 return _reply(self._stop(text.STOP_NO_START, episode, rng), previews, False)
         facts = {"target": episode.target, "where": text.where(*text.mask_center(gt), size[1], size[0]),
                  "size": text.size_word(float(gt.mean()))}
-        why = text.pick(text.BOX if self.first == "box" else text.FIRST_CLICK, rng, **facts)
+        why = text.pick(text.BOX if chosen.kind == "add_bbox" else text.FIRST_CLICK, rng, **facts)
         return _reply(protocol.format_action(chosen, why), previews, True if previews else None)
 
     def _corrective_click(self, episode: Episode, gt: np.ndarray, current: float,
@@ -134,7 +134,8 @@ class ExpertPolicy(Policy):
             # refining: redrawing the box (over the initial mask's logits) is the first candidate
             box = jitter_bbox(mask_bbox(gt), self.box_jitter, size, rng)
             action, tried = protocol.bbox_action(box, size), 1
-            if metrics.iou(episode.preview(action).mask, gt) - current >= self.tau:
+            if not _degenerate(action, size) and \
+                    metrics.iou(episode.preview(action).mask, gt) - current >= self.tau:
                 facts = {"target": episode.target, "size": text.size_word(float(gt.mean())),
                          "where": text.where(*text.mask_center(gt), size[1], size[0])}
                 return _reply(protocol.format_action(action, text.pick(text.BOX, rng, **facts)), 1, True)
@@ -151,6 +152,15 @@ class ExpertPolicy(Policy):
 
     def _stop(self, templates: tuple[str, ...], episode: Episode, rng: np.random.Generator) -> str:
         return protocol.stop_action(text.pick(templates, rng, target=episode.target)).raw_text
+
+
+def _degenerate(action, size: tuple[int, int]) -> bool:
+    """True for a box that maps to zero pixel width or height (the protocol refuses it)."""
+    try:
+        protocol.check_prompt(action, size)
+    except PolicyOutputError:
+        return True
+    return False
 
 
 def _reply(raw_text: str, previews: int, accepted: bool | None) -> Reply:
