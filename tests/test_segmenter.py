@@ -230,3 +230,14 @@ def test_a_first_contract_backbone_still_works_and_is_told_to_move():
     seg = Legacy()
     emb = seg.encode(image(1))
     assert seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))] * 2)[1].mask.all()
+
+
+def test_a_backbone_that_forgets_super_init_still_has_a_cache():
+    class Forgetful(BoxBackbone):
+        def __init__(self, threshold=0.5):  # no super().__init__()
+            self.threshold, self.mask_dtype, self.logits_shape, self.seen = threshold, bool, (256, 256), []
+
+    seg = Forgetful()
+    seg.encode(image(1))
+    seg.encode(image(1))
+    assert seg.cache_info().hits == 1 and seg.cache_info().maxsize == 16

@@ -346,6 +346,7 @@ class RemoteSegmenter(Segmenter):
     def __getstate__(self) -> dict:
         """Picklable (for process pools and Ray): clients and the handle cache are rebuilt."""
         state = self.__dict__.copy()
+        state.pop("_embedding_cache", None)  # locks do not pickle: rebuilt by __setstate__
         state.update(_client=None, _aclients=None, _uploads={}, _cache=self.cache_info().maxsize)
         return state
 

@@ -178,7 +178,16 @@ class Segmenter(ABC):
     accepts_text: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
-        self._cache = _EmbeddingCache(cache_size)
+        self._embedding_cache = _EmbeddingCache(cache_size)
+
+    @property
+    def _cache(self) -> _EmbeddingCache:
+        """The embedding cache; a backbone whose ``__init__`` forgot ``super().__init__()`` gets
+        the default one (16 images) instead of an AttributeError."""
+        cache = self.__dict__.get("_embedding_cache")
+        if cache is None:
+            cache = self.__dict__.setdefault("_embedding_cache", _EmbeddingCache(16))
+        return cache
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

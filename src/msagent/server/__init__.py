@@ -1,4 +1,4 @@
-"""The segmentation session server (``msagent serve``; needs ``msagent[server]``).
+"""The segmentation session server (``msagent serve``; needs the ``server`` extra).
 
 ``create_app(segmenter, ServerConfig(...))`` builds the FastAPI app; :mod:`.wire` holds the
 formats shared with the ``remote`` backbone and imports neither FastAPI nor torch.
@@ -20,6 +20,7 @@ def create_app(segmenter: Any, config: ServerConfig | None = None) -> Any:
     except ImportError as exc:
         from ..errors import MsAgentError
 
-        raise MsAgentError(f"the server needs FastAPI and friends: pip install 'msagent[server]' "
+        raise MsAgentError(f"the server needs FastAPI and friends: from a clone, "
+                           f"pip install './[server]' (a release: pip install 'msagent[server]') "
                            f"({exc})") from None
     return build(segmenter, config)
