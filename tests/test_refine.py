@@ -13,7 +13,7 @@ from msagent.backbones import InputGeometry
 from msagent.errors import InvalidMask
 from msagent.refine import DEGRADATIONS, Degradation, check_initial_mask
 from msagent.testing import make_phantom
-from msagent.types import BBox, Prompts
+from msagent.types import BBox
 
 
 @pytest.mark.parametrize("bad, message", [
