@@ -166,6 +166,8 @@ def test_operator_options_are_kept_and_cannot_be_overridden():
         run_options("gpt", "base_url=http://evil/v1", operator)
     with pytest.raises(InvalidOption, match="at most 4000"):
         run_options("expert", "tau=0.1 " * 600, {})
+    capped = {"gpt": {"model": "m", "max_tokens": 100}}  # the operator's cap stays
+    assert run_options("gpt", "max_tokens=4096 temperature=2", capped)["max_tokens"] == 100
 
 
 def test_only_health_and_the_page_shell_are_open_with_a_key():
@@ -272,6 +274,9 @@ def test_a_npy_header_is_checked_before_anything_is_allocated():
         load_npy_bytes(claim((30000, 30000)), 64_000_000)  # np.load would ask for 6.7 GiB first
     with pytest.raises(InvalidImage, match="holds 64 bytes"):
         load_npy_bytes(claim((3000, 3000)), 64_000_000)
+    for shape in ((1, 1, 2**32, 2**32), (2, 2, 2**62, 4), (2**40, 2**40, 3)):  # np.prod wraps to 0
+        with pytest.raises(InvalidImage):
+            load_npy_bytes(claim(shape, b""), 2**100)
     assert tracemalloc.get_traced_memory()[1] < 8 * 2**20
     tracemalloc.stop()
     from fastapi.testclient import TestClient
@@ -279,3 +284,31 @@ def test_a_npy_header_is_checked_before_anything_is_allocated():
     with TestClient(create_web_app(BoxMasks(), ServerConfig())) as client:
         refused = client.post("/v1/images", files={"file": ("x.npy", claim((30000, 30000)))})
         assert refused.status_code == 413
+
+
+def test_hostile_compat_fields_batches_and_formats_are_4xx():
+    from fastapi.testclient import TestClient
+
+    image = np.zeros((20, 30, 3), np.uint8)
+    with TestClient(create_web_app(BoxMasks(), ServerConfig(batch_window_ms=0, max_points=4))) as client:
+        upload = {"image": ("i.png", png_bytes(image), "image/png")}
+        for bbox in ("[" * 5000 + "]" * 5000, "[" + "1" * 5000 + ",2,3,4]", "[" * 200_000):
+            response = client.post("/predict", files=upload, data={"bbox": bbox})
+            assert response.status_code == 422, response.text[:200]
+            assert len(response.text) < 2000  # the input is not echoed back whole
+        image_id = client.post("/v1/images", files={"file": ("i.png", png_bytes(image))}).json()["image_id"]
+        items = [{"points": [{"x": 1, "y": 1, "label": 1}] * 4}] * 5  # 20 clicks > 4 × 4
+        batch = client.post("/v1/predict/batch", json={"image_id": image_id, "items": items})
+        assert batch.status_code == 422 and batch.json()["code"] == "too_many_points"
+        eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+        refused = client.post("/v1/images", files={"file": ("x.eps", eps)})
+        assert refused.status_code == 422  # Pillow's Ghostscript plugin is never reached
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-points", "0"], "'max_points' must be >= 1"), (["--idle-timeout", "nan"], "positive number"),
+    (["--request-timeout", "-1"], "positive number"), (["--port", "99999"], "from 1 to 65535")])
+def test_bad_serve_options_are_one_line(capsys, flags, message):
+    assert main(["serve", "--backbone", "not-installed", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

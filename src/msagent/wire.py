@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from .errors import InvalidImage, InvalidInput
 from .io import to_rgb_uint8
 
 ARRAY_DTYPES = ("float16", "float32")
+UPLOAD_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # what an upload may be (Pillow opens more)
 MAX_ARRAY_ELEMENTS = 4 * 256 * 256
 _F16_MAX = float(np.finfo(np.float16).max)
 
@@ -102,7 +104,7 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # no EPS (Ghostscript), GIF…
             _check_pixels(img.width * img.height, max_pixels)
             img.load()
     except InvalidImage:
@@ -131,12 +133,14 @@ def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
         shape, fortran, dtype = read_header(stream, max_header_size=10_000)
     except Exception as exc:  # a bad magic, header or dtype
         raise InvalidImage(f"the upload is not a readable .npy array: {exc}") from None
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise InvalidImage(f"the .npy upload must hold a numeric image array, got {dtype} {shape}")
+    if dtype.hasobject or dtype.itemsize == 0 or len(shape) > 3:
+        raise InvalidImage(f"the .npy upload must hold a numeric image array (H×W or H×W×C), got "
+                           f"{dtype} {tuple(shape)[:6]}")
     if len(shape) >= 2:
         hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] > 4 else shape[:2]
         _check_pixels(int(hw[0]) * int(hw[1]), max_pixels)
-    count = int(np.prod(shape))  # the array is a view of the bytes sent: no more is allocated
+    count = math.prod(int(n) for n in shape)  # Python ints: np.prod would wrap around
+    # the array is a view of the bytes sent: no more is allocated
     body = data[stream.tell():]
     if len(body) != count * dtype.itemsize:
         raise InvalidImage(f"the .npy upload declares {shape} {dtype} ({count * dtype.itemsize:,} "

@@ -207,3 +207,14 @@ def test_listing_plugins_imports_no_openai():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_errors_name_no_credentials_of_the_endpoint(phantom):
+    from msagent_gpt.policy import GPTPolicy, redact_url
+
+    assert redact_url("http://user:SECRETPW@127.0.0.1:9/v1?key=abc") == "http://127.0.0.1:9/v1"
+    policy = GPTPolicy("m", base_url="http://user:SECRETPW@127.0.0.1:9/v1", max_retries=0, timeout=2)
+    episode = msagent.Episode("x", phantom[0], "ellipse", 5)
+    with pytest.raises(msagent.errors.PolicyError) as caught:
+        policy.act(episode)
+    assert "SECRETPW" not in str(caught.value) and "127.0.0.1:9/v1" in str(caught.value)

@@ -54,10 +54,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
+    """The server's limits from the command line; a bad value is one line, not a traceback."""
+    from ..errors import InvalidInput
+
+    if not 0 < args.port < 65536:
+        raise InvalidInput(f"--port {args.port}: give a port from 1 to 65535")
+    try:
+        return _config(args)
+    except (ValueError, TypeError) as exc:  # our checks and attrs' validators
+        raise InvalidInput(f"invalid server option: {exc.args[0] if exc.args else exc}") from None
+
+
+def _config(args: argparse.Namespace):
+    import math
+
     from ..io import max_pixels_limit
     from ..io.limits import DEFAULT_SERVER_MAX_VOXELS, max_voxels_limit
     from ..server import ServerConfig
 
+    for name in ("idle_timeout", "request_timeout", "max_upload_mb"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     return ServerConfig(
         api_key=args.api_key or os.environ.get(ENV_API_KEY) or None,
         max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,

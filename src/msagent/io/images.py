@@ -136,17 +136,27 @@ def _to_hwc(array: np.ndarray) -> np.ndarray:
         "a 3-D volume must be segmented slice by slice (msagent.io.read_volume / --slices)")
 
 
+_WINDOW_ROWS = 512  # rows scaled at a time: bounded float64 scratch memory for huge images
+
+
 def _window(array: np.ndarray) -> np.ndarray:
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
+    """The 0.5–99.5th percentile window to uint8, in float64 arithmetic but a block of rows
+    at a time (no whole-image float64 copy: a 64-megapixel 16-bit image stays ~0.2 GB)."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidImage("image contains NaN or infinite values; fill or mask them first")
-    low, high = np.percentile(values, [0.5, 99.5])
+    # integers: exact in their own dtype; floats: in float64, as the window was always computed
+    sample = array.astype(np.float64) if array.dtype.kind == "f" and array.dtype.itemsize < 8 else array
+    low, high = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    del sample
     if high <= low:
-        low, high = float(values.min()), float(values.max())
+        low, high = float(array.min()), float(array.max())
+    out = np.zeros(array.shape, np.uint8)
     if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    scaled = (np.clip(values, low, high) - low) / (high - low) * 255.0
-    return np.round(scaled).astype(np.uint8)
+        return out
+    for start in range(0, array.shape[0], _WINDOW_ROWS):
+        rows = array[start:start + _WINDOW_ROWS].astype(np.float64)
+        out[start:start + _WINDOW_ROWS] = np.round((np.clip(rows, low, high) - low) / (high - low) * 255.0)
+    return out
 
 
 def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty: bool = False,

@@ -87,17 +87,21 @@ class CompatSessions(BaseModel):
 def parse_json(value: str | None, name: str) -> Any:
     if value is None or value.strip() in ("", "null"):
         return None
+    if len(value) > 100_000:
+        raise InvalidInput(f"{name} is {len(value):,} characters long; send at most 100,000")
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{name} must be JSON, e.g. [10, 20, 110, 120]: {exc}") from None
+        raise InvalidInput(f"{name} must be JSON, e.g. [10, 20, 110, 120]: {exc.msg}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deep; an integer too long
+        raise InvalidInput(f"{name} must be a flat JSON list of numbers ({type(exc).__name__})") from None
 
 
 def _ints(values: Any, name: str) -> list[int]:
     flat = np.asarray(values, dtype=object).ravel().tolist() if isinstance(values, list) else None
     if not flat or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                            and math.isfinite(v) and abs(v) < 2**31 for v in flat):
-        raise InvalidInput(f"{name} must be a JSON list of finite numbers, got {values!r}")
+        raise InvalidInput(f"{name} must be a JSON list of finite numbers, got {repr(values)[:200]}")
     return [int(round(v)) for v in flat]
 
 
@@ -107,13 +111,13 @@ def parse_prompts(point_coords: str | None, point_labels: str | None, bbox: str 
     if (raw_box := parse_json(bbox, "bbox")) is not None:
         coords = _ints(raw_box, "bbox")
         if len(coords) != 4:
-            raise InvalidInput(f"bbox must be [x1, y1, x2, y2], got {raw_box!r}")
+            raise InvalidInput(f"bbox must be [x1, y1, x2, y2], got {repr(raw_box)[:200]}")
         box = BBox.ordered(*coords)
     points: tuple[Point, ...] = ()
     if (raw_points := parse_json(point_coords, "point_coords")) is not None:
         coords = _ints(raw_points, "point_coords")
         if len(coords) % 2:
-            raise InvalidInput(f"point_coords must be [[x, y], ...], got {raw_points!r}")
+            raise InvalidInput(f"point_coords must be [[x, y], ...], got {repr(raw_points)[:200]}")
         raw_labels = parse_json(point_labels, "point_labels")
         labels = [1] * (len(coords) // 2) if raw_labels is None else _ints(raw_labels, "point_labels")
         if len(labels) != len(coords) // 2:

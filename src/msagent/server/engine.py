@@ -158,6 +158,10 @@ class Engine:
                           texts: list[str | None] | None = None) -> list[MaskPrediction]:
         """Decode several prompt sets against one embedding in one ``decode_batch`` call."""
         texts = texts or [None] * len(prompt_sets)
+        total = sum(len(p.points) for p in prompt_sets)
+        if total > 4 * self.config.max_points:  # one request must not hold a worker for minutes
+            raise TooManyPoints(f"{total} clicks in one batch; this server allows at most "
+                                f"{4 * self.config.max_points} (4 × --max-points): send fewer items")
         for index, (prompts, text) in enumerate(zip(prompt_sets, texts)):
             try:
                 self.check(prompts, embedding.image_size, text)

@@ -46,9 +46,9 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
     session = Session(id=session_id, image_id=image_id, embedding=embedding,
                       prompt_mode=prompt_mode, multimask=multimask, text=text)
     if initial_mask is not None:
-        mask = check_initial_mask(initial_mask, embedding.image_size)
+        mask = await asyncio.to_thread(check_initial_mask, initial_mask, embedding.image_size)
         if mask is not None:
-            prediction, prompts = initial_state(ctx.engine.segmenter, mask)
+            prediction, prompts = await asyncio.to_thread(initial_state, ctx.engine.segmenter, mask)
             session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
                                             initial=prediction, prompts=prompts)
     return ctx.store.add(session, replace=replace)
@@ -171,7 +171,9 @@ async def get_mask(session_id: str, format: Literal["png", "rle"] = Query("png")
     if pred is None:
         raise Conflict(f"session {session_id!r} has no mask yet; add a box or a point first")
     headers = {"X-Mask-Score": f"{float(pred.score):.6g}"}
-    if format == "rle":
-        return JSONResponse({**encode_mask(pred.mask), "score": finite(pred.score)}, headers=headers)
-    return Response(png_bytes(pred.mask), media_type="image/png", headers=headers)
+    if format == "rle":  # encoding a large mask takes seconds: off the event loop
+        rle = await asyncio.to_thread(encode_mask, pred.mask)
+        return JSONResponse({**rle, "score": finite(pred.score)}, headers=headers)
+    return Response(await asyncio.to_thread(png_bytes, pred.mask), media_type="image/png",
+                    headers=headers)
 

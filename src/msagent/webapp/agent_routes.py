@@ -130,7 +130,7 @@ async def run_agent(
     if initial_mask is not None and initial_mask.filename:
         data = await read_upload(initial_mask, ctx)
         raw = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels)
-        initial = check_initial_mask(raw, image.shape[:2])  # InvalidMask before the stream starts
+        initial = await asyncio.to_thread(check_initial_mask, raw, image.shape[:2])  # before the stream
     options = await asyncio.to_thread(run_options, policy, policy_options, ctx.config.policy_options)
     pooled = await asyncio.to_thread(state.policies.get, policy, options)
     if pooled.policy.needs_ground_truth and gt is None:

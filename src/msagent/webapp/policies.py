@@ -73,12 +73,13 @@ def policy_listing() -> list[dict[str, Any]]:
 def run_options(name: str, text: str, operator: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The options policy ``name`` is built with for an API client: the operator's options for
     it, plus the client's ``KEY=VALUE`` text checked against the policy's ``client_options``
+    (where the operator set the same option, the operator's value stays)
     (:class:`msagent.options.InvalidOption` for anything else). Blocking (may import the
     plugin's module), so call it from a worker thread."""
     cls = factory_class(get_registry().get("policy", name))
     given = split_pairs(text)
     checked = client_options(name, {} if cls is None else _declared(cls), given)
-    return {**operator.get(name, {}), **checked}
+    return {**checked, **operator.get(name, {})}  # the operator's settings win (e.g. a max_tokens cap)
 
 
 def _declared(cls: type) -> Mapping[str, Option]:

@@ -197,7 +197,7 @@ class GPTPolicy(Policy):
         """A PolicyError saying what failed, or None for an error that is a bug here."""
         import openai
 
-        where = f"{self.model} at {self.base_url or 'api.openai.com'}"
+        where = f"{self.model} at {redact_url(self.base_url) if self.base_url else 'api.openai.com'}"
         retries = f" after {self.max_retries} retries" if self.max_retries else ""
         if isinstance(exc, openai.APITimeoutError):
             return PolicyError(f"{where} timed out ({self.timeout:g} s per request){retries}; "
@@ -228,3 +228,18 @@ def as_sent(request: dict[str, Any]) -> dict[str, Any]:
     rest["extra_body"] = {**body, **rest.get("extra_body", {})}
     rest["messages"] = []  # a required parameter; the extra body's list replaces it
     return rest
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user:password and query (errors reach API clients of the server)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "the configured base_url"
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "") if parts.username or parts.password \
+        else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
