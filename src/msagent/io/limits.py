@@ -41,16 +41,19 @@ def max_voxels_limit(max_voxels: int | None = None, default: int = DEFAULT_MAX_V
 def check_voxels(shape: Sequence[int], itemsize: int, what: str,
                  max_voxels: int | None = None) -> int:
     """Refuse ``shape`` (from a header) when it is empty or over the voxel limit; return the
-    voxel count. ``itemsize`` is the bytes per voxel once decoded, for the message."""
+    voxel count. ``itemsize`` is the bytes per voxel once decoded: the limit counts voxels of
+    up to 4 bytes, and wider ones (float64, int64) count in proportion, so the limit bounds
+    the decoded bytes too."""
     dims = [int(n) for n in shape]
     if not dims or any(n < 1 for n in dims):
         raise InvalidImage(f"{what} declares the shape {tuple(dims)}: an empty volume")
     count = math.prod(dims)
     limit = max_voxels_limit(max_voxels)
-    if count > limit:
+    if count * max(1.0, itemsize / 4) > limit:
         raise InvalidImage(
             f"{what} declares {' × '.join(map(str, dims))} = {count:,} voxels "
-            f"({count * itemsize / 2**20:,.0f} MiB decoded), over the limit of {limit:,}; "
+            f"({count * itemsize / 2**20:,.0f} MiB decoded), over the limit of {limit:,} "
+            "(voxels of up to 4 bytes; wider ones count in proportion); "
             f"crop or downsample it, or raise the limit ({ENV_MAX_VOXELS}, or "
             "msagent serve --max-voxels)")
     return count
