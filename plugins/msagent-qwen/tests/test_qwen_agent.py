@@ -52,9 +52,15 @@ def test_scripted_episode_reuses_the_cache_every_turn(policies, litemedsam, phan
 
 def test_segment_api_swaps_the_policy_by_name(tiny_checkpoints, phantom):
     image, mask = phantom
-    result = msagent.segment(image, "bright ellipse", backbone="litemedsam", policy="qwen",
-                             ground_truth=mask, backbone_options={"device": "cpu"},
-                             policy_options={"model": str(tiny_checkpoints["qwen3_vl"]),
-                                             "max_new_tokens": 6, "max_pixels": 16384})
-    assert result.trajectory.meta["policy"] == "qwen"
-    assert result.mask.shape == mask.shape
+    try:  # a random tiny model rarely writes a valid call: then segment() says no mask was made
+        result = msagent.segment(image, "bright ellipse", backbone="litemedsam", policy="qwen",
+                                 ground_truth=mask, backbone_options={"device": "cpu"},
+                                 policy_options={"model": str(tiny_checkpoints["qwen3_vl"]),
+                                                 "max_new_tokens": 6, "max_pixels": 16384})
+    except msagent.errors.SegmentationFailed as exc:
+        trajectory = exc.trajectory
+        assert trajectory.turns == 0 and trajectory.stop_reason != "stop"
+    else:
+        trajectory = result.trajectory
+        assert result.mask.shape == mask.shape
+    assert trajectory.meta["policy"] == "qwen" and trajectory.steps

@@ -84,5 +84,6 @@ def test_cli_swaps_the_policy_with_one_option(tiny_checkpoints, phantom, tmp_pat
     assert trajectory["meta"]["policy"] == "qwen"
     assert trajectory["steps"] and all(s["usage"]["completion_tokens"] for s in trajectory["steps"]
                                        if s["raw_text"])
-    assert code == (0 if any(s["mask"] for s in trajectory["steps"]) else 1)
+    # no mask at all is a failure (exit 2); a mask after an early end exits 1 (see msagent segment)
+    assert code in ((0, 1) if any(s["mask"] for s in trajectory["steps"]) else (2,))
     assert "stopped:" in capsys.readouterr().out
