@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import threading
 import warnings
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
+from ._embedding_cache import CacheInfo, EmbeddingCache
 from .errors import SegmenterError
 from .types import MaskPrediction, Prompts
 
@@ -40,117 +39,12 @@ class Embedding:
     key: str
 
 
-@attrs.frozen
-class CacheInfo:
-    hits: int
-    misses: int
-    size: int
-    maxsize: int
-
-
 def image_key(image: np.ndarray) -> str:
     """Content hash of an image array (shape and dtype included)."""
     digest = hashlib.sha256()
     digest.update(f"{image.shape}|{image.dtype}|".encode())
     digest.update(np.ascontiguousarray(image).data)
     return digest.hexdigest()
-
-
-class _EmbeddingCache:
-    """Thread-safe LRU keyed by content hash; concurrent misses on one key encode once."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[str, Embedding] = OrderedDict()
-        self._lock = threading.Lock()
-        self._pending: dict[str, threading.Lock] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_compute(self, key: str, compute) -> Embedding:
-        with self._lock:
-            if (hit := self._hit(key)) is not None:
-                return hit
-            key_lock = self._pending.setdefault(key, threading.Lock())
-        with key_lock:  # one encode per key; latecomers wait here, then hit
-            with self._lock:
-                if (hit := self._hit(key)) is not None:
-                    return hit
-                self.misses += 1
-            try:
-                embedding = compute()
-                with self._lock:
-                    self._store(embedding)
-            finally:
-                with self._lock:
-                    self._pending.pop(key, None)
-        return embedding
-
-    def get_or_compute_many(self, keys: Sequence[str], compute_many) -> list[Embedding]:
-        """Embeddings for ``keys``: hits from the cache, the misses nobody is encoding in one
-        ``compute_many(missing_keys)`` call, and keys another thread is encoding waited for
-        (so concurrent batches encode each image once)."""
-        found: dict[str, Embedding] = {}
-        owned: dict[str, threading.Lock] = {}
-        with self._lock:
-            for key in dict.fromkeys(keys):
-                if (hit := self._hit(key)) is not None:
-                    found[key] = hit
-                elif key not in self._pending:  # claim it: others wait on its lock
-                    owned[key] = self._pending[key] = threading.Lock()
-                    owned[key].acquire()
-                    self.misses += 1
-        try:
-            if owned:
-                for embedding in compute_many(list(owned)):
-                    found[embedding.key] = embedding
-                with self._lock:
-                    for key in owned:
-                        self._store(found[key])
-        finally:
-            with self._lock:
-                for key, lock in owned.items():
-                    self._pending.pop(key, None)
-                    lock.release()
-        for key in keys:  # being encoded by another thread: wait for it
-            if key not in found:
-                found[key] = self.get_or_compute(key, lambda k=key: compute_many([k])[0])
-        return [found[key] for key in keys]
-
-    def _hit(self, key: str) -> Embedding | None:
-        """The cached embedding (counted as a hit), or None; call with ``_lock`` held."""
-        if key not in self._items:
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return self._items[key]
-
-    def _store(self, embedding: Embedding) -> None:
-        """Keep ``embedding``, dropping the least recently used; call with ``_lock`` held."""
-        if self.maxsize > 0:
-            self._items[embedding.key] = embedding
-            self._items.move_to_end(embedding.key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-
-    def contains(self, key: str) -> bool:
-        with self._lock:
-            return key in self._items
-
-    def put(self, embedding: Embedding) -> None:
-        """Store an embedding computed outside :meth:`get_or_compute` (counts as a miss)."""
-        with self._lock:
-            self.misses += 1
-            self._store(embedding)
-
-    def info(self) -> CacheInfo:
-        with self._lock:
-            return CacheInfo(self.hits, self.misses, len(self._items), self.maxsize)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
 
 
 class Segmenter(ABC):
@@ -178,15 +72,15 @@ class Segmenter(ABC):
     accepts_text: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
-        self._embedding_cache = _EmbeddingCache(cache_size)
+        self._embedding_cache = EmbeddingCache(cache_size)
 
     @property
-    def _cache(self) -> _EmbeddingCache:
+    def _cache(self) -> EmbeddingCache:
         """The embedding cache; a backbone whose ``__init__`` forgot ``super().__init__()`` gets
         the default one (16 images) instead of an AttributeError."""
         cache = self.__dict__.get("_embedding_cache")
         if cache is None:
-            cache = self.__dict__.setdefault("_embedding_cache", _EmbeddingCache(16))
+            cache = self.__dict__.setdefault("_embedding_cache", EmbeddingCache(16))
         return cache
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
