@@ -134,7 +134,7 @@ def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     except Exception as exc:  # a bad magic, header or dtype
         raise InvalidImage(f"the upload is not a readable .npy array: {exc}") from None
     if dtype.hasobject or dtype.itemsize == 0 or len(shape) > 3:
-        raise InvalidImage(f"the .npy upload must hold a numeric image array (H×W or H×W×C), got "
+        raise InvalidImage(f"the .npy upload must hold a numeric 2-D image array (H×W or H×W×C), got "
                            f"{dtype} {tuple(shape)[:6]}")
     if len(shape) >= 2:
         hw = shape[1:3] if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] > 4 else shape[:2]
