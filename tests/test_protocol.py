@@ -201,10 +201,23 @@ def test_policy_image_is_512_and_overlay_is_green_blend():
 
 
 def test_the_agent_counts_a_zero_size_box_and_hostile_text_as_invalid_replies():
-    from my_msagent_plugin import MySegmenter
-
     import msagent
     from msagent.testing import make_phantom
+    from msagent.types import MaskPrediction
+
+    class Boxes(msagent.Segmenter):  # core only: this test also runs at the declared floors
+        def encode_image(self, image):
+            return 0
+
+        def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+            Boxes.calls += len(prompt_sets)
+            out = []
+            for prompts in prompt_sets:
+                mask = np.zeros(embedding.image_size, bool)
+                b = prompts.box
+                mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = True
+                out.append(MaskPrediction(mask, np.zeros((256, 256), np.float32), 1.0))
+            return out
 
     zero = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [400, 250, 400, 700]}}</tool_call>'
     box = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 700, 700]}}</tool_call>'
@@ -218,16 +231,10 @@ def test_the_agent_counts_a_zero_size_box_and_hostile_text_as_invalid_replies():
         def act(self, episode):
             return msagent.Reply(self.replies.pop(0))
 
-    class Counting(MySegmenter):
-        calls = 0
-
-        def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
-            Counting.calls += 1
-            return super().decode(embedding, prompts, prev_logits, multimask=multimask)
-
+    Boxes.calls = 0
     image, mask = make_phantom()
-    trajectory = msagent.Agent(Scripted(), Counting(threshold=100)).run(image, "blob", mask)
+    trajectory = msagent.Agent(Scripted(), Boxes()).run(image, "blob", mask)
     errors = [s.error for s in trajectory.steps]
     assert "zero width or height" in errors[0] and errors[1] is None
     assert "not valid JSON" in errors[2] and trajectory.stop_reason == "stop"
-    assert Counting.calls == 1 and trajectory.turns == 1
+    assert Boxes.calls == 1 and trajectory.turns == 1
