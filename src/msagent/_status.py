@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO
 
 
 def wanted(enabled: bool | None = None, stream: IO[str] | None = None) -> bool:
@@ -56,27 +56,10 @@ class Status:
         self.stream.flush()
 
 
-def turn_text(step: Any) -> str:
-    """One line for one finished step of an episode (as :func:`msagent.turns.turn_lines`)."""
-    import json
-
-    kind = step.action.kind if step.action is not None else "invalid"
-    line = f"turn {step.index + 1}: {kind:<12}"
-    if step.action is not None and step.action.arguments:
-        line += " " + json.dumps(dict(step.action.arguments))
-    if step.iou is not None:
-        line += f"  IoU {step.iou:.3f}  Dice {step.dice:.3f}"
-    elif step.score is not None:
-        line += f"  score {step.score:.3f}"
-    if step.error:
-        line += f"  ({step.error})"
-    return line
-
-
 def live() -> bool:
     """Both streams on the terminal with status shown: the turns were already shown live,
     so a command prints only its summary line to stdout."""
     return wanted() and bool(getattr(sys.stdout, "isatty", None) and sys.stdout.isatty())
 
 
-__all__ = ["Status", "live", "turn_text", "wanted"]
+__all__ = ["Status", "live", "wanted"]

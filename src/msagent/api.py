@@ -23,6 +23,7 @@ from .plugins import LABELS, factory_class, get_registry
 from .policy import Policy
 from .refine import check_initial_mask
 from .segmenter import Segmenter
+from .turns import turn_text
 from .types import Trajectory
 
 #: The paper's choice, used when neither an argument nor an environment variable names one.
@@ -234,7 +235,7 @@ class _WatchedAgent(Agent):
         def act(episode: Any, _act=policy.act) -> Any:
             for step in episode.steps[len(shown):]:
                 shown.append(step)
-                status.line(_status.turn_text(step))
+                status.line(turn_text(step))
             return _act(episode)
 
         policy.act = act  # this episode only; removed below
@@ -243,7 +244,7 @@ class _WatchedAgent(Agent):
         finally:
             del policy.act
         for step in trajectory.steps[len(shown):]:
-            status.line(_status.turn_text(step))
+            status.line(turn_text(step))
         return trajectory
 
 
