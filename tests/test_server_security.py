@@ -312,3 +312,26 @@ def test_bad_serve_options_are_one_line(capsys, flags, message):
     assert main(["serve", "--backbone", "not-installed", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_body_without_the_key_is_refused_unread():
+    app = create_web_app(BoxMasks(), ServerConfig(api_key="k3y"))
+    with serve_in_thread(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.putrequest("POST", "/v1/images")  # claims 50 MB, sends none of it
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(50_000_000))
+        conn.endheaders()
+        response = conn.getresponse()  # answered at once: the body is never waited for
+        assert response.status == 401 and response.getheader("www-authenticate") == "Bearer"
+        assert json.loads(response.read())["code"] == "unauthorized"
+        conn.close()
+        with httpx.Client(base_url=url) as client:
+            wrong = client.post("/v1/images", files={"file": ("i.png", b"x" * 1000)},
+                                headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "wrong API key" in wrong.json()["detail"]
+            image = png_bytes(np.zeros((8, 8, 3), np.uint8))
+            ok = client.post("/v1/images", files={"file": ("i.png", image)},
+                             headers={"Authorization": "Bearer k3y"})
+            assert ok.status_code == 200

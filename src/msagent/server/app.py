@@ -61,7 +61,8 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
         app.include_router(compat.router)
     _install_docs(app)
     app.add_middleware(UnexpectedErrorsMiddleware)  # inside the limits: its 500s are counted
-    app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics)
+    app.add_middleware(LimitsMiddleware, max_body=config.max_upload_bytes, metrics=metrics,
+                       api_key=config.api_key)
 
     @app.get("/", tags=["server"], dependencies=[Depends(require_api_key)], responses=routes.ERRORS)
     async def index() -> dict:

@@ -40,14 +40,28 @@ class Unauthorized(ServerError):
 _bearer = HTTPBearer(auto_error=False, description="the server's --api-key, when it has one")
 
 
+def key_problem(given: str | None, expected: str | None) -> str | None:
+    """Why the bearer token ``given`` does not open a server with key ``expected`` (None: it
+    does, or the server has no key). The one rule for the route check and the body guard."""
+    if not expected:
+        return None
+    if given is None:
+        return ("this server needs an API key: send 'Authorization: Bearer <key>' "
+                "(remote backbone: api_key= or $MSAGENT_REMOTE_API_KEY)")
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        return "wrong API key; use the key the server was started with (--api-key)"
+    return None
+
+
+def bearer_token(header: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    scheme, _, token = (header or b"").decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def require_api_key(ctx: ServerContext = Depends(context),
                     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     """Check ``Authorization: Bearer <key>`` when the server was started with an API key."""
-    expected = ctx.config.api_key
-    if not expected:
-        return
-    if credentials is None:
-        raise Unauthorized("this server needs an API key: send 'Authorization: Bearer <key>' "
-                           "(remote backbone: api_key= or $MSAGENT_REMOTE_API_KEY)")
-    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise Unauthorized("wrong API key; use the key the server was started with (--api-key)")
+    problem = key_problem(None if credentials is None else credentials.credentials, ctx.config.api_key)
+    if problem:
+        raise Unauthorized(problem)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+from .context import bearer_token, key_problem
 from .metrics import Metrics
 
 log = logging.getLogger("msagent.server")
@@ -15,10 +16,11 @@ class LimitsMiddleware:
     """Refuses bodies over ``max_body`` bytes with 413 (from Content-Length when given, else
     while reading) and counts responses by status class into ``metrics``."""
 
-    def __init__(self, app, *, max_body: int, metrics: Metrics) -> None:
+    def __init__(self, app, *, max_body: int, metrics: Metrics, api_key: str | None = None) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.api_key = api_key  # a body is read only for a request that carries the key
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -30,7 +32,14 @@ class LimitsMiddleware:
                 self.metrics.record_status(message["status"])
             await send(message)
 
-        length = dict(scope.get("headers") or ()).get(b"content-length")
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length")
+        has_body = (length not in (None, b"0")) or b"transfer-encoding" in headers
+        problem = key_problem(bearer_token(headers.get(b"authorization")), self.api_key)
+        if has_body and problem:  # no route takes a body without the key: refuse it unread
+            await _json(counting_send, 401, {"detail": problem, "code": "unauthorized"},
+                        [(b"www-authenticate", b"Bearer"), (b"connection", b"close")])
+            return
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._too_large(counting_send)
             return
@@ -65,15 +74,18 @@ class LimitsMiddleware:
                 return b"".join(chunks)
 
     async def _too_large(self, send) -> None:
-        body = json.dumps({
+        await _json(send, 413, {
             "detail": f"the request body is over this server's limit of {self.max_body:,} bytes; "
                       "send a smaller image (or start the server with a higher --max-upload-mb)",
-            "code": "too_large"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+            "code": "too_large"}, [(b"connection", b"close")])
+
+
+async def _json(send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class UnexpectedErrorsMiddleware:
@@ -104,9 +116,5 @@ class UnexpectedErrorsMiddleware:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if started:
                 raise
-            body = json.dumps({"detail": f"internal error ({type(exc).__name__}); the server log "
-                                         "has the details", "code": "internal"}).encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _json(send, 500, {"detail": f"internal error ({type(exc).__name__}); the "
+                                              "server log has the details", "code": "internal"})
