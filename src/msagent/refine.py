@@ -52,11 +52,12 @@ def check_initial_mask(mask, image_size: tuple[int, int]) -> np.ndarray | None:
                           f"image is {image_size[0]}×{image_size[1]}; they must match pixel for pixel")
     if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
         raise InvalidMask(f"the initial mask must be bool or numeric and finite, got {array.dtype}")
-    values = np.unique(array)
-    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-        raise InvalidMask(f"the initial mask must be binary (0 and one other value), got values "
-                          f"{values[:6].tolist()}{'…' if len(values) > 6 else ''}; threshold a "
-                          "probability map first (e.g. mask > 0.5)")
+    if array.dtype != bool:  # a bool mask is binary; the sort of np.unique is for the others
+        values = np.unique(array)
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            raise InvalidMask(f"the initial mask must be binary (0 and one other value), got values "
+                              f"{values[:6].tolist()}{'…' if len(values) > 6 else ''}; threshold a "
+                              "probability map first (e.g. mask > 0.5)")
     out = array != 0
     if not out.any():
         log.info("the initial mask is empty: the episode starts from nothing")
