@@ -25,6 +25,7 @@ from .types import MaskPrediction, Prompts
 
 if TYPE_CHECKING:
     from .backbones.geometry import InputGeometry
+    from .backbones.propagation import Propagator, SliceStack
 
 LOW_RES = 256  # side of the low-res logits every backbone returns and accepts as mask input
 
@@ -214,6 +215,14 @@ class Segmenter(ABC):
         mask input of a first decode), or None when the backbone takes no mask input."""
         geometry = self.input_geometry(tuple(np.shape(mask)))
         return None if geometry is None else geometry.mask_logits(mask, LOW_RES)
+
+    # -- propagation through a volume (3-D runs) ----------------------------------
+    def native_propagator(self, stack: SliceStack) -> Propagator | None:
+        """A propagator with the backbone's own 3-D memory for ``stack`` (SAM2's video
+        predictor), or None (the default): 3-D runs then use
+        :class:`msagent.propagation.GenericPropagator`, which works with any backbone. See
+        :mod:`msagent.backbones.propagation`."""
+        return None
 
     # -- what a backbone implements --------------------------------------------
     @abstractmethod

@@ -12,6 +12,8 @@ doors. What SAM-family backbones share lives here too:
   imported by the plugin itself, so ``import msagent.backbones`` imports no torch;
 - :mod:`msagent.backbones.weights` — checkpoint resolution (explicit path, environment
   variable, Hugging Face cache) and safe loading (``weights_only=True``);
+- :mod:`msagent.backbones.propagation` — the 3-D propagation contract (:class:`Propagator`,
+  :class:`Seed`, :class:`SliceStack`) a backbone with its own volume memory implements;
 - :func:`check_prompts`, :func:`check_prev_logits`, ``LOW_RES`` — the prompt and mask-input
   contract.
 
@@ -24,6 +26,7 @@ from ..segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_
 from ..types import BBox, MaskPrediction, Point, Prompts
 from . import weights
 from .geometry import InputGeometry
+from .propagation import Propagator, Seed, SliceStack
 
 __all__ = [
     "LOW_RES",
@@ -33,6 +36,9 @@ __all__ = [
     "MaskPrediction",
     "Point",
     "Prompts",
+    "Propagator",
+    "Seed",
+    "SliceStack",
     "Segmenter",
     "check_prev_logits",
     "check_prompts",

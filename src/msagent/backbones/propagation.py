@@ -1,0 +1,114 @@
+"""The propagation contract: one target's mask carried through a stack of slices.
+
+A 3-D run (:func:`msagent.segment_volume`) segments a key slice with an agent episode, then a
+:class:`Propagator` carries that result to the other slices; review episodes correct slices
+that look wrong, and each correction is added as a further seed and propagated again.
+
+Every backbone can propagate: :class:`msagent.propagation.GenericPropagator` works with any
+2-D backbone (slice by slice outward, each slice prompted from its neighbour). A backbone with
+a 3-D memory of its own (SAM2's video predictor: ``medsam2``, ``sam2``) declares it by
+overriding :meth:`msagent.Segmenter.native_propagator`, which returns its own
+:class:`Propagator`.
+
+A propagator is stateful and serves one target through one :class:`SliceStack`:
+:meth:`Propagator.add_seed` fixes a slice's result (what the agent decided there) and
+:meth:`Propagator.propagate` returns the result of every slice. ``encodes``/``decodes`` count
+the work done, so callers and benchmarks can check that each slice is encoded once per run.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+
+from ..types import MaskPrediction, Prompts
+
+
+@attrs.frozen(eq=False)
+class SliceStack:
+    """The slices of one volume along one axis, as a 2-D backbone sees them.
+
+    ``gray`` is the windowed volume in display order, ``count`` × H × W ``uint8`` (windowed
+    once for the whole volume, so every slice has the same mapping); ``spacing`` is (slice
+    distance, row, column) in mm. ``image(i)`` is slice ``i`` as H×W×3 uint8 RGB.
+    """
+
+    gray: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.gray.ndim != 3 or self.gray.dtype != np.uint8:
+            raise ValueError(f"a SliceStack holds count×H×W uint8 slices, got "
+                             f"{self.gray.shape} {self.gray.dtype}")
+
+    @property
+    def count(self) -> int:
+        return int(self.gray.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.gray.shape[1]), int(self.gray.shape[2])
+
+    def image(self, index: int) -> np.ndarray:
+        """Slice ``index`` as H×W×3 uint8 RGB (a new array)."""
+        return np.repeat(self.gray[index][:, :, None], 3, axis=2)
+
+
+@attrs.frozen(eq=False)
+class Seed:
+    """A slice whose result the agent fixed: its H×W bool ``mask``, the ``prompts`` in force
+    when it was made (pixel XY of the slice) and its 256×256 low-res ``logits`` in the
+    backbone's frame (None for a backbone without a mask input)."""
+
+    mask: np.ndarray
+    prompts: Prompts = attrs.field(factory=Prompts)
+    logits: np.ndarray | None = None
+
+
+class Propagator(ABC):
+    """One target through one :class:`SliceStack` (see the module docstring).
+
+    ``results`` holds the latest result of every slice propagation reached (seeds included);
+    a slice missing from it has no target. ``encodes`` and ``decodes`` count image encodes and
+    mask decodes (native: per-frame memory-conditioned decodes) done by this propagator.
+    """
+
+    #: "generic" or "native"; recorded on the run's trajectory
+    method: str = ""
+
+    def __init__(self, stack: SliceStack) -> None:
+        self.stack = stack
+        self.seeds: dict[int, Seed] = {}
+        self.results: dict[int, MaskPrediction] = {}
+        self.encodes = 0
+        self.decodes = 0
+
+    def add_seed(self, index: int, seed: Seed) -> None:
+        """Fix slice ``index`` to ``seed`` (replacing an earlier seed there); takes effect at
+        the next :meth:`propagate`."""
+        if not 0 <= index < self.stack.count:
+            raise IndexError(f"slice {index} is outside 0..{self.stack.count - 1}")
+        self.seeds[index] = seed
+
+    @abstractmethod
+    def propagate(self) -> dict[int, MaskPrediction]:
+        """Carry the seeds to the other slices; return :attr:`results` (slice → prediction;
+        slices the target does not reach are absent). Slices whose inputs did not change since
+        the last call are not decoded again."""
+
+    def masks(self) -> np.ndarray:
+        """The current result as a count × H × W bool array (display order)."""
+        out = np.zeros(self.stack.gray.shape, dtype=bool)
+        for index, prediction in self.results.items():
+            out[index] = prediction.mask
+        return out
+
+    def close(self) -> None:
+        """Release what the propagator holds (embeddings, a video predictor's state)."""
+
+
+#: what :meth:`msagent.Segmenter.native_propagator` builds: ``factory(stack)``
+PropagatorFactory = Callable[[SliceStack], Propagator]
