@@ -1,9 +1,14 @@
 """Building SAM2.1 models from their YAML configs (sam2's own, plus MedSAM2's 512-px one).
 
-A model is built the way ``sam2.build_sam.build_sam2`` builds it for image prediction
+A model is built the way ``sam2.build_sam.build_sam2_video_predictor`` builds it
 (``apply_postprocessing=True``: the single-mask output falls back to the most stable of the
-multimask outputs), but from a config *file* with OmegaConf, so our shipped
-``sam2.1_hiera_t512.yaml`` needs no Hydra search path.
+multimask outputs; clicked masks enter the memory binarised), but from a config *file* with
+OmegaConf, so our shipped ``sam2.1_hiera_t512.yaml`` needs no Hydra search path. Its class is
+:class:`msagent_medsam2.propagation.StackVideoPredictor`, sam2's ``SAM2VideoPredictor`` able to
+run on slices held in memory: one object with one set of weights serves both the image path
+(which reads only the image encoder, prompt encoder and mask decoder, untouched by the video
+settings, so image results are those of ``build_sam2``'s ``SAM2Base``) and native 3-D
+propagation.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ MEDSAM2_CONFIGS = {1024: ("sam2", "configs/sam2.1/sam2.1_hiera_t.yaml"),
 POSTPROCESSING = {"dynamic_multimask_via_stability": True,
                   "dynamic_multimask_stability_delta": 0.05,
                   "dynamic_multimask_stability_thresh": 0.98}
+#: what build_sam2_video_predictor sets on top (its ``fill_hole_area=8`` is set per device by
+#: :func:`video_hole_area`), the class, and every seed a conditioning frame: a seed added on an
+#: already tracked slice stays fixed instead of being tracked over (SAM2VideoPredictor's
+#: ``add_all_frames_to_correct_as_cond``)
+VIDEO = {"_target_": "msagent_medsam2.propagation.StackVideoPredictor",
+         "binarize_mask_from_pts_for_mem_enc": True,
+         "add_all_frames_to_correct_as_cond": True}
+HOLE_AREA = 8  # build_sam2_video_predictor's fill_hole_area
 
 
 def normalize_variant(variant: str | None) -> str | None:
@@ -73,11 +86,27 @@ def medsam2_config(image_size: int) -> Path:
 
 
 def build_model(config: Path):
-    """A randomly initialised ``SAM2Base`` from a config file (weights are loaded after)."""
+    """A randomly initialised ``StackVideoPredictor`` (a ``SAM2Base``) from a config file
+    (weights are loaded after)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config)
-    cfg = OmegaConf.merge(cfg, {"model": {"sam_mask_decoder_extra_args": POSTPROCESSING}})
+    cfg = OmegaConf.merge(cfg, {"model": {"sam_mask_decoder_extra_args": POSTPROCESSING,
+                                          **VIDEO}})
     OmegaConf.resolve(cfg)
     return instantiate(cfg.model, _recursive_=True)
+
+
+def video_hole_area(device) -> int:
+    """The video predictor's hole filling as it actually runs on ``device``: sam2 fills holes of
+    up to 8 low-res pixels with its CUDA extension and, where that is missing or the tensors are
+    on the CPU, warns and skips it; so 8 on CUDA with the extension built, else 0 (no warning,
+    same masks)."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return 0
+    try:
+        from sam2 import _C  # noqa: F401
+    except ImportError:
+        return 0
+    return HOLE_AREA

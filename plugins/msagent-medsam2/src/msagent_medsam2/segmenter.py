@@ -3,6 +3,8 @@
 Both run ``SAM2Base``'s image encoder once per image and its ``sam_prompt_encoder`` /
 ``sam_mask_decoder`` per prompt set (see :mod:`msagent_medsam2.decoding`); pre- and
 post-processing are ``SAM2ImagePredictor``'s, so results equal the official predictor's.
+Through a volume they propagate natively, with SAM2's video memory
+(:meth:`_Sam2Segmenter.native_propagator`, :mod:`msagent_medsam2.propagation`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msagent.backbones import Embedding, InputGeometry, MaskPrediction, Prompts, Segmenter
+from msagent.backbones import (
+    Embedding,
+    InputGeometry,
+    MaskPrediction,
+    Prompts,
+    Propagator,
+    Segmenter,
+    SliceStack,
+)
 from msagent.backbones.sam import resolve_device, resolve_dtype
 from msagent.backbones.weights import load_into
 from msagent.errors import WeightsMismatch
@@ -31,6 +41,7 @@ from .model import (
     medsam2_config,
     normalize_variant,
     sam2_config,
+    video_hole_area,
 )
 from .weights import infer_variant, load_state_dict, resolve_checkpoint
 
@@ -51,6 +62,7 @@ class _Sam2Segmenter(Segmenter):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
+        self.model.fill_hole_area = video_hole_area(self.device)
         self.image_size = int(model.image_size)
         with warnings.catch_warnings():  # SAM2Transforms scripts its resize (deprecated API)
             warnings.simplefilter("ignore", FutureWarning)
@@ -88,6 +100,16 @@ class _Sam2Segmenter(Segmenter):
         with self._autocast():
             return decode_sam2(self.model, embedding.features, geometry, prompt_sets, prev,
                                multimask)
+
+    def native_propagator(self, stack: SliceStack) -> Propagator:
+        """SAM2's video memory through ``stack`` (a
+        :class:`~msagent_medsam2.propagation.Sam2VideoPropagator`: seeds as conditioning
+        frames, tracked forward and backward as MedSAM2's 3-D inference does; each slice
+        encoded once). Its frames are preprocessed as sam2's video loader does (PIL resize),
+        not as the image path does, so it keeps its own features."""
+        from .propagation import Sam2VideoPropagator
+
+        return Sam2VideoPropagator(self, stack)
 
 
 def _load(config: Path, path: Path, state: dict):
