@@ -14,6 +14,9 @@ region's bounding box plus one pixel, which gives the same values as on the whol
 the same inputs give the same clicks on every machine and thread count. (OpenCV's
 ``DIST_MASK_PRECISE``, which RITM calls, runs in parallel, and its maps were seen to differ
 between calls and thread counts.)
+
+The CVPR 2025 interactive 3-D challenge's rules (``CVPR25_iter_eval.py`` and ``get_boxes.py``
+in JunMa11/CVPR-MedSegFMCompetition) are :func:`cvpr_click_3d` and :func:`cvpr_initial_box_3d`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import attrs
 import numpy as np
 from scipy import ndimage
 
-from .types import Point
+from .types import BBox, Point
 
 
 @attrs.frozen
@@ -135,3 +138,140 @@ def click_candidates(gt: np.ndarray, pred: np.ndarray | None, exclude: Iterable[
             y, x = np.unravel_index(int(index % regions.fn_distance.size), gt.shape)
             out.append(Point(int(x), int(y), bool(positive)))
     return out
+
+
+# -- the CVPR 2025 challenge's 3-D rules ----------------------------------------------------
+
+#: The challenge halves the resolution of a padded crop of more voxels than this for its EDT.
+CVPR_EDT_ROI_LIMIT = 60_000_000
+_TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
+
+
+@attrs.frozen
+class VoxelClick:
+    """A click at voxel (z, y, x) of a Z×Y×X volume, array order; ``positive`` is foreground."""
+
+    z: int
+    y: int
+    x: int
+    positive: bool = True
+
+    @property
+    def index(self) -> tuple[int, int, int]:
+        return (self.z, self.y, self.x)
+
+    @property
+    def point(self) -> Point:
+        """The click on its slice ``z`` as a pixel :class:`Point` (x, y)."""
+        return Point(self.x, self.y, self.positive)
+
+
+@attrs.frozen
+class VolumeBox:
+    """The challenge's box prompt for one target: the ground truth's slice range ``z_min`` ..
+    ``z_max`` (closed) and ``box``, a pixel XYXY box (corners inclusive) on slice ``z_mid``."""
+
+    z_min: int
+    z_max: int
+    z_mid: int
+    box: BBox
+
+    def to_challenge(self) -> dict[str, int]:
+        """The npz ``boxes`` entry: ``z_min``, ``z_max``, ``z_mid``, ``z_mid_x_min`` … ``z_mid_y_max``."""
+        return {"z_min": self.z_min, "z_max": self.z_max, "z_mid": self.z_mid,
+                "z_mid_x_min": self.box.x1, "z_mid_y_min": self.box.y1,
+                "z_mid_x_max": self.box.x2, "z_mid_y_max": self.box.y2}
+
+
+def as_volumes(gt, pred=None) -> tuple[np.ndarray, np.ndarray]:
+    """``gt`` and ``pred`` (None: empty) as Z×Y×X bool arrays (non-zero is foreground)."""
+    gt = np.asarray(gt).astype(bool)
+    pred = np.zeros_like(gt) if pred is None else np.asarray(pred).astype(bool)
+    if gt.ndim != 3 or pred.shape != gt.shape:
+        raise ValueError(f"masks must be two Z×Y×X arrays of one shape, got {gt.shape} and {pred.shape}")
+    return gt, pred
+
+
+def _bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper (exclusive) corner of the tight box of a non-empty mask."""
+    spans = [_span(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+             for axis in range(mask.ndim)]
+    return np.array([s[0] for s in spans]), np.array([s[1] for s in spans])
+
+
+def cvpr_click_3d(gt: np.ndarray, pred: np.ndarray | None) -> VoxelClick | None:
+    """The CVPR 2025 challenge's corrective click on a Z×Y×X volume, or None when ``pred``
+    equals ``gt``.
+
+    As ``CVPR25_iter_eval.py``: the error is ``pred != gt`` as one mask (false negatives and
+    false positives together); its 26-connected components are numbered in raster order
+    (cc3d, ``connectivity=26``; here ``scipy.ndimage.label``, the same labels) and the largest
+    is taken, the lowest-numbered of equal sizes (``np.argmax``). The click goes to a voxel
+    of that component farthest from its boundary by the Euclidean distance transform in
+    voxel units (no spacing; outside the component counts as boundary, the volume's edge
+    too), on a 2×2×2 max-downsampled crop when its padded box exceeds
+    :data:`CVPR_EDT_ROI_LIMIT` voxels, as the challenge does. Equal maxima are drawn as
+    ``np.random.seed(42)`` then ``np.random.choice`` over them in raster order. Positive if
+    the voxel is in ``gt``.
+    Earlier clicks are not excluded: the challenge may click one voxel again.
+    """
+    gt, pred = as_volumes(gt, pred)
+    error = gt != pred
+    if not error.any():
+        return None
+    lo, hi = _bounds(error)  # the crop keeps every component and their raster order
+    labels, _ = ndimage.label(error[tuple(map(slice, lo, hi))], structure=_TWENTY_SIX)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    candidates = _centre_candidates(labels == int(np.argmax(sizes))) + lo
+    z, y, x = (int(v) for v in candidates[np.random.RandomState(42).choice(len(candidates))])
+    return VoxelClick(z, y, x, bool(gt[z, y, x]))
+
+
+def _centre_candidates(component: np.ndarray) -> np.ndarray:
+    """The voxels (k × 3, raster order) of ``component`` where the challenge's ``compute_edt``
+    is largest. It pads the component's box by a quarter of its size (at least 1) with
+    zeros; up to :data:`CVPR_EDT_ROI_LIMIT` padded voxels the exact EDT, which equals
+    :func:`inner_distance`'s (computed on a 1-voxel pad); above, the EDT of the padded crop
+    downsampled 2×2×2 by ``max`` (skimage ``block_reduce``, zero-padded at the end) and
+    repeated back, in coarse voxels, then zeroed outside the component."""
+    lo, hi = _bounds(component)
+    shape = hi - lo
+    crop = component[tuple(map(slice, lo, hi))]
+    pad = np.maximum((shape * 0.25).astype(int), 1)
+    if np.prod(shape + 2 * pad) <= CVPR_EDT_ROI_LIMIT:
+        distance = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1, 1:-1]
+    else:
+        padded = np.pad(crop, [(p, p + s % 2) for p, s in zip(pad, shape)])  # even sizes
+        z, y, x = (s // 2 for s in padded.shape)
+        coarse = ndimage.distance_transform_edt(padded.reshape(z, 2, y, 2, x, 2).max(axis=(1, 3, 5)))
+        distance = coarse[np.ix_(*[(p + np.arange(s)) // 2 for p, s in zip(pad, shape)])] * crop
+    if not distance.any():  # the challenge's fallback; its CPU path never takes it
+        distance = crop.astype(np.float64)
+    return np.argwhere(distance == distance.max()) + lo
+
+
+def cvpr_initial_box_3d(gt: np.ndarray, shift: int = 0) -> VolumeBox:
+    """The challenge's initial box prompt for a Z×Y×X ground truth (``get_boxes.py``,
+    ``mask3D_to_bbox``): the closed slice range of the ground truth, its key slice ``z_mid``
+    = the middle of the slices that contain it (``np.unique(z)[len // 2]``, so an empty
+    slice inside the range is not counted), and the tight box of that slice, each side moved
+    out by ``int(shift * W / 256)`` (x) and ``int(shift * H / 256)`` (y) pixels inside the
+    image. The challenge draws ``shift`` from 0–5 (``np.random.randint(0, 6)``, seed 2025 at
+    import, shared by all files of a worker process, so its boxes cannot be redrawn exactly);
+    0 (default) is the tight box."""
+    gt = np.asarray(gt).astype(bool)
+    if gt.ndim != 3:
+        raise ValueError(f"the ground truth must be a Z×Y×X array, got shape {gt.shape}")
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0 (the challenge draws 0..5), got {shift}")
+    slices = np.flatnonzero(gt.any(axis=(1, 2)))
+    if slices.size == 0:
+        raise ValueError("the ground truth is empty: there is no box to give")
+    z_mid = int(slices[len(slices) // 2])
+    ys, xs = np.nonzero(gt[z_mid])
+    height, width = gt.shape[1:]
+    dx, dy = int(shift * width / 256), int(shift * height / 256)
+    box = BBox(max(0, int(xs.min()) - dx), max(0, int(ys.min()) - dy),
+               min(width - 1, int(xs.max()) + dx), min(height - 1, int(ys.max()) + dy))
+    return VolumeBox(int(slices[0]), int(slices[-1]), z_mid, box)
