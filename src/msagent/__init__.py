@@ -4,7 +4,8 @@ A policy (a multimodal LLM, or a simulated expert) drives a promptable segmentat
 with one tool call per turn. Backbones, policies, rewards and trajectory generators are
 plugins discovered through the ``msagent`` entry-point group. ``load_backbone`` /
 ``list_backbones`` build and list backbones (``load_segmenter`` / ``list_segmenters`` are the
-same functions under their older names).
+same functions under their older names). ``segment_volume`` runs the agent through a whole
+CT/MR volume (a key slice, propagation, review).
 """
 
 from .agent import Agent
@@ -29,14 +30,18 @@ from .reward import MedSAMReward, Reward, RewardBreakdown
 from .segmenter import CacheInfo, Embedding, Segmenter
 from .trajectories import TrajectoryGenerator
 from .types import Action, BBox, Case, MaskPrediction, Point, Prompts, Step, Trajectory
+from .volume_agent import VolumeAgent
+from .volume_api import VolumeResult, segment_volume
+from .volume_trajectory import VolumeEpisode, VolumeTrajectory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
     "MedSAMReward", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
-    "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator", "hookimpl",
+    "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator",
+    "VolumeAgent", "VolumeEpisode", "VolumeResult", "VolumeTrajectory", "hookimpl",
     "list_backbones", "list_policies", "list_rewards", "list_segmenters",
     "list_trajectory_generators", "lazy", "load_backbone", "load_policy", "load_reward",
-    "load_segmenter", "load_trajectory_generator", "segment",
+    "load_segmenter", "load_trajectory_generator", "segment", "segment_volume",
 ]

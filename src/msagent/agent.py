@@ -56,7 +56,8 @@ class Agent:
 
     def run(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None, *,
             case_id: str = "", meta: Mapping[str, Any] | None = None,
-            initial_mask: Any = None, initial_source: str = "") -> Trajectory:
+            initial_mask: Any = None, initial_source: str = "",
+            embedding: Embedding | None = None) -> Trajectory:
         """Run one episode. ``image`` is H×W×3 uint8 RGB (see :func:`msagent.io.to_rgb_uint8`);
         ``ground_truth`` an optional H×W bool mask used for per-step IoU/Dice (and by experts).
 
@@ -64,10 +65,16 @@ class Agent:
         (``trajectory.initial``, with its IoU/Dice), shown to the policy first and given to the
         backbone as the first decode's mask input (see :mod:`msagent.refine`). An empty one is
         no initial mask. With it, stopping at once is allowed: the result is then that mask.
+
+        ``embedding`` is ``image``'s embedding when the caller already holds it (a 3-D run
+        keeps one per slice); by default the image is encoded through the backbone's cache.
         """
         runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
                               initial_source)
-        runner.start(self.segmenter.encode(image))
+        if embedding is not None and tuple(embedding.image_size) != tuple(np.shape(image)[:2]):
+            raise ValueError(f"the embedding is of a {embedding.image_size} image, not "
+                             f"{np.shape(image)[:2]}")
+        runner.start(embedding if embedding is not None else self.segmenter.encode(image))
         try:
             while runner.active:
                 runner.handle(self._ask(runner, self.policy.act))

@@ -1,0 +1,273 @@
+"""The agent in 3-D: a key slice, propagation through the volume, a review pass.
+
+A run (:meth:`VolumeAgent.run`) on a :class:`~msagent.backbones.propagation.SliceStack`:
+
+1. **Key slice.** Given, or for a policy that reads the ground truth (the expert) the slice
+   of largest target area, or else a survey: a first action on ``survey_slices`` evenly
+   spaced slices (20 %–80 % of the stack), keeping the slice whose first prediction has the
+   best predicted score (a tie to the one nearest the middle). The rule is recorded.
+2. **Key episode.** A full agent episode there; its result is the first seed.
+3. **Propagation** (:func:`msagent.propagation.propagator_for`: native for backbones with a
+   3-D memory, else slice by slice).
+4. **Review.** Up to ``review_slices`` times, the slice most likely wrong gets a refinement
+   episode starting from its propagated mask (:mod:`msagent.refine`; from nothing when
+   propagation left it empty). Most likely wrong: for the expert, the worst Dice (slices whose
+   Dice is under ``review_below``, among those where the target or the prediction is);
+   otherwise the highest suspicion, the largest of (1 − predicted score), the area change to
+   the mean of its neighbours relative to the larger of the two, and 0.5 at the first and last
+   slice of the extent. A correction that changed the mask becomes a seed and is propagated
+   again. The expert settles a review slice where the ground truth is empty without an
+   episode: it marks the slice as having no target (an empty seed: propagation ends there).
+
+Each slice is encoded once per run (:class:`msagent.propagation.EmbeddingStore`); the
+episodes and generic propagation share the embeddings. A native propagator encodes its frames
+with its own preprocessing, so there the key and review slices are encoded once more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from . import metrics
+from .agent import Agent
+from .backbones.propagation import Propagator, Seed, SliceStack
+from .errors import InvalidInput, InvalidMask, SegmentationFailed
+from .policy import Policy
+from .propagation import METHODS, EmbeddingStore, propagator_for
+from .segmenter import Segmenter
+from .types import Trajectory
+from .volume_trajectory import VolumeEpisode, VolumeTrajectory
+
+KEY_RULES = ("given", "largest_gt_area", "survey")
+
+
+@attrs.define
+class VolumeAgent:
+    """Runs 3-D episodes of ``policy`` driving ``segmenter`` (see the module docstring).
+
+    ``agent_options`` go to each slice's :class:`msagent.Agent` (``prompt_mode``,
+    ``multimask``, ...); ``min_area``/``min_score`` end generic propagation (see
+    :mod:`msagent.propagation`); ``max_in_memory`` bounds the embeddings kept in memory."""
+
+    policy: Policy
+    segmenter: Segmenter
+    max_turns: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    propagation: str = attrs.field(default="auto", validator=attrs.validators.in_(METHODS))
+    review_slices: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    survey_slices: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    review_below: float = 0.9
+    min_area: int = 1
+    min_score: float = 0.0
+    max_in_memory: int = 64
+    agent_options: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def run(self, stack: SliceStack, target: str, ground_truth: np.ndarray | None = None, *,
+            key_slice: int | None = None, case_id: str = "", meta: Mapping[str, Any] | None = None,
+            where: str = "", progress: Callable[[str], None] | None = None) -> VolumeTrajectory:
+        """Segment ``target`` through ``stack``. ``ground_truth`` (count × H × W, display order)
+        adds per-slice Dice and drives the expert; ``key_slice`` skips the key-slice choice."""
+        say = progress or (lambda text: None)
+        gt = self._check(stack, ground_truth, key_slice)
+        started = time.perf_counter()
+        store = EmbeddingStore(self.segmenter, stack, max_in_memory=self.max_in_memory)
+        propagator = propagator_for(self.segmenter, stack, self.propagation, store=store,
+                                    min_area=self.min_area, min_score=self.min_score,
+                                    multimask=self.agent_options.get("multimask"))
+        run = _Run(self, stack, target, gt, store, propagator, case_id, say)
+        try:
+            key, rule = run.choose_key(key_slice)
+            timings = {"key": time.perf_counter() - started}
+            run.key_episode(key)
+            timings["propagation"] = time.perf_counter() - started - timings["key"]
+            run.review()
+            timings["total"] = time.perf_counter() - started
+            timings["review"] = timings["total"] - timings["key"] - timings["propagation"]
+        finally:
+            propagator.close()
+            store.close()
+        native_encodes = propagator.encodes if propagator.method != "generic" else 0
+        counts = {"encodes": store.encodes + native_encodes,
+                  "propagation_decodes": propagator.decodes,
+                  "episodes": len(run.episodes),
+                  "turns": sum(e.trajectory.turns for e in run.episodes if e.trajectory)}
+        return VolumeTrajectory(
+            target=target, shape=stack.gray.shape, where=where, spacing=stack.spacing,
+            key_slice=key, key_rule=rule, propagation=propagator.method,
+            episodes=tuple(run.episodes),
+            masks={i: p.mask for i, p in sorted(propagator.results.items())},
+            scores={i: float(p.score) for i, p in sorted(propagator.results.items())},
+            counts=counts, timings=timings, case_id=case_id,
+            meta={"backbone": self.segmenter.name, "policy": self.policy.name,
+                  "max_turns": self.max_turns, "review_slices": self.review_slices,
+                  **(meta or {})})
+
+    def _check(self, stack: SliceStack, ground_truth, key_slice) -> np.ndarray | None:
+        if not isinstance(stack, SliceStack):
+            raise InvalidInput(f"VolumeAgent.run needs a SliceStack (see msagent.volume_stack), "
+                               f"got {type(stack).__name__}")
+        gt = None
+        if ground_truth is not None:
+            gt = np.asarray(ground_truth)
+            if gt.shape != stack.gray.shape:
+                raise InvalidMask(f"the ground truth has shape {gt.shape} but the slices are "
+                                  f"{stack.gray.shape}")
+            gt = gt.astype(bool)
+        if self.policy.needs_ground_truth and gt is None:
+            raise InvalidInput(f"the {self.policy.name!r} policy simulates an expert from the "
+                               "ground truth: pass ground_truth= (a label volume on the image's grid)")
+        if gt is not None and self.policy.needs_ground_truth and not gt.any():
+            raise InvalidMask("the ground truth is empty in every slice: nothing for the expert "
+                              "to segment")
+        if key_slice is not None:
+            if not isinstance(key_slice, (int, np.integer)) or not 0 <= key_slice < stack.count:
+                raise InvalidInput(f"key_slice {key_slice!r} is outside the volume's slices "
+                                   f"0..{stack.count - 1}")
+            if gt is not None and not gt[key_slice].any():
+                raise InvalidInput(f"the ground truth is empty on key slice {key_slice}; pick a "
+                                   "slice with target, or leave key_slice unset")
+        return gt
+
+
+@attrs.define(eq=False)
+class _Run:
+    """The state of one 3-D run: its episodes, seeds and propagator."""
+
+    owner: VolumeAgent
+    stack: SliceStack
+    target: str
+    gt: np.ndarray | None
+    store: EmbeddingStore
+    propagator: Propagator
+    case_id: str
+    say: Callable[[str], None]
+    episodes: list[VolumeEpisode] = attrs.field(factory=list)
+    reviewed: set[int] = attrs.field(factory=set)
+
+    @property
+    def expert(self) -> bool:
+        return self.gt is not None and self.owner.policy.needs_ground_truth
+
+    def episode(self, index: int, role: str, *, max_turns: int | None = None,
+                initial: np.ndarray | None = None) -> Trajectory:
+        agent = Agent(self.owner.policy, self.owner.segmenter,
+                      max_turns=max_turns or self.owner.max_turns, **self.owner.agent_options)
+        gt = None if self.gt is None else self.gt[index]
+        return agent.run(self.stack.image(index), self.target, gt,
+                         case_id=f"{self.case_id}{'/' if self.case_id else ''}slice-{index}",
+                         meta={"slice": index, "role": role}, initial_mask=initial,
+                         initial_source="propagated" if initial is not None else "",
+                         embedding=self.store[index])
+
+    # -- 1. the key slice ----------------------------------------------------------
+    def choose_key(self, given: int | None) -> tuple[int, str]:
+        if given is not None:
+            return int(given), "given"
+        if self.expert:
+            areas = self.gt.reshape(self.stack.count, -1).sum(axis=1)
+            return int(np.argmax(areas)), "largest_gt_area"
+        count, middle = self.stack.count, (self.stack.count - 1) / 2
+        candidates = sorted({int(round(f * (count - 1)))
+                             for f in np.linspace(0.2, 0.8, self.owner.survey_slices)})
+        best, best_score = None, -np.inf
+        for index in candidates:
+            self.say(f"survey: slice {index}")
+            trajectory = self.episode(index, "survey", max_turns=1)
+            self.episodes.append(VolumeEpisode(index, "survey", trajectory))
+            steps = trajectory.executed_steps
+            score = float(steps[-1].score) if steps and steps[-1].mask.any() else -np.inf
+            score = score if np.isfinite(score) or score == -np.inf else 0.0
+            if score > best_score or (score == best_score and best is not None
+                                      and abs(index - middle) < abs(best - middle)):
+                best, best_score = index, score
+        if best is None or best_score == -np.inf:
+            raise SegmentationFailed(f"no survey slice ({', '.join(map(str, candidates))}) gave "
+                                     "a mask; pass key_slice= (a slice showing the target)")
+        return best, "survey"
+
+    # -- 2-3. the key episode and the first propagation -----------------------------
+    def key_episode(self, index: int) -> None:
+        self.say(f"key slice {index}: episode")
+        trajectory = self.episode(index, "key")
+        self.reviewed.add(index)
+        if not trajectory.final_mask.any():
+            from .api import failure_message
+
+            raise SegmentationFailed(f"key slice {index}: {failure_message(trajectory)}", trajectory)
+        self.episodes.append(VolumeEpisode(index, "key", trajectory, seeded=True))
+        self.seed(index, trajectory)
+
+    def seed(self, index: int, trajectory: Trajectory | None) -> None:
+        if trajectory is None:
+            seed = Seed(np.zeros(self.stack.image_size, bool))
+        else:
+            steps = trajectory.executed_steps
+            prompts = steps[-1].prompts if steps and steps[-1].prompts is not None else None
+            seed = Seed(trajectory.final_mask, **({"prompts": prompts} if prompts else {}))
+        self.propagator.add_seed(index, seed)
+        self.say(f"propagating from slice {index} ({self.propagator.method})")
+        self.propagator.propagate()
+
+    # -- 4. review -------------------------------------------------------------------
+    def review(self) -> None:
+        for _ in range(self.owner.review_slices):
+            pick = self.pick_review()
+            if pick is None:
+                return
+            index, reason = pick
+            self.reviewed.add(index)
+            current = self.propagator.results.get(index)
+            if self.expert and not self.gt[index].any():  # the expert marks "no target here"
+                self.episodes.append(VolumeEpisode(index, "review", None, True, reason, "no_target"))
+                self.say(f"review slice {index} ({reason}): no target")
+                self.seed(index, None)
+                continue
+            self.say(f"review slice {index} ({reason}): episode")
+            before = None if current is None else current.mask
+            trajectory = self.episode(index, "review", initial=before)
+            after = trajectory.final_mask
+            changed = after.any() and (before is None or not np.array_equal(after, before))
+            self.episodes.append(VolumeEpisode(index, "review", trajectory, changed, reason))
+            if changed:
+                self.seed(index, trajectory)
+
+    def pick_review(self) -> tuple[int, str] | None:
+        results = self.propagator.results
+        if self.expert:
+            candidates = {i for i in results} | set(np.flatnonzero(
+                self.gt.reshape(self.stack.count, -1).any(axis=1)).tolist())
+            worst = None
+            for index in sorted(candidates - self.reviewed):
+                mask = results[index].mask if index in results else np.zeros_like(self.gt[index])
+                value = metrics.dice(mask, self.gt[index])
+                if value < self.owner.review_below and (worst is None or value < worst[1]):
+                    worst = (index, value)
+            return None if worst is None else (worst[0], f"dice {worst[1]:.3f}")
+        return pick_suspicious(results, self.reviewed)
+
+
+def pick_suspicious(results: Mapping[int, Any], exclude: set[int]) -> tuple[int, str] | None:
+    """The propagated slice most likely wrong without a ground truth (see the module
+    docstring): (slice, reason) or None when every slice was reviewed."""
+    if not results:
+        return None
+    areas = {i: int(p.mask.sum()) for i, p in results.items()}
+    first, last = min(results), max(results)
+    best = None
+    for index, prediction in results.items():
+        if index in exclude:
+            continue
+        score = float(prediction.score)
+        terms = {"low score": 1.0 - score if np.isfinite(score) else 0.0}
+        neighbours = (areas.get(index - 1, 0) + areas.get(index + 1, 0)) / 2
+        larger = max(areas[index], neighbours)
+        terms["area change"] = abs(areas[index] - neighbours) / larger if larger else 0.0
+        terms["end of extent"] = 0.5 if index in (first, last) else 0.0
+        reason, value = max(terms.items(), key=lambda kv: kv[1])
+        if best is None or value > best[1]:
+            best = (index, value, reason)
+    return None if best is None else (best[0], f"{best[2]} {best[1]:.2f}")

@@ -1,0 +1,116 @@
+"""The one-call 3-D API: ``msagent.segment_volume(volume, target, backbone=..., policy=...)``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from . import _status, metrics
+from .errors import InvalidImage, InvalidTarget
+from .policy import Policy
+from .segmenter import Segmenter
+from .volume_agent import VolumeAgent
+from .volume_stack import VolumeStack, build_stack, label_stack
+from .volume_trajectory import VolumeEpisode, VolumeTrajectory
+
+
+@attrs.frozen(eq=False)
+class VolumeResult:
+    """What :func:`segment_volume` returns.
+
+    ``mask``: the 3-D bool mask in the input's voxel order (the input array's shape, or the
+    file's ``data[i, j, k]``); ``trajectory``: the whole run (:class:`VolumeTrajectory`);
+    ``stack``: how the slices were taken (window, plane or axis, spacing). With a ground truth,
+    ``dice``/``iou``/``nsd`` are 3-D scores (NSD at ``nsd_tolerance`` mm with the voxel spacing)
+    and ``slice_dice`` the Dice per slice where the target or the prediction is."""
+
+    mask: np.ndarray
+    trajectory: VolumeTrajectory
+    stack: VolumeStack
+    dice: float | None = None
+    iou: float | None = None
+    nsd: float | None = None
+    slice_dice: Mapping[int, float] = attrs.field(factory=dict)
+
+    @property
+    def key_slice(self) -> int:
+        return self.trajectory.key_slice
+
+    @property
+    def episodes(self) -> tuple[VolumeEpisode, ...]:
+        return self.trajectory.episodes
+
+    @property
+    def slice_scores(self) -> Mapping[int, float]:
+        """The backbone's predicted score per slice with target (NaN on episode seeds)."""
+        return self.trajectory.scores
+
+    @property
+    def timings(self) -> Mapping[str, float]:
+        return self.trajectory.timings
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        return self.trajectory.counts
+
+
+def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None = None,
+                   policy: str | Policy | None = None, ground_truth: Any = None,
+                   key_slice: int | None = None, plane: str = "axial", axis: int | None = None,
+                   spacing: Sequence[float] | None = None, window: Any = None,
+                   label: int | None = None, max_turns: int = 5, review_slices: int = 3,
+                   propagation: str = "auto", backbone_options: Mapping[str, Any] | None = None,
+                   policy_options: Mapping[str, Any] | None = None, max_voxels: int | None = None,
+                   nsd_tolerance: float = 2.0, **options: Any) -> VolumeResult:
+    """Segment ``target`` through a whole volume: an agent episode on a key slice, propagation
+    through the volume, then review episodes on the slices most likely wrong, each correction
+    propagated again (see :mod:`msagent.volume_agent`).
+
+    ``volume``: a NIfTI path, a DICOM series (folder or file), an :class:`msagent.io.Volume`
+    (sliced along ``plane``) or a 3-D NumPy array with ``spacing`` (mm per array axis; sliced
+    along ``axis``, 0 by default). ``window``: a CT preset or "W/L" (default: a DICOM CT's
+    stored window, else the volume's percentiles), applied once to the whole volume.
+    ``ground_truth``: a label volume on the same grid (``label`` picks a value), for 3-D scores
+    and the ``expert``/``oracle-box`` policies. ``propagation``: "auto" (the backbone's own
+    3-D memory where it has one: medsam2, sam2), "native" or "generic". Other options
+    (``survey_slices``, ``review_below``, ``min_score``, ``min_area``, ``max_in_memory``, and
+    :class:`msagent.Agent`'s ``prompt_mode``/``multimask``) go to
+    :class:`~msagent.volume_agent.VolumeAgent`.
+    """
+    from .api import check_ground_truth, load_backbone_for, load_policy_for
+
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")
+    if isinstance(volume, np.ndarray) and volume.ndim == 2:
+        raise InvalidImage(f"segment_volume needs a 3-D volume, got a 2-D image {volume.shape}; "
+                           "use msagent.segment for a 2-D image")
+    status = _status.Status()
+    with status.step("reading and windowing the volume"):
+        stack = build_stack(volume, plane=plane, axis=axis, spacing=spacing, window=window,
+                            max_voxels=max_voxels)
+    gt = None if ground_truth is None else label_stack(ground_truth, stack, "ground truth", label)
+    check_ground_truth(policy, gt)
+    agent_keys = {"prompt_mode", "multimask", "max_failures"}
+    agent_options = {k: options.pop(k) for k in list(options) if k in agent_keys}
+    agent_policy = load_policy_for(policy, policy_options or {})
+    segmenter = load_backbone_for(backbone, backbone_options or {})
+    agent = VolumeAgent(agent_policy, segmenter, max_turns=max_turns, propagation=propagation,
+                        review_slices=review_slices, agent_options=agent_options, **options)
+    started = time.perf_counter()
+    trajectory = agent.run(stack.stack, target.strip(), gt, key_slice=key_slice,
+                           where=stack.where, progress=status.line if _status.wanted() else None)
+    display = trajectory.final_masks()
+    scores: dict[str, Any] = {}
+    if gt is not None:
+        spacing_display = stack.stack.spacing
+        scores = {"dice": metrics.dice(display, gt), "iou": metrics.iou(display, gt),
+                  "nsd": metrics.nsd(display, gt, nsd_tolerance, spacing_display),
+                  "slice_dice": {i: metrics.dice(display[i], gt[i]) for i in range(len(gt))
+                                 if display[i].any() or gt[i].any()}}
+    status.line(f"segmented {len(trajectory.masks)} slice(s) in "
+                f"{time.perf_counter() - started:.1f} s")
+    return VolumeResult(mask=stack.to_voxels(display), trajectory=trajectory, stack=stack, **scores)

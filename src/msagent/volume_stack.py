@@ -1,0 +1,156 @@
+"""A volume as a stack of 2-D slices for a 3-D run, and masks back into its voxel order.
+
+Two kinds of input:
+
+- an :class:`msagent.io.Volume` (NIfTI, DICOM series) sliced along an anatomical ``plane``:
+  each slice as displayed (:meth:`msagent.io.Volume.slice`), masks written back with
+  :meth:`~msagent.io.Volume.put_slice`;
+- a NumPy array with its ``spacing`` (mm per array axis), sliced along the array ``axis``
+  (0 by default, the (D, H, W) layout of the CVPR challenges' ``.npz`` files): slice ``i`` is
+  ``np.take(data, i, axis)``, as stored.
+
+Either way the whole volume is windowed once (:func:`msagent.io.choose_window`: a preset or
+"W/L", else a DICOM CT's stored window, else the volume's 0.5–99.5th percentiles), so every
+slice gets the same mapping, and its size is checked against the voxel limit first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from . import io
+from .backbones.propagation import SliceStack
+from .errors import InvalidImage, InvalidInput, InvalidMask
+from .io.limits import check_voxels
+
+
+@attrs.frozen(eq=False)
+class VolumeStack:
+    """A :class:`SliceStack` and how its slices sit in the source volume.
+
+    ``volume`` is the :class:`msagent.io.Volume` (None for a NumPy input), ``plane`` the plane
+    name or ``axis`` the array axis sliced; ``window`` the (width, level) used."""
+
+    stack: SliceStack
+    shape: tuple[int, int, int]  # the source's voxel shape
+    volume: io.Volume | None = None
+    plane: str | None = None
+    axis: int = 0
+    window: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def where(self) -> str:
+        """How the slices were taken, for messages and trajectories: "axial" or "axis 0"."""
+        return self.plane or f"axis {self.axis}"
+
+    def to_display(self, data: np.ndarray) -> np.ndarray:
+        """A voxel-order array of the source's shape → count × H × W in slice display order."""
+        data = np.asarray(data)
+        if data.shape != self.shape:
+            raise InvalidInput(f"array of shape {data.shape} is not on the volume's grid {self.shape}")
+        if self.volume is None:
+            return np.moveaxis(data, self.axis, 0)
+        return np.stack([self.volume.view(i, self.plane).to_display(
+            np.take(data, i, axis=self.volume.view(i, self.plane).axis))
+            for i in range(self.stack.count)])
+
+    def to_voxels(self, masks: np.ndarray) -> np.ndarray:
+        """count × H × W display-order masks → a bool array in the source's voxel order."""
+        masks = np.asarray(masks, dtype=bool)
+        if self.volume is None:
+            return np.ascontiguousarray(np.moveaxis(masks, 0, self.axis))
+        out = np.zeros(self.shape, dtype=bool)
+        for index in range(masks.shape[0]):
+            self.volume.put_slice(out, masks[index], index, self.plane)
+        return out
+
+
+def build_stack(source: Any, *, plane: str = "axial", axis: int | None = None,
+                spacing: Sequence[float] | None = None, window: Any = None,
+                max_voxels: int | None = None) -> VolumeStack:
+    """A :class:`VolumeStack` from a path (NIfTI file, DICOM series folder or file), an
+    :class:`msagent.io.Volume` or a 3-D NumPy array (with ``spacing`` and ``axis``)."""
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        source = io.read_volume(source, max_voxels=max_voxels)
+    if isinstance(source, io.Volume):
+        if axis is not None or spacing is not None:
+            raise InvalidInput("a Volume carries its own geometry: pass plane= (axial, coronal, "
+                               "sagittal), not axis= or spacing=")
+        check_voxels(source.shape, source.data.dtype.itemsize, "the volume", max_voxels)
+        return _from_volume(source, plane, window)
+    return _from_array(source, 0 if axis is None else axis, spacing, window, max_voxels)
+
+
+def _from_volume(volume: io.Volume, plane: str, window: Any) -> VolumeStack:
+    width, level = io.choose_window(volume, window).pair
+    # slice by slice, so the float copy apply_window makes is one slice, not the volume
+    gray = np.stack([io.apply_window(volume.slice(i, plane), width, level)
+                     for i in range(volume.n_slices(plane))])
+    view = volume.view(0, plane)
+    row, col = volume.slice_spacing(plane)
+    stack = SliceStack(gray, (volume.spacing[view.axis], row, col))
+    return VolumeStack(stack, volume.shape, volume=volume, plane=plane, axis=view.axis,
+                       window=(width, level))
+
+
+def _from_array(data: Any, axis: int, spacing: Sequence[float] | None, window: Any,
+                max_voxels: int | None) -> VolumeStack:
+    if not isinstance(data, np.ndarray):
+        raise InvalidImage(f"a volume is a path, an msagent.io.Volume or a 3-D NumPy array, got "
+                           f"{type(data).__name__}")
+    if data.ndim != 3:
+        raise InvalidImage(f"a volume must be 3-D, got shape {data.shape}"
+                           + ("; for a 2-D image use msagent.segment" if data.ndim == 2 else ""))
+    if data.dtype.kind not in "biuf":
+        raise InvalidImage(f"volume voxels must be numeric, got {data.dtype}")
+    check_voxels(data.shape, data.dtype.itemsize, "the volume", max_voxels)
+    if not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
+        raise InvalidInput(f"axis must be 0, 1 or 2 (the array axis to slice along), got {axis!r}")
+    axis = int(axis) % 3
+    spacing = check_spacing(spacing)
+    volume = io.Volume(data.astype(np.float32) if data.dtype == bool else data, np.diag([*spacing, 1.0]))
+    width, level = io.choose_window(volume, window).pair
+    gray = np.stack([io.apply_window(np.take(data, i, axis=axis), width, level)
+                     for i in range(data.shape[axis])])
+    rest = [spacing[a] for a in range(3) if a != axis]
+    return VolumeStack(SliceStack(gray, (spacing[axis], rest[0], rest[1])), tuple(data.shape),
+                       axis=axis, window=(width, level))
+
+
+def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
+    """Three positive finite voxel sizes in mm (array axis order); None → 1 mm isotropic."""
+    if spacing is None:
+        return (1.0, 1.0, 1.0)
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"spacing must be three numbers (mm per array axis), got {spacing!r}") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InvalidInput(f"spacing must be three positive finite numbers (mm per array axis), "
+                           f"got {spacing!r}")
+    return values
+
+
+def label_stack(labels: Any, stack: VolumeStack, what: str, label: int | None = None) -> np.ndarray:
+    """A label volume on the source's grid (a path, an io.Volume or an array; ``label`` picks
+    one value, else nonzero) as count × H × W bool slices in display order."""
+    if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__"):
+        labels = io.read_volume(labels)
+    if isinstance(labels, io.Volume):
+        if stack.volume is not None and not np.allclose(labels.affine, stack.volume.affine, atol=1e-3):
+            raise InvalidMask(f"the {what} is not on the image's voxel grid (its affine differs); "
+                              "resample it first")
+        labels = labels.data
+    array = np.asarray(labels)
+    if array.shape != stack.shape:
+        raise InvalidMask(f"the {what} has shape {array.shape} but the volume {stack.shape}; they "
+                          "must match voxel for voxel")
+    if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+        raise InvalidMask(f"the {what} must hold finite numbers (0 = background), got {array.dtype}")
+    mask = array == label if label is not None else array != 0
+    return np.ascontiguousarray(stack.to_display(mask))
