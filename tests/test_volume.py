@@ -1,0 +1,323 @@
+"""3-D runs (msagent.segment_volume): key slice, generic propagation, review, trajectories, bad
+input. A stand-in backbone with known behaviour (a box selects the bright pixels inside it)
+makes every expected result exact; real LiteMedSAM runs on MNI152 in tests/test_volume_real.py."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import msagent
+from msagent import protocol
+from msagent.backbones.propagation import Seed, SliceStack
+from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
+from msagent.policy import Policy, Reply
+from msagent.propagation import EmbeddingStore, GenericPropagator, grown_box, propagator_for
+from msagent.types import BBox, MaskPrediction
+from msagent.volume_stack import build_stack
+from msagent.volume_trajectory import VolumeTrajectory
+
+
+def logits_of(mask: np.ndarray) -> np.ndarray:
+    low = np.full((256, 256), -10.0, np.float32)
+    small = np.where(mask, 10.0, -10.0)[:256, :256]
+    low[: small.shape[0], : small.shape[1]] = small
+    return low
+
+
+class Bright(msagent.Segmenter):
+    """A box selects the bright pixels inside it; a positive click adds a 2-px disk, a negative
+    click removes one. Score: the bright fraction of the box. Counts encodes per image."""
+
+    name = "bright"
+    multimask_default = False
+
+    def __init__(self):
+        super().__init__(cache_size=4)
+        self.encoded: list[str] = []
+        self.decodes = 0
+
+    def encode_image(self, image):
+        from msagent.segmenter import image_key
+
+        self.encoded.append(image_key(image))
+        return image[:, :, 0] > 120
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        out = []
+        for prompts in prompt_sets:
+            self.decodes += 1
+            bright = embedding.features
+            mask = np.zeros_like(bright)
+            box = prompts.box
+            if box is not None:
+                mask[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = bright[box.y1:box.y2 + 1, box.x1:box.x2 + 1]
+            yy, xx = np.mgrid[:bright.shape[0], :bright.shape[1]]
+            for p in prompts.points:
+                disk = (yy - p.y) ** 2 + (xx - p.x) ** 2 <= 4
+                mask = mask | disk if p.positive else mask & ~disk
+            area = 1 if box is None else (box.x2 - box.x1 + 1) * (box.y2 - box.y1 + 1)
+            out.append(MaskPrediction(mask, logits_of(mask), float(mask.sum()) / area))
+        return out
+
+
+def tube(count=16, size=(40, 80), shift_at=None, shift=0):
+    """A bright disk through ``count`` slices (radius 5→9→7), optionally jumping ``shift`` px
+    sideways from slice ``shift_at`` on; the volume and its mask, (D, H, W). The background
+    darkens slice by slice, so that no two slices are alike (one encode per slice, not per
+    distinct content)."""
+    volume = np.full((count, *size), 20.0) + np.arange(count)[:, None, None] * 2.0
+    mask = np.zeros(volume.shape, bool)
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    for z in range(count):
+        radius = 5 + 4 * np.sin(np.pi * z / (count + 4))  # no two slices alike
+        cx = 20 + (shift if shift_at is not None and z >= shift_at else 0)
+        mask[z] = (yy - 20) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    volume[mask] = 200.0
+    return volume, mask
+
+
+@pytest.fixture
+def bright():
+    return Bright()
+
+
+def test_expert_key_slice_and_propagation_recover_the_tube(bright):
+    volume, mask = tube()
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, spacing=(3.0, 0.8, 0.8), review_slices=0)
+    assert result.mask.shape == volume.shape and result.mask.dtype == bool
+    assert result.dice == 1.0 and result.iou == 1.0 and result.nsd == 1.0
+    trajectory = result.trajectory
+    areas = mask.reshape(len(mask), -1).sum(axis=1)
+    assert trajectory.key_rule == "largest_gt_area" and trajectory.key_slice == int(np.argmax(areas))
+    assert trajectory.propagation == "generic" and trajectory.seeds == [trajectory.key_slice]
+    assert trajectory.spacing == (3.0, 0.8, 0.8) and trajectory.where == "axis 0"
+    # each slice encoded once: the key episode reuses the run's embedding of its slice
+    assert len(bright.encoded) == len(set(bright.encoded)) == trajectory.counts["encodes"] == 16
+    assert set(result.slice_dice) == set(range(16))
+
+
+def test_axis_and_voxel_order(bright):
+    volume, mask = tube()
+    moved, moved_mask = np.moveaxis(volume, 0, 2), np.moveaxis(mask, 0, 2)
+    result = msagent.segment_volume(moved, "tube", backbone=bright, policy="expert",
+                                    ground_truth=moved_mask, axis=2, review_slices=0)
+    assert result.mask.shape == moved.shape and np.array_equal(result.mask, moved_mask)
+    assert result.trajectory.where == "axis 2"
+
+
+def test_generic_propagation_ends_where_the_target_ends(bright):
+    volume, mask = tube()
+    volume[:3], mask[:3] = 20.0, False  # no target in the first three slices
+    stack = build_stack(volume).stack
+    propagator = GenericPropagator(bright, stack)
+    propagator.add_seed(8, Seed(mask[8]))
+    results = propagator.propagate()
+    assert sorted(results) == list(range(3, 16))
+    assert np.array_equal(propagator.masks(), mask)
+    # slices 3..7 and 9..15 decoded once each, slice 2 once to find the end
+    assert propagator.decodes == 13
+
+
+def test_repropagation_decodes_only_until_results_stop_changing(bright):
+    volume, mask = tube()
+    stack = build_stack(volume).stack
+    propagator = GenericPropagator(bright, stack)
+    propagator.add_seed(8, Seed(mask[8]))
+    propagator.propagate()
+    first = propagator.decodes
+    assert first == 15
+    propagator.propagate()
+    assert propagator.decodes == first  # nothing changed: nothing decoded
+    # a seed equal to the slice's current result: its neighbours get new inputs (the seed's
+    # logits), decode to the same masks, and the walks stop there
+    propagator.add_seed(12, Seed(propagator.results[12].mask))
+    propagator.propagate()
+    assert propagator.decodes - first == 2
+    assert np.array_equal(propagator.masks(), mask)
+
+
+def test_between_two_seeds_each_slice_follows_the_nearer(bright):
+    volume, mask = tube()
+    stack = build_stack(volume).stack
+    propagator = GenericPropagator(bright, stack)
+    calls = []
+    decode = bright.decode
+
+    def watched(embedding, prompts, prev, **kw):
+        calls.append(prompts.box)
+        return decode(embedding, prompts, prev, **kw)
+
+    bright.decode = watched
+    propagator.add_seed(4, Seed(mask[4]))
+    propagator.add_seed(10, Seed(mask[10]))
+    propagator.propagate()
+    # slices 5..7 from seed 4 (7 is the midpoint: a tie goes to the lower seed), 8..9 from 10
+    assert propagator.decodes == 4 + 3 + 2 + 5
+
+
+def test_review_finds_a_slice_the_propagation_lost_and_fixes_it(bright):
+    # the tube jumps 40 px sideways at slice 11: a box grown from slice 10 misses it there
+    volume, mask = tube(shift_at=11, shift=40)
+    no_review = msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+                                       ground_truth=mask, review_slices=0, key_slice=7)
+    assert max(no_review.trajectory.masks) == 10 and no_review.dice < 0.9
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, review_slices=3, key_slice=7)
+    review = [e for e in result.episodes if e.role == "review"]
+    assert review[0].slice == 11 and review[0].reason == "dice 0.000" and review[0].seeded
+    assert review[0].trajectory.initial is None  # propagation left it empty: from nothing
+    assert result.dice == 1.0
+    assert len(bright.encoded) == len(set(bright.encoded))  # still each slice once
+
+
+def test_expert_marks_slices_beyond_the_target_as_empty(bright):
+    volume, mask = tube()
+    mask[12:] = False  # the bright tube goes on, but the target ends at slice 11
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, review_slices=1)
+    (review,) = [e for e in result.episodes if e.role == "review"]
+    assert review.slice == 12 and review.decision == "no_target" and review.trajectory is None
+    assert result.dice == 1.0 and max(result.trajectory.masks) == 11
+
+
+def test_review_starts_from_the_propagated_mask(bright):
+    volume, mask = tube()
+    mask[5, 20, 12:16] = False  # a notch the box cannot make: the expert clicks it away
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, review_slices=1, key_slice=8,
+                                    review_below=0.999)
+    (review,) = [e for e in result.episodes if e.role == "review"]
+    assert review.slice == 5 and review.trajectory.initial is not None
+    assert review.trajectory.initial.source == "propagated"
+
+
+class CentreBox(Policy):
+    """Reads the image only: a box around the bright pixels, then stop."""
+
+    name = "centre-box"
+
+    def act(self, episode):
+        if episode.executed_turns:
+            return Reply(protocol.stop_action().raw_text)
+        ys, xs = np.nonzero(episode.image[:, :, 0] > 120)
+        if not len(xs):
+            return Reply(protocol.bbox_action(BBox(0, 0, 3, 3), episode.image_size).raw_text)
+        box = BBox(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+        return Reply(protocol.bbox_action(box, episode.image_size).raw_text)
+
+
+def test_survey_keeps_the_slice_whose_first_prediction_scores_best(bright):
+    volume, mask = tube()
+    volume[9, 20, 20:24] = 20.0  # slice 9's bright disk has a gap: a lower score there
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy=CentreBox(),
+                                    ground_truth=mask, review_slices=0, survey_slices=5)
+    trajectory = result.trajectory
+    survey = [e for e in trajectory.episodes if e.role == "survey"]
+    assert [e.slice for e in survey] == [3, 5, 8, 10, 12]
+    scores = {e.slice: e.trajectory.executed_steps[0].score for e in survey}
+    assert trajectory.key_rule == "survey" and trajectory.key_slice == max(scores, key=scores.get)
+    # survey slices are encoded once too, the key slice's embedding reused
+    assert len(bright.encoded) == len(set(bright.encoded))
+
+
+def test_suspicion_review_without_ground_truth(bright):
+    volume, _ = tube()
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy=CentreBox(),
+                                    review_slices=2, key_slice=8)
+    review = [e for e in result.episodes if e.role == "review"]
+    assert len(review) == 2 and all(e.reason for e in review)
+    assert {e.slice for e in review} <= set(result.trajectory.masks)
+    assert result.dice is None
+
+
+def test_volume_trajectory_json_is_lossless(bright):
+    volume, mask = tube(shift_at=11, shift=40)
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, review_slices=2, key_slice=7)
+    trajectory = result.trajectory
+    again = VolumeTrajectory.from_json(trajectory.to_json())
+    assert again.to_dict() == trajectory.to_dict()
+    assert np.array_equal(again.final_masks(), trajectory.final_masks())
+    assert [e.trajectory.to_dict() if e.trajectory else None for e in again.episodes] == \
+        [e.trajectory.to_dict() if e.trajectory else None for e in trajectory.episodes]
+
+
+def test_embeddings_beyond_the_budget_are_spilled_and_reloaded(bright):
+    volume, mask = tube()
+    stack = build_stack(volume).stack
+    store = EmbeddingStore(bright, stack, max_in_memory=2)
+    propagator = GenericPropagator(bright, stack, store=store)
+    propagator.add_seed(8, Seed(mask[8]))
+    propagator.propagate()
+    propagator.add_seed(2, Seed(mask[2]))  # revisits spilled slices
+    propagator.propagate()
+    assert store.in_memory == 2 and np.array_equal(propagator.masks(), mask)
+    assert len(bright.encoded) == len(set(bright.encoded)) == store.encodes
+    folder = store._folder
+    store.close()
+    assert folder is not None and not folder.exists()
+
+
+def test_nifti_in_voxel_order(tmp_path, bright):
+    volume, mask = tube()
+    data = np.moveaxis(volume, 0, 2)[::-1]  # (W, H, D), x flipped
+    affine = np.diag([-0.8, 0.8, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(data.astype(np.int16), affine), tmp_path / "ct.nii.gz")
+    labels = np.moveaxis(mask, 0, 2)[::-1].astype(np.uint8) * 6
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "labels.nii.gz")
+    result = msagent.segment_volume(tmp_path / "ct.nii.gz", "tube", backbone=bright,
+                                    policy="expert", ground_truth=tmp_path / "labels.nii.gz",
+                                    label=6, review_slices=0)
+    assert np.array_equal(result.mask, labels == 6)
+    assert result.stack.plane == "axial"
+    assert result.trajectory.spacing == pytest.approx((3.0, 0.8, 0.8))
+
+
+def test_bad_input_is_refused_clearly(bright):
+    volume, mask = tube()
+    with pytest.raises(InvalidImage, match="use msagent.segment"):
+        msagent.segment_volume(volume[0], "tube", backbone=bright, policy="expert",
+                               ground_truth=mask[0])
+    with pytest.raises(MsAgentError, match="3|volume|slice"):
+        msagent.segment(volume, "tube", backbone=bright, policy="expert", ground_truth=mask)
+    with pytest.raises(InvalidInput, match="outside"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=mask, key_slice=16)
+    empty = mask.copy()
+    empty[0] = False
+    with pytest.raises(InvalidInput, match="empty on key slice 0"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=empty, key_slice=0)
+    for spacing in [(0, 1, 1), (1, 1), (1, float("nan"), 1), "abc"]:
+        with pytest.raises(InvalidInput, match="spacing"):
+            msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                   ground_truth=mask, spacing=spacing)
+    with pytest.raises(MsAgentError, match="voxel"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=mask, max_voxels=1000)
+    with pytest.raises(InvalidMask, match="shape"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=mask[:-1])
+    with pytest.raises(InvalidInput, match="expert"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert")
+    with pytest.raises(InvalidInput, match="native"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=mask, propagation="native")
+    with pytest.raises(InvalidMask, match="empty in every slice"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=np.zeros_like(mask))
+
+
+def test_grown_box_and_propagator_choice(bright):
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 10:20] = True
+    assert grown_box(mask, 0.0) == BBox(10, 5, 19, 9)
+    assert grown_box(mask, 0.1) == BBox(9, 4, 20, 10)
+    assert grown_box(mask, 1.0) == BBox(0, 0, 29, 14)
+    stack = SliceStack(np.zeros((3, 20, 30), np.uint8))
+    assert propagator_for(bright, stack).method == "generic"
+    with pytest.raises(InvalidInput, match="unknown propagation"):
+        propagator_for(bright, stack, "3d")
