@@ -9,6 +9,11 @@ aligned with the input (same shape and affine; the input's header for NIfTI inpu
 ``--out seg.dcm`` or ``--dicom-seg seg.dcm`` writes a DICOM SEG referencing the input series
 (DICOM input only). ``--trajectory`` writes one JSON line per slice.
 
+``--3d`` segments the whole volume instead (:func:`msagent.segment_volume`): an episode on a key
+slice (``--key-slice``, else the expert's largest target area or a survey), propagation
+(``--propagation``), at most ``--review-slices`` review episodes; ``--trajectory`` then writes
+the run's :class:`~msagent.VolumeTrajectory` as one JSON document.
+
 Outputs are checked before any slice is segmented: their formats, that a DICOM SEG has DICOM
 input, and that a NIfTI output can place the slices (a series read with
 ``--allow-irregular-slices`` has none). ``--series-uid`` picks one of several DICOM series.
@@ -74,6 +79,10 @@ def run_volume(args: argparse.Namespace) -> int:
     volume = io.read_volume(args.image, series_uid=args.series_uid,
                             allow_irregular=args.allow_irregular_slices)
     check_outputs_fit(args, volume)
+    if getattr(args, "three_d", False):
+        return run_volume_3d(args, volume)
+    if args.key_slice is not None:
+        raise InvalidInput("--key-slice applies to 3-D runs: add --3d")
     gt_volume = _label_volume(args.ground_truth, "ground truth", volume, args.label)
     initial_volume = _label_volume(args.initial_mask, "initial mask", volume, args.label)
     width, level = window_for(volume, args.window)
@@ -107,6 +116,54 @@ def run_volume(args: argparse.Namespace) -> int:
         raise InvalidInput("no slice was segmented: with an expert policy, the ground truth must "
                            "have foreground in the chosen --slices")
     _write_outputs(args, volume, masks, trajectories)
+    return 0
+
+
+def run_volume_3d(args: argparse.Namespace, volume) -> int:
+    """``--3d``: :func:`msagent.segment_volume` on the whole volume; NIfTI / DICOM SEG out, the
+    :class:`~msagent.VolumeTrajectory` as JSON (``--trajectory``)."""
+    from .. import io
+    from ..errors import InvalidInput
+    from ..io.atomic import atomic_write
+    from ..options import parse_options
+    from ..volume_api import segment_volume
+
+    if args.slices:
+        raise InvalidInput("--slices chooses slices for slice-by-slice episodes; a --3d run "
+                           "covers the whole volume (use --key-slice to choose where it starts)")
+    if args.initial_mask:
+        raise InvalidInput("--initial-mask is for slice-by-slice runs; a --3d run starts from a "
+                           "key slice")
+    gt = _label_volume(args.ground_truth, "ground truth", volume, args.label)
+    result = segment_volume(
+        volume, args.target, backbone=args.backbone, policy=args.policy,
+        ground_truth=None if gt is None else gt.data, key_slice=args.key_slice,
+        plane=args.plane, window=args.window, max_turns=args.max_turns,
+        review_slices=args.review_slices, propagation=args.propagation,
+        backbone_options=parse_options(args.backbone_option),
+        policy_options=parse_options(args.policy_option))
+    trajectory = result.trajectory
+    for episode in trajectory.episodes:
+        steps = episode.trajectory.executed_steps if episode.trajectory else ()
+        what = episode.decision or f"{len(steps)} call(s)"
+        why = f" ({episode.reason})" if episode.reason else ""
+        print(f"{episode.role} slice {episode.slice}{why}: {what}"
+              f"{', seeded' if episode.seeded else ''}")
+    extent = f"slices {min(trajectory.masks)}..{max(trajectory.masks)}" if trajectory.masks else "none"
+    quality = f"  3-D Dice {result.dice:.3f}  NSD {result.nsd:.3f}" if result.dice is not None else ""
+    counts = trajectory.counts
+    print(f"{args.plane}: target on {len(trajectory.masks)} slice(s) ({extent}), "
+          f"{trajectory.propagation} propagation, {counts['encodes']} encodes, "
+          f"{counts['propagation_decodes']} propagation decodes, "
+          f"{trajectory.timings['total']:.1f} s{quality}")
+    for out in [p for p in (args.out, args.dicom_seg) if p]:
+        if io.is_nifti(out):
+            io.write_mask_nifti(result.mask, out, volume)
+        else:
+            io.write_dicom_seg(result.mask, volume, out, label=args.target)
+        print(f"wrote {out}")
+    if args.trajectory:
+        atomic_write(args.trajectory, trajectory.to_json().encode())
     return 0
 
 

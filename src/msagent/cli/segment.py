@@ -1,5 +1,6 @@
 """``msagent segment IMAGE TARGET``: one agent episode on a 2-D image; on a volume (NIfTI file
-or DICOM series) one episode per slice (``--slices``; see :mod:`msagent.cli._volume`)."""
+or DICOM series) one episode per slice (``--slices``), or with ``--3d`` a 3-D run (a key slice,
+propagation, review; see :mod:`msagent.cli._volume`)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     volume.add_argument("--allow-irregular-slices", action="store_true",
                         help="read a DICOM series with missing or duplicate slices (uneven or zero "
                         "spacing) as it is; only a DICOM SEG can then be written, not NIfTI")
+    three_d = parser.add_argument_group("3-D runs (--3d): a key slice, propagation, review")
+    three_d.add_argument("--3d", dest="three_d", action="store_true",
+                         help="segment the whole volume: an episode on a key slice, propagation "
+                         "through the volume, review episodes on the slices most likely wrong")
+    three_d.add_argument("--key-slice", type=int, help="the key slice (default: the expert's "
+                         "largest target area, else a survey of a few slices)")
+    three_d.add_argument("--review-slices", type=int, default=3,
+                         help="at most this many review episodes (default 3; 0: none)")
+    three_d.add_argument("--propagation", choices=["auto", "native", "generic"], default="auto",
+                         help="auto (default): the backbone's own 3-D memory where it has one "
+                         "(medsam2, sam2), else slice by slice")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if is_volume(args.image):
         return run_volume(args)
     check_image_outputs(args)
+    if args.three_d:
+        from ..errors import InvalidInput
+
+        raise InvalidInput(f"--3d segments a volume (.nii/.nii.gz or a DICOM series); {args.image} "
+                           "is a 2-D image")
 
     try:
         result = api.segment(
@@ -90,6 +107,7 @@ def check_image_outputs(args: argparse.Namespace) -> None:
     from ..errors import InvalidInput
 
     volume_only = [flag for flag, value in (("--slices", args.slices), ("--dicom-seg", args.dicom_seg),
+                                            ("--key-slice", args.key_slice),
                                             ("--series-uid", args.series_uid),
                                             ("--allow-irregular-slices", args.allow_irregular_slices))
                    if value]
