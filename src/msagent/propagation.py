@@ -106,7 +106,7 @@ class GenericPropagator(Propagator):
     def __init__(self, segmenter: Segmenter, stack: SliceStack, *,
                  store: EmbeddingStore | None = None, min_area: int = 1,
                  min_score: float = 0.0, box_margin: float = 0.05,
-                 multimask: bool | None = None) -> None:
+                 multimask: bool | None = None, extent: tuple[int, int] | None = None) -> None:
         super().__init__(stack)
         if not 0 <= box_margin <= 1:
             raise InvalidInput(f"box_margin is a fraction of the box side in [0, 1], got {box_margin}")
@@ -114,6 +114,8 @@ class GenericPropagator(Propagator):
         self.store = store if store is not None else EmbeddingStore(segmenter, stack)
         self.min_area, self.min_score, self.multimask = int(min_area), float(min_score), multimask
         self.box_margin = float(box_margin)
+        # slices the target may occupy (a 3-D box's slice range); None: the whole stack
+        self.extent = (0, stack.count - 1) if extent is None else (int(extent[0]), int(extent[1]))
         self.takes_mask_input = segmenter.input_geometry(stack.image_size) is not None
         self._inputs: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
 
@@ -138,9 +140,10 @@ class GenericPropagator(Propagator):
             below = order[position - 1] if position else None
             above = order[position + 1] if position + 1 < len(order) else None
             # slices between two seeds go to the nearer one (a tie to the lower seed)
-            self._walk(starts[seed], seed, +1,
-                       self.stack.count - 1 if above is None else (seed + above) // 2)
-            self._walk(starts[seed], seed, -1, 0 if below is None else (below + seed) // 2 + 1)
+            low, high = self.extent
+            self._walk(starts[seed], seed, +1, high if above is None else min(high, (seed + above) // 2))
+            self._walk(starts[seed], seed, -1,
+                       low if below is None else max(low, (below + seed) // 2 + 1))
         return self.results
 
     def _seed_prediction(self, seed: Seed) -> MaskPrediction:
