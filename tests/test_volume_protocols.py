@@ -3,8 +3,6 @@ tests/test_volume.py, whose results are exact."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from msagent import clicker, metrics
 from msagent.evaluation.volume_protocols import run_cvpr_3d, run_volume_agent
 from msagent.policies.expert import ExpertPolicy
