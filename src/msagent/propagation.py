@@ -40,8 +40,8 @@ import numpy as np
 
 from .backbones.propagation import Propagator, Seed, SliceStack
 from .errors import InvalidInput
-from .segmenter import LOW_RES, Embedding, Segmenter
 from .refine import mask_box
+from .segmenter import LOW_RES, Embedding, Segmenter
 from .types import BBox, MaskPrediction, Prompts
 
 METHODS = ("auto", "native", "generic")
