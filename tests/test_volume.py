@@ -4,6 +4,7 @@ makes every expected result exact; real LiteMedSAM runs on MNI152 in tests/test_
 
 from __future__ import annotations
 
+import attrs
 import nibabel as nib
 import numpy as np
 import pytest
@@ -321,3 +322,34 @@ def test_grown_box_and_propagator_choice(bright):
     assert propagator_for(bright, stack).method == "generic"
     with pytest.raises(InvalidInput, match="unknown propagation"):
         propagator_for(bright, stack, "3d")
+
+
+def test_volume_runs_export_as_sft_rows(tmp_path, bright):
+    import pyarrow.parquet as pq
+
+    from msagent.export import export_trajectories
+    from msagent.generation.records import read_trajectories
+    from msagent.generation.volumes import VolumeRun, write_volume_set
+
+    volume, mask = tube(shift_at=11, shift=40)
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                                    ground_truth=mask, review_slices=2, key_slice=7)
+    trajectory = attrs.evolve(result.trajectory, case_id="tube-1")
+    run = VolumeRun(trajectory, result.stack.stack, mask)
+    write_volume_set([run], tmp_path / "set")
+    records = list(read_trajectories(tmp_path / "set"))
+    episodes = [e for e in trajectory.episodes if e.trajectory is not None]
+    assert [r.case_id for r in records] == [f"tube-1/slice-{e.slice}" for e in episodes]
+    assert [r.row["strategy"] for r in records] == [f"volume-{e.role}" for e in episodes]
+    review = next(r for r in records if r.row["strategy"] == "volume-review")
+    assert np.array_equal(review.image(), result.stack.stack.image(review.trajectory.meta["slice"]))
+    assert np.array_equal(review.ground_truth(), mask[review.trajectory.meta["slice"]])
+    write_volume_set([run], tmp_path / "set")  # a rerun keeps the shard
+    with pytest.raises(InvalidInput, match="another trajectory set"):
+        write_volume_set([attrs.evolve(run, trajectory=attrs.evolve(trajectory, case_id="x"))],
+                         tmp_path / "set")
+    summary = export_trajectories(tmp_path / "set", tmp_path / "sft", "verl-sft", image_size=128,
+                                  progress=False)
+    assert summary.rows == len(episodes)
+    rows = pq.read_table(next((tmp_path / "sft").rglob("*.parquet"))).to_pylist()
+    assert len(rows) == len(episodes)
