@@ -133,7 +133,7 @@ def _to_hwc(array: np.ndarray) -> np.ndarray:
         return np.moveaxis(array, 0, -1)
     raise InvalidImage(
         f"expected a 2-D image (H×W, H×W×C or C×H×W with C in 1, 3, 4), got shape {array.shape}; "
-        "a 3-D volume must be segmented slice by slice (msagent.io.read_volume / --slices)")
+        "for a 3-D volume use msagent.segment_volume (CLI: msagent segment VOLUME TARGET --3d)")
 
 
 _WINDOW_ROWS = 512  # rows scaled at a time: bounded float64 scratch memory for huge images
