@@ -242,3 +242,24 @@ def test_bad_seeds_and_options_are_refused(seg, video):
         prop.add_seed(COUNT, Seed(np.zeros(SIZE, bool)))
     with pytest.raises(ValueError, match="seed_with"):
         Sam2VideoPropagator(seg, stack, seed_with="box")
+
+
+def test_segment_volume_runs_native_propagation_end_to_end(checkpoint):
+    """msagent.segment_volume with medsam2 picks the native propagator (propagation="auto"):
+    the expert's key episode, SAM2's memory through the stack, one review episode."""
+    segmenter = msagent.load_backbone("medsam2", checkpoint=checkpoint, image_size=512,
+                                      device="cpu")
+    yy, xx = np.mgrid[:SIZE[0], :SIZE[1]]
+    gt = np.stack([(yy - 48) ** 2 / 400 + (xx - 50 - 6 * z) ** 2 / 900 <= 1 for z in range(COUNT)])
+    volume = np.where(gt, 200.0, 30.0) + np.arange(COUNT)[:, None, None]
+    result = msagent.segment_volume(volume, "ellipse", backbone=segmenter, policy="expert",
+                                    ground_truth=gt, review_slices=1, max_turns=2)
+    trajectory = result.trajectory
+    assert trajectory.propagation == "native" and result.mask.shape == gt.shape
+    assert trajectory.key_slice in range(COUNT) and trajectory.seeds[0] == trajectory.key_slice
+    # the propagator encodes each frame once; the episodes' slices once more (their own
+    # preprocessing): at most COUNT + episodes
+    episodes = len([e for e in trajectory.episodes if e.trajectory is not None])
+    assert COUNT <= trajectory.counts["encodes"] <= COUNT + episodes
+    assert np.array_equal(result.trajectory.final_masks()[trajectory.key_slice],
+                          trajectory.episodes[0].trajectory.final_mask)
