@@ -353,3 +353,10 @@ def test_volume_runs_export_as_sft_rows(tmp_path, bright):
     assert summary.rows == len(episodes)
     rows = pq.read_table(next((tmp_path / "sft").rglob("*.parquet"))).to_pylist()
     assert len(rows) == len(episodes)
+
+
+def test_unknown_options_are_named(bright):
+    volume, mask = tube()
+    with pytest.raises(InvalidInput, match="review_slice.*known"):
+        msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
+                               ground_truth=mask, review_slice=2)

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 
 from . import _status, metrics
-from .errors import InvalidImage, InvalidTarget
+from .errors import InvalidImage, InvalidInput, InvalidTarget
 from .policy import Policy
 from .segmenter import Segmenter
 from .volume_agent import VolumeAgent
@@ -96,6 +96,11 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     check_ground_truth(policy, gt)
     agent_keys = {"prompt_mode", "multimask", "max_failures"}
     agent_options = {k: options.pop(k) for k in list(options) if k in agent_keys}
+    known = {field.name for field in attrs.fields(VolumeAgent)} - {"policy", "segmenter"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for segment_volume; known: "
+                           f"{', '.join(sorted(known | agent_keys))}")
     agent_policy = load_policy_for(policy, policy_options or {})
     segmenter = load_backbone_for(backbone, backbone_options or {})
     agent = VolumeAgent(agent_policy, segmenter, max_turns=max_turns, propagation=propagation,

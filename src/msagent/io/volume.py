@@ -209,8 +209,11 @@ def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) 
     """(width, level) spanning the ``low``–``high`` percentiles of ``values`` (a whole volume,
     so every slice gets the same mapping). NaN/inf voxels are left out; a volume without
     any finite voxel is refused."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":  # integers are finite and exact in float64: no float copy
+        finite = values.ravel()
+    else:
+        finite = values[np.isfinite(values)].astype(np.float64, copy=False)
     if finite.size == 0:
         raise InvalidImage("the volume has no finite values (all NaN or infinite); nothing to "
                            "window or segment")
