@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 
+import msagent
 from msagent import io
 from msagent.errors import InvalidInput
 
@@ -275,3 +276,60 @@ def test_a_stored_window_is_used_for_ct_only(tmp_path):
     assert io.choose_window(ct).pair == (350.0, 50.0)
     mr = io.Volume(ct.data, ct.affine, datasets=ct.datasets, modality="MR")
     assert io.choose_window(mr).source == "percentile"
+
+
+def test_segment_3d_writes_an_aligned_nifti_and_the_run(tmp_path, capsys):
+    data, labels = phantom_volume()
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "vol.nii.gz")
+    nib.save(nib.Nifti1Image(labels * 3, oblique_affine()), tmp_path / "labels.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    code = run_cli(["segment", str(tmp_path / "vol.nii.gz"), "ellipse", "--3d",
+                    "--backbone", "mybackbone", "--policy", "oracle-box", "--label", "3",
+                    "--backbone-option", "threshold=100", "--review-slices", "1",
+                    "--ground-truth", str(tmp_path / "labels.nii.gz"), "--out", str(out),
+                    "--trajectory", str(tmp_path / "run.json")])
+    assert code == 0
+    mask = nib.load(out)
+    assert np.allclose(mask.affine, oblique_affine(), atol=1e-5) and mask.shape == data.shape
+    assert np.array_equal(np.asanyarray(mask.dataobj) > 0, labels > 0)
+    run = msagent.VolumeTrajectory.from_json((tmp_path / "run.json").read_text())
+    assert run.key_rule == "largest_gt_area" and run.propagation == "generic"
+    printed = capsys.readouterr().out
+    assert f"key slice {run.key_slice}" in printed and "3-D Dice 1.000" in printed
+
+
+def test_segment_3d_dicom_series_writes_dicom_seg(tmp_path):
+    pytest.importorskip("highdicom")
+    dicom_series(tmp_path / "ct", slices=3)
+    volume = io.read_volume(tmp_path / "ct")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[40:80, 30:70, :] = 1
+    io.write_mask_nifti(labels, tmp_path / "gt.nii.gz", io.Volume(volume.data, volume.affine))
+    code = run_cli(["segment", str(tmp_path / "ct"), "organ", "--3d", "--window", "abdomen",
+                    "--backbone", "mybackbone", "--policy", "oracle-box",
+                    "--ground-truth", str(tmp_path / "gt.nii.gz"), "--dicom-seg", str(tmp_path / "seg.dcm")])
+    assert code == 0
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.NumberOfFrames == 3
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.datasets[0].SeriesInstanceUID
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--slices", "0:2"], "--slices chooses slices"),
+    (["--initial-mask", "x.nii.gz"], "--initial-mask is for slice-by-slice"),
+])
+def test_segment_3d_refuses_slice_options(tmp_path, capsys, extra, message):
+    data, labels = phantom_volume()
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "vol.nii.gz")
+    code = run_cli(["segment", str(tmp_path / "vol.nii.gz"), "ellipse", "--3d",
+                    "--backbone", "mybackbone", "--policy", "oracle-box", *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_key_slice_needs_3d(tmp_path, capsys):
+    data, _ = phantom_volume()
+    nib.save(nib.Nifti1Image(data, oblique_affine()), tmp_path / "vol.nii.gz")
+    assert run_cli(["segment", str(tmp_path / "vol.nii.gz"), "ellipse", "--key-slice", "1",
+                    "--backbone", "mybackbone", "--policy", "oracle-box"]) == 2
+    assert "add --3d" in capsys.readouterr().err
+    assert run_cli(["segment", str(tmp_path / "x.png"), "ellipse", "--3d"]) == 2
