@@ -360,3 +360,17 @@ def test_unknown_options_are_named(bright):
     with pytest.raises(InvalidInput, match="review_slice.*known"):
         msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                ground_truth=mask, review_slice=2)
+
+
+def test_an_empty_seed_ends_the_target_without_claiming_slices_toward_the_key(bright):
+    volume, mask = tube()
+    mask[12:] = False
+    stack = build_stack(volume).stack
+    propagator = GenericPropagator(bright, stack)
+    propagator.add_seed(5, Seed(mask[5]))
+    propagator.propagate()
+    assert max(propagator.results) == 15  # the bright tube goes on
+    propagator.add_seed(12, Seed(np.zeros_like(mask[12])))  # "no target here"
+    propagator.propagate()
+    assert sorted(propagator.results) == list(range(12))
+    assert np.array_equal(propagator.masks(), mask)

@@ -13,7 +13,8 @@
 - the walk stops where the target ends: an empty prediction, one under ``min_area`` pixels,
   or one whose predicted score is under ``min_score``; the slices beyond have no target;
 - between two seeds each slice belongs to the nearer one (a tie to the lower slice), so a
-  correction changes only its own neighbourhood;
+  correction changes only its own neighbourhood; an empty seed ("no target here") ends the
+  walks that reach it and claims no slice: the slices beyond it have no target;
 - after a new seed, a walk stops early at the first slice whose inputs (the neighbour it is
   prompted from, that neighbour's mask and logits) are the same as last time: from there on
   every result is the same, so nothing is decoded again ("until results stop changing").
@@ -128,23 +129,38 @@ class GenericPropagator(Propagator):
         pass
 
     def propagate(self) -> dict[int, MaskPrediction]:
-        order = sorted(self.seeds)
-        starts = {index: self._seed_prediction(self.seeds[index]) for index in order}
-        for index, prediction in starts.items():  # an empty seed says the target ends there
+        starts = {index: self._seed_prediction(seed) for index, seed in sorted(self.seeds.items())}
+        filled = sorted(i for i, p in starts.items() if p.mask.any())
+        empty = sorted(i for i, p in starts.items() if not p.mask.any())
+        claimed: set[int] = set(filled)
+        for index in starts:
             self._inputs.pop(index, None)
-            if prediction.mask.any():
-                self.results[index] = prediction
-            else:
-                self.results.pop(index, None)
-        for position, seed in enumerate(order):
-            below = order[position - 1] if position else None
-            above = order[position + 1] if position + 1 < len(order) else None
-            # slices between two seeds go to the nearer one (a tie to the lower seed)
-            low, high = self.extent
-            self._walk(starts[seed], seed, +1, high if above is None else min(high, (seed + above) // 2))
-            self._walk(starts[seed], seed, -1,
-                       low if below is None else max(low, (below + seed) // 2 + 1))
+        for position, seed in enumerate(filled):
+            self.results[seed] = starts[seed]
+            below = filled[position - 1] if position else None
+            above = filled[position + 1] if position + 1 < len(filled) else None
+            high, low = self._bounds(seed, below, above, empty)
+            self._walk(starts[seed], seed, +1, high)
+            self._walk(starts[seed], seed, -1, low)
+            claimed.update(range(low, high + 1))
+        for index in [i for i in self.results if i not in claimed]:  # beyond an empty seed
+            self.results.pop(index)
+            self._inputs.pop(index, None)
         return self.results
+
+    def _bounds(self, seed: int, below: int | None, above: int | None,
+                empty: list[int]) -> tuple[int, int]:
+        """The slices a seed's walks may reach: up to the midpoint with the next seed with
+        target (a tie to the lower), never across an empty seed (the target ends there),
+        within :attr:`extent`."""
+        low, high = self.extent
+        if above is not None:
+            high = min(high, (seed + above) // 2)
+        if below is not None:
+            low = max(low, (below + seed) // 2 + 1)
+        high = min([high] + [e - 1 for e in empty if e > seed])
+        low = max([low] + [e + 1 for e in empty if e < seed])
+        return high, low
 
     def _seed_prediction(self, seed: Seed) -> MaskPrediction:
         logits = seed.logits
