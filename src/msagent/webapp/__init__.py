@@ -5,6 +5,8 @@ default on loopback; ``--web`` / ``--no-web`` choose).
   runs, sessions seeded from a run; :mod:`.policies` (the policy pool and what API clients may
   set), :mod:`.runs`, :mod:`.turns`, :mod:`.takeover`;
 - :mod:`.volume_routes` / :mod:`.volumes`: NIfTI and DICOM volumes, slices, mask export;
+- :mod:`.volume_session_routes` / :mod:`.volume_sessions`: volume sessions (prompts on any
+  slice, propagation through the volume, undo, export of the whole result);
 - ``static/``: the page itself, at ``/ui``.
 
 It uses the service's context (backbone engine, session store, limits, auth): the service
@@ -23,10 +25,11 @@ __all__ = ["STATIC_DIR", "create_web_app", "install"]
 
 def install(app: Any) -> None:
     """Add the web page's routes, their stores and the page at ``/ui`` to a service ``app``."""
-    from . import agent_routes, volume_routes
+    from . import agent_routes, volume_routes, volume_session_routes
 
     agent_routes.install(app)
     volume_routes.install(app)
+    volume_session_routes.install(app)
     config = app.state.msagent.config
     directory = Path(config.static_dir) if config.static_dir else STATIC_DIR
     if directory.is_dir():

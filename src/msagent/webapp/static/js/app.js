@@ -7,8 +7,13 @@ import { addBox, addPoint, leaveSession, reset, takeOver, undo } from "./editing
 import { initMedia } from "./media.js";
 import { $, clearError, fmt, hooks, overlap, showError, state } from "./state.js";
 import { Viewer } from "./viewer.js";
+import { active3d, init3d, prompt3d, session3d, view3d } from "./volume3d.js";
 
-const viewer = new Viewer($("canvas"), { onBox: addBox, onPoint: addPoint });
+// with 3-D on, boxes and clicks prompt the shown slice of the volume session
+const viewer = new Viewer($("canvas"), {
+  onBox: (box) => (active3d() ? prompt3d({ box }) : addBox(box)),
+  onPoint: (point) => (active3d() ? prompt3d({ point }) : addPoint(point)),
+});
 
 async function loadServer() {
   try {
@@ -74,18 +79,25 @@ function render() {
   const session = state.session;
   const view = run ? runView(run, state.view) : { turn: null, last: null, mask: null, maskRle: null,
     prompts: { box: null, points: [] }, highlight: null };
-  const shown = session
+  const slice3d = view3d();
+  const shown = active3d()
+    ? { mask: slice3d ? slice3d.mask : null, maskRle: null,
+      prompts: slice3d ? slice3d.prompts : { box: null, points: [] }, highlight: slice3d ? slice3d.highlight : null }
+    : session
     ? { mask: session.mask, maskRle: session.maskRle,
       prompts: { box: session.info.box, points: session.info.points }, highlight: session.last }
     : view;
   viewer.update({ mask: shown.mask, gt: run ? run.gt : null, prompts: shown.prompts,
     highlight: shown.highlight, showMask: $("show-mask").checked, showGt: $("show-gt").checked });
-  rememberSliceMask(shown.maskRle);
+  if (!active3d()) rememberSliceMask(shown.maskRle);
   renderNav(run);
-  renderDetails(view.turn, session, run ? run.gt : null, view.last);
+  if (active3d()) render3dDetails(slice3d);
+  else renderDetails(view.turn, session, run ? run.gt : null, view.last);
   renderTurnList(run);
   renderButtons(run, session, shown);
-  document.body.dataset.mode = session ? "editing" : run ? "run" : state.image ? "image" : "empty";
+  $("canvas").dataset.source3d = slice3d ? `${slice3d.index}:${slice3d.source}` : "";
+  document.body.dataset.mode = active3d() ? "volume3d" : session ? "editing" : run ? "run"
+    : state.image ? "image" : "empty";
 }
 
 function rememberSliceMask(rle) {
@@ -104,7 +116,8 @@ function renderNav(run) {
   $("prev").disabled = slider.disabled || state.view === 0;
   $("next").disabled = slider.disabled || state.view === total;
   const session = state.session;
-  $("turn-label").textContent = session ? (session.fromSteps === null ? "Editing by hand"
+  $("turn-label").textContent = active3d() ? "3-D: the slider shows every slice's result"
+    : session ? (session.fromSteps === null ? "Editing by hand"
     : `Editing: took over after turn ${session.fromSteps}`)
     : !run ? "No agent run" : state.view === 0
     ? `Start (before turn 1) of ${total}` : `Turn ${state.view} of ${total}`;
@@ -149,6 +162,27 @@ function renderDetails(turn, session, gt, last) {
   $("rationale").textContent = session ? "(your edits)" : turn ? turn.rationale || "(no rationale text)" : "";
 }
 
+function render3dDetails(slice) {
+  const s = session3d();
+  const source = { seed: "prompted here (a seed)", propagated: "propagated", none: "no target" };
+  const rows = [["3-D", s ? `${s.info.seeds.length} seed slice(s), target on ${s.info.slices.length} ` +
+    `of ${s.info.count} slice(s)` : "prompt a slice to start"]];
+  if (slice) {
+    rows.push(["slice", `${slice.index + 1}: ${source[slice.source] || slice.source}`],
+      ["score", fmt(slice.score)], ["area", `${slice.area} px`]);
+  }
+  const list = $("turn-details");
+  list.innerHTML = "";
+  for (const [name, value] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+  $("rationale").textContent = "";
+}
+
 function renderTurnList(run) {
   const list = $("turn-list");
   list.innerHTML = "";
@@ -167,7 +201,14 @@ function renderTurnList(run) {
 
 function renderButtons(run, session, shown) {
   const running = Boolean(run && run.controller);
-  $("takeover").disabled = !state.image || Boolean(session) || running;
+  const in3d = active3d();
+  const s3d = session3d();
+  $("vol3d").hidden = !state.volume;
+  $("run").disabled = running || in3d;
+  $("run").title = in3d ? "Uncheck 3-D to run the agent on a slice" : "";
+  $("propagate").disabled = !in3d || !s3d || !s3d.info.seeds.length;
+  $("undo3d").disabled = !in3d || !s3d || !s3d.info.undo;
+  $("takeover").disabled = !state.image || Boolean(session) || running || in3d;
   $("undo").disabled = !session;
   $("reset").disabled = !session;
   $("leave-edit").hidden = !session || !run;
@@ -176,10 +217,11 @@ function renderButtons(run, session, shown) {
   const volume = Boolean(state.volume);
   $("dl-nifti").hidden = !volume;
   $("dl-seg").hidden = !volume || !state.volume.exports.includes("dicom-seg");
-  $("dl-nifti").disabled = $("dl-seg").disabled = !state.volumeMasks.size;
+  $("dl-nifti").disabled = $("dl-seg").disabled = in3d ? !(s3d && s3d.info.slices.length) : !state.volumeMasks.size;
   const slices = [...state.volumeMasks.keys()].filter((k) => volume && k.startsWith(`${state.volume.plane}:`));
-  $("volume-masks").textContent = volume
-    ? `${slices.length} ${state.volume.plane} slice(s) with a mask go into the volume export.` : "";
+  $("volume-masks").textContent = !volume ? "" : in3d
+    ? `The whole 3-D result (${s3d ? s3d.info.slices.length : 0} slice(s) with target) goes into the volume export.`
+    : `${slices.length} ${state.volume.plane} slice(s) with a mask go into the volume export.`;
   $("edit-status").textContent = session
     ? `Session ${session.id.slice(0, 8)} · ${session.info.turns} prompt state(s)` : "";
 }
@@ -216,6 +258,7 @@ function wire() {
     if (e.key === "ArrowRight") setView(state.view + 1);
   });
   initMedia(viewer);
+  init3d();
 }
 
 wire();

@@ -1,8 +1,10 @@
 // Downloads: the shown mask as PNG (made by the server), a NIfTI mask aligned with the input
-// volume or a DICOM SEG (every slice's last shown mask), and the trajectory JSON.
+// volume or a DICOM SEG (every slice's last shown mask; in 3-D, the volume session's whole
+// result), and the trajectory JSON.
 
 import { fileNameOf, request, saveBlob } from "./api.js";
 import { $, clearError, guarded, state } from "./state.js";
+import { active3d, export3d, slicePng3d } from "./volume3d.js";
 
 async function save(path, fallback, options) {
   const response = await request(path, options);
@@ -12,7 +14,11 @@ async function save(path, fallback, options) {
 export function downloadPng() {
   clearError();
   return guarded(async () => {
-    if (state.session) {
+    if (active3d()) {
+      const path = slicePng3d();
+      if (!path) throw new Error("No 3-D result yet: prompt a slice first.");
+      await save(path, "mask.png");
+    } else if (state.session) {
       if (!state.session.mask) throw new Error("The session has no mask yet: click or drag on the image.");
       await save(`/v1/sessions/${state.session.id}/mask?format=png`, "mask.png");
     } else if (state.run && state.run.id && !state.run.controller) {
@@ -25,6 +31,7 @@ export function downloadPng() {
 
 export function downloadVolume(format) {
   clearError();
+  if (active3d()) return export3d(format);
   return guarded(async () => {
     const vol = state.volume;
     if (!vol) throw new Error("Volume masks need a NIfTI or DICOM input.");

@@ -3,7 +3,7 @@
 // slice by slice, windowed (GET /v1/volumes/{id}/slice.png).
 
 import { postForm, postJSON, request } from "./api.js";
-import { $, clearError, render, setStatus, showError, state } from "./state.js";
+import { $, clearError, hooks, render, setStatus, showError, state } from "./state.js";
 
 const VOLUME_RE = /\.(nii|nii\.gz|dcm|zip)$/i;
 let viewer = null;
@@ -53,6 +53,7 @@ export async function openFiles(files) {
   setStatus("image-status", `Opening ${files.length > 1 ? `${files.length} files` : files[0].name}…`, "busy");
   try {
     await forgetWork();
+    hooks.volumeClosed();
     if (isVolume) await openVolume(files);
     else await openImage(files[0]);
   } catch (err) {
@@ -144,6 +145,7 @@ async function fetchSlice() {
     show(bitmap, { kind: "slice", name: `${vol.plane} ${vol.index}`, imageId: null,
       width: bitmap.width, height: bitmap.height });
     $("canvas").dataset.slice = `${vol.plane}:${vol.index}:${vol.window}`;
+    hooks.sliceShown();
   } catch (err) {
     if (ticket === sliceRequest) showError(err);
   }

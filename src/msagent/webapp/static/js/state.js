@@ -15,11 +15,13 @@ export const state = {
   // a take-over session: {id, info, mask, fromSteps (null if not from a run), imageId}
   session: null,
   volumeMasks: new Map(), // "plane:index" → the RLE mask last shown on that slice
+  vol3d: null, // the volume session (3-D): see volume3d.js
   queue: Promise.resolve(), // edits run one after another
 };
 
-// Called after any state change; set by app.js.
-export const hooks = { render: () => {} };
+// Called after any state change (render, set by app.js), after another volume slice is shown
+// and when the volume is closed (sliceShown, volumeClosed: set by volume3d.js).
+export const hooks = { render: () => {}, sliceShown: () => {}, volumeClosed: () => {} };
 
 export function render() {
   hooks.render();
