@@ -9,10 +9,14 @@ Layouts:
   sub-datasets): :func:`read_biomedparse`;
 - a plain folder of image/mask pairs with ``targets.csv``: :func:`read_folder`;
 - NIfTI volumes with label maps: :func:`read_nifti_pair` (one volume) and
-  :func:`read_nifti_folder` (MSD / nnU-Net ``dataset.json`` layout).
+  :func:`read_nifti_folder` (MSD / nnU-Net ``dataset.json`` layout); with ``volumes=True``
+  (or :func:`read_nifti_volumes`) whole-volume cases instead of slices: a
+  :class:`VolumeCase` per (volume, label), loaded as a :class:`LoadedVolume` (the slices and
+  the label's mask) for the 3-D protocols.
 
 :func:`open_dataset` picks the reader from a path. :func:`make_mni152_dataset` writes a small
-real dataset (MNI152 slices) in the plain-folder layout.
+real dataset (MNI152 slices) in the plain-folder layout, :func:`make_mni152_volumes` the MNI152
+volume in the MSD layout.
 """
 
 from __future__ import annotations
@@ -23,30 +27,43 @@ from pathlib import Path
 from ..errors import InvalidInput
 from ._base import CaseRef, Dataset, ImageMaskFiles, concat
 from .biomedparse import find_split_files, read_biomedparse
-from .folder import DEFAULT_CSV, make_mni152_dataset, read_folder, write_folder
-from .nifti import NiftiSlice, read_nifti_folder, read_nifti_pair
+from .folder import (
+    DEFAULT_CSV,
+    make_mni152_dataset,
+    make_mni152_volumes,
+    read_folder,
+    write_folder,
+)
+from .nifti import NiftiSlice, read_nifti_folder, read_nifti_pair, read_nifti_volumes
+from .volumes import LoadedVolume, VolumeCase
 
-__all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "NiftiSlice", "concat", "make_mni152_dataset",
-           "open_dataset", "read_biomedparse", "read_folder", "read_nifti_folder",
-           "read_nifti_pair", "resolve_dataset", "write_folder"]
+__all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "LoadedVolume", "NiftiSlice", "VolumeCase",
+           "concat", "make_mni152_dataset", "make_mni152_volumes", "open_dataset",
+           "read_biomedparse", "read_folder", "read_nifti_folder", "read_nifti_pair",
+           "read_nifti_volumes", "resolve_dataset", "write_folder"]
 
 LAYOUTS = ("biomedparse", "folder", "nifti")
 #: dataset names every command accepts in place of a path (built offline on first use)
 BUILTIN = ("mni152",)
 
 
-def resolve_dataset(spec: str | os.PathLike, build_in: str | os.PathLike | None = None) -> Path:
+def resolve_dataset(spec: str | os.PathLike, build_in: str | os.PathLike | None = None, *,
+                    volumes: bool = False) -> Path:
     """The path of dataset ``spec``: a path as given, or a built-in name (``mni152``) built
     once, offline, into the folder ``build_in`` or, without one, ``$MSAGENT_DATA_DIR/<name>``
-    (default ``~/.cache/msagent/datasets/<name>``). Every command and reader resolves here."""
+    (default ``~/.cache/msagent/datasets/<name>``). Every command and reader resolves here.
+    With ``volumes`` a built-in name is built as a NIfTI folder of whole volumes
+    (``<name>-volumes``: :func:`make_mni152_volumes`)."""
     name = str(spec).lower()
     if name not in BUILTIN:
         return Path(spec)
     if build_in is None:
         root = os.environ.get("MSAGENT_DATA_DIR") or Path.home() / ".cache" / "msagent" / "datasets"
-        build_in = Path(root) / name
+        build_in = Path(root) / (f"{name}-volumes" if volumes else name)
     folder = Path(build_in)
-    if not (folder / DEFAULT_CSV).is_file():
+    if volumes and not (folder / "dataset.json").is_file():
+        make_mni152_volumes(folder)
+    elif not volumes and not (folder / DEFAULT_CSV).is_file():
         make_mni152_dataset(folder)
     return folder
 
@@ -76,13 +93,21 @@ def detect_layout(path: str | os.PathLike) -> str:
         "MSD/nnU-Net folder with dataset.json (NIfTI); for a single volume use read_nifti_pair")
 
 
-def open_dataset(spec: str | os.PathLike, *, split: str | None = None, **options) -> Dataset:
+def open_dataset(spec: str | os.PathLike, *, split: str | None = None, volumes: bool = False,
+                 **options) -> Dataset:
     """The dataset at ``spec`` with the reader its layout needs. ``split`` selects a
     BiomedParse split (default: all) and is ignored by the other layouts unless their cases
     carry it; ``options`` go to the reader (e.g. ``modality=``, ``dataset=``). ``spec`` may be
-    a built-in name (``mni152``, see :func:`resolve_dataset`)."""
-    path = resolve_dataset(spec)
+    a built-in name (``mni152``, see :func:`resolve_dataset`). ``volumes``: whole-volume cases
+    (:class:`VolumeCase`) of a NIfTI dataset instead of its slices."""
+    path = resolve_dataset(spec, volumes=volumes)
     layout = detect_layout(path)
+    if volumes and layout != "nifti":
+        raise InvalidInput(f"{path} is a {layout} dataset of 2-D images; whole-volume cases "
+                           "(volumes=True, msagent eval --volumes) need NIfTI volumes: an "
+                           "MSD/nnU-Net folder with dataset.json, imagesTr/ and labelsTr/")
+    if volumes:
+        options["volumes"] = True
     if layout == "biomedparse":
         return read_biomedparse(path, split, **options)
     if layout == "folder":

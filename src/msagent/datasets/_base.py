@@ -44,7 +44,9 @@ class CaseRef:
 class Dataset:
     """An ordered, lazily loaded collection of cases. Iterating yields :class:`Case` objects;
     ``dataset[i]`` loads one case, ``dataset[a:b]`` is a smaller Dataset. The ground truth of
-    a loaded case may be empty when the source has an empty mask (check ``.any()``)."""
+    a loaded case may be empty when the source has an empty mask (check ``.any()``). A
+    dataset of whole-volume cases (:class:`~msagent.datasets.volumes.VolumeCase` refs) yields
+    :class:`~msagent.datasets.volumes.LoadedVolume` objects instead, one volume at a time."""
 
     refs: tuple[CaseRef, ...] = attrs.field(converter=tuple)
     name: str = ""

@@ -123,3 +123,34 @@ def make_mni152_dataset(out_dir: str | os.PathLike, slices: Sequence[int] = (30,
                          "dataset": "mni152"})
     write_folder(out, rows)
     return out
+
+
+def make_mni152_volumes(out_dir: str | os.PathLike, resolution: int = 2) -> Path:
+    """The MNI152 T1 template as a one-volume MSD / nnU-Net folder for whole-volume cases:
+    ``imagesTr/mni152_0000.nii.gz``, ``labelsTr/mni152.nii.gz`` and ``dataset.json``. The
+    label map holds gray matter (1), white matter (2) and the rest of the brain mask (3), as
+    :func:`make_mni152_dataset` defines them; "brain" is the nnU-Net v2 region [1, 2, 3], so
+    :func:`msagent.datasets.read_nifti_folder` with ``volumes=True`` gives one 3-D case per
+    target of the slice dataset. Returns the folder. Needs nilearn (its copy, no download)."""
+    import json
+
+    from nilearn import datasets as nl
+
+    from .. import io
+
+    template = nl.load_mni152_template(resolution=resolution)
+    affine = np.asarray(template.affine, dtype=np.float64)
+    masks = _mni152_labels(resolution)
+    labels = np.zeros(masks["brain"].shape, np.uint8)
+    labels[masks["brain"]] = 3
+    labels[masks["gray matter"]] = 1
+    labels[masks["white matter"]] = 2
+    out = Path(out_dir)
+    io.write_nifti(np.asarray(template.get_fdata(), dtype=np.float32),
+                   out / "imagesTr" / "mni152_0000.nii.gz", affine=affine)
+    io.write_nifti(labels, out / "labelsTr" / "mni152.nii.gz", affine=affine)
+    info = {"name": "mni152", "channel_names": {"0": "MRI"}, "file_ending": ".nii.gz",
+            "labels": {"background": 0, "gray matter": 1, "white matter": 2, "brain": [1, 2, 3]},
+            "numTraining": 1, "description": "MNI152 T1 template (nilearn), msagent"}
+    atomic_write(out / "dataset.json", json.dumps(info, indent=1).encode())  # last: built
+    return out

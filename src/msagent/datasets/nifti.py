@@ -7,6 +7,13 @@ given by ``labels`` (label value → text). Slices are displayed as every msagen
 volume's 0.5–99.5th percentiles). :func:`read_nifti_folder` reads the Medical Segmentation
 Decathlon / nnU-Net layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``). Case ids are
 ``{dataset}/{case}/{plane}{index:03d}/{label}``.
+
+Whole volumes: :func:`read_nifti_volumes` (one pair) and ``read_nifti_folder(root,
+volumes=True)`` list one :class:`~msagent.datasets.volumes.VolumeCase` per (volume, label),
+ids ``{dataset}/{case}/{plane}/{label}``, reading only the image's header (shape, spacing).
+Every label of ``dataset.json`` becomes a case, and so do nnU-Net v2 regions (``"brain": [1,
+2, 3]``, the union of the values); a label absent from a volume is known only once the
+volume is read, so the evaluation records that case as skipped (empty ground truth).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from .. import io
 from ..errors import InvalidInput
 from ..io.limits import check_voxels
 from ._base import CaseRef, Dataset, slug
+from .volumes import Label, VolumeCase
 
 _CACHE_SIZE = 2
 
@@ -109,20 +117,70 @@ def read_nifti_pair(image: str | os.PathLike, labels: str | os.PathLike,
     return Dataset(tuple(refs), name)
 
 
-def read_nifti_folder(root: str | os.PathLike, **options) -> Dataset:
+def read_nifti_volumes(image: str | os.PathLike, labels: str | os.PathLike,
+                       label_names: Mapping[Label, str], *, dataset: str = "", modality: str = "",
+                       case: str | None = None, plane: str = "axial", window: str | None = None,
+                       target_template: str = "{label}") -> Dataset:
+    """Whole-volume cases of one pair: one :class:`VolumeCase` per label of ``label_names``
+    (a value, or a tuple of values for a region), the target text as
+    :func:`read_nifti_pair` builds it. Only the image's header is read (for ``meta``'s
+    ``shape`` and ``spacing``); the voxels are read when a case is loaded."""
+    image, labels = str(image), str(labels)
+    case = case or re.sub(r"\.nii(\.gz)?$", "", Path(image).name)
+    name = dataset or Path(image).parent.name
+    header = _header_info(image)
+    refs = []
+    regions_last = sorted(label_names.items(), key=lambda kv: (not isinstance(kv[0], int), _values(kv[0])))
+    for value, text in regions_last:
+        target = target_template.format(label=text, modality=modality).strip()
+        values = _values(value)
+        meta = {"dataset": name, "split": "", "modality": modality, "class": text,
+                "image": Path(image).name, "labels": Path(labels).name, "plane": plane,
+                "window": window or "", "label": values[0] if len(values) == 1 else list(values),
+                **header}
+        refs.append(VolumeCase(f"{name}/{case}/{plane}/{slug(text)}", target, image, labels,
+                               value, plane=plane, window=window, meta=meta))
+    return Dataset(tuple(refs), name)
+
+
+def _values(label: Label) -> tuple[int, ...]:
+    return tuple(int(v) for v in label) if isinstance(label, (tuple, list)) else (int(label),)
+
+
+def _header_info(path: str) -> dict:
+    """``shape`` and ``spacing`` (mm, voxel axis order) from a NIfTI header; {} when it cannot
+    be read (the case's load then says why)."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(path).header
+        shape, zooms = header.get_data_shape()[:3], header.get_zooms()[:3]
+    except Exception:  # noqa: BLE001 - reported when the case is loaded
+        return {}
+    return {"shape": [int(n) for n in shape], "spacing": [round(float(z), 6) for z in zooms]}
+
+
+def read_nifti_folder(root: str | os.PathLike, *, volumes: bool = False, **options) -> Dataset:
     """A Medical Segmentation Decathlon / nnU-Net folder: ``dataset.json`` with ``labels``
     ({"1": "liver"} or nnU-Net v2's {"liver": 1}), ``modality``/``channel_names``, and the
     pairs in ``training`` (MSD) or ``imagesTr/{case}_0000.nii.gz`` + ``labelsTr/{case}.nii.gz``.
-    ``options`` go to :func:`read_nifti_pair`."""
+    ``options`` go to :func:`read_nifti_pair`, or with ``volumes`` to
+    :func:`read_nifti_volumes` (whole-volume cases; regions included)."""
     root = Path(root)
     info = _dataset_json(root)
-    label_names = _label_names(info)
+    if volumes:
+        unused = sorted(set(options) & {"min_pixels", "slice_step"})
+        if unused:
+            raise InvalidInput(f"{', '.join(unused)} choose slices; a volume case is the whole "
+                               "volume: leave them out with volumes=True")
+    label_names = _label_names(info, regions=volumes)
     modality = options.pop("modality", None) or _modality(info)
     dataset = options.pop("dataset", None) or info.get("name") or root.name
+    reader = read_nifti_volumes if volumes else read_nifti_pair
     out = Dataset((), dataset)
     for image, labels in _pairs(root, info):
-        out = out + read_nifti_pair(image, labels, label_names, dataset=dataset, modality=modality,
-                                    **options)
+        out = out + reader(image, labels, label_names, dataset=dataset, modality=modality,
+                           **options)
     return Dataset(out.refs, dataset)
 
 
@@ -134,14 +192,18 @@ def _dataset_json(root: Path) -> dict:
         raise InvalidInput(f"cannot read {path}: {exc}") from None
 
 
-def _label_names(info: dict) -> dict[int, str]:
+def _label_names(info: dict, regions: bool = False) -> dict[Label, str]:
+    """Label value (or, with ``regions``, a tuple of values) → target text, background left out."""
     labels = info.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise InvalidInput("dataset.json needs 'labels', e.g. {\"0\": \"background\", \"1\": \"liver\"}")
     pairs = {}
     for key, value in labels.items():
         number, text = (key, value) if str(key).lstrip("-").isdigit() else (value, key)
-        if isinstance(number, (list, tuple)):  # nnU-Net region labels: not single values
+        if isinstance(number, (list, tuple)):  # an nnU-Net v2 region: several values
+            values = tuple(int(v) for v in number if int(v) != 0)
+            if regions and values:
+                pairs[values if len(values) > 1 else values[0]] = str(text).replace("_", " ")
             continue
         if int(number) != 0:
             pairs[int(number)] = str(text).replace("_", " ")
