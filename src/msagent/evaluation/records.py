@@ -6,7 +6,7 @@ mask, overlay and trajectory files are written first (temporary file + atomic re
 record never points at a missing file. An interrupted run leaves at most one torn last line,
 which :class:`RecordStore` drops when it opens the file again; a rerun skips every key that
 has a successful record. Failed cases (status ``error``) are retried on a rerun unless
-``retry_errors=False``; the newest record of a key wins.
+``retry_errors=False``; skipped cases are not run again; the newest record of a key wins.
 """
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ class CaseRecord:
 
     ``curves`` maps a metric name to its value after each step (turn or click);
     ``values`` holds protocol scalars (``noc85``, ``noc90``, ``dsc_auc``, ``nsd_auc``, ...).
+    ``kind`` is "image" (a 2-D case) or "volume" (a whole-volume case, scored in 3-D: ``slices``
+    × ``height`` × ``width`` in display order; ``values`` adds ``key_slice``, ``count_encodes``,
+    ...). A skipped case (status ``skipped``) says why in ``error``.
     """
 
     backbone: str
     method: str
     case_id: str
     protocol: str = "agent"  # "agent" | "noc" | "cvpr"
-    status: str = "ok"  # "ok" | "error"
+    status: str = "ok"  # "ok" | "error" | "skipped"
     error: str | None = None
     dataset: str = ""
     modality: str = ""
@@ -57,6 +60,8 @@ class CaseRecord:
     seconds: float = 0.0
     height: int = 0
     width: int = 0
+    kind: str = "image"  # "image" | "volume"
+    slices: int = 0  # a volume's slice count (0 for an image)
     mask_file: str | None = None
     overlay_file: str | None = None
     trajectory_file: str | None = None
@@ -128,8 +133,10 @@ class RecordStore:
                 handle.truncate(good_end)
 
     def done(self, retry_errors: bool = True) -> set[Key]:
-        """Keys that need no new run."""
-        return {k for k, r in self._latest.items() if r.ok or not retry_errors}
+        """Keys that need no new run: successes and skips (an empty ground truth, a protocol
+        without a 3-D form), and errors too unless ``retry_errors``."""
+        return {k for k, r in self._latest.items()
+                if r.ok or r.status == "skipped" or not retry_errors}
 
     def append(self, record: CaseRecord) -> None:
         line = (json.dumps(record.to_dict(), default=_jsonable, allow_nan=True) + "\n").encode()

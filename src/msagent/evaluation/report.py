@@ -7,6 +7,11 @@ the box and each click). ``report.html`` shows the headline table, per-class/dat
 the plots and, for every backbone/method, the best and worst cases by Dice as overlays
 (prediction in green, ground-truth contour in yellow, the final box and clicks drawn), each a
 thumbnail that links to its full-size picture in ``overlays/``.
+
+Whole-volume runs (``msagent eval --volumes``) have a "Volumes" section of their own: the
+headline table of their groups (3-D scores, encodes, seconds) and one row per volume (its key
+slice, 3-D scores, AUCs, encodes, seconds, a link to its mask); their best and worst cases
+show the key slice, apart from the slice groups.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..io.atomic import atomic_write
 from ..render import LEGEND, annotate
 from ..types import Trajectory
 from .records import CaseRecord
-from .summary import table_rows
+from .summary import group_name, table_rows
 
 THUMB = 256
 
@@ -154,14 +159,52 @@ def _fmt(value: Any) -> str:
 
 
 HEADERS = {"noc85": "NoC@85", "noc90": "NoC@90", "dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC",
-           "dice": "Dice", "iou": "IoU", "nsd": "NSD", "n": "cases"}
+           "dice": "Dice", "iou": "IoU", "nsd": "NSD", "n": "cases", "key_slice": "key slice",
+           "case_id": "case"}
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+def _table(rows: list[dict[str, Any]], columns: Sequence[str], raw: Sequence[str] = ()) -> str:
+    """An HTML table; the ``raw`` columns hold HTML already (links), the others are escaped."""
     head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{(r.get(c) or '') if c in raw else _fmt(r.get(c))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+VOLUME_COLUMNS = ["backbone", "method", "n", "errors", "skipped", "dice", "iou", "nsd", "turns",
+                  "dsc_auc", "nsd_auc", "slices", "encodes", "seconds"]
+VOLUME_ROW_COLUMNS = ["case_id", "method", "status", "dice", "iou", "nsd", "dsc_auc", "nsd_auc",
+                      "key_slice", "slices", "turns", "encodes", "seconds", "mask"]
+
+
+def _volume_rows(records: Sequence[CaseRecord]) -> list[dict[str, Any]]:
+    """One row per volume run: its 3-D scores, key slice, encodes and seconds, why it was
+    skipped or failed, and a link to its mask."""
+    rows = []
+    for r in records:
+        if r.kind != "volume":
+            continue
+        mask = (f'<a href="{html.escape(Path(r.mask_file).as_posix())}">mask</a>'
+                if r.mask_file else "")
+        rows.append({"case_id": r.case_id, "method": f"{r.backbone}/{r.method}",
+                     "status": r.status if r.ok else f"{r.status}: {r.error or ''}",
+                     "dice": r.dice, "iou": r.iou, "nsd": r.nsd,
+                     "dsc_auc": r.values.get("dsc_auc"), "nsd_auc": r.values.get("nsd_auc"),
+                     "key_slice": r.values.get("key_slice"), "slices": r.slices or None,
+                     "turns": r.turns, "encodes": r.values.get("count_encodes"),
+                     "seconds": r.seconds if r.ok else None, "mask": mask})
+    return rows
+
+
+def _volumes_section(records: Sequence[CaseRecord], summary: dict[str, Any]) -> list[str]:
+    rows = _volume_rows(records)
+    if not rows:
+        return []
+    return ["<h2>Volumes</h2>",
+            "<p>Whole-volume cases, scored in 3-D with the voxel spacing (NSD in mm); turns are "
+            "summed over a volume's episodes, encodes count slice encodings.</p>",
+            _table(table_rows(summary, "volume"), VOLUME_COLUMNS),
+            "<h3>Per volume</h3>", _table(rows, VOLUME_ROW_COLUMNS, raw=("mask",))]
 
 
 def _group_table(summary: dict[str, Any], key: str) -> str:
@@ -175,7 +218,7 @@ def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
     by_method: dict[str, list[CaseRecord]] = {}
     for r in records:
         if r.ok and r.dice is not None and r.overlay_file and (out_dir / r.overlay_file).exists():
-            by_method.setdefault(f"{r.backbone}/{r.method}", []).append(r)
+            by_method.setdefault(group_name(r), []).append(r)
     for name, group in sorted(by_method.items()):
         ranked = sorted(group, key=lambda r: r.dice, reverse=True)
         worst = ranked[max(count, len(ranked) - count):][::-1]
@@ -186,10 +229,16 @@ def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
                 f'<figure><a href="{html.escape(Path(r.overlay_file).as_posix())}">'
                 f'{_img(out_dir / r.overlay_file, r.case_id, THUMB)}</a><figcaption>'
                 f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {r.dice:.3f}"
-                f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}</figcaption></figure>"
+                f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}"
+                f"{_key_slice(r)}</figcaption></figure>"
                 for r in chosen)
             parts.append(f"<h3>{html.escape(name)}: {title}</h3><div class='cases'>{figures}</div>")
     return "".join(parts)
+
+
+def _key_slice(record: CaseRecord) -> str:
+    key = record.values.get("key_slice") if record.kind == "volume" else None
+    return "" if key is None else f"<br>key slice {int(key)} of {record.slices}"
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
@@ -204,6 +253,8 @@ def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir
     plots = write_plots(summary, out_dir)
     columns = ["backbone", "method", "n", "errors", "dice", "iou", "nsd", "turns", "noc85",
                "noc90", "dsc_auc", "nsd_auc"]
+    images = table_rows(summary)
+    volumes = table_rows(summary, "volume")
     failures = [{"method": name, "errors": s["n_errors"], "no_mask": s.get("no_mask"),
                  "invalid_replies": s.get("invalid_replies"),
                  "stop_reasons": ", ".join(f"{k}: {v}" for k, v in s.get("stop_reasons", {}).items())}
@@ -211,7 +262,8 @@ def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir
     body = [
         "<h1>msagent evaluation</h1>",
         f"<p>{len(records)} case runs; Dice/IoU/NSD are means over the cases that ran.</p>",
-        "<h2>Summary</h2>", _table(table_rows(summary), columns),
+        *(["<h2>Summary</h2>", _table(images, columns)] if images or not volumes else []),
+        *_volumes_section(records, summary),
         "<h2>Failures and stops</h2>",
         _table(failures, ["method", "errors", "no_mask", "invalid_replies", "stop_reasons"]),
         "<h2>Plots</h2><div class='plots'>" + "".join(_img(p, p.stem) for p in plots) + "</div>",

@@ -6,6 +6,14 @@ run resumes where it stopped. A case that fails (API error, unreadable file, bad
 recorded with its error and the run goes on. ``concurrency > 1`` runs episodes concurrently
 on an asyncio loop (:meth:`msagent.Agent.arun`, for API policies); ``ray_address`` sends
 cases to a Ray cluster (:mod:`msagent.evaluation.distributed`).
+
+Whole-volume cases (:class:`msagent.datasets.VolumeCase`, e.g. ``msagent eval --volumes``) run
+the 3-D protocols (:mod:`msagent.evaluation.volume_protocols`): ``agent`` through
+:class:`msagent.VolumeAgent` (key slice, propagation, ``review_slices`` reviews) and ``cvpr``
+in its 3-D form; ``noc`` has no 3-D form, so a volume under it is recorded as skipped (its
+volume is not read for that). One record per volume, scored in 3-D with the voxel spacing;
+its mask is written as NIfTI on the input's grid (``.npz`` for an array without geometry),
+its overlay is the key slice, its trajectory the :class:`msagent.VolumeTrajectory`.
 """
 
 from __future__ import annotations
@@ -23,16 +31,21 @@ import numpy as np
 
 from ..agent import Agent
 from ..api import load_backbone, load_policy
+from ..datasets.volumes import LoadedVolume
 from ..errors import InvalidInput
 from ..io.atomic import atomic_write, read_json_file
 from ..policy import Policy
+from ..propagation import METHODS as PROPAGATION_METHODS
 from ..segmenter import Segmenter
 from ..types import Case
-from . import protocols
+from ..volume_agent import VolumeAgent
+from . import protocols, volume_protocols
 from .records import CaseRecord, RecordStore, safe_name
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
+NOC_ON_VOLUME = "noc has no 3-D form: run it on slice cases (without --volumes)"
+REFINE_ON_VOLUME = "the refine protocol (refine_from) has no 3-D form: run volumes without it"
 
 
 @attrs.frozen
@@ -79,6 +92,9 @@ class EvalConfig:
     refine_from: str | None = None  # "degrade:erode,dilate,..." or a folder of predictions
     refine_strength: float = 0.15
     refine_seed: int = 0
+    # whole-volume cases (msagent.VolumeAgent, run_cvpr_3d)
+    review_slices: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    propagation: str = attrs.field(default="auto", validator=attrs.validators.in_(PROPAGATION_METHODS))
 
     def initial(self, case: Case) -> tuple[np.ndarray, str] | None:
         """The initial mask of ``case`` under the refine protocol (None without it)."""
@@ -118,13 +134,14 @@ class Evaluation:
     # -- setup -----------------------------------------------------------------
     def _check_run_file(self) -> None:
         path = self.out_dir / "run.json"
-        config = attrs.asdict(self.config)
-        config["noc_thresholds"] = list(config["noc_thresholds"])
+        config = _config_dict(self.config)
         names = {"backbones": [self._backbone_name(b) for b in self.backbones],
                  "methods": [m.name for m in self.methods]}
         if path.exists():
             previous = read_json_file(path, "evaluation settings file",
                                       f"delete {path} (the records are kept) or use another folder")
+            if isinstance(previous.get("config"), dict):  # settings added since: their defaults
+                previous["config"] = {**_config_dict(EvalConfig()), **previous["config"]}
             if previous.get("config") != config:
                 raise InvalidInput(
                     f"{self.out_dir} holds results made with other settings "
@@ -156,6 +173,19 @@ class Evaluation:
                                       multimask=self.config.multimask, prompt_mode=self.config.prompt_mode)
         return self._agents[key]
 
+    def volume_agent(self, backbone: Any, method: Method) -> VolumeAgent:
+        """The 3-D agent of an agent method: its policy and backbone, this config's turns,
+        prompt mode, multimask, review slices and propagation."""
+        key = (self._backbone_name(backbone), method.name, "volume")
+        if key not in self._agents:
+            cfg = self.config
+            self._agents[key] = VolumeAgent(
+                self.agent(backbone, method).policy, self.segmenter(backbone),
+                max_turns=cfg.max_turns, propagation=cfg.propagation,
+                review_slices=cfg.review_slices,
+                agent_options={"prompt_mode": cfg.prompt_mode, "multimask": cfg.multimask})
+        return self._agents[key]
+
     def prepare(self) -> None:
         """Load every backbone and policy now, so a bad name fails before any case runs."""
         for backbone in self.backbones:
@@ -181,7 +211,9 @@ class Evaluation:
                     if (self._backbone_name(b), m.name, case_id) not in done]
             if not todo:
                 continue
-            case = _load(item)
+            # a volume under noc only is skipped without reading it
+            skip_only = _kind(item) == "volume" and all(self._volume_skip(m) for _, m in todo)
+            case = item if skip_only else _load(item)
             for backbone, method in todo:
                 yield case, backbone, method
 
@@ -189,8 +221,11 @@ class Evaluation:
         """Run one unit; never raises for a case's own failure (the record says why)."""
         start = time.perf_counter()
         base = self._base_record(case, backbone, method)
+        skip = self._volume_skip(method) if base.kind == "volume" else None
+        if skip is not None:
+            return attrs.evolve(base, status="skipped", error=skip), None
         try:
-            case = _checked(case)
+            case = _checked_volume(case) if base.kind == "volume" else _checked(case)
             if case is None:
                 return attrs.evolve(base, status="skipped", error="empty ground truth"), None
             outcome = self._outcome(case, backbone, method)
@@ -202,7 +237,7 @@ class Evaluation:
 
     async def acompute(self, case: Any, backbone: Any, method: Method) -> tuple[CaseRecord, Any]:
         """:meth:`compute` with agent episodes on the event loop (others in a thread)."""
-        if method.protocol != "agent" or isinstance(case, _Failed):
+        if method.protocol != "agent" or not isinstance(case, Case):  # volumes, failed loads
             return await asyncio.to_thread(self.compute, case, backbone, method)
         start = time.perf_counter()
         base = self._base_record(case, backbone, method)
@@ -219,8 +254,18 @@ class Evaluation:
                                 seconds=time.perf_counter() - start), None
         return self._record(base, outcome, time.perf_counter() - start), outcome
 
-    def _outcome(self, case: Case, backbone: Any, method: Method) -> protocols.Outcome:
+    def _volume_skip(self, method: Method) -> str | None:
+        """Why ``method`` does not run on a volume case (None: it does)."""
+        if method.protocol == "noc":
+            return NOC_ON_VOLUME
+        if method.protocol == "agent" and self.config.refine_from is not None:
+            return REFINE_ON_VOLUME
+        return None
+
+    def _outcome(self, case: Case | LoadedVolume, backbone: Any, method: Method) -> protocols.Outcome:
         cfg = self.config
+        if isinstance(case, LoadedVolume):
+            return self._volume_outcome(case, backbone, method)
         if method.protocol == "agent":
             return protocols.run_agent(self.agent(backbone, method), case, cfg.nsd_tolerance,
                                        cfg.initial(case))
@@ -230,17 +275,34 @@ class Evaluation:
                                      cfg.multimask, cfg.noc_stop_iou, cfg.nsd_tolerance)
         return protocols.run_cvpr(segmenter, case, cfg.cvpr_clicks, cfg.multimask, cfg.nsd_tolerance)
 
+    def _volume_outcome(self, case: LoadedVolume, backbone: Any, method: Method) -> protocols.Outcome:
+        cfg, stack = self.config, case.stack.stack
+        if method.protocol == "agent":
+            outcome = volume_protocols.run_volume_agent(
+                self.volume_agent(backbone, method), stack, case.target, case.ground_truth,
+                case_id=case.id, tolerance=cfg.nsd_tolerance)
+            values = {**outcome.values, "propagation": outcome.trajectory.propagation}
+            return attrs.evolve(outcome, values=values)
+        return volume_protocols.run_cvpr_3d(
+            self.segmenter(backbone), stack, case.ground_truth, clicks=cfg.cvpr_clicks,
+            propagation=cfg.propagation, multimask=cfg.multimask, tolerance=cfg.nsd_tolerance)
+
     def _base_record(self, case: Any, backbone: Any, method: Method) -> CaseRecord:
         meta = getattr(case, "meta", {}) or {}
         target = getattr(case, "target", "") or ""
         image = getattr(case, "image", None)
         height, width = (image.shape[:2] if isinstance(image, np.ndarray) and image.ndim >= 2 else (0, 0))
+        kind, slices = _kind(case), 0
+        if isinstance(case, LoadedVolume):
+            slices, (height, width) = case.stack.stack.count, case.stack.stack.image_size
+        # a volume's label value is a number: its class names it
+        label = (meta.get("class") if kind == "volume" else None) or meta.get("label") \
+            or meta.get("class") or target
         return CaseRecord(
             backbone=self._backbone_name(backbone), method=method.name, case_id=str(case.id),
             protocol=method.protocol, dataset=str(meta.get("dataset", "")),
-            modality=str(meta.get("modality", "")),
-            label=str(meta.get("label") or meta.get("class") or target), target=target,
-            height=int(height), width=int(width))
+            modality=str(meta.get("modality", "")), label=str(label), target=target,
+            height=int(height), width=int(width), kind=kind, slices=int(slices))
 
     def _record(self, base: CaseRecord, outcome: protocols.Outcome, seconds: float) -> CaseRecord:
         values = dict(outcome.values)
@@ -259,12 +321,32 @@ class Evaluation:
 
         if outcome is None:
             return UnitResult(record)
+        if isinstance(case, LoadedVolume):
+            return self._package_volume(case, record, outcome)
         checked = _checked(case)
         overlay = case_overlay(checked.image, checked.ground_truth, outcome.mask,
                                trajectory=getattr(outcome, "trajectory", None))
         trajectory = outcome.trajectory if self.save_trajectories else None
         return UnitResult(record, outcome.mask, overlay,
                           None if trajectory is None else trajectory.to_json())
+
+    def _package_volume(self, case: LoadedVolume, record: CaseRecord,
+                        outcome: protocols.Outcome) -> "UnitResult":
+        """A volume's files: its mask on the input's grid (NIfTI bytes, or ``.npz`` for an
+        array without geometry), the key slice's overlay and the VolumeTrajectory."""
+        from .report import case_overlay
+
+        key = int(outcome.values.get("key_slice", 0))
+        trajectory = outcome.trajectory
+        episode = next((e.trajectory for e in getattr(trajectory, "episodes", ())
+                        if e.role == "key"), None)
+        overlay = case_overlay(case.stack.stack.image(key), case.ground_truth[key],
+                               outcome.mask[key], trajectory=episode)
+        mask = suffix = None
+        if self.save_masks:
+            suffix, mask = _volume_mask_bytes(case, outcome.mask)
+        text = trajectory.to_json() if trajectory is not None and self.save_trajectories else None
+        return UnitResult(record, None, overlay, text, mask, suffix)
 
     def store_result(self, result: "UnitResult") -> CaseRecord:
         """Write the unit's files, then its record (so a record never lacks its files)."""
@@ -277,6 +359,9 @@ class Evaluation:
         if result.mask is not None and self.save_masks:
             changes["mask_file"] = str(Path("masks") / folder / f"{stem}.png")
             save_mask_png(result.mask, self.out_dir / changes["mask_file"])
+        if result.mask_bytes is not None and self.save_masks:  # a volume's mask, encoded
+            changes["mask_file"] = str(Path("masks") / folder / f"{stem}{result.mask_suffix}")
+            atomic_write(self.out_dir / changes["mask_file"], result.mask_bytes)
         if result.overlay is not None:
             changes["overlay_file"] = str(Path("overlays") / folder / f"{stem}.png")
             save_png(result.overlay, self.out_dir / changes["overlay_file"])
@@ -294,12 +379,15 @@ class Evaluation:
 
 @attrs.frozen(eq=False)
 class UnitResult:
-    """A computed unit, ready to store (picklable: what Ray workers send back)."""
+    """A computed unit, ready to store (picklable: what Ray workers send back). A volume's
+    mask comes encoded: ``mask_bytes`` with its file ``mask_suffix`` (".nii.gz", ".npz")."""
 
     record: CaseRecord
     mask: np.ndarray | None = None
     overlay: np.ndarray | None = None
     trajectory_json: str | None = None
+    mask_bytes: bytes | None = None
+    mask_suffix: str | None = None
 
 
 @attrs.frozen(eq=False)
@@ -310,6 +398,19 @@ class _Failed:
     error: Exception
     target: str = ""
     meta: Mapping[str, Any] = attrs.field(factory=dict)
+    kind: str = "image"
+
+
+def _config_dict(config: EvalConfig) -> dict[str, Any]:
+    """``config`` as stored in ``run.json``."""
+    out = attrs.asdict(config)
+    out["noc_thresholds"] = list(out["noc_thresholds"])
+    return out
+
+
+def _kind(case: Any) -> str:
+    """"volume" for a whole-volume case (loaded or not, or failed to load), else "image"."""
+    return getattr(case, "kind", "image")
 
 
 def _load(item: Any) -> Any:
@@ -319,7 +420,38 @@ def _load(item: Any) -> Any:
     try:
         return item.load()
     except Exception as exc:  # noqa: BLE001
-        return _Failed(str(item.id), exc)
+        if _kind(item) != "volume":
+            return _Failed(str(item.id), exc)
+        return _Failed(str(item.id), exc, item.target, item.meta, "volume")
+
+
+def _checked_volume(case: Any) -> LoadedVolume | None:
+    """A loaded volume case, None if its label is absent from the volume; raises otherwise."""
+    if isinstance(case, _Failed):
+        raise case.error
+    if not isinstance(case, LoadedVolume):
+        raise InvalidInput(f"expected a loaded volume case, got {type(case).__name__}")
+    return case if case.ground_truth.any() else None
+
+
+def _volume_mask_bytes(case: LoadedVolume, display: np.ndarray) -> tuple[str, bytes]:
+    """The file suffix and bytes of a volume's mask in the input's voxel order: NIfTI aligned
+    with the input (:func:`msagent.io.write_mask_nifti`, its header kept) when the input has
+    a regular geometry, else a compressed ``.npz`` (key ``mask``)."""
+    import io as _io
+    import tempfile
+
+    from ..io import write_mask_nifti
+
+    voxels = case.stack.to_voxels(display)
+    reference = case.stack.volume
+    if reference is not None and not reference.irregular:
+        with tempfile.TemporaryDirectory() as folder:
+            path = write_mask_nifti(voxels, Path(folder) / "mask.nii.gz", reference)
+            return ".nii.gz", path.read_bytes()
+    buffer = _io.BytesIO()
+    np.savez_compressed(buffer, mask=voxels)
+    return ".npz", buffer.getvalue()
 
 
 def _checked(case: Any) -> Case | None:

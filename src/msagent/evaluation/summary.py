@@ -13,6 +13,12 @@ is averaged in):
 - noc: mean NoC@85/90 and ``noc85_over_max``/``noc90_over_max`` (RITM's count of cases with
   NoC = max clicks), ``iou_by_click`` (mean IoU after click k, carried forward);
 - cvpr: mean DSC_AUC, NSD_AUC, final DSC/NSD and the mean DSC/NSD after each step.
+
+Whole-volume records (``kind`` "volume") form their own groups, ``"backbone/method
+(volumes)"``, never averaged with slice rows; their means are of 3-D scores, and they add
+``slices_mean``, ``encodes_mean``, ``propagation_decodes_mean`` and, for agents,
+``episodes_mean``/``reviews_mean`` (turns are summed over a volume's episodes; no
+``dice_by_turn``). Every group says its ``kind``, ``backbone`` and ``method``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ from .. import metrics
 from .records import CaseRecord
 
 MAIN_METRICS = ("dice", "iou", "nsd")
+VOLUMES = " (volumes)"
+
+
+def group_name(record: CaseRecord) -> str:
+    """The summary group of ``record``: "backbone/method", "backbone/method (volumes)" for a
+    whole-volume record."""
+    name = f"{record.backbone}/{record.method}"
+    return name + VOLUMES if record.kind == "volume" else name
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -54,8 +68,15 @@ def summarize_group(records: Sequence[CaseRecord]) -> dict[str, Any]:
     """The summary of one (backbone, method)'s records."""
     ok = [r for r in records if r.ok]
     failed = [r for r in records if r.status == "error"]
-    out: dict[str, Any] = {"n": len(records), "n_ok": len(ok), "n_errors": len(failed),
+    first = records[0] if records else None
+    out: dict[str, Any] = {"kind": first.kind if first else "image",
+                           "backbone": first.backbone if first else "",
+                           "method": first.method if first else "",
+                           "n": len(records), "n_ok": len(ok), "n_errors": len(failed),
                            "n_skipped": len(records) - len(ok) - len(failed)}
+    skips = Counter(r.error or "" for r in records if r.status == "skipped")
+    if skips:
+        out["skipped"] = dict(skips)
     errors = Counter((r.error or "").split(":")[0] for r in failed)
     out["errors"] = dict(errors)
     for name in MAIN_METRICS:
@@ -70,7 +91,22 @@ def summarize_group(records: Sequence[CaseRecord]) -> dict[str, Any]:
     out["seconds"] = _mean(r.seconds for r in ok)
     out.update(_turn_stats(ok))
     out.update(_protocol_stats(ok))
+    out.update(_volume_stats(ok))
     return out
+
+
+def _volume_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
+    volumes = [r for r in ok if r.kind == "volume"]
+    if not volumes:
+        return {}
+    stats = {"slices_mean": _mean(r.slices for r in volumes)}
+    for key in ("encodes", "propagation_decodes", "episodes"):
+        values = [r.values.get(f"count_{key}") for r in volumes]
+        if any(v is not None for v in values):
+            stats[f"{key}_mean"] = _mean(values)
+    if any("reviews" in r.values for r in volumes):
+        stats["reviews_mean"] = _mean(r.values.get("reviews") for r in volumes)
+    return stats
 
 
 def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
@@ -83,9 +119,13 @@ def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
         "turns_histogram": {str(k): v for k, v in sorted(Counter(turns).items())},
         "stop_reasons": dict(Counter(r.stop_reason for r in ok)),
         "no_mask": sum(1 for r in ok if r.turns == 0),
+    }
+    if any(r.kind == "volume" for r in ok):  # a volume's curve is its final score only
+        return stats
+    stats.update({
         "dice_by_turn": curve_mean([r.curves.get("dice", []) for r in ok]),
         "iou_by_turn": curve_mean([r.curves.get("iou", []) for r in ok]),
-    }
+    })
     refined = [r for r in ok if "dice_before" in r.values]
     if refined:  # the refine protocol: curves start at the initial mask (turn 0)
         stats.update({key: _mean(r.values[key] for r in refined)
@@ -127,34 +167,42 @@ def _protocol_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
 
 
 def summarize(records: Iterable[CaseRecord]) -> dict[str, Any]:
-    """``{"backbone/method": summary}`` for every pair in ``records`` (sorted)."""
+    """``{"backbone/method": summary}`` for every pair in ``records`` (sorted), whole-volume
+    records apart as ``"backbone/method (volumes)"``."""
     groups: dict[str, list[CaseRecord]] = defaultdict(list)
     for record in records:
-        groups[f"{record.backbone}/{record.method}"].append(record)
+        groups[group_name(record)].append(record)
     return {name: summarize_group(group) for name, group in sorted(groups.items())}
 
 
-def table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per backbone/method with the headline numbers (for README/HTML tables)."""
+def table_rows(summary: dict[str, Any], kind: str | None = "image") -> list[dict[str, Any]]:
+    """One row per backbone/method with the headline numbers (for README/HTML tables): the
+    groups of ``kind`` ("image", "volume"; None: all)."""
     rows = []
     for name, s in summary.items():
-        backbone, _, method = name.partition("/")
+        if kind is not None and s.get("kind", "image") != kind:
+            continue
+        backbone, _, method = name.removesuffix(VOLUMES).partition("/")
         rows.append({"backbone": backbone, "method": method, "n": s["n_ok"],
-                     "errors": s["n_errors"], "dice": s["dice"], "iou": s["iou"], "nsd": s["nsd"],
+                     "errors": s["n_errors"], "skipped": s.get("n_skipped", 0),
+                     "dice": s["dice"], "iou": s["iou"], "nsd": s["nsd"],
                      "turns": s.get("turns_mean"), "noc85": s.get("noc85"),
                      "noc90": s.get("noc90"), "dsc_auc": s.get("dsc_auc"),
-                     "nsd_auc": s.get("nsd_auc")})
+                     "nsd_auc": s.get("nsd_auc"), "slices": s.get("slices_mean"),
+                     "encodes": s.get("encodes_mean"), "seconds": s.get("seconds")})
     return rows
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The headline table as Markdown (blank where a metric does not apply)."""
-    rows = table_rows(summary)
-    columns = ["backbone", "method", "n", "dice", "iou", "nsd", "turns", "noc85", "noc90",
-               "dsc_auc", "nsd_auc"]
-    header = ["Backbone", "Method", "Cases", "Dice", "IoU", "NSD", "Turns", "NoC@85", "NoC@90",
-              "DSC AUC", "NSD AUC"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+IMAGE_COLUMNS = {"backbone": "Backbone", "method": "Method", "n": "Cases", "dice": "Dice",
+                 "iou": "IoU", "nsd": "NSD", "turns": "Turns", "noc85": "NoC@85",
+                 "noc90": "NoC@90", "dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC"}
+VOLUME_COLUMNS = {"backbone": "Backbone", "method": "Method", "n": "Volumes", "dice": "Dice",
+                  "iou": "IoU", "nsd": "NSD", "turns": "Turns", "dsc_auc": "DSC AUC",
+                  "nsd_auc": "NSD AUC", "encodes": "Encodes", "seconds": "Seconds"}
+
+
+def _markdown(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
         for column in columns:
@@ -163,3 +211,13 @@ def markdown_table(summary: dict[str, Any]) -> str:
                          else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The headline table as Markdown (blank where a metric does not apply); whole-volume
+    groups follow in a table of their own (3-D scores, one row per backbone/method)."""
+    images, volumes = table_rows(summary, "image"), table_rows(summary, "volume")
+    parts = [_markdown(images, IMAGE_COLUMNS)] if images or not volumes else []
+    if volumes:
+        parts.append("Volumes (3-D scores):\n\n" + _markdown(volumes, VOLUME_COLUMNS))
+    return "\n\n".join(parts)
