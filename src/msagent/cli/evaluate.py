@@ -3,6 +3,11 @@
 DATA is a dataset path understood by :mod:`msagent.datasets` (BiomedParse layout, image/mask
 folders with a CSV, NIfTI label maps) or ``mni152`` (axial MNI152 slices with brain, grey and
 white matter masks, built with nilearn). Reruns into the same ``--out`` resume.
+
+``--volumes`` reads NIfTI datasets (and ``mni152``) as whole-volume cases, one per (volume,
+label), run under the 3-D protocols: ``--policy`` through the 3-D agent (key slice,
+propagation, ``--review-slices``), ``--protocol cvpr`` in its 3-D form; ``noc`` has no 3-D
+form and its volume runs are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine-strength", type=float, default=0.15,
                         help="degradation size as a fraction of the target's diameter (0.15)")
     parser.add_argument("--refine-seed", type=int, default=0)
+    parser.add_argument("--volumes", action="store_true",
+                        help="whole-volume cases of NIfTI datasets (one per volume and label, "
+                             "3-D scores) instead of their slices; mni152: the MNI152 volume")
+    parser.add_argument("--review-slices", type=int, default=3, metavar="N",
+                        help="volumes: review episodes per volume after propagation (default 3)")
+    parser.add_argument("--propagation", choices=["auto", "native", "generic"], default="auto",
+                        help="volumes: the backbone's own 3-D memory (auto: where it has one) "
+                             "or slice-by-slice generic propagation")
     parser.add_argument("--nsd-tolerance", type=float, default=2.0,
                         help="NSD tolerance in mm (pixels when a case has no spacing)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N cases of the data")
@@ -48,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE")
 
 
-def open_data(specs: list[str], out: Path):
-    """One dataset (or refs list) from the DATA arguments."""
+def open_data(specs: list[str], out: Path, volumes: bool = False):
+    """One dataset (or refs list) from the DATA arguments (whole-volume cases with ``volumes``)."""
     from ..errors import InvalidInput
 
     try:
@@ -58,29 +71,34 @@ def open_data(specs: list[str], out: Path):
         raise InvalidInput("reading datasets needs msagent.datasets (this install lacks it)") from None
     parts = []
     for spec in specs:
-        parts.append(datasets.open_dataset(datasets.resolve_dataset(spec, out / f"data-{spec.lower()}")))
+        built = out / f"data-{spec.lower()}{'-volumes' if volumes else ''}"
+        path = datasets.resolve_dataset(spec, built, volumes=volumes)
+        parts.append(datasets.open_dataset(path, volumes=volumes))
     return parts[0] if len(parts) == 1 else datasets.concat(parts)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInput
     from ..evaluation import EvalConfig, evaluate, markdown_table
     from ..options import parse_options
 
     if not args.policy and not args.protocol:
-        from ..errors import InvalidInput
-
         raise InvalidInput("nothing to evaluate: give --policy (e.g. expert, oracle-box) and/or "
                            "--protocol noc/cvpr")
+    if args.review_slices < 0:
+        raise InvalidInput(f"--review-slices must be 0 or more, got {args.review_slices}")
     config = EvalConfig(max_turns=args.max_turns, prompt_mode=args.prompt_mode,
                         multimask={"auto": None, "on": True, "off": False}[args.multimask],
                         max_clicks=args.max_clicks, nsd_tolerance=args.nsd_tolerance,
                         refine_from=args.refine_from, refine_strength=args.refine_strength,
-                        refine_seed=args.refine_seed)
+                        refine_seed=args.refine_seed, review_slices=args.review_slices,
+                        propagation=args.propagation)
     if args.refine_from and not args.policy:
-        from ..errors import InvalidInput
-
         raise InvalidInput("--refine-from refines agent episodes: give --policy (e.g. expert)")
-    data = open_data(args.data, args.out)
+    if args.refine_from and args.volumes:
+        raise InvalidInput("--refine-from has no 3-D form: evaluate volumes without it, or "
+                           "refine their slices (without --volumes)")
+    data = open_data(args.data, args.out, volumes=args.volumes)
     cases = getattr(data, "refs", data)  # lazy refs: a failing file becomes an error record
     summary = evaluate(
         cases, args.out, backbones=args.backbone, policies=args.policy, protocols=args.protocol,
