@@ -29,12 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(write --ray=ADDRESS, or --ray after the datasets)")
     parser.add_argument("--workers", type=int, help="Ray workers (default: CPUs // threads)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    volumes = parser.add_argument_group("whole volumes (--volumes): the expert's 3-D runs")
+    volumes.add_argument("--volumes", action="store_true",
+                         help="NIfTI datasets as whole volumes: 3-D runs (key slice, propagation, "
+                         "review) whose key and review episodes become the trajectories")
+    volumes.add_argument("--policy", default="expert", help="the policy of the 3-D runs (default expert)")
+    volumes.add_argument("--review-slices", type=int, default=3, help="review episodes per volume")
+    volumes.add_argument("--propagation", choices=["auto", "native", "generic"], default="auto")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..generation import generate
     from ..options import parse_options
 
+    if args.volumes:
+        return run_volumes(args)
     options = parse_options(args.option)
     if args.seed is not None:
         options["seed"] = args.seed
@@ -47,6 +56,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary.out}: {summary.cases} cases in {summary.shards} shards "
           f"({summary.shards_written} written now); {summary.trajectories} trajectories, "
           f"{summary.kept} kept")
+    return 0
+
+
+def run_volumes(args: argparse.Namespace) -> int:
+    """``--volumes``: :func:`msagent.generation.volumes.generate_volume_set`."""
+    from ..datasets import open_dataset, resolve_dataset
+    from ..errors import InvalidInput
+    from ..generation.volumes import generate_volume_set
+    from ..options import parse_options
+
+    if args.ray is not None or args.option or args.generator != "hybrid" or args.split:
+        raise InvalidInput("--volumes runs 3-D runs locally: --ray, --option, --generator and "
+                           "--split apply to 2-D generation")
+    cases = []
+    for spec in args.datasets:
+        path = resolve_dataset(spec, args.out.parent / f"{args.out.name}-data-{spec.lower()}-volumes",
+                               volumes=True)
+        cases.extend(open_dataset(path, volumes=True).refs)
+    out, total, written = generate_volume_set(
+        cases, args.out, backbone=args.backbone, policy=args.policy,
+        backbone_options=parse_options(args.backbone_option), limit=args.limit,
+        overlays=not args.no_overlays, progress=not args.quiet,
+        review_slices=args.review_slices, propagation=args.propagation)
+    print(f"{out}: {total} volume(s) ({written} run now); export with `msagent export {out} "
+          "--format verl-sft --out DIR`")
     return 0
 
 

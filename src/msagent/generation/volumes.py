@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +38,7 @@ from .records import MANIFEST, make_row
 from .shards import ShardResult, commit, png_bytes, safe_name, shard_path
 
 FORMAT = "msagent-trajectories/1"
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen(eq=False)
@@ -84,6 +86,72 @@ def volume_shard(index: int, run: VolumeRun, *, overlays: bool = True) -> ShardR
     return ShardResult(index, rows, files, 1)
 
 
+def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
+                        backbone: Any = "litemedsam", policy: Any = "expert",
+                        backbone_options: Mapping[str, Any] | None = None,
+                        policy_options: Mapping[str, Any] | None = None, limit: int | None = None,
+                        overlays: bool = True, progress: bool = True,
+                        **agent_options: Any) -> tuple[Path, int, int]:
+    """3-D runs of ``policy`` (the expert by default) on whole-volume cases
+    (:class:`msagent.datasets.VolumeCase`, e.g. ``open_dataset(path, volumes=True).refs``),
+    written as a trajectory set: one shard per volume, committed after its images, so a
+    rerun (after any interruption, kill -9 included) computes exactly the missing volumes.
+    ``agent_options`` go to :class:`msagent.VolumeAgent` (``review_slices``, ``max_turns``,
+    ``propagation``, ...); they, the backbone, the policy and the case ids are the job's
+    identity (``manifest.json``). Returns (out, volumes, volumes written now)."""
+    from ..api import load_backbone, load_policy
+    from ..volume_agent import VolumeAgent
+
+    out = Path(out)
+    cases = list(cases)[:limit]
+    names = {"backbone": backbone if isinstance(backbone, str) else backbone.name,
+             "policy": policy if isinstance(policy, str) else policy.name}
+    settings = {**names, "backbone_options": dict(backbone_options or {}),
+                "policy_options": dict(policy_options or {}), "agent": dict(agent_options)}
+    ids = [case.id for case in cases]
+    _claim(out, {"format": FORMAT, "kind": "volume-episodes", "runs": ids, "settings": settings,
+                 "cases_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()})
+    todo = [i for i in range(len(cases)) if not parquet_is_complete(shard_path(out, i))]
+    if not todo:
+        return out, len(cases), 0
+    segmenter = load_backbone(backbone, **(backbone_options or {})) if isinstance(backbone, str) else backbone
+    agent_policy = load_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
+    agent = VolumeAgent(agent_policy, segmenter, **agent_options)
+    bar = _bar(len(todo), progress)
+    for index in todo:
+        loaded = cases[index].load()
+        gt = loaded.ground_truth
+        if agent_policy.needs_ground_truth and not gt.any():
+            log.info("volume %s: empty ground truth, no episodes", cases[index].id)
+            commit(out, ShardResult(index, [], {}, 1))
+        else:
+            trajectory = agent.run(loaded.stack.stack, cases[index].target, gt,
+                                   case_id=cases[index].id, where=loaded.stack.where)
+            run = VolumeRun(trajectory, loaded.stack.stack, gt, dict(cases[index].meta))
+            commit(out, volume_shard(index, run, overlays=overlays))
+        bar.update(1)
+    bar.close()
+    return out, len(cases), len(todo)
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="volume", desc="msagent generate --volumes", disable=not enabled)
+
+
+def _claim(out: Path, manifest: dict) -> None:
+    """Write ``manifest`` into a new set, or check that an existing set has the same one."""
+    path = out / MANIFEST
+    if path.exists():
+        previous = read_json_file(path, "trajectory set manifest", f"delete {out} or use another folder")
+        if previous != manifest:
+            raise InvalidInput(f"{out} holds another trajectory set (other volumes or settings); "
+                               "use another folder, or the same arguments to resume")
+    else:
+        atomic_write(path, json.dumps(manifest, indent=1).encode())
+
+
 def write_volume_set(runs: Iterable[VolumeRun], out: str | os.PathLike, *,
                      overlays: bool = True) -> Path:
     """Write ``runs`` as a trajectory set in ``out`` (one shard per run, in order). A shard
@@ -92,15 +160,8 @@ def write_volume_set(runs: Iterable[VolumeRun], out: str | os.PathLike, *,
     out = Path(out)
     runs = list(runs)
     ids = [r.trajectory.case_id for r in runs]
-    manifest = {"format": FORMAT, "kind": "volume-episodes", "runs": ids,
-                "cases_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()}
-    path = out / MANIFEST
-    if path.exists():
-        previous = read_json_file(path, "trajectory set manifest", f"delete {out} or use another folder")
-        if previous != manifest:
-            raise InvalidInput(f"{out} holds another trajectory set; use another folder")
-    else:
-        atomic_write(path, json.dumps(manifest, indent=1).encode())
+    _claim(out, {"format": FORMAT, "kind": "volume-episodes", "runs": ids,
+                 "cases_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()})
     for index, run in enumerate(runs):
         if parquet_is_complete(shard_path(out, index)):
             continue
