@@ -56,15 +56,19 @@ class VolumeAgent:
 
     policy: Policy
     segmenter: Segmenter
-    max_turns: int = attrs.field(default=5, validator=attrs.validators.ge(1))
-    propagation: str = attrs.field(default="auto", validator=attrs.validators.in_(METHODS))
-    review_slices: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    survey_slices: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    max_turns: int = 5
+    propagation: str = "auto"
+    review_slices: int = 3
+    survey_slices: int = 5
     review_below: float = 0.9
     min_area: int = 1
     min_score: float = 0.0
     max_in_memory: int = 64
     agent_options: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        check_options(self.max_turns, self.propagation, self.review_slices, self.survey_slices,
+                      self.review_below, self.min_area, self.min_score, self.max_in_memory)
 
     def run(self, stack: SliceStack, target: str, ground_truth: np.ndarray | None = None, *,
             key_slice: int | None = None, case_id: str = "", meta: Mapping[str, Any] | None = None,
@@ -131,6 +135,24 @@ class VolumeAgent:
                 raise InvalidInput(f"the ground truth is empty on key slice {key_slice}; pick a "
                                    "slice with target, or leave key_slice unset")
         return gt
+
+
+def check_options(max_turns: Any = 5, propagation: Any = "auto", review_slices: Any = 3,
+                  survey_slices: Any = 5, review_below: Any = 0.9, min_area: Any = 1,
+                  min_score: Any = 0.0, max_in_memory: Any = 64) -> None:
+    """Refuse :class:`VolumeAgent` options it cannot run with (:class:`InvalidInput`, naming
+    the option), so a bad count is one clear error before any work, not a stray exception."""
+    for name, value, least in (("max_turns", max_turns, 1), ("review_slices", review_slices, 0),
+                               ("survey_slices", survey_slices, 1), ("min_area", min_area, 0),
+                               ("max_in_memory", max_in_memory, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InvalidInput(f"{name} must be a whole number of at least {least}, got {value!r}")
+    for name, value in (("review_below", review_below), ("min_score", min_score)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not np.isfinite(value):
+            raise InvalidInput(f"{name} must be a finite number, got {value!r}")
+    if propagation not in METHODS:
+        raise InvalidInput(f"unknown propagation {propagation!r}; use one of {', '.join(METHODS)}")
 
 
 @attrs.define(eq=False)

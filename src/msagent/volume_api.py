@@ -13,7 +13,7 @@ from . import _status, metrics
 from .errors import InvalidImage, InvalidInput, InvalidTarget
 from .policy import Policy
 from .segmenter import Segmenter
-from .volume_agent import VolumeAgent
+from .volume_agent import VolumeAgent, check_options
 from .volume_stack import VolumeStack, build_stack, label_stack
 from .volume_trajectory import VolumeEpisode, VolumeTrajectory
 
@@ -96,11 +96,14 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     check_ground_truth(policy, gt)
     agent_keys = {"prompt_mode", "multimask", "max_failures"}
     agent_options = {k: options.pop(k) for k in list(options) if k in agent_keys}
-    known = {field.name for field in attrs.fields(VolumeAgent)} - {"policy", "segmenter"}
+    known = {field.name for field in attrs.fields(VolumeAgent)} - {"policy", "segmenter",
+                                                                   "agent_options"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for segment_volume; known: "
                            f"{', '.join(sorted(known | agent_keys))}")
+    check_options(max_turns=max_turns, propagation=propagation, review_slices=review_slices,
+                  **options)  # before a backbone loads
     agent_policy = load_policy_for(policy, policy_options or {})
     segmenter = load_backbone_for(backbone, backbone_options or {})
     agent = VolumeAgent(agent_policy, segmenter, max_turns=max_turns, propagation=propagation,

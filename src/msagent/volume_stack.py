@@ -146,7 +146,11 @@ def label_stack(labels: Any, stack: VolumeStack, what: str, label: int | None = 
             raise InvalidMask(f"the {what} is not on the image's voxel grid (its affine differs); "
                               "resample it first")
         labels = labels.data
-    array = np.asarray(labels)
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError):  # a ragged or otherwise unreadable nested list
+        raise InvalidMask(f"the {what} must be an array of the volume's shape {stack.shape}, got "
+                          f"{type(labels).__name__}") from None
     if array.shape != stack.shape:
         raise InvalidMask(f"the {what} has shape {array.shape} but the volume {stack.shape}; they "
                           "must match voxel for voxel")

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-mask", help="a prediction to refine instead of starting from "
                         "nothing (e.g. nnU-Net's): a binary mask of the same size, or for a volume "
                         "a label volume on its voxel grid (nonzero, or --label, is the target)")
-    parser.add_argument("--max-turns", type=int, default=5)
+    parser.add_argument("--max-turns", type=at_least(1), default=5)
     parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                         help="option for the backbone (repeatable), e.g. device=cuda")
     parser.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
@@ -52,11 +52,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "through the volume, review episodes on the slices most likely wrong")
     three_d.add_argument("--key-slice", type=int, help="the key slice (default: the expert's "
                          "largest target area, else a survey of a few slices)")
-    three_d.add_argument("--review-slices", type=int, default=3,
+    three_d.add_argument("--review-slices", type=at_least(0), default=3,
                          help="at most this many review episodes (default 3; 0: none)")
     three_d.add_argument("--propagation", choices=["auto", "native", "generic"], default="auto",
                          help="auto (default): the backbone's own 3-D memory where it has one "
                          "(medsam2, sam2), else slice by slice")
+
+
+def at_least(least: int):
+    """An argparse type: a whole number of at least ``least`` (else argparse's one-line error,
+    exit 2, rather than the agent's traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its message
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
