@@ -26,8 +26,8 @@ class Bright(msagent.Segmenter):
     name = "bright"
     multimask_default = False
 
-    def __init__(self):
-        super().__init__(cache_size=4)
+    def __init__(self, cache_size: int = 4):
+        super().__init__(cache_size=cache_size)
         self.encodes = 0
 
     def encode_image(self, image):
@@ -103,3 +103,90 @@ def test_cli_3d_bad_counts_exit_2_without_a_traceback(tmp_path, capsys, extra):
     assert code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and extra[0] in err
+
+
+# -- the web app's volume sessions ----------------------------------------------------------
+def _client(monkeypatch, max_in_memory: int):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from msagent.server import ServerConfig
+    from msagent.webapp import create_web_app, volume_sessions
+
+    monkeypatch.setattr(volume_sessions, "MAX_IN_MEMORY", max_in_memory)
+    return TestClient(create_web_app(Bright(cache_size=1), ServerConfig(batch_window_ms=0)))
+
+
+def _upload_tube(client, count: int) -> str:
+    nib = pytest.importorskip("nibabel")
+    import gzip
+
+    volume, _ = tube(count=count)
+    data = np.ascontiguousarray(np.moveaxis(volume, 0, 2)).astype(np.float32)  # slices along k
+    body = gzip.compress(nib.Nifti1Image(data, np.eye(4)).to_bytes())
+    response = client.post("/v1/volumes", files=[("files", ("tube.nii.gz", body))])
+    assert response.status_code == 201, response.text
+    vid = response.json()["volume_id"]
+    response = client.post(f"/v1/volumes/{vid}/sessions", json={"target": "tube", "window": "200/110"})
+    assert response.status_code == 201, response.text
+    return f"/v1/volumes/{vid}/sessions/{response.json()['session_id']}"
+
+
+def test_prompted_slices_keep_no_embedding_beyond_the_sessions_memory_bound(monkeypatch):
+    """Every prompted slice's episode state held its embedding, so prompting every slice kept
+    every embedding in memory (besides the store's spilled copies), whatever MAX_IN_MEMORY."""
+    from msagent.segmenter import Embedding
+
+    count, bound = 10, 2
+    with _client(monkeypatch, bound) as client:
+        path = _upload_tube(client, count)
+        info = client.get(path).json()
+        box = {"x1": 0, "y1": 0, "x2": info["width"] - 1, "y2": info["height"] - 1}
+        for index in range(count):
+            response = client.post(f"{path}/slices/{index}/prompts", json={"box": box})
+            assert response.status_code == 200, response.text
+        point = {"x": 1, "y": 1, "label": 1}
+        for index in (0, count - 1):  # a second prompt on a slice whose embedding was spilled
+            response = client.post(f"{path}/slices/{index}/prompts", json={"point": point})
+            assert response.status_code == 200, response.text
+            assert response.json()["points"] == [point]
+        gc.collect()
+        live = sum(isinstance(o, Embedding) for o in gc.get_objects())
+        assert live <= bound + 1  # the store's budget and the backbone's one-image cache
+        assert client.post(f"{path}/propagate").status_code == 200
+        assert client.get(path).json()["encodes"] == count  # each slice still encoded once
+
+
+def test_spilled_embeddings_are_removed_when_a_store_is_dropped_or_the_process_exits(tmp_path):
+    """EmbeddingStore's temporary folder was removed only by close(): a server stopped with
+    live volume sessions (or a run that never closed its store) left the pickles behind."""
+    script = f"""
+import sys, tempfile
+tempfile.tempdir = {str(tmp_path)!r}
+import numpy as np
+from msagent.backbones.propagation import SliceStack
+from msagent.propagation import EmbeddingStore
+from msagent.segmenter import Segmenter
+
+class Plain(Segmenter):
+    def encode_image(self, image):
+        return image[:, :, 0]
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        raise NotImplementedError
+
+stack = SliceStack(np.zeros((3, 8, 8), np.uint8), (1.0, 1.0, 1.0))
+dropped = EmbeddingStore(Plain(cache_size=0), stack, max_in_memory=1)
+for i in range(3):
+    dropped[i]
+del dropped
+import gc; gc.collect()
+print(len(list(__import__("pathlib").Path({str(tmp_path)!r}).glob("msagent-embeddings-*"))))
+kept = EmbeddingStore(Plain(cache_size=0), stack, max_in_memory=1)
+for i in range(3):
+    kept[i]
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0"]  # the dropped store's folder went with it
+    assert not glob.glob(str(tmp_path / "msagent-embeddings-*"))  # and the live one's at exit

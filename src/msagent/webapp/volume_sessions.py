@@ -162,8 +162,8 @@ class VolumeSession:
         its propagated mask (if any). Encodes the slice on first use (run it in a thread)."""
         self.check_index(index)
         current = self.state.prompted.get(index)
-        if current is not None:
-            return current
+        if current is not None:  # its embedding is the store's (the history keeps none)
+            return attrs.evolve(current, embedding=self.store[index])
         embedding: Embedding = self.store[index]
         result = None if self.state.results is None else self.state.results.get(index)
         if result is None:
@@ -175,6 +175,9 @@ class VolumeSession:
     def add_prompted(self, index: int, state: EpisodeState) -> None:
         """Make ``state`` (a step's result) slice ``index``'s state: a new undo step."""
         self.prompt_decodes += 1
+        # without its embedding: a state per prompted slice would otherwise keep every
+        # prompted slice's embedding in memory, past MAX_IN_MEMORY (slice_state puts it back)
+        state = attrs.evolve(state, embedding=None)
         current = self.state
         self._push(attrs.evolve(current, prompted={**current.prompted, index: state},
                                 action="prompt"))
