@@ -34,6 +34,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import tempfile
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class EmbeddingStore:
             index, embedding = self._resident.popitem(last=False)
             if self._folder is None:
                 self._folder = Path(tempfile.mkdtemp(prefix="msagent-embeddings-"))
+                # removed by close(), else when the store is dropped or the process exits
+                self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
             path = self._folder / f"{index}.pkl"
             with open(path, "wb") as handle:
                 pickle.dump(embedding, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -95,7 +98,7 @@ class EmbeddingStore:
         self._resident.clear()
         self._spilled.clear()
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            self._remove()
             self._folder = None
 
 
