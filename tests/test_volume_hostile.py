@@ -190,3 +190,56 @@ for i in range(3):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["0"]  # the dropped store's folder went with it
     assert not glob.glob(str(tmp_path / "msagent-embeddings-*"))  # and the live one's at exit
+
+
+# -- VolumeTrajectory.from_json: total, and bounded before it allocates ----------------------
+def _run_json() -> str:
+    volume, mask = tube(count=4)
+    result = msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+                                    ground_truth=mask, review_slices=1)
+    return result.trajectory.to_json()
+
+
+def _edited(text: str, **changes) -> str:
+    data = json.loads(text)
+    data.update(changes)
+    return json.dumps(data)
+
+
+def test_a_run_reads_back_and_bad_runs_are_invalid_volume_trajectory():
+    from msagent.volume_trajectory import InvalidVolumeTrajectory, VolumeTrajectory
+
+    text = _run_json()
+    run = VolumeTrajectory.from_json(text)
+    assert run.to_json() == text
+    data = json.loads(text)
+    size = data["shape"][1:]
+    step = data["episodes"][0]["trajectory"]["steps"][0]
+    bad = [
+        "{", "[]", "null", "[" * 100_000 + "]" * 100_000,
+        json.dumps({k: v for k, v in data.items() if k != "target"}),
+        _edited(text, shape="abc"), _edited(text, shape=[-1, *size]), _edited(text, spacing=[1, 2]),
+        _edited(text, shape=[10**6, 10**6, 10**6]),  # 10**18 voxels claimed in a few bytes
+        _edited(text, masks={"0": {"size": size, "counts": [10**12]}}),  # a terabyte of mask
+        _edited(text, masks={"0": {"size": size, "counts": [-1, size[0] * size[1] + 1]}}),
+        _edited(text, masks={"0": {"size": [5, 5], "counts": [25]}}),
+        _edited(text, masks={"x": {"size": size, "counts": [size[0] * size[1]]}}),
+        _edited(text, masks={"99": {"size": size, "counts": [size[0] * size[1]]}}),
+        _edited(text, scores={"0": "abc"}), _edited(text, key_slice="a"), _edited(text, meta=[1]),
+        _edited(text, counts=[1]), _edited(text, episodes=[5]),
+        _edited(text, episodes=[{"slice": 0, "role": "boss"}]),
+        _edited(text, episodes=[{**data["episodes"][0], "trajectory": {
+            **data["episodes"][0]["trajectory"],
+            "steps": [{**step, "mask": {"size": [10**5, 10**5], "counts": [10**10]}}]}}]),
+    ]
+    for text_in in bad:
+        with pytest.raises(InvalidVolumeTrajectory):
+            VolumeTrajectory.from_json(text_in)
+    # many small step masks: what they decode to counts against the voxel limit
+    pixels = size[0] * size[1]
+    many = _edited(text, episodes=[{**data["episodes"][0], "trajectory": {
+        **data["episodes"][0]["trajectory"],
+        "steps": [{**step, "mask": {"size": size, "counts": [pixels]}}] * 50}}])
+    VolumeTrajectory.from_json(many)
+    with pytest.raises(InvalidVolumeTrajectory, match="limit"):
+        VolumeTrajectory.from_json(many, max_voxels=10 * pixels)

@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .errors import InvalidImage, InvalidInput
+from .io.limits import check_voxels
 from .types import Trajectory, decode_mask, encode_mask
 
 ROLES = ("survey", "key", "review")
@@ -104,22 +106,138 @@ class VolumeTrajectory:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VolumeTrajectory":
-        return cls(
-            target=data["target"], shape=tuple(data["shape"]), where=data["where"],
-            spacing=tuple(float(v) for v in data["spacing"]), key_slice=int(data["key_slice"]),
-            key_rule=data["key_rule"], propagation=data["propagation"],
-            episodes=tuple(VolumeEpisode.from_dict(e) for e in data.get("episodes", ())),
-            masks={int(i): decode_mask(m) for i, m in data.get("masks", {}).items()},
-            scores={int(i): float("nan") if s is None else float(s)
-                    for i, s in data.get("scores", {}).items()},
-            counts=dict(data.get("counts", {})), timings=dict(data.get("timings", {})),
-            case_id=data.get("case_id", ""), meta=data.get("meta", {}),
-        )
+    def from_dict(cls, data: Mapping[str, Any], *, max_voxels: int | None = None) -> "VolumeTrajectory":
+        """The run :meth:`to_dict` wrote. Anything else is :class:`InvalidVolumeTrajectory`:
+        the shape is checked against the voxel limit (``max_voxels``, see
+        :mod:`msagent.io.limits`) and every mask's run-length code against the slice size
+        before it is decoded, so a small file cannot claim gigabytes."""
+        try:
+            shape = _shape(data["shape"], max_voxels)
+            size = shape[1:]
+            episodes = _list(data.get("episodes", []), "episodes")
+            pixels = 0
+            for episode in episodes:
+                pixels += _check_episode_masks(episode, size)
+            check_voxels((max(pixels, 1),), 1, "the run's episode masks", max_voxels)
+            masks = {}
+            for key, rle in _mapping(data.get("masks", {}), "masks").items():
+                masks[_slice_key(key, shape[0])] = _checked_mask(rle, size)
+            return cls(
+                target=_text(data["target"]), shape=shape, where=_text(data["where"]),
+                spacing=_spacing(data["spacing"]), key_slice=int(data["key_slice"]),
+                key_rule=_text(data["key_rule"]), propagation=_text(data["propagation"]),
+                episodes=tuple(VolumeEpisode.from_dict(e) for e in episodes),
+                masks=masks,
+                scores={_slice_key(i, shape[0]): float("nan") if s is None else float(s)
+                        for i, s in _mapping(data.get("scores", {}), "scores").items()},
+                counts=dict(_mapping(data.get("counts", {}), "counts")),
+                timings=dict(_mapping(data.get("timings", {}), "timings")),
+                case_id=_text(data.get("case_id", "")),
+                meta=_mapping(data.get("meta", {}), "meta"),
+            )
+        except InvalidVolumeTrajectory:
+            raise
+        except InvalidImage as exc:  # the voxel limit
+            raise InvalidVolumeTrajectory(f"not a 3-D run: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
+            what = str(exc.args[0] if exc.args else type(exc).__name__)[:200]
+            what = f"no {what!r}" if isinstance(exc, KeyError) else what
+            raise InvalidVolumeTrajectory(f"not a 3-D run as VolumeTrajectory.to_json writes "
+                                          f"it: {what}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "VolumeTrajectory":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str | bytes, *, max_voxels: int | None = None) -> "VolumeTrajectory":
+        try:
+            data = json.loads(text)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise InvalidVolumeTrajectory(f"not JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, Mapping):
+            raise InvalidVolumeTrajectory(f"a 3-D run is a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, max_voxels=max_voxels)
+
+
+class InvalidVolumeTrajectory(InvalidInput):
+    """A serialized 3-D run that :meth:`VolumeTrajectory.from_json` cannot read."""
+
+
+def _shape(value: Any, max_voxels: int | None) -> tuple[int, int, int]:
+    if not isinstance(value, list) or len(value) != 3 or not all(_is_int(n) and n >= 1 for n in value):
+        raise InvalidVolumeTrajectory(f"shape must be three positive whole numbers, got {value!r:.100}")
+    check_voxels(value, 1, "the run's shape", max_voxels)
+    return tuple(value)
+
+
+def _spacing(value: Any) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in _list(value, "spacing"))
+    if len(values) != 3:
+        raise InvalidVolumeTrajectory(f"spacing must be three numbers (mm), got {value!r:.100}")
+    return values
+
+
+def _list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidVolumeTrajectory(f"{what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidVolumeTrajectory(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidVolumeTrajectory(f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _slice_key(key: Any, count: int) -> int:
+    if not isinstance(key, str) or not key.isdigit() or not 0 <= int(key) < count:
+        raise InvalidVolumeTrajectory(f"slice {key!r:.40} is outside the run's slices 0..{count - 1}")
+    return int(key)
+
+
+def _check_rle(rle: Any, size: tuple[int, int]) -> None:
+    """A run-length code of an H×W mask: ``size`` as given, counts non-negative and covering it."""
+    if not isinstance(rle, Mapping) or rle.get("size") != list(size):
+        got = rle.get("size") if isinstance(rle, Mapping) else rle
+        raise InvalidVolumeTrajectory(f"a mask must be {list(size)} (H, W) like the run's slices, "
+                                      f"got {got!r:.60}")
+    counts = rle.get("counts")
+    if not isinstance(counts, list) or not all(_is_int(c) and c >= 0 for c in counts) \
+            or sum(counts) != size[0] * size[1]:
+        raise InvalidVolumeTrajectory("a mask's counts must be non-negative whole numbers "
+                                      "summing to H × W")
+
+
+def _checked_mask(rle: Any, size: tuple[int, int]) -> np.ndarray:
+    _check_rle(rle, size)
+    return decode_mask(rle)
+
+
+def _check_episode_masks(episode: Any, size: tuple[int, int]) -> int:
+    """Check the masks an episode's trajectory holds; the pixels they decode to."""
+    trajectory = _mapping(episode, "an episode").get("trajectory")
+    if trajectory is None:
+        return 0
+    trajectory = _mapping(trajectory, "an episode's trajectory")
+    if trajectory.get("image_size") != list(size):
+        raise InvalidVolumeTrajectory(f"an episode's image_size must be {list(size)}, got "
+                                      f"{trajectory.get('image_size')!r:.60}")
+    steps = _list(trajectory.get("steps"), "an episode's steps")
+    rles = [_mapping(step, "a step").get("mask") for step in steps]
+    initial = trajectory.get("initial")
+    if initial is not None:
+        rles.append(_mapping(initial, "an initial mask").get("mask"))
+    rles = [rle for rle in rles if rle is not None]
+    for rle in rles:
+        _check_rle(rle, size)
+    return len(rles) * size[0] * size[1]
 
 
 def _finite_or_none(value: float) -> float | None:
