@@ -243,3 +243,32 @@ def test_a_run_reads_back_and_bad_runs_are_invalid_volume_trajectory():
     VolumeTrajectory.from_json(many)
     with pytest.raises(InvalidVolumeTrajectory, match="limit"):
         VolumeTrajectory.from_json(many, max_voxels=10 * pixels)
+
+
+# -- the propagation contract --------------------------------------------------------------
+def test_a_bad_seed_is_refused_and_leaves_the_propagator_usable():
+    """add_seed(2.5, ...) passed the range check and stored the seed, so every later
+    propagate() failed with a TypeError; a mask of the wrong size failed the same way."""
+    from msagent.backbones.propagation import Seed
+    from msagent.errors import InvalidMask
+    from msagent.propagation import GenericPropagator
+    from msagent.volume_stack import build_stack
+
+    volume, mask = tube(count=6)
+    stack = build_stack(volume, window="200/110").stack
+    propagator = GenericPropagator(Bright(), stack)
+    for index in (2.5, True, "1", -1, 6):
+        with pytest.raises(IndexError):
+            propagator.add_seed(index, Seed(mask[2]))
+    with pytest.raises(InvalidMask):
+        propagator.add_seed(2, Seed(np.ones((3, 3), bool)))
+    propagator.add_seed(2, Seed(mask[2]))
+    assert sorted(propagator.propagate()) == list(range(6))
+
+
+def test_segment_volume_refuses_a_bad_nsd_tolerance():
+    volume, mask = tube(count=4)
+    for tolerance in (float("nan"), -1.0, "2"):
+        with pytest.raises(InvalidInput, match="nsd_tolerance"):
+            msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+                                   ground_truth=mask, nsd_tolerance=tolerance)

@@ -102,6 +102,9 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     if unknown:
         raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for segment_volume; known: "
                            f"{', '.join(sorted(known | agent_keys))}")
+    if isinstance(nsd_tolerance, bool) or not isinstance(nsd_tolerance, (int, float)) \
+            or not np.isfinite(nsd_tolerance) or nsd_tolerance < 0:
+        raise InvalidInput(f"nsd_tolerance is a distance in mm (0 or more), got {nsd_tolerance!r}")
     check_options(max_turns=max_turns, propagation=propagation, review_slices=review_slices,
                   **options)  # before a backbone loads
     agent_policy = load_policy_for(policy, policy_options or {})

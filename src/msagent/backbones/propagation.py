@@ -24,6 +24,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
+from ..errors import InvalidMask
 from ..types import MaskPrediction, Prompts
 
 
@@ -89,9 +90,13 @@ class Propagator(ABC):
     def add_seed(self, index: int, seed: Seed) -> None:
         """Fix slice ``index`` to ``seed`` (replacing an earlier seed there); takes effect at
         the next :meth:`propagate`."""
-        if not 0 <= index < self.stack.count:
-            raise IndexError(f"slice {index} is outside 0..{self.stack.count - 1}")
-        self.seeds[index] = seed
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
+                or not 0 <= index < self.stack.count:
+            raise IndexError(f"slice {index!r} is outside 0..{self.stack.count - 1}")
+        if np.shape(seed.mask) != self.stack.image_size:
+            raise InvalidMask(f"a seed mask is {np.shape(seed.mask)} but the slices are "
+                              f"{self.stack.image_size} (H, W)")
+        self.seeds[int(index)] = seed
 
     @abstractmethod
     def propagate(self) -> dict[int, MaskPrediction]:
