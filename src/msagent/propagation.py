@@ -119,7 +119,8 @@ class GenericPropagator(Propagator):
         self.min_area, self.min_score, self.multimask = int(min_area), float(min_score), multimask
         self.box_margin = float(box_margin)
         # slices the target may occupy (a 3-D box's slice range); None: the whole stack
-        self.extent = (0, stack.count - 1) if extent is None else (int(extent[0]), int(extent[1]))
+        self.extent = (0, stack.count - 1) if extent is None else \
+            (max(0, int(extent[0])), min(stack.count - 1, int(extent[1])))
         self.takes_mask_input = segmenter.input_geometry(stack.image_size) is not None
         self._inputs: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
 
