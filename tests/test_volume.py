@@ -34,10 +34,14 @@ class Bright(msagent.Segmenter):
     name = "bright"
     multimask_default = False
 
-    def __init__(self):
-        super().__init__(cache_size=4)
+    def __init__(self, cache_size: int = 4):
+        super().__init__(cache_size=cache_size)
         self.encoded: list[str] = []
         self.decodes = 0
+
+    @property
+    def encodes(self) -> int:
+        return len(self.encoded)
 
     def encode_image(self, image):
         from msagent.segmenter import image_key

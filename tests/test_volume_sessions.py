@@ -18,7 +18,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 nib = pytest.importorskip("nibabel")
 
-import msagent  # noqa: E402
 from msagent import io as msio  # noqa: E402
 from msagent.backbones.propagation import Propagator  # noqa: E402
 from msagent.refine import mask_box  # noqa: E402
@@ -26,49 +25,10 @@ from msagent.server import ServerConfig  # noqa: E402
 from msagent.types import MaskPrediction, decode_mask  # noqa: E402
 from msagent.webapp import STATIC_DIR, create_web_app  # noqa: E402
 
+from .test_volume import Bright, logits_of  # noqa: E402
+
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])
 WINDOW = "200/110"  # background (20-50) → dark, the target (200) → bright
-
-
-def logits_of(mask: np.ndarray) -> np.ndarray:
-    low = np.full((256, 256), -10.0, np.float32)
-    small = np.where(mask, 10.0, -10.0)[:256, :256]
-    low[: small.shape[0], : small.shape[1]] = small
-    return low
-
-
-class Bright(msagent.Segmenter):
-    """A box selects the bright pixels inside it; a positive click adds a 2-px disk, a negative
-    click removes one. Score: the bright fraction of the box. Counts encodes and decodes."""
-
-    name = "bright"
-    multimask_default = False
-
-    def __init__(self):
-        super().__init__(cache_size=4)
-        self.encodes = 0
-        self.decodes = 0
-
-    def encode_image(self, image):
-        self.encodes += 1
-        return image[:, :, 0] > 120
-
-    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
-        out = []
-        for prompts in prompt_sets:
-            self.decodes += 1
-            bright = embedding.features
-            mask = np.zeros_like(bright)
-            box = prompts.box
-            if box is not None:
-                mask[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = bright[box.y1:box.y2 + 1, box.x1:box.x2 + 1]
-            yy, xx = np.mgrid[:bright.shape[0], :bright.shape[1]]
-            for p in prompts.points:
-                disk = (yy - p.y) ** 2 + (xx - p.x) ** 2 <= 4
-                mask = mask | disk if p.positive else mask & ~disk
-            area = 1 if box is None else (box.x2 - box.x1 + 1) * (box.y2 - box.y1 + 1)
-            out.append(MaskPrediction(mask, logits_of(mask), float(mask.sum()) / area))
-        return out
 
 
 class Copying(Propagator):
