@@ -397,7 +397,8 @@ def bench_memory(full: bool) -> dict:
         command = [sys.executable, __file__, "--memory-child", str(slices), str(budget)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
-            raise RuntimeError(f"memory case {slices} slices, budget {budget} failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"memory case {slices} slices, budget {budget} failed (exit status "
+                               f"{done.returncode}):\n{done.stderr[-3000:]}")
         cases.append(json.loads(done.stdout.strip().splitlines()[-1]))
     small, large = cases
     for case in cases:
