@@ -150,16 +150,7 @@ function renderDetails(turn, session, gt, last) {
       ["area", shown.area === null ? "–" : `${shown.area} px`]);
     if (turn.error) rows.push(["error", turn.error]);
   }
-  const list = $("turn-details");
-  list.innerHTML = "";
-  for (const [name, value] of rows) {
-    const dt = document.createElement("dt");
-    dt.textContent = name;
-    const dd = document.createElement("dd");
-    dd.textContent = value;
-    list.append(dt, dd);
-  }
-  $("rationale").textContent = session ? "(your edits)" : turn ? turn.rationale || "(no rationale text)" : "";
+  showDetails(rows, session ? "(your edits)" : turn ? turn.rationale || "(no rationale text)" : "");
 }
 
 function render3dDetails(slice) {
@@ -171,6 +162,10 @@ function render3dDetails(slice) {
     rows.push(["slice", `${slice.index + 1}: ${source[slice.source] || slice.source}`],
       ["score", fmt(slice.score)], ["area", `${slice.area} px`]);
   }
+  showDetails(rows, "");
+}
+
+function showDetails(rows, rationale) {
   const list = $("turn-details");
   list.innerHTML = "";
   for (const [name, value] of rows) {
@@ -180,7 +175,7 @@ function render3dDetails(slice) {
     dd.textContent = value;
     list.append(dt, dd);
   }
-  $("rationale").textContent = "";
+  $("rationale").textContent = rationale;
 }
 
 function renderTurnList(run) {
