@@ -116,10 +116,8 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
                            where=stack.where, progress=status.line if _status.wanted() else None)
     display = trajectory.final_masks()
     scores: dict[str, Any] = {}
-    if gt is not None:
-        spacing_display = stack.stack.spacing
-        scores = {"dice": metrics.dice(display, gt), "iou": metrics.iou(display, gt),
-                  "nsd": metrics.nsd(display, gt, nsd_tolerance, spacing_display),
+    if gt is not None:  # display order: the stack's spacing is (slice, row, column)
+        scores = {**metrics.volume_metrics(display, gt, stack.stack.spacing, nsd_tolerance),
                   "slice_dice": {i: metrics.dice(display[i], gt[i]) for i in range(len(gt))
                                  if display[i].any() or gt[i].any()}}
     status.line(f"segmented {len(trajectory.masks)} slice(s) in "
