@@ -439,16 +439,13 @@ def _volume_mask_bytes(case: LoadedVolume, display: np.ndarray) -> tuple[str, by
     with the input (:func:`msagent.io.write_mask_nifti`, its header kept) when the input has
     a regular geometry, else a compressed ``.npz`` (key ``mask``)."""
     import io as _io
-    import tempfile
 
-    from ..io import write_mask_nifti
+    from ..io.nifti import mask_nifti_bytes
 
     voxels = case.stack.to_voxels(display)
     reference = case.stack.volume
     if reference is not None and not reference.irregular:
-        with tempfile.TemporaryDirectory() as folder:
-            path = write_mask_nifti(voxels, Path(folder) / "mask.nii.gz", reference)
-            return ".nii.gz", path.read_bytes()
+        return ".nii.gz", mask_nifti_bytes(voxels, reference)
     buffer = _io.BytesIO()
     np.savez_compressed(buffer, mask=voxels)
     return ".npz", buffer.getvalue()

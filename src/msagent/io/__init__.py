@@ -26,7 +26,7 @@ from .images import (
     to_rgb_uint8,
 )
 from .limits import DEFAULT_MAX_VOXELS, max_voxels_limit
-from .nifti import is_nifti, mask_data, read_nifti, write_mask_nifti, write_nifti
+from .nifti import is_nifti, mask_data, mask_nifti_bytes, read_nifti, write_mask_nifti, write_nifti
 from .volume import (
     CT_WINDOWS,
     PLANES,
@@ -43,7 +43,7 @@ __all__ = ["CT_WINDOWS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "PLANES", "
            "is_nifti", "load_array", "mask_data", "max_pixels_limit", "max_voxels_limit",
            "parse_window", "percentile_window", "read_dicom_series", "read_nifti", "read_volume",
            "save_mask_png", "save_png", "save_png16", "save_tiff", "to_mask", "to_rgb_uint8",
-           "write_dicom_seg", "write_mask_nifti", "write_nifti"]
+           "write_dicom_seg", "write_mask_nifti", "write_nifti", "mask_nifti_bytes"]
 
 
 def read_volume(source, series_uid: str | None = None, *, allow_irregular: bool = False,

@@ -188,6 +188,15 @@ def write_mask_nifti(mask: np.ndarray, path: str | os.PathLike, reference: Volum
     return write_nifti(data, path, reference)
 
 
+def mask_nifti_bytes(mask: np.ndarray, reference: Volume) -> bytes:
+    """The ``.nii.gz`` file :func:`write_mask_nifti` writes, as bytes (for a download or a
+    record's file written elsewhere)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="msagent-mask-") as folder:
+        return write_mask_nifti(mask, Path(folder) / "mask.nii.gz", reference).read_bytes()
+
+
 def _mask_reference(reference: Volume) -> Volume:
     """The reference with a header fit for a mask: no display range, intent or description."""
     header = reference.header.copy()

@@ -31,6 +31,7 @@ from .. import io
 from .._lru import BoundedLRU
 from ..errors import InvalidImage, InvalidInput, InvalidMask
 from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
+from ..io.nifti import mask_nifti_bytes
 from ..server.errors import ServerError
 from ..wire import load_npy_bytes
 
@@ -190,15 +191,15 @@ def export_mask(stored: StoredVolume, mask: np.ndarray, fmt: str, label: str) ->
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     media, suffix = EXPORT_FORMATS[fmt]
+    name = f"{_stem(stored.name)}-mask{suffix}"
+    if fmt == "nifti":
+        return mask_nifti_bytes(mask, stored.volume), media, name
+    if stored.kind != "dicom":
+        raise InvalidInput("DICOM SEG needs DICOM input; this volume is NIfTI: export NIfTI")
     with tempfile.TemporaryDirectory(prefix="msagent-export-") as tmp:
-        path = Path(tmp) / f"mask{suffix}"
-        if fmt == "nifti":
-            io.write_mask_nifti(mask, path, stored.volume)
-        elif stored.kind != "dicom":
-            raise InvalidInput("DICOM SEG needs DICOM input; this volume is NIfTI: export NIfTI")
-        else:
-            io.write_dicom_seg(mask, stored.volume, path, label=label or "target")
-        return path.read_bytes(), media, f"{_stem(stored.name)}-mask{suffix}"
+        path = io.write_dicom_seg(mask, stored.volume, Path(tmp) / f"mask{suffix}",
+                                  label=label or "target")
+        return Path(path).read_bytes(), media, name
 
 
 def _stem(name: str) -> str:
