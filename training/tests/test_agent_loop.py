@@ -290,7 +290,8 @@ def test_reward_breakdown_reaches_each_training_steps_metrics(rewarded, worker_o
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
     from msagent_training import grpo
-    from msagent_training.metrics import register, reward_metrics
+    from msagent_training.metrics import reward_metrics
+    from msagent_training.trainer import register
 
     output, _, _, config = rewarded
     trainer = register()

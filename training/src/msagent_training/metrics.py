@@ -1,26 +1,29 @@
-"""The reward breakdown in every GRPO training step's metrics (verl's V1 trainer).
+"""What msagent adds to every GRPO training step's metrics (verl's V1 trainer logs these
+only from validation, or not at all): the reward breakdown and how the episodes went.
 
-verl 0.9.1's V1 trainer logs ``compute_score``'s extra keys only from validation; per training
-step its ``_compute_metrics`` reads a fixed list of fields (trainer/ppo/v1/trainer_base.py:1868).
-Its extension points allow more without changing verl: trainers register by name
-(``register_trainer``, trainer_base.py:1999; chosen by ``trainer.v1.trainer_mode``), and
-``run_ppo`` takes the TaskRunner class (main_ppo.py:34). This module registers trainer mode
-``msagent_sync`` — verl's ``sync`` trainer whose step metrics also carry
-``reward/<key>/{mean,min,max}`` for score, format, quality, penalty, bonus, turns, iou, dice,
-read from each trajectory's ``extra_fields["reward_extra_info"]`` (where verl's reward loop puts
-them) in TransferQueue. ``python -m msagent_training.grpo`` imports it in the TaskRunner.
+- ``reward/<key>/{mean,min,max}`` for score, format, quality, penalty, bonus, turns, iou, dice,
+  from each trajectory's ``extra_fields["reward_extra_info"]`` (where verl's reward loop puts
+  :func:`msagent_training.reward.compute_score`'s dict);
+- ``reward/groups_with_variance``: the fraction of GRPO groups (rollouts of one prompt) whose
+  scores differ — only those give non-zero advantages;
+- ``episode/*``: the share of replies that made a valid tool call, replies per episode, the
+  share of episodes with more than one reply, segmenter calls, the final IoU — from the
+  record our agent loop and tools keep (:mod:`msagent_training.episode`).
+
+:mod:`msagent_training.trainer` computes them in trainer mode ``msagent_sync``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .episode import CALLS, INVALID, IOUS, SCORES
 from .reward import METRIC_KEYS
 
-MODE = "msagent_sync"
 PREFIX = "reward"
 
 
@@ -38,31 +41,41 @@ def reward_metrics(extra_infos: Iterable[Mapping[str, Any] | None]) -> dict[str,
     return metrics
 
 
-def _extra_infos(extra_fields: Iterable[Any]) -> list[Mapping[str, Any] | None]:
-    return [fields.get("reward_extra_info") if isinstance(fields, Mapping) else None
-            for fields in extra_fields]
+def group_metrics(uids: Sequence[Any], scores: Sequence[float | None]) -> dict[str, float]:
+    """``reward/groups_with_variance`` and ``reward/groups``: GRPO groups are the rollouts
+    that share a ``uid``; a group whose scores are all equal gets zero advantages."""
+    groups: dict[Any, list[float]] = defaultdict(list)
+    for uid, score in zip(uids, scores, strict=True):
+        if score is not None:
+            groups[uid].append(float(score))
+    if not groups:
+        return {}
+    varied = sum(1 for values in groups.values() if len(values) > 1 and np.ptp(values) > 0)
+    return {f"{PREFIX}/groups": float(len(groups)),
+            f"{PREFIX}/groups_with_variance": varied / len(groups)}
 
 
-def register() -> type:
-    """Register (once) and return the ``msagent_sync`` trainer class."""
-    import transfer_queue as tq
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, register_trainer
-    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+def episode_metrics(records: Iterable[Mapping[str, Any] | None]) -> dict[str, float]:
+    """``episode/*`` over the trajectories' ``extra_fields`` (see the module docstring)."""
+    episodes = [r for r in records if isinstance(r, Mapping) and r.get(CALLS) is not None]
+    if not episodes:
+        return {}
+    calls = [list(r[CALLS]) for r in episodes]
+    replies = np.array([len(c) for c in calls], dtype=float)
+    valid = sum(1 for c in calls for kind in c if kind != INVALID)
+    segmenter_calls = np.array([len(r.get(SCORES) or []) for r in episodes], dtype=float)
+    final_iou = np.array([float((r.get(IOUS) or [0.0])[-1]) for r in episodes])
+    return {
+        "episode/valid_call_rate": valid / max(1.0, float(replies.sum())),
+        "episode/with_valid_call": float(np.mean([any(k != INVALID for k in c) for c in calls])),
+        "episode/replies/mean": float(replies.mean()),
+        "episode/replies/max": float(replies.max()),
+        "episode/multi_turn": float(np.mean(replies > 1)),
+        "episode/segmenter_calls": float(segmenter_calls.sum()),
+        "episode/final_iou/mean": float(final_iou.mean()),
+    }
 
-    if MODE in TRAINER_REGISTRY:
-        return TRAINER_REGISTRY[MODE]
 
-    @register_trainer(MODE)
-    class MSAgentTrainerSync(PPOTrainerSync):
-        """verl's sync trainer; each step's metrics also hold the reward breakdown."""
-
-        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
-            super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                                   select_fields=["extra_fields"])
-            extra_fields = data.pop("extra_fields").tolist()
-            kept = [fields for fields, tag in zip(extra_fields, batch.tags, strict=True)
-                    if not tag.get("is_padding", False)]
-            metrics.update(reward_metrics(_extra_infos(kept)))
-
-    return MSAgentTrainerSync
+def reward_extra_info(extra_fields: Any) -> Mapping[str, Any] | None:
+    """The reward's breakdown dict kept in a trajectory's ``extra_fields``."""
+    return extra_fields.get("reward_extra_info") if isinstance(extra_fields, Mapping) else None
