@@ -4,6 +4,11 @@ Qwen3-VL model directory (real tokenizer and processor, no weights), scripted po
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -105,3 +110,40 @@ def png_array(data: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)))
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SFT_STEPS = 10
+IMAGE_SIZE = 256
+LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory):
+    from msagent_training.smoke_data import write_smoke_data
+    from msagent_training.tiny import build_tiny_qwen3_vl
+
+    root = tmp_path_factory.mktemp("sft-cpu")
+    model = build_tiny_qwen3_vl(root / "model", seed=0)
+    data = write_smoke_data(str(root / "data"), cases=2, max_turns=2, policy_image_size=IMAGE_SIZE)
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1",
+           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               "--nproc-per-node=1", "-m", "msagent_training.sft",
+               f"--config-path={CONFIGS}", "--config-name=sft_cpu",
+               f"data.train_files={data / 'sft.parquet'}", "data.train_batch_size=2",
+               f"model.path={model}", f"trainer.default_local_dir={root / 'ckpt'}",
+               f"trainer.total_training_steps={SFT_STEPS}", "hydra.run.dir=" + str(root / "hydra")]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=900)
+    seconds = time.monotonic() - start
+    log = result.stdout + result.stderr
+    (root / "sft.log").write_text(log)
+    assert result.returncode == 0, log[-6000:]
+    losses = {int(step): float(loss) for step, loss in LOSS.findall(log)}
+    print(f"\nCPU SFT: {SFT_STEPS} steps in {seconds:.0f} s; loss per step: "
+          + ", ".join(f"{losses[s]:.3f}" for s in sorted(losses)))
+    return root, model, data, [losses[s] for s in sorted(losses)]
+
+

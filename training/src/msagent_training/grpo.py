@@ -39,16 +39,20 @@ class TaskRunner(TaskRunnerV1.__ray_metadata__.modified_class):
         return super().run(config)
 
 
+def is_local_path(path: str) -> bool:
+    """A filesystem path, not a Hugging Face Hub id such as ``Qwen/Qwen3-VL-8B-Instruct``."""
+    return path.startswith(("/", "./", "../", "~")) or os.path.isabs(path)
+
+
 def preflight(config) -> None:
     """Refuse, before Ray starts, what would otherwise fail minutes later inside an actor."""
     from .hf_rollout import check_config
 
     rollout = config.actor_rollout_ref.rollout
-    model = config.actor_rollout_ref.model.path
-    if os.path.sep in str(model) or str(model).startswith("."):
-        if not os.path.isdir(os.path.expanduser(str(model))):
-            raise ConfigError(f"actor_rollout_ref.model.path={model} does not exist; point it at a "
-                              "Hugging Face model folder (e.g. the SFT run's global_step_N/huggingface)")
+    model = str(config.actor_rollout_ref.model.path)
+    if is_local_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise ConfigError(f"actor_rollout_ref.model.path={model} does not exist; point it at a "
+                          "Hugging Face model folder (e.g. the SFT run's global_step_N/huggingface)")
     if rollout.name == "hf":
         check_config(rollout)
     if cpu_platform.enabled():

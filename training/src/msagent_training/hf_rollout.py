@@ -111,6 +111,10 @@ class HFRolloutActor:
 
         from . import cpu_platform
 
+        path = str(_get(model_config, "path", ""))
+        if path.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(path)):
+            raise RolloutConfigError(f"actor_rollout_ref.model.path={path!r} is not a model "
+                                     "directory here; point it at a Hugging Face checkpoint folder")
         if not isinstance(model_config, HFModelConfig):
             model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         device = "cuda" if torch.cuda.is_available() and not cpu_platform.enabled() else "cpu"

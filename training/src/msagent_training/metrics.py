@@ -15,6 +15,7 @@ only from validation, or not at all): the reward breakdown and how the episodes 
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -79,3 +80,24 @@ def episode_metrics(records: Iterable[Mapping[str, Any] | None]) -> dict[str, fl
 def reward_extra_info(extra_fields: Any) -> Mapping[str, Any] | None:
     """The reward's breakdown dict kept in a trajectory's ``extra_fields``."""
     return extra_fields.get("reward_extra_info") if isinstance(extra_fields, Mapping) else None
+
+
+_STEP_LINE = re.compile(r"step:(\d+) - (.*)$", re.MULTILINE)
+_NUMBER = re.compile(r"[-+0-9.eE]+(?=\)?$)")  # 0.5, np.float64(0.5), np.int32(2)
+
+
+def console_steps(log: str) -> dict[int, dict[str, float]]:
+    """Every step's metrics from verl's console logger (``step:N - key:value - ...`` lines)."""
+    steps: dict[int, dict[str, float]] = {}
+    for number, body in _STEP_LINE.findall(log):
+        values: dict[str, float] = {}
+        for item in body.split(" - "):
+            key, _, value = item.rpartition(":")
+            match = _NUMBER.search(value.strip())
+            if key and match:
+                try:
+                    values[key.strip()] = float(match.group(0))
+                except ValueError:
+                    continue
+        steps[int(number)] = values
+    return steps

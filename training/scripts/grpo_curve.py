@@ -1,0 +1,154 @@
+"""Does GRPO learn? N steps of CPU GRPO from an SFT checkpoint on a fixed prompt set, one row per
+step: mean reward and its breakdown, valid-call rate, final IoU, replies per episode, groups
+with reward variance, step time.
+
+    VERL_PLATFORM=cpu python training/scripts/grpo_curve.py OUT [--steps 20] [--sft-steps 40]
+        [--sft MODEL_DIR --data DATA_DIR] [--rollouts 4] [--lr 1e-4]
+
+Without ``--sft`` it builds the tiny Qwen3-VL, phantom data (LiteMedSAM expert trajectories,
+256 px) and runs the CPU SFT first (configs/sft_cpu.yaml), as the CI fixture does. It writes
+``OUT/curve.json`` (every step's metrics), ``OUT/curve.md`` (the table) and, when matplotlib is
+installed, ``OUT/curve.png``; the run's logs stay in ``OUT``. A benchmark, not a test: it
+asserts nothing. ``--plot-only OUT`` redraws the figure from ``curve.json`` (in any environment
+with matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+COLUMNS = (  # (metric, header)
+    ("reward/score/mean", "reward"), ("reward/format/mean", "format"),
+    ("reward/quality/mean", "quality"), ("reward/penalty/mean", "penalty"),
+    ("reward/bonus/mean", "bonus"), ("episode/valid_call_rate", "valid calls"),
+    ("episode/final_iou/mean", "final IoU"), ("episode/replies/mean", "replies"),
+    ("reward/groups_with_variance", "groups w/ variance"), ("actor/grad_norm", "grad norm"),
+    ("timing_s/step", "step s"),
+)
+ENV = {"VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+       "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
+
+
+def run(command: list[str], log: Path, cwd: Path) -> str:
+    print("$", " ".join(command[:6]), "...", flush=True)
+    start = time.monotonic()
+    with open(log, "w") as sink:
+        code = subprocess.call(command, cwd=cwd, env={**os.environ, **ENV}, stdout=sink,
+                               stderr=subprocess.STDOUT)
+    text = log.read_text()
+    if code:
+        sys.exit(f"{command[2]} failed ({code}); see {log}:\n{text[-3000:]}")
+    print(f"  done in {time.monotonic() - start:.0f} s ({log})", flush=True)
+    return text
+
+
+def prepare(out: Path, sft_steps: int) -> tuple[Path, Path]:
+    """The tiny model, phantom data and a CPU SFT checkpoint (what the CI fixture builds)."""
+    from msagent_training.smoke_data import write_smoke_data
+    from msagent_training.tiny import build_tiny_qwen3_vl
+
+    model = build_tiny_qwen3_vl(out / "model", seed=0)
+    data = write_smoke_data(str(out / "data"), cases=2, max_turns=2, policy_image_size=256)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+         "--nproc-per-node=1", "-m", "msagent_training.sft", f"--config-path={CONFIGS}",
+         "--config-name=sft_cpu", f"data.train_files={data / 'sft.parquet'}",
+         f"model.path={model}", f"trainer.default_local_dir={out / 'sft'}",
+         f"trainer.total_training_steps={sft_steps}", f"hydra.run.dir={out / 'hydra-sft'}"],
+        out / "sft.log", out)
+    return out / "sft" / f"global_step_{sft_steps}" / "huggingface", data
+
+
+def grpo(out: Path, model: Path, data: Path, steps: int, rollouts: int, lr: float) -> str:
+    return run([sys.executable, "-m", "msagent_training.grpo", f"--config-path={CONFIGS}",
+                "--config-name=grpo_cpu", f"data.train_files={data / 'rl.parquet'}",
+                f"data.val_files={data / 'rl.parquet'}", f"actor_rollout_ref.model.path={model}",
+                f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam_cpu.yaml",
+                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
+                f"actor_rollout_ref.rollout.n={rollouts}", f"actor_rollout_ref.actor.optim.lr={lr}",
+                f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
+                f"trainer.default_local_dir={out / 'ckpt'}",
+                f"trainer.rollout_data_dir={out / 'rollouts'}", f"hydra.run.dir={out / 'hydra-grpo'}"],
+               out / "grpo.log", out)
+
+
+def table(steps: dict[int, dict[str, float]]) -> str:
+    lines = ["| step | " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|---:|" + "---:|" * len(COLUMNS)]
+    for number, values in sorted(steps.items()):
+        cells = [f"{values[k]:.3f}" if k in values else "–" for k, _ in COLUMNS]
+        lines.append(f"| {number} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = {int(k): v for k, v in json.loads((out / "curve.json").read_text())["steps"].items()}
+    x = sorted(steps)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, label in (("reward/score/mean", "mean reward"), ("episode/valid_call_rate", "valid calls"),
+                       ("episode/final_iou/mean", "final IoU")):
+        axes[0].plot(x, [steps[s].get(key, float("nan")) for s in x], marker="o", label=label)
+    axes[0].set_xlabel("GRPO step")
+    axes[0].legend()
+    axes[0].set_title("tiny Qwen3-VL + LiteMedSAM, CPU")
+    axes[1].plot(x, [steps[s].get("episode/replies/mean", float("nan")) for s in x], marker="o",
+                 label="replies per episode")
+    axes[1].plot(x, [steps[s].get("reward/groups_with_variance", float("nan")) for s in x],
+                 marker="o", label="groups with reward variance")
+    axes[1].set_xlabel("GRPO step")
+    axes[1].legend()
+    figure.tight_layout()
+    path = out / "curve.png"
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sft-steps", type=int, default=40)
+    parser.add_argument("--sft", type=Path, help="an SFT Hugging Face checkpoint (skip the SFT run)")
+    parser.add_argument("--data", type=Path, help="the folder with rl.parquet (with --sft)")
+    parser.add_argument("--rollouts", type=int, default=4, help="rollouts per prompt (group size)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--plot-only", action="store_true")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    if args.plot_only:
+        print(plot(out))
+        return 0
+    if os.environ.get("VERL_PLATFORM") != "cpu":
+        sys.exit("run with VERL_PLATFORM=cpu (the CPU platform of msagent_training)")
+    if (args.sft is None) != (args.data is None):
+        sys.exit("--sft and --data go together")
+    out.mkdir(parents=True, exist_ok=True)
+    from msagent_training.metrics import console_steps
+
+    model, data = (args.sft.resolve(), args.data.resolve()) if args.sft else prepare(out, args.sft_steps)
+    steps = console_steps(grpo(out, model, data, args.steps, args.rollouts, args.lr))
+    (out / "curve.json").write_text(json.dumps({"settings": vars(args) | {"out": str(out),
+                                                "sft": str(model), "data": str(data)},
+                                                "steps": steps}, indent=1, default=str))
+    (out / "curve.md").write_text(table(steps))
+    print(table(steps))
+    try:
+        print(plot(out))
+    except ImportError:
+        print("matplotlib is not installed here: redraw with --plot-only OUT where it is")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
