@@ -79,7 +79,12 @@ def test_log_probs_are_the_processed_logits_of_the_returned_tokens(tiny):
     server = server_for(tiny)
     ids = text_prompt(processor)
     torch.manual_seed(0)
-    output = server.generate(ids, {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "logprobs": True})
+    saved = model.generation_config.top_k, model.generation_config.top_p
+    model.generation_config.top_k, model.generation_config.top_p = 2, 0.3  # must not apply
+    try:
+        output = server.generate(ids, {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "logprobs": True})
+    finally:
+        model.generation_config.top_k, model.generation_config.top_p = saved
     assert 1 <= len(output.token_ids) <= 24 and len(output.log_probs) == len(output.token_ids)
     assert output.stop_reason == "completed"
     with torch.no_grad():  # the actor's view: one forward over prompt + response, logits / T
@@ -87,6 +92,24 @@ def test_log_probs_are_the_processed_logits_of_the_returned_tokens(tiny):
     response_logits = logits[len(ids) - 1:-1] / 0.7
     expected = torch.log_softmax(response_logits, -1).gather(-1, torch.tensor(output.token_ids)[:, None])
     np.testing.assert_allclose(output.log_probs, expected[:, 0].numpy(), atol=2e-4)
+
+
+def test_image_prompts_use_the_actors_multimodal_positions(tiny):
+    # verl's actor computes Qwen-VL's multimodal RoPE from the image-token mask; the server
+    # must generate at the same positions (transformers falls back to text-only ones silently)
+    model, processor = tiny
+    ids, image = image_prompt(processor)
+    output = server_for(tiny).generate(ids, {"temperature": 1.0, "top_k": -1, "logprobs": True},
+                                       image_data=[image])
+    tokens = torch.tensor([ids + output.token_ids])
+    pixels = processor.image_processor(images=[image], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(input_ids=tokens, pixel_values=pixels["pixel_values"],
+                       image_grid_thw=pixels["image_grid_thw"],
+                       mm_token_type_ids=(tokens == model.config.image_token_id).long()).logits[0]
+    expected = torch.log_softmax(logits[len(ids) - 1:-1].float(), -1).gather(
+        -1, torch.tensor(output.token_ids)[:, None])[:, 0]
+    np.testing.assert_allclose(output.log_probs, expected.numpy(), atol=2e-4)
 
 
 def test_greedy_is_deterministic_and_stops_on_a_stop_id(tiny):

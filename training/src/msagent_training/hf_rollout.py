@@ -136,7 +136,8 @@ class HFRolloutActor:
     async def generate(self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list[Any] | None = None, video_data: Any = None, **kwargs: Any):
         return await asyncio.to_thread(self.server.generate, prompt_ids, sampling_params,
-                                       image_data=image_data, video_data=video_data)
+                                       image_data=image_data, video_data=video_data,
+                                       mm_processor_kwargs=kwargs.get("mm_processor_kwargs"))
 
     async def update_weights(self, named_tensors: dict, global_steps: int | None = None) -> dict:
         return await asyncio.to_thread(self.server.update_weights, named_tensors, global_steps)

@@ -120,7 +120,7 @@ class HFGenerationServer:
 
     def generate(self, prompt_ids: Sequence[int], sampling_params: Mapping[str, Any],
                  image_data: Sequence[Any] | None = None, video_data: Any = None,
-                 **unused: Any):
+                 mm_processor_kwargs: Mapping[str, Any] | None = None, **unused: Any):
         """One response for ``prompt_ids`` (a verl ``TokenOutput``); blocking."""
         from verl.workers.rollout.replica import TokenOutput
 
@@ -131,19 +131,22 @@ class HFGenerationServer:
         cap = max_new_tokens(len(prompt_ids), prompt_length=self.prompt_length,
                              response_length=self.response_length, max_model_len=self.max_model_len)
         cap = min(cap, int(params.pop("max_tokens", params.pop("max_new_tokens", cap)) or cap))
-        inputs = self._model_inputs(prompt_ids, list(image_data or []))
+        inputs = self._model_inputs(prompt_ids, list(image_data or []), dict(mm_processor_kwargs or {}))
         with self._lock:
             if self._abort.is_set():
                 return TokenOutput(token_ids=[], stop_reason="aborted",
                                    extra_fields={"global_steps": self.global_steps})
-            if params.get("seed") is not None or self.seed is not None:
-                torch.manual_seed(int(params.get("seed", self.seed)))
+            seed = params.get("seed")
+            seed = self.seed if seed is None else seed
+            if seed is not None:
+                torch.manual_seed(int(seed))
             tokens, log_probs, aborted = self._sample(inputs, params, cap)
         return TokenOutput(token_ids=tokens, log_probs=log_probs if params.get("logprobs") else None,
                            stop_reason="aborted" if aborted else "completed", num_preempted=0,
                            extra_fields={"global_steps": self.global_steps})
 
-    def _model_inputs(self, prompt_ids: list[int], images: list[Any]) -> dict[str, torch.Tensor]:
+    def _model_inputs(self, prompt_ids: list[int], images: list[Any],
+                      processor_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = self.model.device
         inputs: dict[str, torch.Tensor] = {
             "input_ids": torch.tensor([prompt_ids], dtype=torch.long, device=device),
@@ -158,7 +161,7 @@ class HFGenerationServer:
         if image_processor is None or self.image_pad_id is None:
             raise RolloutInputError(f"{type(self.model).__name__} takes no images, but the request "
                                     f"has {len(images)}")
-        processed = image_processor(images=images, return_tensors="pt")
+        processed = image_processor(images=images, return_tensors="pt", **processor_kwargs)
         grid = processed["image_grid_thw"]
         expected = (grid.prod(-1) // self.merge_size**2).tolist()
         if runs != expected:
@@ -168,11 +171,15 @@ class HFGenerationServer:
                 "or processor settings (check data.mm_processor_kwargs / max_pixels)")
         inputs["pixel_values"] = processed["pixel_values"].to(device, self.model.dtype)
         inputs["image_grid_thw"] = grid.to(device)
+        # Which tokens are image tokens: Qwen-VL's multimodal RoPE needs it (transformers >= 5.3
+        # takes it from here; without it generate silently uses text-only positions, which is
+        # not what the actor computes: verl's agent loop builds the same mask, agent_loop.py:936)
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_pad_id).long()
         return inputs
 
     def _sample(self, inputs: dict[str, torch.Tensor], params: Mapping[str, Any], cap: int
                 ) -> tuple[list[int], list[float], bool]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
         abort = self._abort
 
@@ -183,19 +190,20 @@ class HFGenerationServer:
 
         temperature = float(params.get("temperature", 1.0) or 0.0)
         stops = sorted({*_ids(params.get("stop_token_ids")), *_ids(self._eos_ids())})
-        options: dict[str, Any] = dict(
+        pad = self.tokenizer.pad_token_id
+        # A fresh GenerationConfig: the checkpoint's own sampling defaults (Qwen3-VL ships
+        # top_k=20, top_p=0.8) must not apply on top of what verl asked for.
+        sampling = dict(do_sample=True, temperature=temperature,
+                        top_p=float(params.get("top_p", 1.0) or 1.0),
+                        top_k=_top_k(params.get("top_k")) or 0) if temperature > 0 else dict(do_sample=False)
+        config = GenerationConfig(
             max_new_tokens=cap, eos_token_id=stops or None, output_scores=True,
-            return_dict_in_generate=True, use_cache=True, stopping_criteria=StoppingCriteriaList([_Abort()]),
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-            else (stops[0] if stops else 0),
-            repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0))
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature,
-                           top_p=float(params.get("top_p", 1.0) or 1.0), top_k=_top_k(params.get("top_k")))
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            return_dict_in_generate=True, use_cache=True,
+            pad_token_id=pad if pad is not None else (stops[0] if stops else 0),
+            repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0), **sampling)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, **options)
+            output = self.model.generate(**inputs, generation_config=config,
+                                         stopping_criteria=StoppingCriteriaList([_Abort()]))
         new = output.sequences[0, inputs["input_ids"].shape[1]:]
         scores = torch.stack(output.scores, dim=0)[:, 0].float()  # (new tokens, vocab), processed
         log_probs = torch.log_softmax(scores, dim=-1).gather(-1, new[:, None].to(scores.device))[:, 0]
