@@ -113,7 +113,7 @@ def png_array(data: bytes) -> np.ndarray:
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SFT_STEPS = 10
+SFT_STEPS = 60  # enough for valid calls in some sampled replies, not all (probe.py)
 IMAGE_SIZE = 256
 LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
 
@@ -136,7 +136,7 @@ def sft_run(tmp_path_factory):
                f"trainer.total_training_steps={SFT_STEPS}", "hydra.run.dir=" + str(root / "hydra")]
     start = time.monotonic()
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=2400)
     seconds = time.monotonic() - start
     log = result.stdout + result.stderr
     (root / "sft.log").write_text(log)

@@ -41,7 +41,8 @@ def grpo_run(sft_run):
                f"data.val_files={data / 'rl.parquet'}", f"actor_rollout_ref.model.path={sft_model}",
                f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam_cpu.yaml",
                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
-               f"actor_rollout_ref.rollout.n={ROLLOUTS}", "actor_rollout_ref.rollout.custom.weights_digest=true",
+               f"actor_rollout_ref.rollout.n={ROLLOUTS}",
+               "actor_rollout_ref.rollout.custom.weights_digest=true",
                f"trainer.total_training_steps={STEPS}", f"trainer.default_local_dir={out / 'ckpt'}",
                f"trainer.rollout_data_dir={out / 'rollouts'}", f"hydra.run.dir={out / 'hydra'}"]
     start = time.monotonic()

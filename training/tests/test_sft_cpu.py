@@ -1,16 +1,19 @@
-"""Ten real SFT steps through verl's SFTTrainer on the CPU platform (configs/sft_cpu.yaml):
-the loss falls clearly on a fixed small batch, the weights change, and the saved Hugging Face
-checkpoint loads into msagent's ``qwen`` policy and runs an episode with LiteMedSAM.
+"""Real SFT steps (``SFT_STEPS``) through verl's SFTTrainer on the CPU platform
+(configs/sft_cpu.yaml): the loss falls clearly on a fixed small batch, the weights change, the
+saved Hugging Face checkpoint loads into msagent's ``qwen`` policy and runs an episode with
+LiteMedSAM, and, sampled at temperature 1, it makes a valid tool call in some first replies and
+not in others — what the GRPO test starts from.
 
 The tiny random Qwen3-VL has the real vocabulary (151,936 rows), so a step is dominated by
 the logits; the batch is two expert trajectories at 256 px policy images (64 tokens each),
-one step per epoch, so every step sees the same batch. About 2–3 minutes on 2 cores.
+one step per epoch, so every step sees the same batch. About 12–15 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from conftest import IMAGE_SIZE, SFT_STEPS
+
 
 def test_loss_falls_clearly(sft_run):
     _, _, _, losses = sft_run
@@ -45,3 +48,14 @@ def test_checkpoint_runs_an_episode_in_the_qwen_policy(sft_run, cases, segmenter
                                                                    case.ground_truth)
     assert trajectory.steps and all(isinstance(step.raw_text, str) for step in trajectory.steps)
     assert trajectory.stop_reason is not None
+
+
+def test_sampled_replies_are_sometimes_valid(sft_run):
+    from msagent_training.probe import valid_call_rate
+
+    root, _, data, _ = sft_run
+    result = valid_call_rate(root / "ckpt" / f"global_step_{SFT_STEPS}" / "huggingface",
+                             data / "rl.parquet", samples=8, temperature=1.0, seed=0)
+    print(f"\nvalid-call rate at T=1 after {SFT_STEPS} SFT steps: {result.rate:.3f} "
+          f"({result.mixed_prompts} of {len(result.kinds)} prompts mixed)")
+    assert 0.0 < result.rate < 1.0, result.kinds
