@@ -12,11 +12,14 @@ from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASE = {"grpo": "ppo_trainer", "grpo_tiny": "ppo_trainer", "sft": "sft_trainer_engine",
-        "sft_tiny": "sft_trainer_engine", "sft_cpu": "sft_trainer_engine"}
-TINY = ("grpo_tiny", "sft_tiny", "sft_cpu")
-#: dataclass fields verl's YAML leaves out (FSDPEngineConfig.mixed_precision, default None)
-OPTIONAL_FIELDS = ("engine.mixed_precision",)
+BASE = {"grpo": "ppo_trainer", "grpo_tiny": "ppo_trainer", "grpo_cpu": "ppo_trainer",
+        "sft": "sft_trainer_engine", "sft_tiny": "sft_trainer_engine", "sft_cpu": "sft_trainer_engine"}
+TINY = ("grpo_tiny", "grpo_cpu", "sft_tiny", "sft_cpu")
+CPU = ("grpo_cpu", "sft_cpu")
+#: dataclass fields verl's YAML leaves out (FSDPEngineConfig.mixed_precision, default None;
+#: RolloutConfig.custom, verl's free-form extension point, default None)
+OPTIONAL_FIELDS = ("engine.mixed_precision", "actor_rollout_ref.actor.fsdp_config.mixed_precision",
+                   "actor_rollout_ref.rollout.custom")
 
 
 def compose_config(name, overrides=()):
@@ -91,7 +94,7 @@ def test_master_weights_are_fp32(name):
 
     engine = _engine(compose_config(name))
     assert engine.model_dtype in ("fp32", "float32"), (name, engine.model_dtype)
-    if name != "sft_cpu":  # GPU recipes: bf16 compute by mixed precision
+    if name not in CPU:  # GPU recipes: bf16 compute by mixed precision
         mixed = engine.get("mixed_precision") or {}
         assert mixed.get("param_dtype", "bf16") == "bf16"
     if "engine" in compose_config(name):
@@ -123,7 +126,7 @@ def test_turn_cap_is_the_inference_and_generation_cap():
 
     actions = attrs.fields(Agent).max_turns.default
     assert attrs.fields(HybridConfig).max_actions.default == actions
-    for name in ("grpo", "grpo_tiny"):
+    for name in ("grpo", "grpo_tiny", "grpo_cpu"):
         turns = compose_config(name).actor_rollout_ref.rollout.multi_turn
         assert (turns.max_user_turns, turns.max_assistant_turns) == (actions, actions + 1)
 
@@ -150,7 +153,7 @@ def test_grpo_passes_verl_validation():
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    for name in ("grpo", "grpo_tiny"):
+    for name in ("grpo", "grpo_tiny", "grpo_cpu"):
         config = compose_config(name)
         assert not need_reference_policy(config) and not need_critic(config)
         validate_config(config=config, use_reference_policy=False, use_critic=False)

@@ -64,9 +64,8 @@ def server_name(replica_rank: int) -> str:
 
 
 def _get(config: Any, key: str, default: Any) -> Any:
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default) if not hasattr(config, "get") else config.get(key, default)
+    """``key`` of a dict, a DictConfig or a verl config dataclass (which all have ``get``)."""
+    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
 
 
 def _torch_dtype(name: str):
