@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 COLUMNS = (  # (metric, header)
     ("reward/score/mean", "reward"), ("reward/format/mean", "format"),
     ("reward/quality/mean", "quality"), ("reward/penalty/mean", "penalty"),
@@ -32,13 +31,13 @@ COLUMNS = (  # (metric, header)
     ("reward/groups_with_variance", "groups w/ variance"), ("actor/grad_norm", "grad norm"),
     ("timing_s/step", "step s"),
 )
-ENV = {"VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-       "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
 
 
 def run(command: list[str], log: Path, cwd: Path) -> str:
     print("$", " ".join(command[:6]), "...", flush=True)
     start = time.monotonic()
+    from msagent_training.cpu_runs import ENV
+
     with open(log, "w") as sink:
         code = subprocess.call(command, cwd=cwd, env={**os.environ, **ENV}, stdout=sink,
                                stderr=subprocess.STDOUT)
@@ -51,30 +50,21 @@ def run(command: list[str], log: Path, cwd: Path) -> str:
 
 def prepare(out: Path, sft_steps: int) -> tuple[Path, Path]:
     """The tiny model, phantom data and a CPU SFT checkpoint (what the CI fixture builds)."""
+    from msagent_training.cpu_runs import sft_command
     from msagent_training.smoke_data import write_smoke_data
     from msagent_training.tiny import build_tiny_qwen3_vl
 
     model = build_tiny_qwen3_vl(out / "model", seed=0)
     data = write_smoke_data(str(out / "data"), cases=2, max_turns=2, policy_image_size=256)
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-         "--nproc-per-node=1", "-m", "msagent_training.sft", f"--config-path={CONFIGS}",
-         "--config-name=sft_cpu", f"data.train_files={data / 'sft.parquet'}",
-         f"model.path={model}", f"trainer.default_local_dir={out / 'sft'}",
-         f"trainer.total_training_steps={sft_steps}", f"hydra.run.dir={out / 'hydra-sft'}"],
-        out / "sft.log", out)
-    return out / "sft" / f"global_step_{sft_steps}" / "huggingface", data
+    run(sft_command(model, data, out / "sft", sft_steps), out / "sft.log", out)
+    return out / "sft" / "ckpt" / f"global_step_{sft_steps}" / "huggingface", data
 
 
 def grpo(out: Path, model: Path, data: Path, steps: int, rollouts: int, lr: float) -> str:
-    return run([sys.executable, "-m", "msagent_training.grpo", f"--config-path={CONFIGS}",
-                "--config-name=grpo_cpu", f"data.train_files={data / 'rl.parquet'}",
-                f"data.val_files={data / 'rl.parquet'}", f"actor_rollout_ref.model.path={model}",
-                f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam_cpu.yaml",
-                f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
-                f"actor_rollout_ref.rollout.n={rollouts}", f"actor_rollout_ref.actor.optim.lr={lr}",
-                f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}",
-                f"trainer.default_local_dir={out / 'ckpt'}",
-                f"trainer.rollout_data_dir={out / 'rollouts'}", f"hydra.run.dir={out / 'hydra-grpo'}"],
+    from msagent_training.cpu_runs import grpo_command
+
+    return run(grpo_command(model, data, out / "grpo", steps, rollouts,
+                            f"actor_rollout_ref.actor.optim.lr={lr}", f"trainer.save_freq={steps}"),
                out / "grpo.log", out)
 
 

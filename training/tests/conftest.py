@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,7 +110,6 @@ def png_array(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SFT_STEPS = 60  # enough for valid calls in some sampled replies, not all (probe.py)
 IMAGE_SIZE = 256
 LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
@@ -126,14 +123,10 @@ def sft_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft-cpu")
     model = build_tiny_qwen3_vl(root / "model", seed=0)
     data = write_smoke_data(str(root / "data"), cases=2, max_turns=2, policy_image_size=IMAGE_SIZE)
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               "--nproc-per-node=1", "-m", "msagent_training.sft",
-               f"--config-path={CONFIGS}", "--config-name=sft_cpu",
-               f"data.train_files={data / 'sft.parquet'}", "data.train_batch_size=2",
-               f"model.path={model}", f"trainer.default_local_dir={root / 'ckpt'}",
-               f"trainer.total_training_steps={SFT_STEPS}", "hydra.run.dir=" + str(root / "hydra")]
+    from msagent_training.cpu_runs import ENV, sft_command
+
+    env = {**os.environ, **ENV}
+    command = sft_command(model, data, root, SFT_STEPS)
     start = time.monotonic()
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
                             timeout=2400)

@@ -15,12 +15,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import CONFIGS, IMAGE_SIZE, SFT_STEPS
+from conftest import IMAGE_SIZE, SFT_STEPS
 
+from msagent_training.cpu_runs import ENV, grpo_command
 from msagent_training.metrics import console_steps
 
 STEPS = 2
@@ -34,17 +34,9 @@ def grpo_run(sft_run):
     root, _, data, _ = sft_run
     sft_model = root / "ckpt" / f"global_step_{SFT_STEPS}" / "huggingface"
     out = root / "grpo"
-    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
-    command = [sys.executable, "-m", "msagent_training.grpo", f"--config-path={CONFIGS}",
-               "--config-name=grpo_cpu", f"data.train_files={data / 'rl.parquet'}",
-               f"data.val_files={data / 'rl.parquet'}", f"actor_rollout_ref.model.path={sft_model}",
-               f"actor_rollout_ref.rollout.multi_turn.tool_config_path={CONFIGS}/tools/litemedsam_cpu.yaml",
-               f"actor_rollout_ref.rollout.agent.agent_loop_config_path={CONFIGS}/agent_loop.yaml",
-               f"actor_rollout_ref.rollout.n={ROLLOUTS}",
-               "actor_rollout_ref.rollout.custom.weights_digest=true",
-               f"trainer.total_training_steps={STEPS}", f"trainer.default_local_dir={out / 'ckpt'}",
-               f"trainer.rollout_data_dir={out / 'rollouts'}", f"hydra.run.dir={out / 'hydra'}"]
+    env = {**os.environ, **ENV}
+    command = grpo_command(sft_model, data, out, STEPS, ROLLOUTS,
+                           "actor_rollout_ref.rollout.custom.weights_digest=true")
     start = time.monotonic()
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1500)
     seconds = time.monotonic() - start
