@@ -2,7 +2,7 @@
 step: mean reward and its breakdown, valid-call rate, final IoU, replies per episode, groups
 with reward variance, step time.
 
-    VERL_PLATFORM=cpu python training/scripts/grpo_curve.py OUT [--steps 20] [--sft-steps 40]
+    VERL_PLATFORM=cpu python training/scripts/grpo_curve.py OUT [--steps 20] [--sft-steps 60]
         [--sft MODEL_DIR --data DATA_DIR] [--rollouts 4] [--lr 1e-4]
 
 Without ``--sft`` it builds the tiny Qwen3-VL, phantom data (LiteMedSAM expert trajectories,
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sft-steps", type=int, default=40)
+    parser.add_argument("--sft-steps", type=int, default=60)
     parser.add_argument("--sft", type=Path, help="an SFT Hugging Face checkpoint (skip the SFT run)")
     parser.add_argument("--data", type=Path, help="the folder with rl.parquet (with --sft)")
     parser.add_argument("--rollouts", type=int, default=4, help="rollouts per prompt (group size)")

@@ -44,6 +44,13 @@ def test_parallelism_is_refused_with_the_fix(key):
     check_config({key: 1})
 
 
+@pytest.mark.parametrize("setting, message", [({"ignore_eos": True}, "ignore_eos=false"),
+                                              ({"logprobs_mode": "raw_logprobs"}, "processed_logprobs")])
+def test_settings_the_engine_cannot_honour_are_refused(setting, message):
+    with pytest.raises(RolloutConfigError, match=message):
+        check_config(setting)
+
+
 def test_disaggregation_is_refused():
     with pytest.raises(RolloutConfigError, match="disaggregation.enabled=false"):
         check_config({"disaggregation": {"enabled": True}})
@@ -67,7 +74,7 @@ def test_preflight_names_the_fix(tmp_path, monkeypatch, overrides, message):
 
 def test_preflight_refuses_a_missing_model_folder(monkeypatch):
     monkeypatch.setenv("VERL_PLATFORM", "cpu")
-    with pytest.raises(grpo.ConfigError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         grpo.preflight(cpu_config(model="/nonexistent/model"))
 
 
@@ -139,7 +146,7 @@ def test_a_server_that_cannot_load_surfaces_its_error_through_ray(tmp_path):
             config=config.actor_rollout_ref.rollout,
             model_config=config.actor_rollout_ref.model,
             replica_rank=0)
-        with pytest.raises(Exception, match="is not a model directory"):
+        with pytest.raises(Exception, match="does not exist"):
             ray.get(actor.ready.remote(), timeout=120)
     finally:
         ray.shutdown()

@@ -64,6 +64,24 @@ def test_max_new_tokens_is_vllms_rule(prompt_len):
                           max_model_len=1024) == expected
 
 
+def test_an_explicit_max_tokens_replaces_the_budget_within_the_room():
+    assert max_new_tokens(100, prompt_length=512, response_length=300, max_model_len=1024,
+                          requested=700) == 700
+    assert max_new_tokens(100, prompt_length=512, response_length=300, max_model_len=1024,
+                          requested=5000) == 924
+    assert max_new_tokens(100, prompt_length=512, response_length=300, max_model_len=1024,
+                          requested=0) == 1
+
+
+def test_malformed_prompts_are_refused(tiny):
+    server = server_for(tiny)
+    for ids in ([], [-1, 5], [151936]):
+        with pytest.raises(RolloutInputError, match="token ids"):
+            server.generate(ids, {"temperature": 0})
+    with pytest.raises(RolloutInputError, match="audio"):
+        server.generate([1, 2], {"temperature": 0}, audio_data=[b"x"])
+
+
 def test_a_prompt_that_fills_the_context_is_refused():
     with pytest.raises(RolloutInputError, match="max_model_len"):
         max_new_tokens(1024, prompt_length=512, response_length=300, max_model_len=1024)
@@ -76,15 +94,16 @@ def test_image_pad_runs_are_counted_in_order():
 
 def test_log_probs_are_the_processed_logits_of_the_returned_tokens(tiny):
     model, processor = tiny
-    server = server_for(tiny)
     ids = text_prompt(processor)
     torch.manual_seed(0)
-    saved = model.generation_config.top_k, model.generation_config.top_p
-    model.generation_config.top_k, model.generation_config.top_p = 2, 0.3  # must not apply
-    try:
+    shipped = model.generation_config
+    try:  # sampling defaults a checkpoint may ship must not apply on top of verl's request
+        model.generation_config = shipped.__class__(**shipped.to_dict())
+        model.generation_config.update(top_k=2, top_p=0.3, min_p=0.5, no_repeat_ngram_size=1)
+        server = server_for(tiny)
         output = server.generate(ids, {"temperature": 0.7, "top_p": 1.0, "top_k": -1, "logprobs": True})
     finally:
-        model.generation_config.top_k, model.generation_config.top_p = saved
+        model.generation_config = shipped
     assert 1 <= len(output.token_ids) <= 24 and len(output.log_probs) == len(output.token_ids)
     assert output.stop_reason == "completed"
     with torch.no_grad():  # the actor's view: one forward over prompt + response, logits / T
@@ -128,10 +147,14 @@ def test_greedy_is_deterministic_and_stops_on_a_stop_id(tiny):
 def test_the_response_cap_and_the_multi_turn_budget(tiny):
     _, processor = tiny
     ids = text_prompt(processor)
-    capped = server_for(tiny, response_length=5).generate(ids, {"temperature": 0})
-    assert len(capped.token_ids) <= 5
+    never = {"temperature": 0, "stop_token_ids": []}
+    server = server_for(tiny, response_length=5)
+    server.eos_ids = []  # no stop at all: the cap alone ends generation
+    assert len(server.generate(ids, never).token_ids) == 5
     budget = server_for(tiny, prompt_length=len(ids) - 3, response_length=8)
-    assert len(budget.generate(ids, {"temperature": 0}).token_ids) <= 5  # 8 - 3 used by the prompt
+    budget.eos_ids = []
+    assert len(budget.generate(ids, never).token_ids) == 5  # 8 - 3 used by the prompt
+    assert len(budget.generate(ids, {**never, "max_tokens": 2}).token_ids) == 2  # vLLM: explicit wins
 
 
 def test_images_must_match_the_image_pad_runs(tiny):
@@ -188,8 +211,8 @@ def test_abort_returns_an_aborted_output_until_resumed(tiny):
 
 
 def test_weights_digest_sees_every_bit():
-    a = {"w": torch.zeros(4), "b": torch.ones(2)}
-    b = {"w": torch.zeros(4), "b": torch.ones(2)}
+    a = {"w": torch.zeros(4), "b": torch.ones(2), "s": torch.tensor(0.5)}
+    b = {"w": torch.zeros(4), "b": torch.ones(2), "s": torch.tensor(0.5)}
     assert weights_digest(a.items()) == weights_digest(reversed(list(b.items())))
     b["w"][0] = 1e-30
     assert weights_digest(a.items()) != weights_digest(b.items())

@@ -123,6 +123,20 @@ def test_canonical_input_passes_through_unchanged_and_unknown_layouts_are_refuse
         canonical(broken)
 
 
+def test_a_broken_layout_that_looks_canonical_is_recognised_by_the_lengths():
+    # two samples of 8 tokens, 4 components: (8, 8) values whose ragged dim verl already set to
+    # 2 pass the shape test; the input ids' lengths tell them apart
+    from verl.utils.tensordict_utils import maybe_fix_3d_position_ids
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    data, truth = batch([8, 8])
+    nested = left_right_2_no_padding(data.clone())
+    maybe_fix_3d_position_ids(nested)
+    assert canonical(nested["position_ids"]) is nested["position_ids"]  # fooled without lengths
+    normalize_position_ids(nested)
+    assert all(torch.equal(a, b) for a, b in zip(nested["position_ids"].unbind(), truth, strict=True))
+
+
 def test_wrong_positions_change_the_old_log_probs(tmp_path):
     """What the silent case costs: the tiny Qwen3-VL's log-probs of the same tokens at verl's
     positions (a one-sample batch) against the right ones."""

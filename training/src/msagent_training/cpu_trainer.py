@@ -38,7 +38,7 @@ def open_gloo_group() -> None:
         return
     torch.distributed.init_process_group(
         backend="gloo", rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)), timeout=timedelta(hours=10),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)), timeout=timedelta(minutes=30),
         init_method=os.environ.get("DIST_INIT_METHOD"))
 
 
@@ -63,8 +63,11 @@ class MSAgentWorker(ActorRolloutRefWorker):
     def __init__(self, config, role: str, *args: Any, **kwargs: Any) -> None:
         hf_rollout.register()
         if cpu_platform.enabled():
+            import torch
+
             cpu_platform.register_engines()
             open_gloo_group()
+            torch.set_num_threads(os.cpu_count() or 1)  # Ray sets one thread per granted CPU
         super().__init__(config, role, *args, **kwargs)
 
 

@@ -13,8 +13,6 @@ that the TaskRunner — the Ray actor that builds the trainer — first register
 
 from __future__ import annotations
 
-import os
-
 import hydra
 import ray
 from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
@@ -39,20 +37,12 @@ class TaskRunner(TaskRunnerV1.__ray_metadata__.modified_class):
         return super().run(config)
 
 
-def is_local_path(path: str) -> bool:
-    """A filesystem path, not a Hugging Face Hub id such as ``Qwen/Qwen3-VL-8B-Instruct``."""
-    return path.startswith(("/", "./", "../", "~")) or os.path.isabs(path)
-
-
 def preflight(config) -> None:
     """Refuse, before Ray starts, what would otherwise fail minutes later inside an actor."""
-    from .hf_rollout import check_config
+    from .hf_rollout import check_config, check_model_path
 
     rollout = config.actor_rollout_ref.rollout
-    model = str(config.actor_rollout_ref.model.path)
-    if is_local_path(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise ConfigError(f"actor_rollout_ref.model.path={model} does not exist; point it at a "
-                          "Hugging Face model folder (e.g. the SFT run's global_step_N/huggingface)")
+    check_model_path(str(config.actor_rollout_ref.model.path))
     if rollout.name == "hf":
         check_config(rollout)
     if cpu_platform.enabled():

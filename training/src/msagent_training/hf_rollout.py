@@ -52,10 +52,29 @@ def check_config(config: Any) -> None:
             f"rollout.name=hf serves one model per process and cannot shard it: {wide}; set "
             + " ".join(f"actor_rollout_ref.rollout.{key}=1" for key in wide)
             + " (or use rollout.name=vllm/sglang on GPUs)")
+    if _get(config, "ignore_eos", False):
+        raise RolloutConfigError("rollout.name=hf always stops at EOS; set "
+                                 "actor_rollout_ref.rollout.ignore_eos=false")
+    mode = _get(config, "logprobs_mode", "processed_logprobs")
+    if mode not in (None, "processed_logprobs"):
+        raise RolloutConfigError(f"rollout.name=hf reports processed log-probs only, not {mode}; set "
+                                 "actor_rollout_ref.rollout.logprobs_mode=processed_logprobs")
     disaggregation = _get(config, "disaggregation", None)
     if disaggregation is not None and _get(disaggregation, "enabled", False):
         raise RolloutConfigError("rollout.name=hf has no prefill/decode disaggregation; set "
                                  "actor_rollout_ref.rollout.disaggregation.enabled=false")
+
+
+def is_local_path(path: str) -> bool:
+    """A filesystem path, not a Hugging Face Hub id such as ``Qwen/Qwen3-VL-8B-Instruct``."""
+    return str(path).startswith(("/", "./", "../", "~"))
+
+
+def check_model_path(path: str) -> None:
+    """A local model path must be a folder here (a Hub id is resolved by verl's download)."""
+    if is_local_path(path) and not os.path.isdir(os.path.expanduser(str(path))):
+        raise RolloutConfigError(f"actor_rollout_ref.model.path={path} does not exist; point it at a "
+                                 "Hugging Face model folder (e.g. the SFT run's global_step_N/huggingface)")
 
 
 def server_name(replica_rank: int) -> str:
@@ -85,17 +104,15 @@ def load_model(model_config, dtype_name: str, device: str):
     import transformers
 
     path = model_config.local_path
-    if not path or not os.path.isdir(path):
-        raise RolloutConfigError(f"actor_rollout_ref.model.path={model_config.path!r} is not a model "
-                                 "directory here; point it at a Hugging Face checkpoint folder")
+    check_model_path(path)
     override = dict(_get(model_config, "override_config", {}) or {})
     attn = override.get("attn_implementation", "sdpa")
     trust = bool(_get(model_config, "trust_remote_code", False))
     options = dict(dtype=_torch_dtype(dtype_name), attn_implementation=attn, trust_remote_code=trust)
-    try:
-        model = transformers.AutoModelForImageTextToText.from_pretrained(path, **options)
-    except ValueError:  # a text-only model
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, **options)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    image_text = type(config) in transformers.AutoModelForImageTextToText._model_mapping
+    auto = transformers.AutoModelForImageTextToText if image_text else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(path, **options)
     return model.to(device).eval()
 
 
@@ -110,10 +127,9 @@ class HFRolloutActor:
 
         from . import cpu_platform
 
-        path = str(_get(model_config, "path", ""))
-        if path.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(path)):
-            raise RolloutConfigError(f"actor_rollout_ref.model.path={path!r} is not a model "
-                                     "directory here; point it at a Hugging Face checkpoint folder")
+        check_model_path(str(_get(model_config, "path", "")))
+        if cpu_platform.enabled():  # Ray gives a 0-CPU actor one OpenMP thread
+            torch.set_num_threads(os.cpu_count() or 1)
         if not isinstance(model_config, HFModelConfig):
             model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         device = "cuda" if torch.cuda.is_available() and not cpu_platform.enabled() else "cpu"
@@ -130,24 +146,17 @@ class HFRolloutActor:
 
     def ready(self) -> dict[str, Any]:
         return {"replica_rank": self.replica_rank, "device": self.device,
-                "model": type(self.server.model).__name__}
+                "model": type(self.server.model).__name__, "threads": torch_threads()}
 
     async def generate(self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list[Any] | None = None, video_data: Any = None, **kwargs: Any):
         return await asyncio.to_thread(self.server.generate, prompt_ids, sampling_params,
                                        image_data=image_data, video_data=video_data,
-                                       mm_processor_kwargs=kwargs.get("mm_processor_kwargs"))
+                                       mm_processor_kwargs=kwargs.get("mm_processor_kwargs"),
+                                       audio_data=kwargs.get("audio_data"))
 
     async def update_weights(self, named_tensors: dict, global_steps: int | None = None) -> dict:
         return await asyncio.to_thread(self.server.update_weights, named_tensors, global_steps)
-
-    async def weights_digest(self) -> str:
-        from .hf_server import weights_digest
-
-        return await asyncio.to_thread(weights_digest, self.server.model.state_dict().items())
-
-    async def set_global_steps(self, global_steps: int) -> None:
-        self.server.global_steps = global_steps
 
     async def abort_all_requests(self, reject_request: bool = False) -> dict[str, Any]:
         return self.server.abort_all_requests(reject_request)
@@ -189,6 +198,9 @@ def _replica_class():
             check_config(self.config)
 
         async def launch_servers(self) -> None:
+            if self.name_suffix:
+                raise RolloutConfigError("rollout.name=hf serves the policy only (no reward or "
+                                         "teacher model replicas)")
             if self.rollout_mode != RolloutMode.HYBRID:
                 raise RolloutConfigError(f"rollout.name=hf runs in hybrid mode only (the actor's "
                                          f"workers), not {self.rollout_mode}; set "
@@ -196,7 +208,7 @@ def _replica_class():
             node_id, devices = await self.workers[0].__ray_call__.remote(_placement)
             env = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
                    "CUDA_VISIBLE_DEVICES": ",".join(devices)} if devices else {}
-            name = server_name(self.replica_rank) + self.name_suffix
+            name = server_name(self.replica_rank)
             actor = ray.remote(HFRolloutActor).options(
                 name=name, num_cpus=0, max_concurrency=self.max_concurrency,
                 scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
@@ -210,6 +222,12 @@ def _replica_class():
             self._server_address = name
 
     return HFReplica
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _placement(worker) -> tuple[str, list[str]]:
@@ -226,9 +244,10 @@ def _adapter_base():
 class HFServerAdapter(_adapter_base()):
     """The ``hf`` rollout inside an actor worker: hands the actor's weights to its server.
 
-    ``update_weights`` drains the weight generator on every rank (gathering FSDP shards is a
-    collective) and, on the replica's first rank, sends the full tensors to the server in one
-    Ray call. The server never releases memory, so ``resume``/``release`` do nothing.
+    ``update_weights`` drains the weight generator (gathering FSDP shards is a collective every
+    rank joins) and sends the full tensors to its replica's server in one Ray call: one worker
+    per replica, so every rank serves its own. The server never releases memory, so
+    ``resume``/``release`` do nothing.
     """
 
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1) -> None:

@@ -48,15 +48,17 @@ class WeightUpdateError(ValueError):
 
 
 def max_new_tokens(prompt_len: int, *, prompt_length: int, response_length: int,
-                   max_model_len: int) -> int:
-    """vLLM's server rule (verl's ``vllm_async_server.generate``): the response cap, and what
-    is left of the multi-turn budget, within the model's context."""
+                   max_model_len: int, requested: int | None = None) -> int:
+    """vLLM's server rule (verl's ``vllm_async_server.generate``): a requested ``max_tokens``,
+    else the response cap and what is left of the multi-turn budget; within [1, the room left
+    in the model's context]."""
     room = max_model_len - prompt_len
     if room < 1:
         raise RolloutInputError(f"the prompt has {prompt_len} tokens and leaves no room to generate "
                                 f"within max_model_len={max_model_len}; raise "
                                 "actor_rollout_ref.rollout.max_model_len or shorten the episode")
-    budget = min(response_length, prompt_length + response_length - prompt_len)
+    budget = (min(response_length, prompt_length + response_length - prompt_len)
+              if requested is None else int(requested))
     return max(1, min(budget, room))
 
 
@@ -81,7 +83,7 @@ def weights_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     for name, tensor in sorted(named, key=lambda item: item[0]):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 
@@ -111,6 +113,15 @@ class HFGenerationServer:
         self.seed = seed
         self.weights_digest_log = weights_digest_log
         self.global_steps: int | None = None
+        self.eos_ids = _ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+                            or self.tokenizer.eos_token_id)
+        # Only what verl asks for may shape sampling: generate fills every unset field from the
+        # model's generation_config (Qwen3-VL ships top_k=20, top_p=0.8; others min_p, ...)
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig(eos_token_id=self.eos_ids or None,
+                                                   pad_token_id=self.tokenizer.pad_token_id)
+        self.vocab_size = int(config.vocab_size)
         self.image_pad_id = getattr(model.config, "image_token_id", None)
         self.merge_size = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
         self._lock = threading.Lock()  # generate and update_weights never overlap
@@ -124,13 +135,17 @@ class HFGenerationServer:
         """One response for ``prompt_ids`` (a verl ``TokenOutput``); blocking."""
         from verl.workers.rollout.replica import TokenOutput
 
-        if video_data:
-            raise RolloutInputError("the hf rollout engine takes images only, not videos")
+        if video_data or unused.get("audio_data"):
+            raise RolloutInputError("the hf rollout engine takes images only, not videos or audio")
         prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            raise RolloutInputError(f"prompt ids must be a non-empty list of token ids below "
+                                    f"{self.vocab_size}, got {len(prompt_ids)} ids")
         params = dict(sampling_params)
+        explicit = params.pop("max_tokens", params.pop("max_new_tokens", None))
         cap = max_new_tokens(len(prompt_ids), prompt_length=self.prompt_length,
-                             response_length=self.response_length, max_model_len=self.max_model_len)
-        cap = min(cap, int(params.pop("max_tokens", params.pop("max_new_tokens", cap)) or cap))
+                             response_length=self.response_length, max_model_len=self.max_model_len,
+                             requested=explicit)
         inputs = self._model_inputs(prompt_ids, list(image_data or []), dict(mm_processor_kwargs or {}))
         with self._lock:
             if self._abort.is_set():
@@ -189,32 +204,26 @@ class HFGenerationServer:
                                   device=input_ids.device)
 
         temperature = float(params.get("temperature", 1.0) or 0.0)
-        stops = sorted({*_ids(params.get("stop_token_ids")), *_ids(self._eos_ids())})
+        stops = sorted({*_ids(params.get("stop_token_ids")), *self.eos_ids})
         pad = self.tokenizer.pad_token_id
-        # A fresh GenerationConfig: the checkpoint's own sampling defaults (Qwen3-VL ships
-        # top_k=20, top_p=0.8) must not apply on top of what verl asked for.
+        want_log_probs = bool(params.get("logprobs"))
         sampling = dict(do_sample=True, temperature=temperature,
                         top_p=float(params.get("top_p", 1.0) or 1.0),
                         top_k=_top_k(params.get("top_k")) or 0) if temperature > 0 else dict(do_sample=False)
         config = GenerationConfig(
-            max_new_tokens=cap, eos_token_id=stops or None, output_scores=True,
+            max_new_tokens=cap, eos_token_id=stops or None, output_scores=want_log_probs,
             return_dict_in_generate=True, use_cache=True,
             pad_token_id=pad if pad is not None else (stops[0] if stops else 0),
             repetition_penalty=float(params.get("repetition_penalty", 1.0) or 1.0), **sampling)
         with torch.inference_mode():
             output = self.model.generate(**inputs, generation_config=config,
                                          stopping_criteria=StoppingCriteriaList([_Abort()]))
-        new = output.sequences[0, inputs["input_ids"].shape[1]:]
-        scores = torch.stack(output.scores, dim=0)[:, 0].float()  # (new tokens, vocab), processed
-        log_probs = torch.log_softmax(scores, dim=-1).gather(-1, new[:, None].to(scores.device))[:, 0]
-        return new.tolist(), log_probs.tolist(), abort.is_set()
-
-    def _eos_ids(self) -> list[int]:
-        generation = getattr(self.model, "generation_config", None)
-        eos = getattr(generation, "eos_token_id", None)
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return _ids(eos)
+        new = output.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        log_probs = []
+        if want_log_probs:  # of the processed scores (temperature, top-k, top-p applied)
+            log_probs = [float(torch.log_softmax(step[0].float(), -1)[token])
+                         for step, token in zip(output.scores, new, strict=True)]
+        return new, log_probs, abort.is_set()
 
     # ----- weights ---------------------------------------------------------------------------
 
@@ -237,7 +246,11 @@ class HFGenerationServer:
             for name, tensor in named_tensors.items():
                 params[name].copy_(tensor.to(params[name].device, params[name].dtype))
             self.global_steps = global_steps
-        report: dict[str, Any] = {"tensors": len(named_tensors), "missing": len(params) - len(named_tensors),
+        missing = len(params) - len(named_tensors)
+        if missing:
+            log.warning("hf rollout weight update left %d of %d tensors as they were (not sent)",
+                        missing, len(params))
+        report: dict[str, Any] = {"tensors": len(named_tensors), "missing": missing,
                                   "global_steps": global_steps}
         if self.weights_digest_log:
             report["digest"] = weights_digest(self.model.state_dict().items())

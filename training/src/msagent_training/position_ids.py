@@ -30,25 +30,28 @@ class PositionIdsLayoutError(ValueError):
     """Nested 3-D position ids in a layout that is neither canonical nor a known broken one."""
 
 
-def canonical(position_ids: torch.Tensor) -> torch.Tensor:
-    """The canonical jagged layout (ragged sequence dimension) of 3-D nested position ids."""
+def canonical(position_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """The canonical jagged layout (ragged sequence dimension) of 3-D nested position ids.
+
+    ``lengths`` are the samples' token counts (the offsets of the batch's nested ``input_ids``);
+    with them a broken layout that merely looks canonical is recognised too.
+    """
     if not (position_ids.is_nested and position_ids.dim() == 3):
         return position_ids
     values, offsets = position_ids.values(), position_ids.offsets()
     batch = offsets.numel() - 1
     steps = offsets.diff()
     total = int(offsets[-1])
-    if position_ids._ragged_idx == 2 and values.dim() == 2 and values.shape[1] == total:
+    lengths_agree = lengths is None or torch.equal(steps.cpu(), lengths.cpu())
+    if position_ids._ragged_idx == 2 and values.dim() == 2 and values.shape[1] == total and lengths_agree:
         return position_ids  # canonical
     if values.dim() == 2 and values.shape[0] == total and batch and bool((steps == steps[0]).all()):
         # packed along the components: (B·C, L) with offsets 0, C, 2C, ... (equal lengths)
         components, length = int(steps[0]), values.shape[1]
-        samples = values.reshape(batch, components, length)
-        return _jagged(samples.permute(1, 0, 2).reshape(components, batch * length),
-                       torch.arange(0, batch * length + 1, length, device=offsets.device))
-    if values.dim() == 2 and values.shape[1] == total:
-        # packed along the sequence but marked ragged@1 (after a serialization round trip)
-        return _jagged(values, offsets)
+        if lengths is None or bool((lengths == length).all()):
+            samples = values.reshape(batch, components, length)
+            return _jagged(samples.permute(1, 0, 2).reshape(components, batch * length),
+                           torch.arange(0, batch * length + 1, length, device=offsets.device))
     raise PositionIdsLayoutError(
         f"3-D position ids with values {tuple(values.shape)}, offsets {offsets.tolist()[:8]} and "
         f"ragged dim {position_ids._ragged_idx} match no known layout (verl issue #7899)")
@@ -56,10 +59,13 @@ def canonical(position_ids: torch.Tensor) -> torch.Tensor:
 
 def normalize_position_ids(data: Any) -> Any:
     """Replace ``data["position_ids"]`` (a TensorDict or dict) by its canonical layout."""
-    if KEY in data.keys():
-        fixed = canonical(data[KEY])
-        if fixed is not data[KEY]:
-            data[KEY] = fixed
+    if KEY not in data.keys():
+        return data
+    ids = data["input_ids"] if "input_ids" in data.keys() else None
+    lengths = ids.offsets().diff() if ids is not None and ids.is_nested else None
+    fixed = canonical(data[KEY], lengths)
+    if fixed is not data[KEY]:
+        data[KEY] = fixed
     return data
 
 
