@@ -129,7 +129,7 @@ def sft_run(tmp_path_factory):
     command = sft_command(model, data, root, SFT_STEPS)
     start = time.monotonic()
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=2400)
+                            timeout=3600)
     seconds = time.monotonic() - start
     log = result.stdout + result.stderr
     (root / "sft.log").write_text(log)
