@@ -38,7 +38,7 @@ def grpo_run(sft_run):
     command = grpo_command(sft_model, data, out, STEPS, ROLLOUTS,
                            "actor_rollout_ref.rollout.custom.weights_digest=true")
     start = time.monotonic()
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=2400)
     seconds = time.monotonic() - start
     log = result.stdout + result.stderr
     (root / "grpo.log").write_text(log)
