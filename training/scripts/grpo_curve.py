@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 COLUMNS = (  # (metric, header)
@@ -37,18 +35,14 @@ COLUMNS = (  # (metric, header)
 
 
 def run(command: list[str], log: Path, cwd: Path) -> str:
-    print("$", " ".join(command[:6]), "...", flush=True)
-    start = time.monotonic()
-    from msagent_training.cpu_runs import ENV
+    from msagent_training import cpu_runs
 
-    with open(log, "w") as sink:
-        code = subprocess.call(command, cwd=cwd, env={**os.environ, **ENV}, stdout=sink,
-                               stderr=subprocess.STDOUT)
-    text = log.read_text()
-    if code:
-        sys.exit(f"{command[2]} failed ({code}); see {log}:\n{text[-3000:]}")
-    print(f"  done in {time.monotonic() - start:.0f} s ({log})", flush=True)
-    return text
+    print("$", " ".join(command[:6]), "...", flush=True)
+    result = cpu_runs.run(command, log, cwd=cwd, timeout=6 * 3600)
+    if result.returncode != 0:
+        sys.exit(f"{command[2]} failed ({result.returncode}); see {log}:\n{result.log[-3000:]}")
+    print(f"  done in {result.seconds:.0f} s ({log})", flush=True)
+    return result.log
 
 
 def prepare(out: Path, sft_steps: int) -> tuple[Path, Path]:

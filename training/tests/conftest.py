@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -123,19 +121,12 @@ def sft_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft-cpu")
     model = build_tiny_qwen3_vl(root / "model", seed=0)
     data = write_smoke_data(str(root / "data"), cases=2, max_turns=2, policy_image_size=IMAGE_SIZE)
-    from msagent_training.cpu_runs import ENV, sft_command
+    from msagent_training.cpu_runs import run, sft_command
 
-    env = {**os.environ, **ENV}
-    command = sft_command(model, data, root, SFT_STEPS)
-    start = time.monotonic()
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
-                            timeout=3600)
-    seconds = time.monotonic() - start
-    log = result.stdout + result.stderr
-    (root / "sft.log").write_text(log)
-    assert result.returncode == 0, log[-6000:]
-    losses = {int(step): float(loss) for step, loss in LOSS.findall(log)}
-    print(f"\nCPU SFT: {SFT_STEPS} steps in {seconds:.0f} s; loss per step: "
+    result = run(sft_command(model, data, root, SFT_STEPS), root / "sft.log", cwd=root, timeout=3600)
+    assert result.returncode == 0, result.log[-6000:]
+    losses = {int(step): float(loss) for step, loss in LOSS.findall(result.log)}
+    print(f"\nCPU SFT: {SFT_STEPS} steps in {result.seconds:.0f} s; loss per step: "
           + ", ".join(f"{losses[s]:.3f}" for s in sorted(losses)))
     return root, model, data, [losses[s] for s in sorted(losses)]
 

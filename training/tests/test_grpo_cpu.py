@@ -12,15 +12,12 @@ About 5–7 minutes on 2 cores, most of it Ray start-up and the actor's full-voc
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import time
 
 import pytest
 from conftest import IMAGE_SIZE, SFT_STEPS
 
-from msagent_training.cpu_runs import ENV, grpo_command
+from msagent_training.cpu_runs import grpo_command, run
 from msagent_training.metrics import console_steps
 
 STEPS = 2
@@ -34,14 +31,10 @@ def grpo_run(sft_run):
     root, _, data, _ = sft_run
     sft_model = root / "ckpt" / f"global_step_{SFT_STEPS}" / "huggingface"
     out = root / "grpo"
-    env = {**os.environ, **ENV}
     command = grpo_command(sft_model, data, out, STEPS, ROLLOUTS,
                            "actor_rollout_ref.rollout.custom.weights_digest=true")
-    start = time.monotonic()
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=2400)
-    seconds = time.monotonic() - start
-    log = result.stdout + result.stderr
-    (root / "grpo.log").write_text(log)
+    result = run(command, root / "grpo.log", cwd=root, timeout=2400)
+    log, seconds = result.log, result.seconds
     assert result.returncode == 0, log[-8000:]
     steps = console_steps(log)
     keys = ("reward/score/mean", "reward/groups_with_variance", "critic/advantages/max",

@@ -8,8 +8,14 @@ through ``python -m msagent_training.grpo`` (configs/grpo_cpu.yaml, LiteMedSAM t
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import attrs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ENV = {"VERL_PLATFORM": "cpu", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -38,3 +44,29 @@ def grpo_command(model: Path, data: Path, out: Path, steps: int, rollouts: int,
             f"actor_rollout_ref.rollout.n={rollouts}", f"trainer.total_training_steps={steps}",
             f"trainer.default_local_dir={out / 'ckpt'}", f"trainer.rollout_data_dir={out / 'rollouts'}",
             f"hydra.run.dir={out / 'hydra'}", *overrides]
+
+
+@attrs.frozen
+class RunResult:
+    """What :func:`run` saw: exit status (None when killed at the time limit), log, seconds."""
+
+    returncode: int | None
+    log: str
+    seconds: float
+
+
+def run(command: list[str], log_path: Path, *, cwd: Path, timeout: float) -> RunResult:
+    """Run ``command`` with :data:`ENV`, its output into ``log_path``; at ``timeout`` seconds
+    kill its whole process group (torchrun's trainer and Ray's processes outlive a killed
+    parent otherwise) and report ``returncode=None``."""
+    start = time.monotonic()
+    with open(log_path, "w") as sink:
+        process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **ENV}, stdout=sink,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: int | None = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            code = None
+    return RunResult(code, Path(log_path).read_text(errors="replace"), time.monotonic() - start)
