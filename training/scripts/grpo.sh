@@ -3,7 +3,8 @@
 # overrides, e.g. actor_rollout_ref.model.path=/ckpt/sft/huggingface trainer.nnodes=2.
 #   TRAIN=rl_train.parquet VAL=rl_val.parquet BACKBONE=medsam2 training/scripts/grpo.sh
 # BACKBONE: medsam2 | imisnet | remote (then MSAGENT_REMOTE_URL) | litemedsam.
-# CONFIG=grpo_tiny gives the smoke variant (tiny model, 1 GPU, 2 steps).
+# CONFIG=grpo_tiny gives the smoke variant (tiny model, 1 GPU, 2 steps); VERL_PLATFORM=cpu
+# CONFIG=grpo_cpu BACKBONE=litemedsam_cpu the CPU run (rollout engine hf, training/README.md).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONFIGS=$(cd "$HERE/../configs" && pwd)
