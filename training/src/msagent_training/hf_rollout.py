@@ -142,11 +142,12 @@ class HFRolloutActor:
             weights_digest_log=bool(custom.get("weights_digest", False)))
         self.replica_rank = replica_rank
         self.device = device
+        self.threads = torch.get_num_threads()
         log.info("hf rollout server %d: %s on %s", replica_rank, type(model).__name__, device)
 
     def ready(self) -> dict[str, Any]:
         return {"replica_rank": self.replica_rank, "device": self.device,
-                "model": type(self.server.model).__name__, "threads": torch_threads()}
+                "model": type(self.server.model).__name__, "threads": self.threads}
 
     async def generate(self, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list[Any] | None = None, video_data: Any = None, **kwargs: Any):
@@ -222,12 +223,6 @@ def _replica_class():
             self._server_address = name
 
     return HFReplica
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _placement(worker) -> tuple[str, list[str]]:

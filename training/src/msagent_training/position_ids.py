@@ -10,8 +10,9 @@ step C). verl's ``maybe_fix_3d_position_ids`` (verl/utils/tensordict_utils.py:91
 ``unbind`` fails ("split_with_sizes expects split_sizes to sum exactly to ...") in
 ``update_actor``. Upstream: verl-project/verl#7899 (open; fixes proposed in #7901, #7767).
 
-:func:`normalize_position_ids` rebuilds the canonical layout from either non-canonical one
-before verl's code sees the batch; canonical input passes through unchanged. msagent's worker
+:func:`normalize_position_ids` rebuilds the canonical layout from the component-packed one
+(before or after verl's blind fix, told apart by the input ids' lengths) before verl's code
+sees the batch; canonical input passes through unchanged, any other layout is refused. msagent's worker
 (:class:`msagent_training.cpu_trainer.GuardedTrainingWorker`) calls it on every batch, on CPUs
 and GPUs alike. What verl does without it is measured in ``training/tests/test_position_ids.py``
 and written down in ``training/README.md``.
