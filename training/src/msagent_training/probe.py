@@ -75,8 +75,13 @@ def valid_call_rate(model_dir: str | Path, rl_parquet: str | Path, *, samples: i
     import torch
     import transformers
 
+    from .hf_rollout import check_model_path
     from .hf_server import HFGenerationServer
 
+    check_model_path(str(model_dir))
+    if not Path(rl_parquet).is_file():
+        raise FileNotFoundError(f"{rl_parquet} is not a file; write one with `python -m "
+                                "msagent_training.smoke_data` or `msagent export --format verl-rl`")
     rows = pq.read_table(str(rl_parquet)).to_pylist()[:max_prompts]
     processor = transformers.AutoProcessor.from_pretrained(str(model_dir))
     model = transformers.AutoModelForImageTextToText.from_pretrained(
