@@ -8,8 +8,8 @@ same functions under their older names). ``segment_volume`` runs the agent throu
 CT/MR volume (a key slice, propagation, review).
 """
 
-from .agent import Agent
-from .api import (
+from msagent.agent import Agent
+from msagent.api import (
     Result,
     list_backbones,
     list_policies,
@@ -23,16 +23,16 @@ from .api import (
     load_trajectory_generator,
     segment,
 )
-from .hookspecs import hookimpl
-from .plugins import lazy
-from .policy import Episode, Policy, Reply
-from .reward import MedSAMReward, Reward, RewardBreakdown
-from .segmenter import CacheInfo, Embedding, Segmenter
-from .trajectories import TrajectoryGenerator
-from .types import Action, BBox, Case, MaskPrediction, Point, Prompts, Step, Trajectory
-from .volume_agent import VolumeAgent
-from .volume_api import VolumeResult, segment_volume
-from .volume_trajectory import VolumeEpisode, VolumeTrajectory
+from msagent.hookspecs import hookimpl
+from msagent.plugins import lazy
+from msagent.policy import Episode, Policy, Reply
+from msagent.reward import MedSAMReward, Reward, RewardBreakdown
+from msagent.segmenter import CacheInfo, Embedding, Segmenter
+from msagent.trajectories import TrajectoryGenerator
+from msagent.types import Action, BBox, Case, MaskPrediction, Point, Prompts, Step, Trajectory
+from msagent.volume_agent import VolumeAgent
+from msagent.volume_api import VolumeResult, segment_volume
+from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m msagent``: the command line, the same as the ``msagent`` script."""
 
-from .cli import main
+from msagent.cli import main
 
 raise SystemExit(main())

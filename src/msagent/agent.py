@@ -20,15 +20,15 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import episode as episode_core
-from . import metrics, protocol
-from .episode import PROMPT_MODES, EpisodeState
-from .errors import PolicyError, PolicyOutputError
-from .io.images import to_mask
-from .policy import Episode, Policy, Reply
-from .refine import check_initial_mask, initial_state
-from .segmenter import Embedding, Segmenter
-from .types import Action, InitialMask, MaskPrediction, Step, Trajectory
+from msagent import episode as episode_core
+from msagent import metrics, protocol
+from msagent.episode import PROMPT_MODES, EpisodeState
+from msagent.errors import PolicyError, PolicyOutputError
+from msagent.io.images import to_mask
+from msagent.policy import Episode, Policy, Reply
+from msagent.refine import check_initial_mask, initial_state
+from msagent.segmenter import Embedding, Segmenter
+from msagent.types import Action, InitialMask, MaskPrediction, Step, Trajectory
 
 log = logging.getLogger(__name__)
 

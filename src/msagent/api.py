@@ -9,9 +9,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import _status, io, metrics
-from .agent import Agent
-from .errors import (
+from msagent import _status, io, metrics
+from msagent.agent import Agent
+from msagent.errors import (
     InvalidInput,
     InvalidTarget,
     PluginNotFound,
@@ -19,12 +19,12 @@ from .errors import (
     SegmentationFailed,
     WeightsNotFound,
 )
-from .plugins import LABELS, factory_class, get_registry
-from .policy import Policy
-from .refine import check_initial_mask
-from .segmenter import Segmenter
-from .turns import turn_text
-from .types import Trajectory
+from msagent.plugins import LABELS, factory_class, get_registry
+from msagent.policy import Policy
+from msagent.refine import check_initial_mask
+from msagent.segmenter import Segmenter
+from msagent.turns import turn_text
+from msagent.types import Trajectory
 
 #: The paper's choice, used when neither an argument nor an environment variable names one.
 PAPER_BACKBONE = "medsam2"

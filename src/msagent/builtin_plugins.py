@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .hookspecs import hookimpl
-from .plugins import lazy
+from msagent.hookspecs import hookimpl
+from msagent.plugins import lazy
 
 
 @hookimpl

@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 from scipy import ndimage
 
-from .types import BBox, Point
+from msagent.types import BBox, Point
 
 
 @attrs.frozen

@@ -13,11 +13,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import _status, io, render
-from .api import segment
-from .io.atomic import atomic_write
-from .testing import MNI_TARGETS, mni152_slice
-from .turns import turn_lines
+from msagent import _status, io, render
+from msagent.api import segment
+from msagent.io.atomic import atomic_write
+from msagent.testing import MNI_TARGETS, mni152_slice
+from msagent.turns import turn_lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
-from .segmenter import Embedding, Segmenter
-from .types import BBox, MaskPrediction, Point, Prompts
+from msagent.segmenter import Embedding, Segmenter
+from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 PROMPT_MODES = ("accumulate", "latest")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidInput
+from msagent.errors import InvalidInput
 
 MAX_CLIENT_TEXT = 4000  # characters of KEY=VALUE text a client may send
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

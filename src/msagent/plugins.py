@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from . import hookspecs
-from .errors import DuplicateRegistration, PluginError, PluginNotFound, PluginWarning
+from msagent import hookspecs
+from msagent.errors import DuplicateRegistration, PluginError, PluginNotFound, PluginWarning
 
 KINDS = ("segmenter", "policy", "reward", "trajectory_generator")
 #: What users call each kind (the segmenter kind is a *backbone* everywhere users see it).

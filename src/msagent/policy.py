@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from .options import Option
-from .protocol import POLICY_IMAGE_SIZE
-from .types import Action, MaskPrediction, Step
+from msagent.options import Option
+from msagent.protocol import POLICY_IMAGE_SIZE
+from msagent.types import Action, MaskPrediction, Step
 
 
 @attrs.frozen
@@ -71,7 +71,7 @@ class Episode:
         overlay when the episode refines one), then the overlay after each executed action
         (:func:`msagent.protocol.policy_image`). Each is rendered once per episode and reused on
         every later turn."""
-        from .protocol import policy_image
+        from msagent.protocol import policy_image
 
         images = self._policy_images.setdefault(size, [])
         masks = [step.mask for step in self.steps if step.executed]

@@ -44,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones.propagation import Propagator, Seed, SliceStack
-from .errors import InvalidInput
-from .refine import mask_box
-from .segmenter import LOW_RES, Embedding, Segmenter
-from .types import BBox, MaskPrediction, Prompts
+from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.errors import InvalidInput
+from msagent.refine import mask_box
+from msagent.segmenter import LOW_RES, Embedding, Segmenter
+from msagent.types import BBox, MaskPrediction, Prompts
 
 METHODS = ("auto", "native", "generic")
 #: areas (pixels) below which a jump in area is not read as the target's end

@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ._prompts import (  # noqa: F401  (re-exported: the pinned strings)
+from msagent._prompts import (  # noqa: F401  (re-exported: the pinned strings)
     FIRST_USER_TEXT,
     FIRST_USER_TEXT_REFINE,
     FOLLOW_UP_TEXT,
     SYSTEM_PROMPT,
     TOOL_SCHEMAS,
 )
-from .errors import PolicyOutputError
-from .render import overlay
-from .types import Action, BBox, Point
+from msagent.errors import PolicyOutputError
+from msagent.render import overlay
+from msagent.types import Action, BBox, Point
 
 if TYPE_CHECKING:
-    from .policy import Episode
+    from msagent.policy import Episode
 
 MODEL_MAX = 999
 POLICY_IMAGE_SIZE = 512

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .errors import InvalidMask
-from .segmenter import Segmenter
-from .types import BBox, MaskPrediction, Prompts
+from msagent.errors import InvalidMask
+from msagent.segmenter import Segmenter
+from msagent.types import BBox, MaskPrediction, Prompts
 
 log = logging.getLogger(__name__)
 DEGRADATIONS = ("erode", "dilate", "shift", "drop", "add")
@@ -35,7 +35,7 @@ def check_initial_mask(mask, image_size: tuple[int, int]) -> np.ndarray | None:
     values or a mask that is all foreground."""
     if mask is None:
         return None
-    from .io.images import load_array
+    from msagent.io.images import load_array
 
     try:
         array = load_array(mask)
@@ -166,7 +166,7 @@ def initial_for_case(case, spec: str, strength: float = 0.15, seed: int = 0) -> 
     import hashlib
     from pathlib import Path
 
-    from .errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     digest = int(hashlib.sha256(f"{seed}:{case.id}".encode()).hexdigest()[:16], 16)
     if spec.startswith("degrade:"):
@@ -181,7 +181,7 @@ def initial_for_case(case, spec: str, strength: float = 0.15, seed: int = 0) -> 
     if not folder.is_dir():
         raise InvalidInput(f"--refine-from {spec}: not a folder of predictions, nor degrade:KINDS "
                            f"(kinds: {', '.join(DEGRADATIONS)})")
-    from .io.images import load_array
+    from msagent.io.images import load_array
 
     names = [f"{case.id}{suffix}" for suffix in (".png", ".npy", ".tif", ".tiff")]
     for name in names:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .types import BBox, Point, Prompts, Trajectory
+from msagent.types import BBox, Point, Prompts, Trajectory
 
 GREEN = np.array([0, 255, 0], dtype=np.float32)
 GT_COLOR = (255, 220, 0)      # yellow outline

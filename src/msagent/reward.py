@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from .types import Trajectory
+from msagent.types import Trajectory
 
 
 @attrs.frozen

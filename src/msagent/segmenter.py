@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from ._embedding_cache import CacheInfo, EmbeddingCache
-from .errors import SegmenterError
-from .types import MaskPrediction, Prompts
+from msagent._embedding_cache import CacheInfo, EmbeddingCache
+from msagent.errors import SegmenterError
+from msagent.types import MaskPrediction, Prompts
 
 if TYPE_CHECKING:
-    from .backbones.geometry import InputGeometry
-    from .backbones.propagation import Propagator, SliceStack
+    from msagent.backbones.geometry import InputGeometry
+    from msagent.backbones.propagation import Propagator, SliceStack
 
 LOW_RES = 256  # side of the low-res logits every backbone returns and accepts as mask input
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.atomic import atomic_write
+from msagent.io.atomic import atomic_write
 
 ACTION_LABELS = ("add_bbox", "add_point+", "add_point-", "stop_action", "invalid")
 
@@ -159,7 +159,7 @@ def stats_for(source: str | os.PathLike, out: str | os.PathLike | None = None,
               plot: bool = True) -> dict[str, Any]:
     """Statistics of the trajectory set ``source``; with ``out``, write ``stats.json`` (and
     ``stats.png``) there."""
-    from .generation.records import read_trajectories
+    from msagent.generation.records import read_trajectories
 
     stats = compute_stats(read_trajectories(source))
     if out is not None:

@@ -73,9 +73,9 @@ def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = 
     """
     import asyncio
 
-    from .errors import SegmenterError
-    from .segmenter import Embedding
-    from .types import BBox, Point, Prompts
+    from msagent.errors import SegmenterError
+    from msagent.segmenter import Embedding
+    from msagent.types import BBox, Point, Prompts
 
     def expect(condition: bool, what: str) -> None:
         if not condition:
@@ -140,7 +140,7 @@ def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = 
 
 
 def _check_prediction(prediction, size: tuple[int, int], expect, what: str) -> None:
-    from .segmenter import LOW_RES
+    from msagent.segmenter import LOW_RES
 
     mask, logits = prediction.mask, prediction.low_res_logits
     expect(isinstance(mask, np.ndarray) and mask.shape == size and mask.dtype == bool,

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import attrs
 
-from .segmenter import Segmenter
-from .types import Case, Trajectory
+from msagent.segmenter import Segmenter
+from msagent.types import Case, Trajectory
 
 
 @attrs.frozen(eq=False)

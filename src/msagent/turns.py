@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .types import Step, Trajectory
+from msagent.types import Step, Trajectory
 
 
 def turn_text(step: Step) -> str:

@@ -33,15 +33,15 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import metrics
-from .agent import Agent
-from .backbones.propagation import Propagator, Seed, SliceStack
-from .errors import InvalidInput, InvalidMask, SegmentationFailed
-from .policy import Policy
-from .propagation import METHODS, EmbeddingStore, propagator_for
-from .segmenter import Segmenter
-from .types import Trajectory
-from .volume_trajectory import VolumeEpisode, VolumeTrajectory
+from msagent import metrics
+from msagent.agent import Agent
+from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.errors import InvalidInput, InvalidMask, SegmentationFailed
+from msagent.policy import Policy
+from msagent.propagation import METHODS, EmbeddingStore, propagator_for
+from msagent.segmenter import Segmenter
+from msagent.types import Trajectory
+from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
 
 KEY_RULES = ("given", "largest_gt_area", "survey")
 
@@ -217,7 +217,7 @@ class _Run:
         trajectory = self.episode(index, "key")
         self.reviewed.add(index)
         if not trajectory.final_mask.any():
-            from .api import failure_message
+            from msagent.api import failure_message
 
             raise SegmentationFailed(f"key slice {index}: {failure_message(trajectory)}", trajectory)
         self.episodes.append(VolumeEpisode(index, "key", trajectory, seeded=True))

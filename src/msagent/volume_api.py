@@ -9,13 +9,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import _status, metrics
-from .errors import InvalidImage, InvalidInput, InvalidTarget
-from .policy import Policy
-from .segmenter import Segmenter
-from .volume_agent import VolumeAgent, check_options
-from .volume_stack import VolumeStack, build_stack, label_stack
-from .volume_trajectory import VolumeEpisode, VolumeTrajectory
+from msagent import _status, metrics
+from msagent.errors import InvalidImage, InvalidInput, InvalidTarget
+from msagent.policy import Policy
+from msagent.segmenter import Segmenter
+from msagent.volume_agent import VolumeAgent, check_options
+from msagent.volume_stack import VolumeStack, build_stack, label_stack
+from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
 
 
 @attrs.frozen(eq=False)
@@ -81,7 +81,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     :class:`msagent.Agent`'s ``prompt_mode``/``multimask``) go to
     :class:`~msagent.volume_agent.VolumeAgent`.
     """
-    from .api import check_ground_truth, load_backbone_for, load_policy_for
+    from msagent.api import check_ground_truth, load_backbone_for, load_policy_for
 
     if not isinstance(target, str) or not target.strip():
         raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")

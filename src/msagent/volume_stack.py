@@ -23,10 +23,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from . import io
-from .backbones.propagation import SliceStack
-from .errors import InvalidImage, InvalidInput, InvalidMask
-from .io.limits import check_voxels
+from msagent import io
+from msagent.backbones.propagation import SliceStack
+from msagent.errors import InvalidImage, InvalidInput, InvalidMask
+from msagent.io.limits import check_voxels
 
 
 @attrs.frozen(eq=False)

@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .errors import InvalidImage, InvalidInput
-from .io.limits import check_voxels
-from .types import Trajectory, decode_mask, encode_mask
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.io.limits import check_voxels
+from msagent.types import Trajectory, decode_mask, encode_mask
 
 ROLES = ("survey", "key", "review")
 

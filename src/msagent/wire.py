@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidImage, InvalidInput
-from .io import to_rgb_uint8
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.io import to_rgb_uint8
 
 ARRAY_DTYPES = ("float16", "float32")
 UPLOAD_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # what an upload may be (Pillow opens more)

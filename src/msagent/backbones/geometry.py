@@ -14,7 +14,7 @@ import attrs
 import cv2
 import numpy as np
 
-from ..types import Prompts
+from msagent.types import Prompts
 
 
 @attrs.frozen

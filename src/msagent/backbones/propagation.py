@@ -24,8 +24,8 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
-from ..errors import InvalidMask
-from ..types import MaskPrediction, Prompts
+from msagent.errors import InvalidMask
+from msagent.types import MaskPrediction, Prompts
 
 
 @attrs.frozen(eq=False)

@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import sys
 
-from ..errors import MsAgentError
+from msagent.errors import MsAgentError
 
 #: subcommand → (module in this package, one-line help)
 COMMANDS = {
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msagent: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file-system error outside the writers that already explain it
-        from ..io.atomic import remedy_for
+        from msagent.io.atomic import remedy_for
 
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"msagent: error: {where}{exc.strerror or exc}; {remedy_for(exc)}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def check_path(path) -> None:
     """Refuse an output path that is a folder or lies under a file."""
-    from ..errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     if path is None:
         return

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def is_volume(path: str) -> bool:
     """A NIfTI name, any folder (read as a DICOM series, whose reader explains an empty or
     non-DICOM folder) or a DICOM file."""
-    from .. import io
+    from msagent import io
 
     path = Path(path)
     return io.is_nifti(path) or path.is_dir() or (path.exists() and io.is_dicom(path))
@@ -41,7 +41,7 @@ def is_volume(path: str) -> bool:
 
 def parse_slices(spec: str, count: int) -> list[int]:
     """"all", "40:60" (end exclusive), "40:60:2", "12,14,20" or a mix "1,5:8" → indices."""
-    from ..errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     if spec.strip().lower() == "all":
         return list(range(count))
@@ -63,17 +63,17 @@ def parse_slices(spec: str, count: int) -> list[int]:
 
 
 def window_for(volume, window: str | None) -> tuple[float, float]:
-    from .. import io
+    from msagent import io
 
     return io.choose_window(volume, window).pair
 
 
 def run_volume(args: argparse.Namespace) -> int:
-    from .. import io
-    from ..agent import Agent
-    from ..api import PAPER_BACKBONE, PAPER_POLICY, resolve
-    from ..errors import InvalidInput
-    from ..options import parse_options
+    from msagent import io
+    from msagent.agent import Agent
+    from msagent.api import PAPER_BACKBONE, PAPER_POLICY, resolve
+    from msagent.errors import InvalidInput
+    from msagent.options import parse_options
 
     check_output_names(args)
     volume = io.read_volume(args.image, series_uid=args.series_uid,
@@ -122,11 +122,11 @@ def run_volume(args: argparse.Namespace) -> int:
 def run_volume_3d(args: argparse.Namespace, volume) -> int:
     """``--3d``: :func:`msagent.segment_volume` on the whole volume; NIfTI / DICOM SEG out, the
     :class:`~msagent.VolumeTrajectory` as JSON (``--trajectory``)."""
-    from .. import io
-    from ..errors import InvalidInput
-    from ..io.atomic import atomic_write
-    from ..options import parse_options
-    from ..volume_api import segment_volume
+    from msagent import io
+    from msagent.errors import InvalidInput
+    from msagent.io.atomic import atomic_write
+    from msagent.options import parse_options
+    from msagent.volume_api import segment_volume
 
     if args.slices:
         raise InvalidInput("--slices chooses slices for slice-by-slice episodes; a --3d run "
@@ -169,8 +169,8 @@ def run_volume_3d(args: argparse.Namespace, volume) -> int:
 
 def _label_volume(path, what: str, volume, label: int | None):
     """A label volume on ``volume``'s voxel grid as a bool volume (``label``, or nonzero)."""
-    from .. import io
-    from ..errors import InvalidInput
+    from msagent import io
+    from msagent.errors import InvalidInput
 
     if not path:
         return None
@@ -187,9 +187,9 @@ def _label_volume(path, what: str, volume, label: int | None):
 
 def check_output_names(args) -> None:
     """Refuse output names a volume cannot be written to (before reading anything)."""
-    from .. import io
-    from ..errors import InvalidInput
-    from ._outputs import check_path
+    from msagent import io
+    from msagent.errors import InvalidInput
+    from msagent.cli._outputs import check_path
 
     for path in (args.out, args.dicom_seg, args.trajectory):
         check_path(path)
@@ -205,8 +205,8 @@ def check_output_names(args) -> None:
 
 def check_outputs_fit(args, volume) -> None:
     """Refuse outputs this volume cannot have (before segmenting any slice)."""
-    from .. import io
-    from ..errors import InvalidInput
+    from msagent import io
+    from msagent.errors import InvalidInput
 
     for out in [p for p in (args.out, args.dicom_seg) if p]:
         if io.is_nifti(out) and volume.irregular:
@@ -218,8 +218,8 @@ def check_outputs_fit(args, volume) -> None:
 
 
 def _write_outputs(args, volume, masks, trajectories) -> None:
-    from .. import io
-    from ..io.atomic import atomic_write
+    from msagent import io
+    from msagent.io.atomic import atomic_write
 
     for out in [p for p in (args.out, args.dicom_seg) if p]:
         if io.is_nifti(out):

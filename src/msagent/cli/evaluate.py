@@ -63,10 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_data(specs: list[str], out: Path, volumes: bool = False):
     """One dataset (or refs list) from the DATA arguments (whole-volume cases with ``volumes``)."""
-    from ..errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     try:
-        from .. import datasets
+        from msagent import datasets
     except ImportError:
         raise InvalidInput("reading datasets needs msagent.datasets (this install lacks it)") from None
     parts = []
@@ -78,9 +78,9 @@ def open_data(specs: list[str], out: Path, volumes: bool = False):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInput
-    from ..evaluation import EvalConfig, evaluate, markdown_table
-    from ..options import parse_options
+    from msagent.errors import InvalidInput
+    from msagent.evaluation import EvalConfig, evaluate, markdown_table
+    from msagent.options import parse_options
 
     if not args.policy and not args.protocol:
         raise InvalidInput("nothing to evaluate: give --policy (e.g. expert, oracle-box) and/or "

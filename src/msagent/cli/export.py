@@ -35,15 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InvalidInput
-    from ..export import export_rl_prompts, export_trajectories
-    from ..export.conversation import check_size
+    from msagent.errors import InvalidInput
+    from msagent.export import export_rl_prompts, export_trajectories
+    from msagent.export.conversation import check_size
 
     check_size(args.image_size)
     if args.dataset:
         if args.format != "verl-rl" or args.source is not None:
             raise InvalidInput("--dataset exports verl-rl prompts only, without a trajectory set")
-        from ..datasets import concat, open_dataset
+        from msagent.datasets import concat, open_dataset
 
         dataset = concat(open_dataset(p, split=args.split) for p in args.dataset)
         summary = export_rl_prompts(dataset, args.out, image_size=args.image_size,

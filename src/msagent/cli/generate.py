@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..generation import generate
-    from ..options import parse_options
+    from msagent.generation import generate
+    from msagent.options import parse_options
 
     if args.volumes:
         return run_volumes(args)
@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_volumes(args: argparse.Namespace) -> int:
     """``--volumes``: :func:`msagent.generation.volumes.generate_volume_set`."""
-    from ..datasets import open_dataset, resolve_dataset
-    from ..errors import InvalidInput
-    from ..generation.volumes import generate_volume_set
-    from ..options import parse_options
+    from msagent.datasets import open_dataset, resolve_dataset
+    from msagent.errors import InvalidInput
+    from msagent.generation.volumes import generate_volume_set
+    from msagent.options import parse_options
 
     if args.ray is not None or args.option or args.generator != "hybrid" or args.split:
         raise InvalidInput("--volumes runs 3-D runs locally: --ray, --option, --generator and "
@@ -86,6 +86,6 @@ def run_volumes(args: argparse.Namespace) -> int:
 
 def _dataset_path(spec: str, out: Path) -> str:
     """A dataset path; ``mni152`` builds the small MNI152 folder beside the output."""
-    from ..datasets import resolve_dataset
+    from msagent.datasets import resolve_dataset
 
     return str(resolve_dataset(spec, out.parent / f"{out.name}-data-{spec.lower()}"))

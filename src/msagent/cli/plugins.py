@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..plugins import KINDS, get_registry
+from msagent.plugins import KINDS, get_registry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..options import parse_options
-from ._outputs import check_path
+from msagent.options import parse_options
+from msagent.cli._outputs import check_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,17 +77,17 @@ def at_least(least: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _status, api, io, render
-    from ..errors import SegmentationFailed
-    from ..io.atomic import atomic_write
-    from ..turns import turn_lines
-    from ._volume import is_volume, run_volume
+    from msagent import _status, api, io, render
+    from msagent.errors import SegmentationFailed
+    from msagent.io.atomic import atomic_write
+    from msagent.turns import turn_lines
+    from msagent.cli._volume import is_volume, run_volume
 
     if is_volume(args.image):
         return run_volume(args)
     check_image_outputs(args)
     if args.three_d:
-        from ..errors import InvalidInput
+        from msagent.errors import InvalidInput
 
         raise InvalidInput(f"--3d segments a volume (.nii/.nii.gz or a DICOM series); {args.image} "
                            "is a 2-D image")
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_image_outputs(args: argparse.Namespace) -> None:
     """Refuse options and output names a 2-D run cannot honour, before any work."""
-    from ..errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     volume_only = [flag for flag, value in (("--slices", args.slices), ("--dicom-seg", args.dicom_seg),
                                             ("--key-slice", args.key_slice),

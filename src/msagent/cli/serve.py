@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """The server's limits from the command line; a bad value is one line, not a traceback."""
-    from ..errors import InvalidInput
+    from msagent.errors import InvalidInput
 
     if not 0 < args.port < 65536:
         raise InvalidInput(f"--port {args.port}: give a port from 1 to 65535")
@@ -68,9 +68,9 @@ def build_config(args: argparse.Namespace):
 def _config(args: argparse.Namespace):
     import math
 
-    from ..io import max_pixels_limit
-    from ..io.limits import DEFAULT_SERVER_MAX_VOXELS, max_voxels_limit
-    from ..server import ServerConfig
+    from msagent.io import max_pixels_limit
+    from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS, max_voxels_limit
+    from msagent.server import ServerConfig
 
     for name in ("idle_timeout", "request_timeout", "max_upload_mb"):
         value = getattr(args, name)
@@ -89,8 +89,8 @@ def _config(args: argparse.Namespace):
 
 def policy_options(pairs: list[str]) -> dict[str, dict]:
     """``POLICY:KEY=VALUE`` pairs as ``{policy: {key: value}}``."""
-    from ..errors import InvalidInput
-    from ..options import parse_options
+    from msagent.errors import InvalidInput
+    from msagent.options import parse_options
 
     grouped: dict[str, list[str]] = {}
     for pair in pairs:
@@ -104,8 +104,8 @@ def policy_options(pairs: list[str]) -> dict[str, dict]:
 
 def check_exposure(host: str, config) -> None:
     """Refuse a non-loopback address without an API key unless the operator said ``--open``."""
-    from ..errors import InvalidInput
-    from ..server.config import LOOPBACK_HOSTS
+    from msagent.errors import InvalidInput
+    from msagent.server.config import LOOPBACK_HOSTS
 
     if host in LOOPBACK_HOSTS or config.api_key:
         return
@@ -119,9 +119,9 @@ def check_exposure(host: str, config) -> None:
 
 
 def load_backbone(name: str | None, options: dict, cache_size: int):
-    from .. import api
-    from .._status import Status
-    from ..errors import InvalidInput
+    from msagent import api
+    from msagent._status import Status
+    from msagent.errors import InvalidInput
 
     name = name or os.environ.get("MSAGENT_BACKBONE")
     if not name:
@@ -141,14 +141,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        from ..errors import MsAgentError
+        from msagent.errors import MsAgentError
 
         raise MsAgentError("msagent serve needs the server extra: "
                            "pip install '.[server]' in a msagent clone") \
             from None
-    from ..options import parse_options
-    from ..server import create_app
-    from ..server.config import LOOPBACK_HOSTS
+    from msagent.options import parse_options
+    from msagent.server import create_app
+    from msagent.server.config import LOOPBACK_HOSTS
 
     config = build_config(args)
     check_exposure(args.host, config)  # before loading the backbone
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     web = args.web if args.web is not None else args.host in LOOPBACK_HOSTS
     app = create_app(segmenter, config)
     if web:
-        from ..webapp import install
+        from msagent.webapp import install
 
         install(app)
     log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs%s)", segmenter.name, args.host,

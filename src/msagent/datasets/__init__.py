@@ -24,18 +24,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InvalidInput
-from ._base import CaseRef, Dataset, ImageMaskFiles, concat
-from .biomedparse import find_split_files, read_biomedparse
-from .folder import (
+from msagent.errors import InvalidInput
+from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, concat
+from msagent.datasets.biomedparse import find_split_files, read_biomedparse
+from msagent.datasets.folder import (
     DEFAULT_CSV,
     make_mni152_dataset,
     make_mni152_volumes,
     read_folder,
     write_folder,
 )
-from .nifti import NiftiSlice, read_nifti_folder, read_nifti_pair, read_nifti_volumes
-from .volumes import LoadedVolume, VolumeCase
+from msagent.datasets.nifti import NiftiSlice, read_nifti_folder, read_nifti_pair, read_nifti_volumes
+from msagent.datasets.volumes import LoadedVolume, VolumeCase
 
 __all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "LoadedVolume", "NiftiSlice", "VolumeCase",
            "concat", "make_mni152_dataset", "make_mni152_volumes", "open_dataset",

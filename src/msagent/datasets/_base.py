@@ -15,8 +15,8 @@ import attrs
 import cv2
 import numpy as np
 
-from .. import io
-from ..types import Case
+from msagent import io
+from msagent.types import Case
 
 log = logging.getLogger(__name__)
 Loader = Callable[[], tuple[np.ndarray, np.ndarray]]

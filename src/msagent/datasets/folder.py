@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInput
-from ..io.atomic import atomic_write
-from ._base import CaseRef, Dataset, ImageMaskFiles, slug, unique_ids
+from msagent.errors import InvalidInput
+from msagent.io.atomic import atomic_write
+from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, slug, unique_ids
 
 REQUIRED = ("image", "mask", "target")
 DEFAULT_CSV = "targets.csv"
@@ -97,7 +97,7 @@ def make_mni152_dataset(out_dir: str | os.PathLike, slices: Sequence[int] = (30,
     """
     from nilearn import datasets as nl
 
-    from .. import io
+    from msagent import io
 
     unknown = [t for t in targets if t not in MNI_TARGETS]
     if unknown:
@@ -136,7 +136,7 @@ def make_mni152_volumes(out_dir: str | os.PathLike, resolution: int = 2) -> Path
 
     from nilearn import datasets as nl
 
-    from .. import io
+    from msagent import io
 
     template = nl.load_mni152_template(resolution=resolution)
     affine = np.asarray(template.affine, dtype=np.float64)

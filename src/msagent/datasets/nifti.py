@@ -28,11 +28,11 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from .. import io
-from ..errors import InvalidInput
-from ..io.limits import check_voxels
-from ._base import CaseRef, Dataset, slug
-from .volumes import Label, VolumeCase
+from msagent import io
+from msagent.errors import InvalidInput
+from msagent.io.limits import check_voxels
+from msagent.datasets._base import CaseRef, Dataset, slug
+from msagent.datasets.volumes import Label, VolumeCase
 
 _CACHE_SIZE = 2
 

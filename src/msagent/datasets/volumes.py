@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from .. import io
-from ..errors import InvalidMask
-from ..io.limits import check_voxels
-from ..volume_stack import VolumeStack, build_stack, label_stack
+from msagent import io
+from msagent.errors import InvalidMask
+from msagent.io.limits import check_voxels
+from msagent.volume_stack import VolumeStack, build_stack, label_stack
 
 #: a label value, or an nnU-Net v2 region (the union of several values)
 Label = int | tuple[int, ...]

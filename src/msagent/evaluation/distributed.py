@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import InvalidInput
-from .runner import Evaluation, UnitResult
+from msagent.errors import InvalidInput
+from msagent.evaluation.runner import Evaluation, UnitResult
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class _Worker:
         self.job.prepare()
 
     def run(self, item: Any, todo: list) -> list[UnitResult]:
-        from .runner import _load
+        from msagent.evaluation.runner import _load
 
         case = _load(item)
         return [self.job.run_unit(case, self.job.backbones[b], self.job.methods[m]) for b, m in todo]

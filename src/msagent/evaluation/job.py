@@ -9,11 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput
-from ..io.atomic import atomic_write
-from .records import CaseRecord, write_tables
-from .runner import EvalConfig, Evaluation, methods_from
-from .summary import summarize
+from msagent.errors import InvalidInput
+from msagent.io.atomic import atomic_write
+from msagent.evaluation.records import CaseRecord, write_tables
+from msagent.evaluation.runner import EvalConfig, Evaluation, methods_from
+from msagent.evaluation.summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def evaluate(cases: Iterable[Any], out_dir: str | Path, *, backbones: Sequence[A
                      dict(backbone_options or {}), concurrency=max(1, int(concurrency)),
                      retry_errors=retry_errors, save_masks=save_masks)
     if ray_address is not None:
-        from .distributed import run_on_ray
+        from msagent.evaluation.distributed import run_on_ray
 
         run_on_ray(job, cases, ray_address, limit=limit, progress=progress, total=total)
     else:
@@ -102,7 +102,7 @@ def _advance(bar, record: CaseRecord) -> None:
 def finish(out_dir: str | Path, report: bool = True) -> dict[str, Any]:
     """Write results.csv/.parquet, summary.json and (``report``) plots and report.html from
     the records in ``out_dir``; returns the summary."""
-    from .records import RecordStore
+    from msagent.evaluation.records import RecordStore
 
     out_dir = Path(out_dir)
     if not (out_dir / "records.jsonl").exists():
@@ -112,7 +112,7 @@ def finish(out_dir: str | Path, report: bool = True) -> dict[str, Any]:
     summary = summarize(records)
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=1, default=float).encode())
     if report:
-        from .report import write_report
+        from msagent.evaluation.report import write_report
 
         try:
             write_report(records, summary, out_dir)

@@ -26,11 +26,11 @@ import attrs
 import numpy as np
 from scipy import ndimage
 
-from .. import clicker, metrics
-from ..agent import Agent
-from ..policies.expert import mask_bbox
-from ..segmenter import Segmenter
-from ..types import Case, Point, Prompts, Trajectory
+from msagent import clicker, metrics
+from msagent.agent import Agent
+from msagent.policies.expert import mask_bbox
+from msagent.segmenter import Segmenter
+from msagent.types import Case, Point, Prompts, Trajectory
 
 NOC_THRESHOLDS = (0.85, 0.90)
 CVPR_CLICKS = 5
@@ -92,8 +92,8 @@ def check_answered(trajectory: Trajectory) -> None:
     :class:`~msagent.errors.SegmentationFailed`. A policy that answered without a valid mask
     scores Dice 0 (counted in ``no_mask``): that is its result."""
     if trajectory.turns == 0 and trajectory.stop_reason == "policy_error":
-        from ..api import failure_message
-        from ..errors import SegmentationFailed
+        from msagent.api import failure_message
+        from msagent.errors import SegmentationFailed
 
         raise SegmentationFailed(failure_message(trajectory), trajectory)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from ..io.atomic import atomic_write, parquet_bytes
+from msagent.io.atomic import atomic_write, parquet_bytes
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # (backbone, method, case_id)

@@ -29,18 +29,18 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..agent import Agent
-from ..api import load_backbone, load_policy
-from ..datasets.volumes import LoadedVolume
-from ..errors import InvalidInput
-from ..io.atomic import atomic_write, read_json_file
-from ..policy import Policy
-from ..propagation import METHODS as PROPAGATION_METHODS
-from ..segmenter import Segmenter
-from ..types import Case
-from ..volume_agent import VolumeAgent
-from . import protocols, volume_protocols
-from .records import CaseRecord, RecordStore, safe_name
+from msagent.agent import Agent
+from msagent.api import load_backbone, load_policy
+from msagent.datasets.volumes import LoadedVolume
+from msagent.errors import InvalidInput
+from msagent.io.atomic import atomic_write, read_json_file
+from msagent.policy import Policy
+from msagent.propagation import METHODS as PROPAGATION_METHODS
+from msagent.segmenter import Segmenter
+from msagent.types import Case
+from msagent.volume_agent import VolumeAgent
+from msagent.evaluation import protocols, volume_protocols
+from msagent.evaluation.records import CaseRecord, RecordStore, safe_name
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
@@ -100,7 +100,7 @@ class EvalConfig:
         """The initial mask of ``case`` under the refine protocol (None without it)."""
         if self.refine_from is None:
             return None
-        from ..refine import initial_for_case
+        from msagent.refine import initial_for_case
 
         return initial_for_case(case, self.refine_from, self.refine_strength, self.refine_seed)
 
@@ -317,7 +317,7 @@ class Evaluation:
     # -- storing ---------------------------------------------------------------
     def package(self, case: Any, record: CaseRecord, outcome: Any) -> "UnitResult":
         """What gets stored for a unit: the record, mask, overlay thumbnail and trajectory."""
-        from .report import case_overlay
+        from msagent.evaluation.report import case_overlay
 
         if outcome is None:
             return UnitResult(record)
@@ -334,7 +334,7 @@ class Evaluation:
                         outcome: protocols.Outcome) -> "UnitResult":
         """A volume's files: its mask on the input's grid (NIfTI bytes, or ``.npz`` for an
         array without geometry), the key slice's overlay and the VolumeTrajectory."""
-        from .report import case_overlay
+        from msagent.evaluation.report import case_overlay
 
         key = int(outcome.values.get("key_slice", 0))
         trajectory = outcome.trajectory
@@ -350,7 +350,7 @@ class Evaluation:
 
     def store_result(self, result: "UnitResult") -> CaseRecord:
         """Write the unit's files, then its record (so a record never lacks its files)."""
-        from ..io import save_mask_png, save_png
+        from msagent.io import save_mask_png, save_png
 
         record = result.record
         folder = Path(safe_name(record.backbone)) / safe_name(record.method)
@@ -440,7 +440,7 @@ def _volume_mask_bytes(case: LoadedVolume, display: np.ndarray) -> tuple[str, by
     a regular geometry, else a compressed ``.npz`` (key ``mask``)."""
     import io as _io
 
-    from ..io.nifti import mask_nifti_bytes
+    from msagent.io.nifti import mask_nifti_bytes
 
     voxels = case.stack.to_voxels(display)
     reference = case.stack.volume
@@ -453,7 +453,7 @@ def _volume_mask_bytes(case: LoadedVolume, display: np.ndarray) -> tuple[str, by
 
 def _checked(case: Any) -> Case | None:
     """The case if it can be evaluated, None if its ground truth is empty; raises otherwise."""
-    from ..io import to_mask, to_rgb_uint8
+    from msagent.io import to_mask, to_rgb_uint8
 
     if isinstance(case, _Failed):
         raise case.error

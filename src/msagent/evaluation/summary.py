@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
-from .records import CaseRecord
+from msagent import metrics
+from msagent.evaluation.records import CaseRecord
 
 MAIN_METRICS = ("dice", "iou", "nsd")
 VOLUMES = " (volumes)"

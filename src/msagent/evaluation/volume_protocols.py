@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import clicker, metrics
-from ..backbones.propagation import Seed, SliceStack
-from ..propagation import METHODS, EmbeddingStore, GenericPropagator, propagator_for
-from ..refine import mask_box
-from ..segmenter import Segmenter
-from ..types import Prompts
-from ..volume_agent import VolumeAgent
-from .protocols import CVPR_CLICKS, CVPR_NSD_MIN_DICE, Outcome
+from msagent import clicker, metrics
+from msagent.backbones.propagation import Seed, SliceStack
+from msagent.propagation import METHODS, EmbeddingStore, GenericPropagator, propagator_for
+from msagent.refine import mask_box
+from msagent.segmenter import Segmenter
+from msagent.types import Prompts
+from msagent.volume_agent import VolumeAgent
+from msagent.evaluation.protocols import CVPR_CLICKS, CVPR_NSD_MIN_DICE, Outcome
 
 
 def run_volume_agent(agent: VolumeAgent, stack: SliceStack, target: str, gt: np.ndarray, *,

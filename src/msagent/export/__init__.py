@@ -25,13 +25,13 @@ from typing import Any
 
 import attrs
 
-from .. import protocol
-from ..errors import InvalidInput
-from ..generation.records import read_manifest, read_shard, shard_paths
-from ..io.atomic import atomic_write, parquet_bytes, parquet_is_complete, read_json_file
-from ..segmenter import image_key
-from . import llamafactory, upstream, verl
-from .conversation import (
+from msagent import protocol
+from msagent.errors import InvalidInput
+from msagent.generation.records import read_manifest, read_shard, shard_paths
+from msagent.io.atomic import atomic_write, parquet_bytes, parquet_is_complete, read_json_file
+from msagent.segmenter import image_key
+from msagent.export import llamafactory, upstream, verl
+from msagent.export.conversation import (
     Conversation,
     ParsedConversation,
     check_size,

@@ -20,9 +20,9 @@ import attrs
 import numpy as np
 from PIL import Image
 
-from .. import protocol
-from ..errors import InvalidInput
-from ..types import Action, Trajectory
+from msagent import protocol
+from msagent.errors import InvalidInput
+from msagent.types import Action, Trajectory
 
 IMAGE_TOKEN = "<image>"
 _FIRST_RE = re.compile(

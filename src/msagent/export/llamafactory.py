@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import protocol
-from ..generation.shards import png_bytes
-from ..io.atomic import atomic_write, read_json_file
-from ..types import Trajectory
-from .conversation import conversation
+from msagent import protocol
+from msagent.generation.shards import png_bytes
+from msagent.io.atomic import atomic_write, read_json_file
+from msagent.types import Trajectory
+from msagent.export.conversation import conversation
 
 DEFAULT_NAME = "msagent_sft"
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import protocol
-from ..generation.shards import png_bytes
-from ..types import Case
-from .conversation import IMAGE_TOKEN
+from msagent import protocol
+from msagent.generation.shards import png_bytes
+from msagent.types import Case
+from msagent.export.conversation import IMAGE_TOKEN
 
 LAYOUTS = ("msagent", "upstream")
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import protocol
-from ..generation.shards import png_bytes
-from ..types import Trajectory, encode_mask
-from .conversation import IMAGE_TOKEN, conversation
+from msagent import protocol
+from msagent.generation.shards import png_bytes
+from msagent.types import Trajectory, encode_mask
+from msagent.export.conversation import IMAGE_TOKEN, conversation
 
 TOOL_NAMES = tuple(t["function"]["name"] for t in protocol.TOOL_SCHEMAS)
 TOOL_FORMATS = ("inline", "structured")

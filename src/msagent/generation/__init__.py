@@ -7,9 +7,9 @@
 - :func:`read_trajectories`: the records of a trajectory set (:mod:`msagent.generation.records`).
 """
 
-from .hybrid import HybridConfig, HybridGenerator
-from .job import GenerateSummary, generate, summarize
-from .records import TrajectoryRecord, read_manifest, read_trajectories
+from msagent.generation.hybrid import HybridConfig, HybridGenerator
+from msagent.generation.job import GenerateSummary, generate, summarize
+from msagent.generation.records import TrajectoryRecord, read_manifest, read_trajectories
 
 __all__ = ["GenerateSummary", "HybridConfig", "HybridGenerator", "TrajectoryRecord", "generate",
            "read_manifest", "read_trajectories", "summarize"]

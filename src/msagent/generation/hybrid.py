@@ -37,14 +37,14 @@ from collections.abc import Iterator
 import attrs
 import numpy as np
 
-from ..agent import Agent
-from ..episode import PROMPT_MODES
-from ..errors import InvalidInput
-from ..policies.expert import ExpertPolicy
-from ..refine import DEGRADATIONS, Degradation
-from ..segmenter import Segmenter
-from ..trajectories import Attempt, TrajectoryGenerator
-from ..types import Case, Trajectory
+from msagent.agent import Agent
+from msagent.episode import PROMPT_MODES
+from msagent.errors import InvalidInput
+from msagent.policies.expert import ExpertPolicy
+from msagent.refine import DEGRADATIONS, Degradation
+from msagent.segmenter import Segmenter
+from msagent.trajectories import Attempt, TrajectoryGenerator
+from msagent.types import Case, Trajectory
 
 _unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
 

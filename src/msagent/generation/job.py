@@ -20,15 +20,15 @@ from typing import Any
 
 import attrs
 
-from .. import __version__
-from ..datasets import Dataset, concat, open_dataset
-from ..errors import InvalidInput
-from ..io.atomic import atomic_write, parquet_is_complete, read_json_file
-from ..plugins import get_registry
-from ..segmenter import Segmenter
-from ..trajectories import TrajectoryGenerator
-from .records import MANIFEST, shard_paths
-from .shards import (
+from msagent import __version__
+from msagent.datasets import Dataset, concat, open_dataset
+from msagent.errors import InvalidInput
+from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
+from msagent.plugins import get_registry
+from msagent.segmenter import Segmenter
+from msagent.trajectories import TrajectoryGenerator
+from msagent.generation.records import MANIFEST, shard_paths
+from msagent.generation.shards import (
     ShardWorker,
     commit,
     remove_stale_temporaries,
@@ -86,7 +86,7 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
             _run_local(out, dataset, todo, shard_size, backbone, backbone_options, gen,
                        manifest, bar)
         else:
-            from .ray_runner import run_on_ray
+            from msagent.generation.ray_runner import run_on_ray
 
             address = None if ray is True or ray in ("", "local") else str(ray)
             shards = [(i, i * shard_size, _refs(dataset, i, shard_size)) for i in todo]

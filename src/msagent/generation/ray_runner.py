@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import InvalidInput
-from .shards import ShardResult, ShardWorker, torch_threads
+from msagent.errors import InvalidInput
+from msagent.generation.shards import ShardResult, ShardWorker, torch_threads
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_PER_WORKER = 2
@@ -26,7 +26,7 @@ class _RayShardWorker:
     """The actor body: one segmenter and one generator per Ray worker process."""
 
     def __init__(self, manifest: dict[str, Any], generator, threads: int | None) -> None:
-        from ..plugins import get_registry
+        from msagent.plugins import get_registry
 
         segmenter = get_registry().load("segmenter", manifest["backbone"],
                                         **manifest["backbone_options"])

@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..errors import InvalidInput
-from ..types import Trajectory, decode_mask
+from msagent.errors import InvalidInput
+from msagent.types import Trajectory, decode_mask
 
 SHARD_DIR = "shards"
 MANIFEST = "manifest.json"
@@ -109,7 +109,7 @@ class TrajectoryRecord:
 
     def image(self) -> np.ndarray:
         """The original H×W×3 uint8 image."""
-        from ..io import to_rgb_uint8
+        from msagent.io import to_rgb_uint8
 
         return to_rgb_uint8(self.root / self.row["image_path"])
 
@@ -153,7 +153,7 @@ def read_trajectories(root: str | os.PathLike, kept_only: bool = False) -> Itera
 
 
 def read_manifest(root: str | os.PathLike) -> dict | None:
-    from ..io.atomic import read_json_file
+    from msagent.io.atomic import read_json_file
 
     path = Path(root) / MANIFEST
     if not path.is_file():

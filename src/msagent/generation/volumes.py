@@ -27,15 +27,15 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..backbones.propagation import SliceStack
-from ..errors import InvalidInput
-from ..io.atomic import atomic_write, parquet_is_complete, read_json_file
-from ..render import trajectory_strip
-from ..segmenter import image_key
-from ..types import Case, encode_mask
-from ..volume_trajectory import VolumeTrajectory
-from .records import MANIFEST, make_row
-from .shards import ShardResult, commit, png_bytes, safe_name, shard_path
+from msagent.backbones.propagation import SliceStack
+from msagent.errors import InvalidInput
+from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
+from msagent.render import trajectory_strip
+from msagent.segmenter import image_key
+from msagent.types import Case, encode_mask
+from msagent.volume_trajectory import VolumeTrajectory
+from msagent.generation.records import MANIFEST, make_row
+from msagent.generation.shards import ShardResult, commit, png_bytes, safe_name, shard_path
 
 FORMAT = "msagent-trajectories/1"
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
     ``agent_options`` go to :class:`msagent.VolumeAgent` (``review_slices``, ``max_turns``,
     ``propagation``, ...); they, the backbone, the policy and the case ids are the job's
     identity (``manifest.json``). Returns (out, volumes, volumes written now)."""
-    from ..api import load_backbone, load_policy
-    from ..volume_agent import VolumeAgent
+    from msagent.api import load_backbone, load_policy
+    from msagent.volume_agent import VolumeAgent
 
     out = Path(out)
     cases = list(cases)[:limit]

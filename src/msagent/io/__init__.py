@@ -13,10 +13,10 @@ limit from their headers before any data are decoded (:mod:`msagent.io.limits`).
 docs/medical-images.md is the user's guide to all of this.
 """
 
-from .bitdepth import save_png16, save_tiff
-from .dicom import default_window, is_dicom, read_dicom_series
-from .dicom_seg import write_dicom_seg
-from .images import (
+from msagent.io.bitdepth import save_png16, save_tiff
+from msagent.io.dicom import default_window, is_dicom, read_dicom_series
+from msagent.io.dicom_seg import write_dicom_seg
+from msagent.io.images import (
     DEFAULT_MAX_PIXELS,
     load_array,
     max_pixels_limit,
@@ -25,9 +25,9 @@ from .images import (
     to_mask,
     to_rgb_uint8,
 )
-from .limits import DEFAULT_MAX_VOXELS, max_voxels_limit
-from .nifti import is_nifti, mask_data, mask_nifti_bytes, read_nifti, write_mask_nifti, write_nifti
-from .volume import (
+from msagent.io.limits import DEFAULT_MAX_VOXELS, max_voxels_limit
+from msagent.io.nifti import is_nifti, mask_data, mask_nifti_bytes, read_nifti, write_mask_nifti, write_nifti
+from msagent.io.volume import (
     CT_WINDOWS,
     PLANES,
     SliceView,
@@ -36,7 +36,7 @@ from .volume import (
     parse_window,
     percentile_window,
 )
-from .windows import Window, choose_window
+from msagent.io.windows import Window, choose_window
 
 __all__ = ["CT_WINDOWS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "PLANES", "SliceView",
            "Volume", "Window", "apply_window", "choose_window", "default_window", "is_dicom",

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, OutputError
+from msagent.errors import InvalidInput, OutputError
 
 ROWS_KEY = b"msagent.rows"  # Parquet key-value metadata: the rows the writer meant to write
 _REMEDIES = {

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidImage
-from .atomic import atomic_write
+from msagent.errors import InvalidImage
+from msagent.io.atomic import atomic_write
 
 _PNG_DEEP_COLOUR_TYPES = {2, 4, 6}  # RGB, grey + alpha, RGBA (IHDR colour types)
 

@@ -34,9 +34,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..errors import InvalidImage, InvalidInput
-from .limits import check_voxels
-from .volume import CT_WINDOWS, Volume
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.io.limits import check_voxels
+from msagent.io.volume import CT_WINDOWS, Volume
 
 log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImage, InvalidInput
-from .atomic import atomic_output
-from .nifti import mask_data
-from .volume import Volume
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.io.atomic import atomic_output
+from msagent.io.nifti import mask_data
+from msagent.io.volume import Volume
 
 
 def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *,
@@ -34,7 +34,7 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *
     except ImportError:
         raise InvalidImage("writing DICOM SEG needs highdicom: "
                            "pip install '.[medical]' in a msagent clone") from None
-    from .. import __version__
+    from msagent import __version__
 
     if not volume.datasets:
         raise InvalidInput("DICOM SEG needs the source DICOM series: read it with "

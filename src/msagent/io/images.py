@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import InvalidImage, InvalidMask
-from .atomic import atomic_write
-from .bitdepth import needs_full_depth, read_full_depth
+from msagent.errors import InvalidImage, InvalidMask
+from msagent.io.atomic import atomic_write
+from msagent.io.bitdepth import needs_full_depth, read_full_depth
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}

@@ -15,7 +15,7 @@ import math
 import os
 from collections.abc import Sequence
 
-from ..errors import InvalidImage, InvalidInput
+from msagent.errors import InvalidImage, InvalidInput
 
 ENV_MAX_VOXELS = "MSAGENT_MAX_VOXELS"
 DEFAULT_MAX_VOXELS = 2**29

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidImage, InvalidMask
-from .atomic import atomic_output
-from .limits import check_voxels
-from .volume import Volume
+from msagent.errors import InvalidImage, InvalidMask
+from msagent.io.atomic import atomic_output
+from msagent.io.limits import check_voxels
+from msagent.io.volume import Volume
 
 log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..errors import InvalidImage, InvalidInput
+from msagent.errors import InvalidImage, InvalidInput
 
 PLANES = ("axial", "coronal", "sagittal")
 # For each plane: (slice axis letters, row axis letters with the "down" letter first,

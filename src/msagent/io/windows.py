@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import attrs
 
-from .dicom import default_window
-from .volume import Volume, parse_window, percentile_window
+from msagent.io.dicom import default_window
+from msagent.io.volume import Volume, parse_window, percentile_window
 
 
 @attrs.frozen

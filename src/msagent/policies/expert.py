@@ -21,12 +21,12 @@ import hashlib
 import attrs
 import numpy as np
 
-from .. import clicker, metrics, protocol
-from ..errors import PolicyError, PolicyOutputError
-from ..options import Option
-from ..policy import Episode, Policy, Reply
-from ..types import BBox, Point
-from . import rationale as text
+from msagent import clicker, metrics, protocol
+from msagent.errors import PolicyError, PolicyOutputError
+from msagent.options import Option
+from msagent.policy import Episode, Policy, Reply
+from msagent.types import BBox, Point
+from msagent.policies import rationale as text
 
 
 def mask_bbox(mask: np.ndarray) -> BBox:

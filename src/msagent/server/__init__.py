@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ServerConfig
+from msagent.server.config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -16,9 +16,9 @@ __all__ = ["ServerConfig", "create_app"]
 def create_app(segmenter: Any, config: ServerConfig | None = None) -> Any:
     """Build the FastAPI app (see :func:`msagent.server.app.create_app`)."""
     try:
-        from .app import create_app as build
+        from msagent.server.app import create_app as build
     except ImportError as exc:
-        from ..errors import MsAgentError
+        from msagent.errors import MsAgentError
 
         raise MsAgentError(f"the server needs FastAPI and friends: from a clone, "
                            f"pip install './[server]' (a release: pip install 'msagent[server]') "

@@ -15,15 +15,15 @@ import logging
 
 from fastapi import Depends, FastAPI
 
-from .. import __version__
-from ..segmenter import Segmenter
-from . import compat, errors, routes, session_routes
-from .config import ServerConfig
-from .context import ServerContext, require_api_key
-from .engine import Engine
-from .metrics import Metrics
-from .middleware import LimitsMiddleware, UnexpectedErrorsMiddleware
-from .sessions import SessionStore
+from msagent import __version__
+from msagent.segmenter import Segmenter
+from msagent.server import compat, errors, routes, session_routes
+from msagent.server.config import ServerConfig
+from msagent.server.context import ServerContext, require_api_key
+from msagent.server.engine import Engine
+from msagent.server.metrics import Metrics
+from msagent.server.middleware import LimitsMiddleware, UnexpectedErrorsMiddleware
+from msagent.server.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """Interactive segmentation sessions and stateless decodes over one msagent

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..errors import MsAgentError
+from msagent.errors import MsAgentError
 
 
 @contextlib.contextmanager

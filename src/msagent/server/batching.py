@@ -24,8 +24,8 @@ from concurrent.futures import Executor
 import attrs
 import numpy as np
 
-from ..segmenter import Embedding, Segmenter
-from ..types import MaskPrediction, Prompts
+from msagent.segmenter import Embedding, Segmenter
+from msagent.types import MaskPrediction, Prompts
 
 log = logging.getLogger(__name__)
 

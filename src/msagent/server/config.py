@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from ..io import DEFAULT_MAX_PIXELS
-from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
+from msagent.io import DEFAULT_MAX_PIXELS
+from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

@@ -9,11 +9,11 @@ import attrs
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .config import ServerConfig
-from .engine import Engine
-from .errors import ServerError
-from .metrics import Metrics
-from .sessions import SessionStore
+from msagent.server.config import ServerConfig
+from msagent.server.engine import Engine
+from msagent.server.errors import ServerError
+from msagent.server.metrics import Metrics
+from msagent.server.sessions import SessionStore
 
 
 @attrs.define(eq=False)

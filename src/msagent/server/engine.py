@@ -19,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import InvalidInput, SegmenterError
-from ..segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
-from ..types import MaskPrediction, Prompts
-from ..wire import decode_upload
-from .batching import DecodeBatcher
-from .config import ServerConfig
-from .errors import ImageNotFound, Overloaded, TooManyPoints
-from .metrics import Metrics
+from msagent.errors import InvalidInput, SegmenterError
+from msagent.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
+from msagent.types import MaskPrediction, Prompts
+from msagent.wire import decode_upload
+from msagent.server.batching import DecodeBatcher
+from msagent.server.config import ServerConfig
+from msagent.server.errors import ImageNotFound, Overloaded, TooManyPoints
+from msagent.server.metrics import Metrics
 
 
 class ImageStore:

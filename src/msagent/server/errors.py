@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InvalidInput, MsAgentError, PluginNotFound, SegmenterError
-from ..wire import ImageTooLarge
+from msagent.errors import InvalidInput, MsAgentError, PluginNotFound, SegmenterError
+from msagent.wire import ImageTooLarge
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import logging
 
-from .context import bearer_token, key_problem
-from .metrics import Metrics
+from msagent.server.context import bearer_token, key_problem
+from msagent.server.metrics import Metrics
 
 log = logging.getLogger("msagent.server")
 

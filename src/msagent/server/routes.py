@@ -8,11 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from .. import __version__
-from ..errors import InvalidInput
-from ..wire import ImageTooLarge, decode_b64, unpack_array
-from .context import ServerContext, context, require_api_key
-from .schemas import (
+from msagent import __version__
+from msagent.errors import InvalidInput
+from msagent.wire import ImageTooLarge, decode_b64, unpack_array
+from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.schemas import (
     ErrorBody,
     Health,
     ImageInfo,
@@ -21,7 +21,7 @@ from .schemas import (
     PredictRequest,
     PredictResponse,
 )
-from .views import prediction
+from msagent.server.views import prediction
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why} for status, why in [

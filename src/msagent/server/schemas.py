@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..types import BBox, Point, Prompts
+from msagent.types import BBox, Point, Prompts
 
 MaskFormat = Literal["rle", "png", "none"]
 ArrayDType = Literal["float16", "float32"]

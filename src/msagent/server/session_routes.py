@@ -10,17 +10,17 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from .. import episode
-from ..errors import InvalidImage, InvalidInput
-from ..refine import check_initial_mask, initial_state
-from ..types import BBox, Point, encode_mask
-from ..wire import decode_upload, load_npy_bytes, png_bytes
-from .context import ServerContext, context, require_api_key
-from .errors import Conflict
-from .routes import ERRORS, read_upload
-from .schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
-from .sessions import Session
-from .views import finite, session_info, session_step
+from msagent import episode
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.refine import check_initial_mask, initial_state
+from msagent.types import BBox, Point, encode_mask
+from msagent.wire import decode_upload, load_npy_bytes, png_bytes
+from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.errors import Conflict
+from msagent.server.routes import ERRORS, read_upload
+from msagent.server.schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
+from msagent.server.sessions import Session
+from msagent.server.views import finite, session_info, session_step
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -56,7 +56,7 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
 
 def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array."""
-    from ..errors import InvalidMask
+    from msagent.errors import InvalidMask
 
     if not data:
         raise InvalidMask("the initial_mask upload is empty")

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import attrs
 
-from .. import episode
-from ..episode import PROMPT_MODES, EpisodeState
-from ..errors import InvalidInput
-from ..segmenter import Embedding
-from .errors import Conflict, SessionNotFound, TooManySessions
+from msagent import episode
+from msagent.episode import PROMPT_MODES, EpisodeState
+from msagent.errors import InvalidInput
+from msagent.segmenter import Embedding
+from msagent.server.errors import Conflict, SessionNotFound, TooManySessions
 
 MAX_HISTORY = 64  # undo depth; older states are dropped
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

@@ -25,7 +25,7 @@ __all__ = ["STATIC_DIR", "create_web_app", "install"]
 
 def install(app: Any) -> None:
     """Add the web page's routes, their stores and the page at ``/ui`` to a service ``app``."""
-    from . import agent_routes, volume_routes, volume_session_routes
+    from msagent.webapp import agent_routes, volume_routes, volume_session_routes
 
     agent_routes.install(app)
     volume_routes.install(app)
@@ -40,7 +40,7 @@ def install(app: Any) -> None:
 
 def create_web_app(segmenter: Any, config: Any = None) -> Any:
     """The segmentation service (:func:`msagent.server.create_app`) with the web page's app."""
-    from ..server import create_app
+    from msagent.server import create_app
 
     app = create_app(segmenter, config)
     install(app)

@@ -32,24 +32,24 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Upl
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .. import metrics
-from ..agent import Agent
-from ..errors import InvalidInput, InvalidTarget, MsAgentError
-from ..options import MAX_CLIENT_TEXT
-from ..refine import check_initial_mask
-from ..server.context import ServerContext, context, require_api_key
-from ..server.errors import Conflict, status_of
-from ..server.routes import ERRORS, read_upload
-from ..server.schemas import MaskFormat, SessionStep
-from ..server.session_routes import initial_mask_upload, open_session, run_prompt
-from ..server.views import session_step
-from ..types import encode_mask
-from ..wire import png_bytes
-from .policies import PolicyPool, PooledPolicy, policy_listing, run_options, segmenter_listing
-from .runs import RunNotFound, RunRecord, RunStore
-from .takeover import OriginStore, SessionOrigin, session_trajectory
-from .turns import StreamingPolicy, TurnEncoder
-from .volumes import VolumeStore, ground_truth_upload
+from msagent import metrics
+from msagent.agent import Agent
+from msagent.errors import InvalidInput, InvalidTarget, MsAgentError
+from msagent.options import MAX_CLIENT_TEXT
+from msagent.refine import check_initial_mask
+from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.errors import Conflict, status_of
+from msagent.server.routes import ERRORS, read_upload
+from msagent.server.schemas import MaskFormat, SessionStep
+from msagent.server.session_routes import initial_mask_upload, open_session, run_prompt
+from msagent.server.views import session_step
+from msagent.types import encode_mask
+from msagent.wire import png_bytes
+from msagent.webapp.policies import PolicyPool, PooledPolicy, policy_listing, run_options, segmenter_listing
+from msagent.webapp.runs import RunNotFound, RunRecord, RunStore
+from msagent.webapp.takeover import OriginStore, SessionOrigin, session_trajectory
+from msagent.webapp.turns import StreamingPolicy, TurnEncoder
+from msagent.webapp.volumes import VolumeStore, ground_truth_upload
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["agent"], dependencies=[Depends(require_api_key)],

@@ -10,12 +10,12 @@ from typing import Any
 
 import attrs
 
-from .._lru import BoundedLRU
-from ..errors import PolicyError
-from ..options import Option, client_options, split_pairs
-from ..plugins import factory_class, get_registry
-from ..policy import Policy
-from ..server.errors import ServerError
+from msagent._lru import BoundedLRU
+from msagent.errors import PolicyError
+from msagent.options import Option, client_options, split_pairs
+from msagent.plugins import factory_class, get_registry
+from msagent.policy import Policy
+from msagent.server.errors import ServerError
 
 MAX_POLICIES = 4
 

@@ -7,9 +7,9 @@ import time
 import attrs
 import numpy as np
 
-from .._lru import BoundedLRU
-from ..server.errors import ServerError
-from ..types import BBox, Point, Trajectory
+from msagent._lru import BoundedLRU
+from msagent.server.errors import ServerError
+from msagent.types import BBox, Point, Trajectory
 
 MAX_RUNS = 64
 

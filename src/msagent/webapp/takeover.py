@@ -6,11 +6,11 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from .. import metrics, protocol
-from .._lru import BoundedLRU
-from ..types import BBox, InitialMask, Prompts, Step, Trajectory
-from .runs import RunRecord
-from .turns import _finite
+from msagent import metrics, protocol
+from msagent._lru import BoundedLRU
+from msagent.types import BBox, InitialMask, Prompts, Step, Trajectory
+from msagent.webapp.runs import RunRecord
+from msagent.webapp.turns import _finite
 
 
 @attrs.frozen

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import protocol
-from ..errors import PolicyError
-from ..policy import Episode, Policy, Reply
-from ..types import BBox, Point, Prompts, Step, encode_mask
+from msagent import protocol
+from msagent.errors import PolicyError
+from msagent.policy import Episode, Policy, Reply
+from msagent.types import BBox, Point, Prompts, Step, encode_mask
 
 
 class StreamingPolicy(Policy):

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFil
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from ..server.context import ServerContext, context, require_api_key
-from ..server.routes import ERRORS, read_upload
-from ..server.schemas import RLE, ImageInfo
-from ..wire import ImageTooLarge, png_bytes
-from .volumes import (
+from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.routes import ERRORS, read_upload
+from msagent.server.schemas import RLE, ImageInfo
+from msagent.wire import ImageTooLarge, png_bytes
+from msagent.webapp.volumes import (
     EXPORT_FORMATS,
     StoredVolume,
     VolumeStore,

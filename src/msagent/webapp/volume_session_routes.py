@@ -19,18 +19,18 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from ..errors import InvalidInput
-from ..server.context import ServerContext, context, require_api_key
-from ..server.errors import Conflict, ServerError
-from ..server.routes import ERRORS
-from ..server.schemas import RLE, Box, PointIn, Strict
-from ..server.views import finite
-from ..types import encode_mask
-from ..volume_stack import build_stack
-from ..wire import png_bytes
-from .volume_routes import Plane, volume_store
-from .volume_sessions import VolumeSession, VolumeSessionStore
-from .volumes import EXPORT_FORMATS, VolumeStore, export_mask
+from msagent.errors import InvalidInput
+from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.errors import Conflict, ServerError
+from msagent.server.routes import ERRORS
+from msagent.server.schemas import RLE, Box, PointIn, Strict
+from msagent.server.views import finite
+from msagent.types import encode_mask
+from msagent.volume_stack import build_stack
+from msagent.wire import png_bytes
+from msagent.webapp.volume_routes import Plane, volume_store
+from msagent.webapp.volume_sessions import VolumeSession, VolumeSessionStore
+from msagent.webapp.volumes import EXPORT_FORMATS, VolumeStore, export_mask
 
 router = APIRouter(prefix="/v1/volumes/{volume_id}/sessions", tags=["web page"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)

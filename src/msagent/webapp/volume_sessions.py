@@ -37,17 +37,17 @@ from collections.abc import AsyncIterator, Mapping
 import attrs
 import numpy as np
 
-from .. import episode
-from .._lru import BoundedLRU
-from ..backbones.propagation import Propagator, Seed
-from ..episode import EpisodeState
-from ..propagation import EmbeddingStore, GenericPropagator, propagator_for
-from ..refine import initial_state
-from ..segmenter import Embedding, Segmenter
-from ..server.errors import Conflict, ServerError
-from ..types import MaskPrediction, Prompts
-from ..volume_stack import VolumeStack
-from .volumes import StoredVolume
+from msagent import episode
+from msagent._lru import BoundedLRU
+from msagent.backbones.propagation import Propagator, Seed
+from msagent.episode import EpisodeState
+from msagent.propagation import EmbeddingStore, GenericPropagator, propagator_for
+from msagent.refine import initial_state
+from msagent.segmenter import Embedding, Segmenter
+from msagent.server.errors import Conflict, ServerError
+from msagent.types import MaskPrediction, Prompts
+from msagent.volume_stack import VolumeStack
+from msagent.webapp.volumes import StoredVolume
 
 MAX_VOLUME_SESSIONS = 4
 MAX_HISTORY = 16

@@ -27,13 +27,13 @@ import attrs
 import numpy as np
 from PIL import Image
 
-from .. import io
-from .._lru import BoundedLRU
-from ..errors import InvalidImage, InvalidInput, InvalidMask
-from ..io.limits import DEFAULT_SERVER_MAX_VOXELS
-from ..io.nifti import mask_nifti_bytes
-from ..server.errors import ServerError
-from ..wire import load_npy_bytes
+from msagent import io
+from msagent._lru import BoundedLRU
+from msagent.errors import InvalidImage, InvalidInput, InvalidMask
+from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS
+from msagent.io.nifti import mask_nifti_bytes
+from msagent.server.errors import ServerError
+from msagent.wire import load_npy_bytes
 
 MAX_VOLUMES = 4
 EXPORT_FORMATS = {"nifti": ("application/gzip", ".nii.gz"), "dicom-seg": ("application/dicom", ".dcm")}
