@@ -27,9 +27,9 @@ import numpy as np
 
 import msagent
 from msagent import io
+from msagent.io.wire import png_bytes
 from msagent.testing import mni152_slice
 from msagent.types import BBox, Point, Prompts
-from msagent.wire import png_bytes
 
 
 def free_port() -> int:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_server import prompt_plan, server_process  # noqa: E402
 
 from msagent import io  # noqa: E402
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.testing import mni152_slice  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

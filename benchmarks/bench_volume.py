@@ -48,12 +48,12 @@ import numpy as np
 
 import msagent
 from msagent import metrics
+from msagent.agent.refine import mask_box
 from msagent.backbones.propagation import Seed, SliceStack
-from msagent.propagation import EmbeddingStore, GenericPropagator
-from msagent.refine import mask_box
-from msagent.segmenter import image_key
+from msagent.backbones.segmenter import image_key
 from msagent.types import Prompts
-from msagent.volume_agent import VolumeAgent
+from msagent.volume.agent import VolumeAgent
+from msagent.volume.propagation import EmbeddingStore, GenericPropagator
 
 CASES = ("encodes", "propagation", "repropagation", "memory")
 PROPAGATION_GOAL = 1.15
@@ -113,7 +113,7 @@ def mni152(target: str = "brain"):
 
     from msagent import io
     from msagent.datasets.folder import _mni152_labels
-    from msagent.volume_stack import build_stack, label_stack
+    from msagent.volume.stack import build_stack, label_stack
 
     template = nl.load_mni152_template(resolution=2)
     volume = io.Volume(data=np.asarray(template.get_fdata()), affine=np.asarray(template.affine))

@@ -9,9 +9,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from msagent.agent.refine import DEGRADATIONS
 from msagent.datasets import make_mni152_dataset, open_dataset
 from msagent.evaluation import EvalConfig, evaluate
-from msagent.refine import DEGRADATIONS
 
 
 def main() -> None:

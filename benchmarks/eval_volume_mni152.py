@@ -37,10 +37,10 @@ import numpy as np
 
 import msagent
 from msagent import metrics
+from msagent.agent.refine import mask_box
 from msagent.evaluation.volume_protocols import run_cvpr_3d, run_volume_agent
-from msagent.refine import mask_box
 from msagent.types import Prompts
-from msagent.volume_agent import VolumeAgent
+from msagent.volume.agent import VolumeAgent
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_volume import Counting, mni152  # noqa: E402

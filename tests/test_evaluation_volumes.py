@@ -21,7 +21,7 @@ from msagent.datasets import (
 from msagent.errors import InvalidImage, InvalidInput
 from msagent.evaluation import EvalConfig, RecordStore, evaluate
 from msagent.evaluation.runner import NOC_ON_VOLUME, REFINE_ON_VOLUME
-from msagent.volume_trajectory import VolumeTrajectory
+from msagent.volume.trajectory import VolumeTrajectory
 
 from .test_volume import Bright, tube
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from msagent import _status
+from msagent import _console
 from msagent.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,25 +21,25 @@ class Terminal(io.StringIO):
 def test_status_is_quiet_off_a_terminal_and_says_done_or_failed_on_one(monkeypatch):
     monkeypatch.delenv("MSAGENT_QUIET", raising=False)
     piped = io.StringIO()
-    with _status.Status(stream=piped).step("loading backbone x"):
+    with _console.Status(stream=piped).step("loading backbone x"):
         pass
     assert piped.getvalue() == ""
     terminal = Terminal()
-    with _status.Status(stream=terminal).step("loading backbone x"):
+    with _console.Status(stream=terminal).step("loading backbone x"):
         pass
-    with pytest.raises(RuntimeError), _status.Status(stream=terminal).step("encoding"):
+    with pytest.raises(RuntimeError), _console.Status(stream=terminal).step("encoding"):
         raise RuntimeError
     lines = terminal.getvalue().splitlines()
     assert lines[0].startswith("loading backbone x … done in ") and lines[1] == "encoding … failed"
     monkeypatch.setenv("MSAGENT_QUIET", "1")
-    assert not _status.wanted(stream=Terminal())
+    assert not _console.wanted(stream=Terminal())
 
 
 def test_segment_on_a_terminal_shows_loading_encoding_and_each_turn(monkeypatch, phantom, capsys):
     import msagent
 
     monkeypatch.delenv("MSAGENT_QUIET", raising=False)
-    monkeypatch.setattr(_status, "wanted", lambda enabled=None, stream=None: True)
+    monkeypatch.setattr(_console, "wanted", lambda enabled=None, stream=None: True)
     image, gt = phantom
     policy = msagent.load_policy("expert")
     result = msagent.segment(image, "blob", backbone="mybackbone", policy=policy,

@@ -247,7 +247,7 @@ def test_the_cli_the_server_and_the_nifti_datasets_choose_the_same_window(tmp_pa
     """One rule (io.choose_window): a given window, else a CT's stored one, else percentiles."""
     from msagent.cli._volume import window_for
     from msagent.datasets.nifti import _window
-    from msagent.webapp.volumes import read_volume_upload
+    from msagent.webapp.volumes.store import read_volume_upload
 
     def server(paths):
         files = [(p.name, p.read_bytes()) for p in paths]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 import msagent
-from msagent import hookspecs
 from msagent.errors import DuplicateRegistration, PluginError, PluginNotFound
-from msagent.plugins import Registry, make_plugin_manager
+from msagent.plugins import Registry, hookspecs, make_plugin_manager
 
 
 class Toy(msagent.Segmenter):

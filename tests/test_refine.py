@@ -9,9 +9,9 @@ import pytest
 
 import msagent
 from msagent import metrics, protocol
+from msagent.agent.refine import DEGRADATIONS, Degradation, check_initial_mask
 from msagent.backbones import InputGeometry
 from msagent.errors import InvalidMask
-from msagent.refine import DEGRADATIONS, Degradation, check_initial_mask
 from msagent.testing import make_phantom
 from msagent.types import BBox
 
@@ -199,9 +199,9 @@ def test_a_server_session_starts_from_an_uploaded_mask(litemedsam):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
+    from msagent.io.wire import png_bytes
     from msagent.server import ServerConfig, create_app
     from msagent.types import decode_mask
-    from msagent.wire import png_bytes
 
     image, gt = make_phantom(64, 80, center=(32, 40), radii=(16, 24))
     initial = Degradation("erode", 0.2).apply(gt, np.random.default_rng(0))

@@ -12,8 +12,8 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 import msagent  # noqa: E402
+from msagent.backbones.remote import RemoteImage, RemoteSegmenter  # noqa: E402
 from msagent.errors import SegmenterError  # noqa: E402
-from msagent.remote import RemoteImage, RemoteSegmenter  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
@@ -92,7 +92,7 @@ def test_encode_uploads_once_and_decode_matches(remote, server, litemedsam):
     image = make_phantom()[0]
     embedding = remote.encode(image)
     assert isinstance(embedding.features, RemoteImage)
-    assert embedding.key == embedding.features.image_id == msagent.segmenter.image_key(image)
+    assert embedding.key == embedding.features.image_id == msagent.backbones.segmenter.image_key(image)
     assert remote.encode(image.copy()) is embedding  # the client-side cache
     uploads = server[1].metrics.counters["images_uploaded"]
     fresh = RemoteSegmenter(remote.url, api_key="remote-key")  # another client: no new upload

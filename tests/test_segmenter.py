@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import msagent
+from msagent.backbones.segmenter import check_prev_logits, check_prompts
 from msagent.errors import SegmenterError
-from msagent.segmenter import check_prev_logits, check_prompts
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 

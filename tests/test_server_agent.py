@@ -18,15 +18,15 @@ httpx = pytest.importorskip("httpx")
 import msagent  # noqa: E402
 from msagent import io as msio  # noqa: E402
 from msagent import protocol  # noqa: E402
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
-from msagent.policy import Policy, Reply  # noqa: E402
+from msagent.policies.base import Policy, Reply  # noqa: E402
 from msagent.protocol import rationale  # noqa: E402
 from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import BBox, Point, Trajectory, decode_mask, encode_mask  # noqa: E402
 from msagent.webapp import create_web_app  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 
 
 class SlowClicker(Policy):

@@ -14,12 +14,12 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.server.compat import clamp_box, clamp_point, clamp_prompts  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.types import BBox, Point, Prompts  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")

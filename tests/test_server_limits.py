@@ -15,10 +15,10 @@ httpx = pytest.importorskip("httpx")
 
 import msagent  # noqa: E402
 from msagent.errors import SegmenterError  # noqa: E402
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.server import ServerConfig, create_app  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.types import MaskPrediction  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 
 BOX = {"x1": 2, "y1": 3, "x2": 20, "y2": 15}
 POISON_X = 13  # a click here makes the stand-in decoder fail
@@ -93,7 +93,7 @@ def test_max_sessions_and_delete_frees_room():
         full = c.post("/v1/sessions", files=files(image()))
         assert full.status_code == 429 and "--max-sessions" in full.json()["detail"]
         assert c.post("/v1/sessions", data={"session_id": ids[0],
-                                             "image_id": msagent.segmenter.image_key(image())}
+                                             "image_id": msagent.backbones.segmenter.image_key(image())}
                       ).status_code == 409
         c.delete(f"/v1/sessions/{ids[0]}")
         assert c.post("/v1/sessions", files=files(image())).status_code == 201
@@ -258,7 +258,7 @@ class TextBoxes(Boxes):
 
 
 def test_text_prompts_reach_backbones_that_accept_them():
-    from msagent.remote import RemoteSegmenter
+    from msagent.backbones.remote import RemoteSegmenter
     from msagent.types import BBox, Prompts
 
     segmenter = TextBoxes()

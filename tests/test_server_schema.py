@@ -17,11 +17,11 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.sessions import Session  # noqa: E402
 from msagent.testing import make_phantom  # noqa: E402
 from msagent.webapp import create_web_app  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
 
 EXAMPLES = int(os.environ.get("MSAGENT_SCHEMA_EXAMPLES", "6"))  # per operation and mode
 KEY = "schema-key"

@@ -16,13 +16,13 @@ httpx = pytest.importorskip("httpx")
 
 import msagent  # noqa: E402
 from msagent.cli import main  # noqa: E402
+from msagent.io.wire import png_bytes  # noqa: E402
 from msagent.options import InvalidOption  # noqa: E402
 from msagent.server import ServerConfig  # noqa: E402
 from msagent.server.background import serve_in_thread  # noqa: E402
 from msagent.types import MaskPrediction  # noqa: E402
 from msagent.webapp import create_web_app  # noqa: E402
-from msagent.webapp.policies import run_options  # noqa: E402
-from msagent.wire import png_bytes  # noqa: E402
+from msagent.webapp.agent.policies import run_options  # noqa: E402
 
 SECRET = "sk-operator-secret-0123456789"
 
@@ -262,7 +262,7 @@ def test_a_npy_header_is_checked_before_anything_is_allocated():
     from numpy.lib import format as npy
 
     from msagent.errors import InvalidImage
-    from msagent.wire import ImageTooLarge, load_npy_bytes
+    from msagent.io.wire import ImageTooLarge, load_npy_bytes
 
     def claim(shape, data=b"\0" * 64):
         buffer = _io.BytesIO()

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidImage, InvalidInput
-from msagent.segmenter import image_key
-from msagent.types import BBox, Point
-from msagent.wire import (
+from msagent.io.wire import (
     ImageTooLarge,
     decode_upload,
     pack_array,
     png_bytes,
     unpack_array,
 )
+from msagent.types import BBox, Point
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

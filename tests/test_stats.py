@@ -8,7 +8,7 @@ from msagent import protocol
 from msagent.cli import main
 from msagent.generation.records import make_row, read_trajectories
 from msagent.generation.shards import ShardResult, commit
-from msagent.stats import compute_stats
+from msagent.generation.stats import compute_stats
 from msagent.types import BBox, Case, Point, Step, Trajectory, encode_mask
 
 SIZE = (40, 50)

@@ -4,11 +4,11 @@ import pytest
 
 import msagent
 from msagent import clicker, protocol
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
 from msagent.generation import HybridConfig, HybridGenerator
 from msagent.policies import rationale
 from msagent.policies.expert import mask_bbox
-from msagent.segmenter import Segmenter
 from msagent.types import Case, MaskPrediction, Point
 
 
@@ -219,11 +219,11 @@ def test_the_refine_strategy_starts_from_a_degraded_ground_truth(litemedsam, mni
     assert 0.5 < strategies.count("refine") / len(ids) < 0.7
     assert all(plain.strategy(i) == s for i, s in zip(ids, strategies) if s != "refine")  # same draws
     assert "refine_ratio" not in plain.options() and refining.options()["refine_kinds"] == list(
-        msagent.refine.DEGRADATIONS)
+        msagent.agent.refine.DEGRADATIONS)
     refine_id = next(i for i in ids if refining.strategy(i) == "refine")
     attempt = next(refining.attempt(attrs_evolve(case, refine_id), litemedsam))
     trajectory = attempt.trajectory
-    assert trajectory.meta["strategy"] == "refine" and trajectory.meta["degradation"] in msagent.refine.DEGRADATIONS
+    assert trajectory.meta["strategy"] == "refine" and trajectory.meta["degradation"] in msagent.agent.refine.DEGRADATIONS
     assert trajectory.initial is not None and trajectory.initial.source.startswith("degraded:")
     assert msagent.metrics.iou(trajectory.final_mask, gt) >= trajectory.initial.iou
     again = next(refining.attempt(attrs_evolve(case, refine_id), litemedsam)).trajectory

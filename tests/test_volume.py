@@ -13,11 +13,11 @@ import msagent
 from msagent import protocol
 from msagent.backbones.propagation import Seed, SliceStack
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
-from msagent.policy import Policy, Reply
-from msagent.propagation import EmbeddingStore, GenericPropagator, grown_box, propagator_for
+from msagent.policies.base import Policy, Reply
 from msagent.types import BBox, MaskPrediction
-from msagent.volume_stack import build_stack
-from msagent.volume_trajectory import VolumeTrajectory
+from msagent.volume.propagation import EmbeddingStore, GenericPropagator, grown_box, propagator_for
+from msagent.volume.stack import build_stack
+from msagent.volume.trajectory import VolumeTrajectory
 
 
 def logits_of(mask: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ class Bright(msagent.Segmenter):
         return len(self.encoded)
 
     def encode_image(self, image):
-        from msagent.segmenter import image_key
+        from msagent.backbones.segmenter import image_key
 
         self.encoded.append(image_key(image))
         return image[:, :, 0] > 120

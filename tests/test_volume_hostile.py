@@ -78,7 +78,8 @@ def _client(monkeypatch, max_in_memory: int):
     from fastapi.testclient import TestClient
 
     from msagent.server import ServerConfig
-    from msagent.webapp import create_web_app, volume_sessions
+    from msagent.volume import session as volume_sessions
+    from msagent.webapp import create_web_app
 
     monkeypatch.setattr(volume_sessions, "MAX_IN_MEMORY", max_in_memory)
     return TestClient(create_web_app(Bright(cache_size=1), ServerConfig(batch_window_ms=0)))
@@ -102,7 +103,7 @@ def _upload_tube(client, count: int) -> str:
 def test_prompted_slices_keep_no_embedding_beyond_the_sessions_memory_bound(monkeypatch):
     """Every prompted slice's episode state held its embedding, so prompting every slice kept
     every embedding in memory (besides the store's spilled copies), whatever MAX_IN_MEMORY."""
-    from msagent.segmenter import Embedding
+    from msagent.backbones.segmenter import Embedding
 
     count, bound = 10, 2
     gc.collect()  # Embeddings other tests' apps still hold are not this session's
@@ -134,8 +135,8 @@ import sys, tempfile
 tempfile.tempdir = {str(tmp_path)!r}
 import numpy as np
 from msagent.backbones.propagation import SliceStack
-from msagent.propagation import EmbeddingStore
-from msagent.segmenter import Segmenter
+from msagent.volume.propagation import EmbeddingStore
+from msagent.backbones.segmenter import Segmenter
 
 class Plain(Segmenter):
     def encode_image(self, image):
@@ -175,7 +176,7 @@ def _edited(text: str, **changes) -> str:
 
 
 def test_a_run_reads_back_and_bad_runs_are_invalid_volume_trajectory():
-    from msagent.volume_trajectory import InvalidVolumeTrajectory, VolumeTrajectory
+    from msagent.volume.trajectory import InvalidVolumeTrajectory, VolumeTrajectory
 
     text = _run_json()
     run = VolumeTrajectory.from_json(text)
@@ -219,8 +220,8 @@ def test_a_bad_seed_is_refused_and_leaves_the_propagator_usable():
     propagate() failed with a TypeError; a mask of the wrong size failed the same way."""
     from msagent.backbones.propagation import Seed
     from msagent.errors import InvalidMask
-    from msagent.propagation import GenericPropagator
-    from msagent.volume_stack import build_stack
+    from msagent.volume.propagation import GenericPropagator
+    from msagent.volume.stack import build_stack
 
     volume, mask = tube(count=6)
     stack = build_stack(volume, window="200/110").stack

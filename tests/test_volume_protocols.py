@@ -6,8 +6,8 @@ from __future__ import annotations
 from msagent import clicker, metrics
 from msagent.evaluation.volume_protocols import run_cvpr_3d, run_volume_agent
 from msagent.policies.expert import ExpertPolicy
-from msagent.volume_agent import VolumeAgent
-from msagent.volume_stack import build_stack
+from msagent.volume.agent import VolumeAgent
+from msagent.volume.stack import build_stack
 
 from .test_volume import Bright, tube
 

@@ -10,7 +10,7 @@ import pytest
 import msagent
 from msagent import io, metrics
 from msagent.evaluation.volume_protocols import run_cvpr_3d
-from msagent.volume_stack import build_stack, label_stack
+from msagent.volume.stack import build_stack, label_stack
 
 SLICES = slice(34, 42)  # 8 axial slices through the middle of the brain
 

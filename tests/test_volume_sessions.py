@@ -19,8 +19,8 @@ pytest.importorskip("httpx")
 nib = pytest.importorskip("nibabel")
 
 from msagent import io as msio  # noqa: E402
+from msagent.agent.refine import mask_box  # noqa: E402
 from msagent.backbones.propagation import Propagator  # noqa: E402
-from msagent.refine import mask_box  # noqa: E402
 from msagent.server import ServerConfig  # noqa: E402
 from msagent.types import MaskPrediction, decode_mask  # noqa: E402
 from msagent.webapp import STATIC_DIR, create_web_app  # noqa: E402
@@ -314,7 +314,7 @@ def test_hostile_requests_get_4xx_json_with_codes(client_for):
 
 
 def test_sessions_are_bounded_and_deleted(client_for):
-    from msagent.webapp.volume_sessions import MAX_VOLUME_SESSIONS
+    from msagent.volume.session import MAX_VOLUME_SESSIONS
 
     volume, _ = tube(count=4)
     with client_for() as client:

@@ -8,6 +8,7 @@ same functions under their older names). ``segment_volume`` runs the agent throu
 CT/MR volume (a key slice, propagation, review).
 """
 
+from msagent._version import __version__
 from msagent.agent import Agent
 from msagent.api import (
     Result,
@@ -23,24 +24,22 @@ from msagent.api import (
     load_trajectory_generator,
     segment,
 )
-from msagent.hookspecs import hookimpl
+from msagent.backbones.segmenter import CacheInfo, Embedding, Segmenter
+from msagent.generation.base import TrajectoryGenerator
 from msagent.plugins import lazy
-from msagent.policy import Episode, Policy, Reply
+from msagent.plugins.hookspecs import hookimpl
+from msagent.policies.base import Episode, Policy, Reply
 from msagent.reward import MedSAMReward, Reward, RewardBreakdown
-from msagent.segmenter import CacheInfo, Embedding, Segmenter
-from msagent.trajectories import TrajectoryGenerator
 from msagent.types import Action, BBox, Case, MaskPrediction, Point, Prompts, Step, Trajectory
-from msagent.volume_agent import VolumeAgent
-from msagent.volume_api import VolumeResult, segment_volume
-from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
-
-__version__ = "0.1.0"
+from msagent.volume.agent import VolumeAgent
+from msagent.volume.api import VolumeResult, segment_volume
+from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 __all__ = [
     "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
     "MedSAMReward", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
     "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator",
-    "VolumeAgent", "VolumeEpisode", "VolumeResult", "VolumeTrajectory", "hookimpl",
+    "VolumeAgent", "VolumeEpisode", "__version__", "VolumeResult", "VolumeTrajectory", "hookimpl",
     "list_backbones", "list_policies", "list_rewards", "list_segmenters",
     "list_trajectory_generators", "lazy", "load_backbone", "load_policy", "load_reward",
     "load_segmenter", "load_trajectory_generator", "segment", "segment_volume",

@@ -9,8 +9,11 @@ from typing import Any
 import attrs
 import numpy as np
 
-from msagent import _status, io, metrics
+from msagent import _console, io, metrics
+from msagent._console import turn_text
 from msagent.agent import Agent
+from msagent.agent.refine import check_initial_mask
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import (
     InvalidInput,
     InvalidTarget,
@@ -20,10 +23,7 @@ from msagent.errors import (
     WeightsNotFound,
 )
 from msagent.plugins import LABELS, factory_class, get_registry
-from msagent.policy import Policy
-from msagent.refine import check_initial_mask
-from msagent.segmenter import Segmenter
-from msagent.turns import turn_text
+from msagent.policies.base import Policy
 from msagent.types import Trajectory
 
 #: The paper's choice, used when neither an argument nor an environment variable names one.
@@ -153,7 +153,7 @@ def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
     (medsam2 + qwen). ``ground_truth`` (same size) adds per-turn IoU/Dice and drives the
     ``expert``/``oracle-box`` policies. ``initial_mask`` (same size, binary; a path or an
     array) is a prediction to refine instead of starting from nothing (see
-    :mod:`msagent.refine`); ``result.trajectory.initial`` keeps it with its IoU/Dice. Extra
+    :mod:`msagent.agent.refine`); ``result.trajectory.initial`` keeps it with its IoU/Dice. Extra
     keyword options go to :class:`msagent.Agent`.
     """
     if not isinstance(target, str) or not target.strip():
@@ -194,7 +194,7 @@ def check_ground_truth(policy: str | Policy | None, ground_truth: Any) -> None:
 def load_policy_for(policy: str | Policy | None, options: Mapping[str, Any]) -> Policy:
     """:func:`resolve` for the policy; a missing model adds the other choices."""
     try:
-        with _status.Status().step(f"loading policy {_name_of(policy, 'MSAGENT_POLICY', PAPER_POLICY)}"):
+        with _console.Status().step(f"loading policy {_name_of(policy, 'MSAGENT_POLICY', PAPER_POLICY)}"):
             return resolve("policy", policy, "MSAGENT_POLICY", PAPER_POLICY, options)
     except (WeightsNotFound, PolicyError) as exc:  # no model here, or it cannot answer
         try:
@@ -206,7 +206,7 @@ def load_policy_for(policy: str | Policy | None, options: Mapping[str, Any]) -> 
 
 def load_backbone_for(backbone: str | Segmenter | None, options: Mapping[str, Any]) -> Segmenter:
     """:func:`resolve` for the backbone, with a status line while its weights load."""
-    with _status.Status().step(f"loading backbone {_name_of(backbone, 'MSAGENT_BACKBONE', PAPER_BACKBONE)}"):
+    with _console.Status().step(f"loading backbone {_name_of(backbone, 'MSAGENT_BACKBONE', PAPER_BACKBONE)}"):
         return resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE, options)
 
 
@@ -217,8 +217,8 @@ def _name_of(value: Any, env: str, paper: str) -> str:
 
 
 def agent_class() -> type[Agent]:
-    """:class:`Agent`, or on a terminal the agent that says what it is doing (:mod:`._status`)."""
-    return _WatchedAgent if _status.wanted() else Agent
+    """:class:`Agent`, or on a terminal the agent that says what it is doing (:mod:`msagent._console`)."""
+    return _WatchedAgent if _console.wanted() else Agent
 
 
 @attrs.define
@@ -226,7 +226,7 @@ class _WatchedAgent(Agent):
     """An :class:`Agent` that writes a status line while the image encodes and one per turn."""
 
     def run(self, image: np.ndarray, *args: Any, **kwargs: Any) -> Trajectory:
-        status = _status.Status()
+        status = _console.Status()
         if self.segmenter.cache_info().maxsize > 0:  # the run's own encode is then a cache hit
             with status.step(f"encoding the image ({image.shape[1]}×{image.shape[0]})"):
                 self.segmenter.encode(image)

@@ -13,11 +13,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from msagent import _status, io, render
+from msagent import _console, io, render
+from msagent._console import turn_lines
 from msagent.api import segment
 from msagent.io.atomic import atomic_write
 from msagent.testing import MNI_TARGETS, mni152_slice
-from msagent.turns import turn_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MNI152 T1 axial slice {rgb.shape[1]}×{rgb.shape[0]}, target: {args.target}, "
           f"backbone: {args.backbone}, policy: {args.policy}")
     result = segment(rgb, args.target, backbone=args.backbone, policy=args.policy, ground_truth=gt)
-    print("\n".join(turn_lines(result.trajectory)[-1 if _status.live() else 0:]))
+    print("\n".join(turn_lines(result.trajectory)[-1 if _console.live() else 0:]))
 
     out: Path = args.out
     io.save_png(rgb, out / "image.png")

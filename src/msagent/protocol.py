@@ -35,7 +35,7 @@ from msagent.render import overlay
 from msagent.types import Action, BBox, Point
 
 if TYPE_CHECKING:
-    from msagent.policy import Episode
+    from msagent.policies.base import Episode
 
 MODEL_MAX = 999
 POLICY_IMAGE_SIZE = 512

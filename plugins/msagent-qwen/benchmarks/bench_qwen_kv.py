@@ -25,7 +25,7 @@ import numpy as np
 
 import msagent
 from msagent import protocol
-from msagent.policy import Episode
+from msagent.policies.base import Episode
 from msagent.types import Action, Step
 
 

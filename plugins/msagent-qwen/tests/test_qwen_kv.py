@@ -8,7 +8,7 @@ import torch
 from msagent_qwen import chat, kv
 
 from msagent import protocol
-from msagent.policy import Episode
+from msagent.policies.base import Episode
 from msagent.types import Action, Step
 
 BOX = ('The target is in the centre.\n<tool_call>\n{"name": "add_bbox", "arguments": '

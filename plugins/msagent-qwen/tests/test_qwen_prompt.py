@@ -8,7 +8,7 @@ from PIL import Image
 
 import msagent
 from msagent import protocol
-from msagent.policy import Episode
+from msagent.policies.base import Episode
 from msagent.protocol import FOLLOW_UP_TEXT, SYSTEM_PROMPT
 
 REPLY = ('<tool_call>\n{"name": "add_bbox", "arguments": {"bbox_2d": [100, 120, 800, 900]}}\n'

@@ -22,11 +22,11 @@ doors. What SAM-family backbones share lives here too:
 
 from __future__ import annotations
 
-from msagent.segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts
-from msagent.types import BBox, MaskPrediction, Point, Prompts
 from msagent.backbones import weights
 from msagent.backbones.geometry import InputGeometry
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts
+from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 __all__ = [
     "LOW_RES",

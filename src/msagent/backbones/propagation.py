@@ -4,7 +4,7 @@ A 3-D run (:func:`msagent.segment_volume`) segments a key slice with an agent ep
 :class:`Propagator` carries that result to the other slices; review episodes correct slices
 that look wrong, and each correction is added as a further seed and propagated again.
 
-Every backbone can propagate: :class:`msagent.propagation.GenericPropagator` works with any
+Every backbone can propagate: :class:`msagent.volume.propagation.GenericPropagator` works with any
 2-D backbone (slice by slice outward, each slice prompted from its neighbour). A backbone with
 a 3-D memory of its own (SAM2's video predictor: ``medsam2``, ``sam2``) declares it by
 overriding :meth:`msagent.Segmenter.native_propagator`, which returns its own

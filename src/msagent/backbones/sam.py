@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from msagent.segmenter import LOW_RES, check_prev_logits, check_prompts
-from msagent.types import MaskPrediction, Prompts
 from msagent.backbones.geometry import InputGeometry
+from msagent.backbones.segmenter import LOW_RES, check_prev_logits, check_prompts
+from msagent.types import MaskPrediction, Prompts
 
 
 def _group_key(prompts: Prompts) -> tuple[bool, int]:

@@ -126,7 +126,7 @@ def run_volume_3d(args: argparse.Namespace, volume) -> int:
     from msagent.errors import InvalidInput
     from msagent.io.atomic import atomic_write
     from msagent.options import parse_options
-    from msagent.volume_api import segment_volume
+    from msagent.volume.api import segment_volume
 
     if args.slices:
         raise InvalidInput("--slices chooses slices for slice-by-slice episodes; a --3d run "
@@ -188,8 +188,8 @@ def _label_volume(path, what: str, volume, label: int | None):
 def check_output_names(args) -> None:
     """Refuse output names a volume cannot be written to (before reading anything)."""
     from msagent import io
-    from msagent.errors import InvalidInput
     from msagent.cli._outputs import check_path
+    from msagent.errors import InvalidInput
 
     for path in (args.out, args.dicom_seg, args.trajectory):
         check_path(path)

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from msagent.options import parse_options
 from msagent.cli._outputs import check_path
+from msagent.options import parse_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,11 +77,11 @@ def at_least(least: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from msagent import _status, api, io, render
+    from msagent import _console, api, io, render
+    from msagent._console import turn_lines
+    from msagent.cli._volume import is_volume, run_volume
     from msagent.errors import SegmentationFailed
     from msagent.io.atomic import atomic_write
-    from msagent.turns import turn_lines
-    from msagent.cli._volume import is_volume, run_volume
 
     if is_volume(args.image):
         return run_volume(args)
@@ -99,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
             initial_mask=args.initial_mask, backbone_options=parse_options(args.backbone_option),
             policy_options=parse_options(args.policy_option))
     except SegmentationFailed as exc:  # the replies are still worth reading
-        print("\n".join(turn_lines(exc.trajectory)[-1 if _status.live() else 0:]))
+        print("\n".join(turn_lines(exc.trajectory)[-1 if _console.live() else 0:]))
         if args.trajectory:
             atomic_write(args.trajectory, exc.trajectory.to_json(indent=1).encode())
         raise
     trajectory = result.trajectory
-    print("\n".join(turn_lines(trajectory)[-1 if _status.live() else 0:]))
+    print("\n".join(turn_lines(trajectory)[-1 if _console.live() else 0:]))
     if not result.ok:
         print(f"msagent: warning: the episode ended early ({result.stop_reason}): {result.error}; "
               "the mask is the last one produced", file=sys.stderr)

@@ -120,7 +120,7 @@ def check_exposure(host: str, config) -> None:
 
 def load_backbone(name: str | None, options: dict, cache_size: int):
     from msagent import api
-    from msagent._status import Status
+    from msagent._console import Status
     from msagent.errors import InvalidInput
 
     name = name or os.environ.get("MSAGENT_BACKBONE")

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msagent.stats import stats_for
+    from msagent.generation.stats import stats_for
 
     out = args.out or args.source
     stats = stats_for(args.source, out, plot=not args.no_plot)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from msagent.errors import InvalidInput
 from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, concat
 from msagent.datasets.biomedparse import find_split_files, read_biomedparse
 from msagent.datasets.folder import (
@@ -36,6 +35,7 @@ from msagent.datasets.folder import (
 )
 from msagent.datasets.nifti import NiftiSlice, read_nifti_folder, read_nifti_pair, read_nifti_volumes
 from msagent.datasets.volumes import LoadedVolume, VolumeCase
+from msagent.errors import InvalidInput
 
 __all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "LoadedVolume", "NiftiSlice", "VolumeCase",
            "concat", "make_mni152_dataset", "make_mni152_volumes", "open_dataset",

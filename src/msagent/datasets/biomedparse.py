@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from msagent.errors import InvalidInput
 from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, relative, unique_ids
+from msagent.errors import InvalidInput
 
 
 def is_split_json(path: Path) -> bool:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, slug, unique_ids
 from msagent.errors import InvalidInput
 from msagent.io.atomic import atomic_write
-from msagent.datasets._base import CaseRef, Dataset, ImageMaskFiles, slug, unique_ids
 
 REQUIRED = ("image", "mask", "target")
 DEFAULT_CSV = "targets.csv"

@@ -29,10 +29,10 @@ import attrs
 import numpy as np
 
 from msagent import io
-from msagent.errors import InvalidInput
-from msagent.io.limits import check_voxels
 from msagent.datasets._base import CaseRef, Dataset, slug
 from msagent.datasets.volumes import Label, VolumeCase
+from msagent.errors import InvalidInput
+from msagent.io.limits import check_voxels
 
 _CACHE_SIZE = 2
 

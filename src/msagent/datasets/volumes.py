@@ -4,7 +4,7 @@ A :class:`VolumeCase` names its image and label volume (paths, :class:`msagent.i
 or 3-D arrays) and reads nothing until :meth:`VolumeCase.load`. Loading checks the size
 against the voxel limit from the header (:mod:`msagent.io.limits`) before any data are
 decoded, then reads, windows and slices the image once
-(:func:`msagent.volume_stack.build_stack`) and takes the label's mask on the same grid. So a
+(:func:`msagent.volume.stack.build_stack`) and takes the label's mask on the same grid. So a
 dataset of 100 CTs lists without reading any voxels, and an evaluation holds one volume at a
 time. The NIfTI readers list such cases: :func:`msagent.datasets.read_nifti_volumes` (one
 pair) and :func:`msagent.datasets.read_nifti_folder` with ``volumes=True``.
@@ -22,7 +22,7 @@ import numpy as np
 from msagent import io
 from msagent.errors import InvalidMask
 from msagent.io.limits import check_voxels
-from msagent.volume_stack import VolumeStack, build_stack, label_stack
+from msagent.volume.stack import VolumeStack, build_stack, label_stack
 
 #: a label value, or an nnU-Net v2 region (the union of several values)
 Label = int | tuple[int, ...]

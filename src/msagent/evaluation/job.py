@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from msagent.errors import InvalidInput
-from msagent.io.atomic import atomic_write
 from msagent.evaluation.records import CaseRecord, write_tables
 from msagent.evaluation.runner import EvalConfig, Evaluation, methods_from
 from msagent.evaluation.summary import summarize
+from msagent.io.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

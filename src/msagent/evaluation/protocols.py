@@ -28,8 +28,8 @@ from scipy import ndimage
 
 from msagent import clicker, metrics
 from msagent.agent import Agent
+from msagent.backbones.segmenter import Segmenter
 from msagent.policies.expert import mask_bbox
-from msagent.segmenter import Segmenter
 from msagent.types import Case, Point, Prompts, Trajectory
 
 NOC_THRESHOLDS = (0.85, 0.90)

@@ -25,11 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from msagent.evaluation.records import CaseRecord
+from msagent.evaluation.summary import group_name, table_rows
 from msagent.io.atomic import atomic_write
 from msagent.render import LEGEND, annotate
 from msagent.types import Trajectory
-from msagent.evaluation.records import CaseRecord
-from msagent.evaluation.summary import group_name, table_rows
 
 THUMB = 256
 

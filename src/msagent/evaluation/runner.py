@@ -31,16 +31,16 @@ import numpy as np
 
 from msagent.agent import Agent
 from msagent.api import load_backbone, load_policy
+from msagent.backbones.segmenter import Segmenter
 from msagent.datasets.volumes import LoadedVolume
 from msagent.errors import InvalidInput
-from msagent.io.atomic import atomic_write, read_json_file
-from msagent.policy import Policy
-from msagent.propagation import METHODS as PROPAGATION_METHODS
-from msagent.segmenter import Segmenter
-from msagent.types import Case
-from msagent.volume_agent import VolumeAgent
 from msagent.evaluation import protocols, volume_protocols
 from msagent.evaluation.records import CaseRecord, RecordStore, safe_name
+from msagent.io.atomic import atomic_write, read_json_file
+from msagent.policies.base import Policy
+from msagent.types import Case
+from msagent.volume.agent import VolumeAgent
+from msagent.volume.propagation import METHODS as PROPAGATION_METHODS
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
@@ -88,7 +88,7 @@ class EvalConfig:
     noc_stop_iou: float | None = None
     cvpr_clicks: int = protocols.CVPR_CLICKS
     nsd_tolerance: float = 2.0
-    # the refine protocol: agent episodes start from an initial mask (msagent.refine)
+    # the refine protocol: agent episodes start from an initial mask (msagent.agent.refine)
     refine_from: str | None = None  # "degrade:erode,dilate,..." or a folder of predictions
     refine_strength: float = 0.15
     refine_seed: int = 0
@@ -100,7 +100,7 @@ class EvalConfig:
         """The initial mask of ``case`` under the refine protocol (None without it)."""
         if self.refine_from is None:
             return None
-        from msagent.refine import initial_for_case
+        from msagent.agent.refine import initial_for_case
 
         return initial_for_case(case, self.refine_from, self.refine_strength, self.refine_seed)
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 import numpy as np
 
 from msagent import clicker, metrics
+from msagent.agent.refine import mask_box
 from msagent.backbones.propagation import Seed, SliceStack
-from msagent.propagation import METHODS, EmbeddingStore, GenericPropagator, propagator_for
-from msagent.refine import mask_box
-from msagent.segmenter import Segmenter
-from msagent.types import Prompts
-from msagent.volume_agent import VolumeAgent
+from msagent.backbones.segmenter import Segmenter
 from msagent.evaluation.protocols import CVPR_CLICKS, CVPR_NSD_MIN_DICE, Outcome
+from msagent.types import Prompts
+from msagent.volume.agent import VolumeAgent
+from msagent.volume.propagation import METHODS, EmbeddingStore, GenericPropagator, propagator_for
 
 
 def run_volume_agent(agent: VolumeAgent, stack: SliceStack, target: str, gt: np.ndarray, *,

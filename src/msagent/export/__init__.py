@@ -26,10 +26,8 @@ from typing import Any
 import attrs
 
 from msagent import protocol
+from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidInput
-from msagent.generation.records import read_manifest, read_shard, shard_paths
-from msagent.io.atomic import atomic_write, parquet_bytes, parquet_is_complete, read_json_file
-from msagent.segmenter import image_key
 from msagent.export import llamafactory, upstream, verl
 from msagent.export.conversation import (
     Conversation,
@@ -38,6 +36,8 @@ from msagent.export.conversation import (
     conversation,
     parse_conversation,
 )
+from msagent.generation.records import read_manifest, read_shard, shard_paths
+from msagent.io.atomic import atomic_write, parquet_bytes, parquet_is_complete, read_json_file
 
 __all__ = ["Conversation", "ExportSummary", "FORMATS", "ParsedConversation", "conversation",
            "export_rl_prompts", "export_trajectories", "parse_conversation"]

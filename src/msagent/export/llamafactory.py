@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from msagent import protocol
+from msagent.export.conversation import conversation
 from msagent.generation.shards import png_bytes
 from msagent.io.atomic import atomic_write, read_json_file
 from msagent.types import Trajectory
-from msagent.export.conversation import conversation
 
 DEFAULT_NAME = "msagent_sft"
 

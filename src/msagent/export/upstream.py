@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from msagent import protocol
+from msagent.export.conversation import IMAGE_TOKEN
 from msagent.generation.shards import png_bytes
 from msagent.types import Case
-from msagent.export.conversation import IMAGE_TOKEN
 
 LAYOUTS = ("msagent", "upstream")
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from msagent import protocol
+from msagent.export.conversation import IMAGE_TOKEN, conversation
 from msagent.generation.shards import png_bytes
 from msagent.types import Trajectory, encode_mask
-from msagent.export.conversation import IMAGE_TOKEN, conversation
 
 TOOL_NAMES = tuple(t["function"]["name"] for t in protocol.TOOL_SCHEMAS)
 TOOL_FORMATS = ("inline", "structured")

@@ -20,7 +20,7 @@ by :class:`msagent.policies.expert.ExpertPolicy`:
   as Box-to-Point instead; its meta records ``requested_strategy: "click"``;
 - **refine** (with probability ``refine_ratio``, drawn after the box/click choice so that
   ``refine_ratio=0`` gives the same trajectories as before): the episode starts from a seeded
-  degradation of the ground truth (:mod:`msagent.refine`, one of ``refine_kinds`` at
+  degradation of the ground truth (:mod:`msagent.agent.refine`, one of ``refine_kinds`` at
   ``refine_strength``) and the expert corrects it — by redrawing the box or clicking, each
   action kept only if it gains ``tau`` — or stops at once when nothing improves it (that
   teaches stopping on a good mask). Its meta records ``degradation``.
@@ -38,12 +38,12 @@ import attrs
 import numpy as np
 
 from msagent.agent import Agent
-from msagent.episode import PROMPT_MODES
+from msagent.agent.episode import PROMPT_MODES
+from msagent.agent.refine import DEGRADATIONS, Degradation
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
+from msagent.generation.base import Attempt, TrajectoryGenerator
 from msagent.policies.expert import ExpertPolicy
-from msagent.refine import DEGRADATIONS, Degradation
-from msagent.segmenter import Segmenter
-from msagent.trajectories import Attempt, TrajectoryGenerator
 from msagent.types import Case, Trajectory
 
 _unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))

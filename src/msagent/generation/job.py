@@ -20,13 +20,11 @@ from typing import Any
 
 import attrs
 
-from msagent import __version__
+from msagent._version import __version__
+from msagent.backbones.segmenter import Segmenter
 from msagent.datasets import Dataset, concat, open_dataset
 from msagent.errors import InvalidInput
-from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
-from msagent.plugins import get_registry
-from msagent.segmenter import Segmenter
-from msagent.trajectories import TrajectoryGenerator
+from msagent.generation.base import TrajectoryGenerator
 from msagent.generation.records import MANIFEST, shard_paths
 from msagent.generation.shards import (
     ShardWorker,
@@ -35,6 +33,8 @@ from msagent.generation.shards import (
     shard_path,
     torch_threads,
 )
+from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
+from msagent.plugins import get_registry
 
 log = logging.getLogger(__name__)
 FORMAT = "msagent-trajectories/1"

@@ -22,12 +22,12 @@ import attrs
 import numpy as np
 from PIL import Image
 
+from msagent.backbones.segmenter import Segmenter, image_key
+from msagent.generation.base import TrajectoryGenerator
+from msagent.generation.records import SHARD_DIR, make_row, schema
 from msagent.io.atomic import atomic_write, parquet_bytes
 from msagent.render import trajectory_strip
-from msagent.segmenter import Segmenter, image_key
-from msagent.trajectories import TrajectoryGenerator
 from msagent.types import encode_mask
-from msagent.generation.records import SHARD_DIR, make_row, schema
 
 
 @attrs.frozen(eq=False)

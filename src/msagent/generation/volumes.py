@@ -28,14 +28,14 @@ import attrs
 import numpy as np
 
 from msagent.backbones.propagation import SliceStack
+from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidInput
-from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
-from msagent.render import trajectory_strip
-from msagent.segmenter import image_key
-from msagent.types import Case, encode_mask
-from msagent.volume_trajectory import VolumeTrajectory
 from msagent.generation.records import MANIFEST, make_row
 from msagent.generation.shards import ShardResult, commit, png_bytes, safe_name, shard_path
+from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
+from msagent.render import trajectory_strip
+from msagent.types import Case, encode_mask
+from msagent.volume.trajectory import VolumeTrajectory
 
 FORMAT = "msagent-trajectories/1"
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
     ``propagation``, ...); they, the backbone, the policy and the case ids are the job's
     identity (``manifest.json``). Returns (out, volumes, volumes written now)."""
     from msagent.api import load_backbone, load_policy
-    from msagent.volume_agent import VolumeAgent
+    from msagent.volume.agent import VolumeAgent
 
     out = Path(out)
     cases = list(cases)[:limit]

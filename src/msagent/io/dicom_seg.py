@@ -34,7 +34,7 @@ def write_dicom_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike, *
     except ImportError:
         raise InvalidImage("writing DICOM SEG needs highdicom: "
                            "pip install '.[medical]' in a msagent clone") from None
-    from msagent import __version__
+    from msagent._version import __version__
 
     if not volume.datasets:
         raise InvalidInput("DICOM SEG needs the source DICOM series: read it with "

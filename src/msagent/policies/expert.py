@@ -24,9 +24,9 @@ import numpy as np
 from msagent import clicker, metrics, protocol
 from msagent.errors import PolicyError, PolicyOutputError
 from msagent.options import Option
-from msagent.policy import Episode, Policy, Reply
-from msagent.types import BBox, Point
 from msagent.policies import rationale as text
+from msagent.policies.base import Episode, Policy, Reply
+from msagent.types import BBox, Point
 
 
 def mask_bbox(mask: np.ndarray) -> BBox:

@@ -15,8 +15,8 @@ import logging
 
 from fastapi import Depends, FastAPI
 
-from msagent import __version__
-from msagent.segmenter import Segmenter
+from msagent._version import __version__
+from msagent.backbones.segmenter import Segmenter
 from msagent.server import compat, errors, routes, session_routes
 from msagent.server.config import ServerConfig
 from msagent.server.context import ServerContext, require_api_key

@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 import attrs
 import numpy as np
 
-from msagent.segmenter import Embedding, Segmenter
+from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.types import MaskPrediction, Prompts
 
 log = logging.getLogger(__name__)

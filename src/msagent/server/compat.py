@@ -28,12 +28,12 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import BaseModel
 
 from msagent.errors import InvalidInput
-from msagent.types import BBox, MaskPrediction, Point, Prompts
-from msagent.wire import mask_png_b64, pack_array, unpack_array
+from msagent.io.wire import mask_png_b64, pack_array, unpack_array
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.routes import ERRORS, read_upload
 from msagent.server.session_routes import open_session, run_prompt
 from msagent.server.sessions import Session
+from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 router = APIRouter(tags=["upstream compatibility"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)

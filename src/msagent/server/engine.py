@@ -1,6 +1,6 @@
 """The server's use of one Segmenter: stored images, shared encodes, batched decodes.
 
-- Images are stored by content hash (:func:`msagent.segmenter.image_key` of the decoded
+- Images are stored by content hash (:func:`msagent.backbones.segmenter.image_key` of the decoded
   H×W×3 uint8 array), so a client can refer to an image it uploaded before.
 - Encodes go through the segmenter's embedding cache; concurrent first requests for one
   image wait for a single encode (here, without holding a worker thread each).
@@ -19,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from msagent.backbones.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
 from msagent.errors import InvalidInput, SegmenterError
-from msagent.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
-from msagent.types import MaskPrediction, Prompts
-from msagent.wire import decode_upload
+from msagent.io.wire import decode_upload
 from msagent.server.batching import DecodeBatcher
 from msagent.server.config import ServerConfig
 from msagent.server.errors import ImageNotFound, Overloaded, TooManyPoints
 from msagent.server.metrics import Metrics
+from msagent.types import MaskPrediction, Prompts
 
 
 class ImageStore:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from msagent.errors import InvalidInput, MsAgentError, PluginNotFound, SegmenterError
-from msagent.wire import ImageTooLarge
+from msagent.io.wire import ImageTooLarge
 
 log = logging.getLogger(__name__)
 

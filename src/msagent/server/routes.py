@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from msagent import __version__
+from msagent._version import __version__
 from msagent.errors import InvalidInput
-from msagent.wire import ImageTooLarge, decode_b64, unpack_array
+from msagent.io.wire import ImageTooLarge, decode_b64, unpack_array
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.schemas import (
     ErrorBody,

@@ -10,17 +10,25 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from msagent import episode
+from msagent.agent import episode
+from msagent.agent.refine import check_initial_mask, initial_state
 from msagent.errors import InvalidImage, InvalidInput
-from msagent.refine import check_initial_mask, initial_state
-from msagent.types import BBox, Point, encode_mask
-from msagent.wire import decode_upload, load_npy_bytes, png_bytes
+from msagent.io.wire import decode_upload, load_npy_bytes, png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict
 from msagent.server.routes import ERRORS, read_upload
-from msagent.server.schemas import AddBox, AddPoint, Deleted, MaskFormat, SessionInfo, SessionList, SessionStep
+from msagent.server.schemas import (
+    AddBox,
+    AddPoint,
+    Deleted,
+    MaskFormat,
+    SessionInfo,
+    SessionList,
+    SessionStep,
+)
 from msagent.server.sessions import Session
 from msagent.server.views import finite, session_info, session_step
+from msagent.types import BBox, Point, encode_mask
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)

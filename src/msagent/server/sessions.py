@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import attrs
 
-from msagent import episode
-from msagent.episode import PROMPT_MODES, EpisodeState
+from msagent.agent import episode
+from msagent.agent.episode import PROMPT_MODES, EpisodeState
+from msagent.backbones.segmenter import Embedding
 from msagent.errors import InvalidInput
-from msagent.segmenter import Embedding
 from msagent.server.errors import Conflict, SessionNotFound, TooManySessions
 
 MAX_HISTORY = 64  # undo depth; older states are dropped
@@ -34,7 +34,7 @@ class Session:
     ``prompt_mode``: "accumulate" decodes the box and every click so far with the previous
     logits (SAM's protocol); "latest" only the newest prompt with the previous logits
     (upstream MedSAM-Agent's server). ``multimask``: None for the backbone's default. Its
-    states are :class:`msagent.episode.EpisodeState` values: the episode core's rule.
+    states are :class:`msagent.agent.episode.EpisodeState` values: the episode core's rule.
     """
 
     id: str

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from msagent.types import MaskPrediction, encode_mask
-from msagent.wire import mask_png_b64, pack_array
+from msagent.io.wire import mask_png_b64, pack_array
 from msagent.server.schemas import Box, PackedArray, PointIn, Prediction, SessionInfo, SessionStep
 from msagent.server.sessions import Session, SessionStore
+from msagent.types import MaskPrediction, encode_mask
 
 
 def finite(value: float | None) -> float | None:

@@ -25,7 +25,9 @@ __all__ = ["STATIC_DIR", "create_web_app", "install"]
 
 def install(app: Any) -> None:
     """Add the web page's routes, their stores and the page at ``/ui`` to a service ``app``."""
-    from msagent.webapp import agent_routes, volume_routes, volume_session_routes
+    from msagent.webapp.agent import routes as agent_routes
+    from msagent.webapp.volumes import routes as volume_routes
+    from msagent.webapp.volumes import session_routes as volume_session_routes
 
     agent_routes.install(app)
     volume_routes.install(app)

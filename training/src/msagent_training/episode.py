@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 from msagent import protocol, types
-from msagent.episode import EpisodeState as CoreState
+from msagent.agent.episode import EpisodeState as CoreState
 from msagent.errors import InvalidInput, PolicyOutputError
 from msagent.types import MaskPrediction, Prompts
 from PIL import Image

@@ -25,10 +25,11 @@ import logging
 from typing import Any
 from uuid import uuid4
 
-from msagent import episode, metrics, protocol
-from msagent.episode import PROMPT_MODES
+from msagent import metrics, protocol
+from msagent.agent import episode
+from msagent.agent.episode import PROMPT_MODES
+from msagent.backbones.segmenter import Embedding
 from msagent.errors import InvalidInput, PolicyOutputError
-from msagent.segmenter import Embedding
 from msagent.types import Action
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse

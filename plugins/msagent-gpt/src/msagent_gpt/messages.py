@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from msagent import protocol
 
 if TYPE_CHECKING:
-    from msagent.policy import Episode
+    from msagent.policies.base import Episode
 
 TOOL_MODES = ("native", "prompt")
 

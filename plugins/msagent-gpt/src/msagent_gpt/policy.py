@@ -21,7 +21,7 @@ from typing import Any
 from msagent import protocol
 from msagent.errors import InvalidInput, PolicyError
 from msagent.options import Option
-from msagent.policy import Episode, Policy, Reply
+from msagent.policies.base import Episode, Policy, Reply
 
 from . import messages as chat
 

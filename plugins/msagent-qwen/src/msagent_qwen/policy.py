@@ -27,7 +27,7 @@ import attrs
 
 from msagent import protocol
 from msagent.errors import InvalidInput, PolicyError
-from msagent.policy import Episode, Policy, Reply
+from msagent.policies.base import Episode, Policy, Reply
 
 from . import chat, loading
 from .kv import KVSession, Mark

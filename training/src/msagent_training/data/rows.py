@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidInput
 from msagent.export import verl as export
 from msagent.export.conversation import check_size
-from msagent.segmenter import image_key
 from msagent.types import Case, Trajectory
 
 AGENT_NAME = "msagent"

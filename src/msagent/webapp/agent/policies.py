@@ -14,7 +14,7 @@ from msagent._lru import BoundedLRU
 from msagent.errors import PolicyError
 from msagent.options import Option, client_options, split_pairs
 from msagent.plugins import factory_class, get_registry
-from msagent.policy import Policy
+from msagent.policies.base import Policy
 from msagent.server.errors import ServerError
 
 MAX_POLICIES = 4

@@ -1,4 +1,5 @@
-"""Status lines where a person waits (weights loading, an image encoding, each turn).
+"""What a person at a terminal sees: status lines while they wait (weights loading, an image
+encoding) and one line per turn (what ``msagent segment`` and the demo print).
 
 Shown on stderr only when stderr is a terminal (and ``$MSAGENT_QUIET`` is unset); silent in
 pipes, logs, notebooks' captured output and tests. Long jobs over many cases use tqdm bars
@@ -7,12 +8,15 @@ instead (``msagent eval``, ``generate``, ``export``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+
+from msagent.types import Step, Trajectory
 
 
 def wanted(enabled: bool | None = None, stream: IO[str] | None = None) -> bool:
@@ -62,4 +66,26 @@ def live() -> bool:
     return wanted() and bool(getattr(sys.stdout, "isatty", None) and sys.stdout.isatty())
 
 
-__all__ = ["Status", "live", "wanted"]
+def turn_text(step: Step) -> str:
+    """One line for one reply: its tool call, IoU/Dice or score, and error."""
+    kind = step.action.kind if step.action else "invalid"
+    line = f"turn {step.index + 1}: {kind:<12}"
+    if step.action is not None and step.action.arguments:
+        line += " " + json.dumps(dict(step.action.arguments))
+    if step.iou is not None:
+        line += f"  IoU {step.iou:.3f}  Dice {step.dice:.3f}"
+    elif step.score is not None:
+        line += f"  score {step.score:.3f}"
+    if step.error:
+        line += f"  ({step.error})"
+    return line
+
+
+def turn_lines(trajectory: Trajectory) -> list[str]:
+    """One line per reply (:func:`turn_text`), then how it stopped."""
+    lines = [turn_text(step) for step in trajectory.steps]
+    lines.append(f"stopped: {trajectory.stop_reason}; {trajectory.turns} mask-producing call(s)")
+    return lines
+
+
+__all__ = ["Status", "live", "turn_lines", "turn_text", "wanted"]

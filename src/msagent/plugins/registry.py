@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from msagent import hookspecs
 from msagent.errors import DuplicateRegistration, PluginError, PluginNotFound, PluginWarning
+from msagent.plugins import hookspecs
 
 KINDS = ("segmenter", "policy", "reward", "trajectory_generator")
 #: What users call each kind (the segmenter kind is a *backbone* everywhere users see it).
@@ -38,10 +38,10 @@ _HOOKS = {
     "trajectory_generator": "msagent_register_trajectory_generators",
 }
 _BASES = {
-    "segmenter": ("msagent.segmenter", "Segmenter"),
-    "policy": ("msagent.policy", "Policy"),
+    "segmenter": ("msagent.backbones.segmenter", "Segmenter"),
+    "policy": ("msagent.policies.base", "Policy"),
     "reward": ("msagent.reward", "Reward"),
-    "trajectory_generator": ("msagent.trajectories", "TrajectoryGenerator"),
+    "trajectory_generator": ("msagent.generation.base", "TrajectoryGenerator"),
 }
 # Names we know of but that live in separate packages: used to say what to install.
 KNOWN_PROVIDERS = {
@@ -53,9 +53,9 @@ KNOWN_PROVIDERS = {
     ("policy", "qwen"): "msagent-qwen",
     ("policy", "gpt"): "msagent-gpt",
 }
-BUILTIN_PLUGIN = "msagent.builtin_plugins"
+BUILTIN_PLUGIN = "msagent.plugins.builtin"
 # The checkout msagent runs from, when it is a clone: its plugins/ folder sits next to src/.
-_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+_SOURCE_ROOT = Path(__file__).resolve().parents[3]
 
 
 @attrs.frozen
@@ -319,12 +319,9 @@ def _base_class(kind: str) -> type:
 
 
 def _core_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from msagent._version import __version__
 
-    try:
-        return version("msagent")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return __version__
 
 
 def make_plugin_manager(*, load_entrypoints: bool = True) -> PluginManager:

@@ -7,10 +7,10 @@ A run (:meth:`VolumeAgent.run`) on a :class:`~msagent.backbones.propagation.Slic
    spaced slices (20 %–80 % of the stack), keeping the slice whose first prediction has the
    best predicted score (a tie to the one nearest the middle). The rule is recorded.
 2. **Key episode.** A full agent episode there; its result is the first seed.
-3. **Propagation** (:func:`msagent.propagation.propagator_for`: native for backbones with a
+3. **Propagation** (:func:`msagent.volume.propagation.propagator_for`: native for backbones with a
    3-D memory, else slice by slice).
 4. **Review.** Up to ``review_slices`` times, the slice most likely wrong gets a refinement
-   episode starting from its propagated mask (:mod:`msagent.refine`; from nothing when
+   episode starting from its propagated mask (:mod:`msagent.agent.refine`; from nothing when
    propagation left it empty). Most likely wrong: for the expert, the worst Dice (slices whose
    Dice is under ``review_below``, among those where the target or the prediction is);
    otherwise the highest suspicion, the largest of (1 − predicted score), the area change to
@@ -19,7 +19,7 @@ A run (:meth:`VolumeAgent.run`) on a :class:`~msagent.backbones.propagation.Slic
    again. The expert settles a review slice where the ground truth is empty without an
    episode: it marks the slice as having no target (an empty seed: propagation ends there).
 
-Each slice is encoded once per run (:class:`msagent.propagation.EmbeddingStore`); the
+Each slice is encoded once per run (:class:`msagent.volume.propagation.EmbeddingStore`); the
 episodes and generic propagation share the embeddings. A native propagator encodes its frames
 with its own preprocessing, so there the key and review slices are encoded once more.
 """
@@ -36,12 +36,12 @@ import numpy as np
 from msagent import metrics
 from msagent.agent import Agent
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput, InvalidMask, SegmentationFailed
-from msagent.policy import Policy
-from msagent.propagation import METHODS, EmbeddingStore, propagator_for
-from msagent.segmenter import Segmenter
+from msagent.policies.base import Policy
 from msagent.types import Trajectory
-from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
+from msagent.volume.propagation import METHODS, EmbeddingStore, propagator_for
+from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 KEY_RULES = ("given", "largest_gt_area", "survey")
 
@@ -52,7 +52,7 @@ class VolumeAgent:
 
     ``agent_options`` go to each slice's :class:`msagent.Agent` (``prompt_mode``,
     ``multimask``, ...); ``min_area``/``min_score`` end generic propagation (see
-    :mod:`msagent.propagation`); ``max_in_memory`` bounds the embeddings kept in memory."""
+    :mod:`msagent.volume.propagation`); ``max_in_memory`` bounds the embeddings kept in memory."""
 
     policy: Policy
     segmenter: Segmenter
@@ -112,7 +112,7 @@ class VolumeAgent:
 
     def _check(self, stack: SliceStack, ground_truth, key_slice) -> np.ndarray | None:
         if not isinstance(stack, SliceStack):
-            raise InvalidInput(f"VolumeAgent.run needs a SliceStack (see msagent.volume_stack), "
+            raise InvalidInput(f"VolumeAgent.run needs a SliceStack (see msagent.volume.stack), "
                                f"got {type(stack).__name__}")
         gt = None
         if ground_truth is not None:

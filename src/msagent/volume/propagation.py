@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from msagent.agent.refine import mask_box
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter
 from msagent.errors import InvalidInput
-from msagent.refine import mask_box
-from msagent.segmenter import LOW_RES, Embedding, Segmenter
 from msagent.types import BBox, MaskPrediction, Prompts
 
 METHODS = ("auto", "native", "generic")

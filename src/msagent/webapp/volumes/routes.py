@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFil
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from msagent.io.wire import ImageTooLarge, png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.routes import ERRORS, read_upload
 from msagent.server.schemas import RLE, ImageInfo
-from msagent.wire import ImageTooLarge, png_bytes
-from msagent.webapp.volumes import (
+from msagent.webapp.volumes.store import (
     EXPORT_FORMATS,
     StoredVolume,
     VolumeStore,

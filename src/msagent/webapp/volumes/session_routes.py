@@ -20,17 +20,17 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from msagent.errors import InvalidInput
+from msagent.io.wire import png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict, ServerError
 from msagent.server.routes import ERRORS
 from msagent.server.schemas import RLE, Box, PointIn, Strict
 from msagent.server.views import finite
 from msagent.types import encode_mask
-from msagent.volume_stack import build_stack
-from msagent.wire import png_bytes
-from msagent.webapp.volume_routes import Plane, volume_store
-from msagent.webapp.volume_sessions import VolumeSession, VolumeSessionStore
-from msagent.webapp.volumes import EXPORT_FORMATS, VolumeStore, export_mask
+from msagent.volume.session import VolumeSession, VolumeSessionStore
+from msagent.volume.stack import build_stack
+from msagent.webapp.volumes.routes import Plane, volume_store
+from msagent.webapp.volumes.store import EXPORT_FORMATS, VolumeStore, export_mask
 
 router = APIRouter(prefix="/v1/volumes/{volume_id}/sessions", tags=["web page"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)

@@ -5,7 +5,7 @@
 - masks: msagent's run-length code (:func:`msagent.types.encode_mask`) or a base64 PNG (0/255).
 - images: uploaded as PNG, JPEG, TIFF or ``.npy`` bytes; decoded with
   :func:`msagent.io.to_rgb_uint8`, so the content hash the server reports equals
-  :func:`msagent.segmenter.image_key` of the client's H×W×3 uint8 array sent as PNG or .npy.
+  :func:`msagent.backbones.segmenter.image_key` of the client's H×W×3 uint8 array sent as PNG or .npy.
 """
 
 from __future__ import annotations

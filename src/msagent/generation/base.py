@@ -1,7 +1,7 @@
 """Expert trajectory generation: the abstract TrajectoryGenerator.
 
 A generator turns a :class:`~msagent.types.Case` with its ground truth into expert
-trajectories by driving a :class:`~msagent.segmenter.Segmenter`. :meth:`generate` yields the
+trajectories by driving a :class:`~msagent.backbones.segmenter.Segmenter`. :meth:`generate` yields the
 trajectories that pass the generator's filters; :meth:`attempt` yields every trajectory it
 ran, each with its verdict, so that a long job can record what was dropped and why.
 The built-in ``hybrid`` generator lives in :mod:`msagent.generation.hybrid`.
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from msagent.segmenter import Segmenter
+from msagent.backbones.segmenter import Segmenter
 from msagent.types import Case, Trajectory
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from msagent import protocol
 from msagent.errors import PolicyError
-from msagent.policy import Episode, Policy, Reply
+from msagent.policies.base import Episode, Policy, Reply
 from msagent.types import BBox, Point, Prompts, Step, encode_mask
 
 

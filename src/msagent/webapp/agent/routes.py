@@ -34,9 +34,10 @@ from pydantic import BaseModel, Field
 
 from msagent import metrics
 from msagent.agent import Agent
+from msagent.agent.refine import check_initial_mask
 from msagent.errors import InvalidInput, InvalidTarget, MsAgentError
+from msagent.io.wire import png_bytes
 from msagent.options import MAX_CLIENT_TEXT
-from msagent.refine import check_initial_mask
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict, status_of
 from msagent.server.routes import ERRORS, read_upload
@@ -44,12 +45,17 @@ from msagent.server.schemas import MaskFormat, SessionStep
 from msagent.server.session_routes import initial_mask_upload, open_session, run_prompt
 from msagent.server.views import session_step
 from msagent.types import encode_mask
-from msagent.wire import png_bytes
-from msagent.webapp.policies import PolicyPool, PooledPolicy, policy_listing, run_options, segmenter_listing
-from msagent.webapp.runs import RunNotFound, RunRecord, RunStore
-from msagent.webapp.takeover import OriginStore, SessionOrigin, session_trajectory
-from msagent.webapp.turns import StreamingPolicy, TurnEncoder
-from msagent.webapp.volumes import VolumeStore, ground_truth_upload
+from msagent.webapp.agent.policies import (
+    PolicyPool,
+    PooledPolicy,
+    policy_listing,
+    run_options,
+    segmenter_listing,
+)
+from msagent.webapp.agent.runs import RunNotFound, RunRecord, RunStore
+from msagent.webapp.agent.streaming import StreamingPolicy, TurnEncoder
+from msagent.webapp.agent.takeover import OriginStore, SessionOrigin, session_trajectory
+from msagent.webapp.volumes.store import VolumeStore, ground_truth_upload
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["agent"], dependencies=[Depends(require_api_key)],

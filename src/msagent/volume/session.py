@@ -2,14 +2,14 @@
 
 A :class:`VolumeSession` holds one target through one plane of a stored volume:
 
-- the slices as the page shows them (:func:`msagent.volume_stack.build_stack` with the
-  volume's window, applied once), their embeddings (:class:`msagent.propagation.EmbeddingStore`:
+- the slices as the page shows them (:func:`msagent.volume.stack.build_stack` with the
+  volume's window, applied once), their embeddings (:class:`msagent.volume.propagation.EmbeddingStore`:
   each slice is encoded once per session, whatever visits it) and a propagator
-  (:func:`msagent.propagation.propagator_for`: the backbone's native one, or generic);
-- per prompted slice an :class:`msagent.episode.EpisodeState` (the episode core's rule: the
+  (:func:`msagent.volume.propagation.propagator_for`: the backbone's native one, or generic);
+- per prompted slice an :class:`msagent.agent.episode.EpisodeState` (the episode core's rule: the
   box and every click so far, the previous logits). A slice's first prompt starts from its
-  propagated mask when it has one (:func:`msagent.refine.initial_state`, as the review
-  episodes of :mod:`msagent.volume_agent` do), so a click corrects that mask; a prompted
+  propagated mask when it has one (:func:`msagent.agent.refine.initial_state`, as the review
+  episodes of :mod:`msagent.volume.agent` do), so a click corrects that mask; a prompted
   slice's mask is its seed (``Seed(mask, prompts)``) at the next propagation;
 - a history of :class:`Snapshot` values (the prompted slices, the last propagation's result
   and the seeds it carried), one per prompt or propagation.
@@ -37,17 +37,17 @@ from collections.abc import AsyncIterator, Mapping
 import attrs
 import numpy as np
 
-from msagent import episode
 from msagent._lru import BoundedLRU
+from msagent.agent import episode
+from msagent.agent.episode import EpisodeState
+from msagent.agent.refine import initial_state
 from msagent.backbones.propagation import Propagator, Seed
-from msagent.episode import EpisodeState
-from msagent.propagation import EmbeddingStore, GenericPropagator, propagator_for
-from msagent.refine import initial_state
-from msagent.segmenter import Embedding, Segmenter
+from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.server.errors import Conflict, ServerError
 from msagent.types import MaskPrediction, Prompts
-from msagent.volume_stack import VolumeStack
-from msagent.webapp.volumes import StoredVolume
+from msagent.volume.propagation import EmbeddingStore, GenericPropagator, propagator_for
+from msagent.volume.stack import VolumeStack
+from msagent.webapp.volumes.store import StoredVolume
 
 MAX_VOLUME_SESSIONS = 4
 MAX_HISTORY = 16

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from msagent._embedding_cache import CacheInfo, EmbeddingCache
+from msagent.backbones.cache import CacheInfo, EmbeddingCache
 from msagent.errors import SegmenterError
 from msagent.types import MaskPrediction, Prompts
 
@@ -220,7 +220,7 @@ class Segmenter(ABC):
     def native_propagator(self, stack: SliceStack) -> Propagator | None:
         """A propagator with the backbone's own 3-D memory for ``stack`` (SAM2's video
         predictor), or None (the default): 3-D runs then use
-        :class:`msagent.propagation.GenericPropagator`, which works with any backbone. See
+        :class:`msagent.volume.propagation.GenericPropagator`, which works with any backbone. See
         :mod:`msagent.backbones.propagation`."""
         return None
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from msagent.segmenter import Embedding
+    from msagent.backbones.segmenter import Embedding
 
 
 @attrs.frozen

@@ -20,14 +20,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from msagent import episode as episode_core
 from msagent import metrics, protocol
-from msagent.episode import PROMPT_MODES, EpisodeState
+from msagent.agent import episode as episode_core
+from msagent.agent.episode import PROMPT_MODES, EpisodeState
+from msagent.agent.refine import check_initial_mask, initial_state
+from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.errors import PolicyError, PolicyOutputError
 from msagent.io.images import to_mask
-from msagent.policy import Episode, Policy, Reply
-from msagent.refine import check_initial_mask, initial_state
-from msagent.segmenter import Embedding, Segmenter
+from msagent.policies.base import Episode, Policy, Reply
 from msagent.types import Action, InitialMask, MaskPrediction, Step, Trajectory
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Agent:
 
         ``initial_mask`` (H×W, binary) is a prediction to refine: turn 0 of the trajectory
         (``trajectory.initial``, with its IoU/Dice), shown to the policy first and given to the
-        backbone as the first decode's mask input (see :mod:`msagent.refine`). An empty one is
+        backbone as the first decode's mask input (see :mod:`msagent.agent.refine`). An empty one is
         no initial mask. With it, stopping at once is allowed: the result is then that mask.
 
         ``embedding`` is ``image``'s embedding when the caller already holds it (a 3-D run
@@ -127,7 +127,7 @@ class Agent:
 @attrs.define(eq=False)
 class _Runner:
     """The policy side of one episode; its segmentation state is one
-    :class:`~msagent.episode.EpisodeState` (one per episode, never one per tool)."""
+    :class:`~msagent.agent.episode.EpisodeState` (one per episode, never one per tool)."""
 
     agent: Agent
     episode: Episode

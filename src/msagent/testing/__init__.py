@@ -73,8 +73,8 @@ def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = 
     """
     import asyncio
 
+    from msagent.backbones.segmenter import Embedding
     from msagent.errors import SegmenterError
-    from msagent.segmenter import Embedding
     from msagent.types import BBox, Point, Prompts
 
     def expect(condition: bool, what: str) -> None:
@@ -140,7 +140,7 @@ def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = 
 
 
 def _check_prediction(prediction, size: tuple[int, int], expect, what: str) -> None:
-    from msagent.segmenter import LOW_RES
+    from msagent.backbones.segmenter import LOW_RES
 
     mask, logits = prediction.mask, prediction.low_res_logits
     expect(isinstance(mask, np.ndarray) and mask.shape == size and mask.dtype == bool,

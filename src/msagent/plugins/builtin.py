@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from msagent.hookspecs import hookimpl
 from msagent.plugins import lazy
+from msagent.plugins.hookspecs import hookimpl
 
 
 @hookimpl
@@ -22,7 +22,7 @@ def msagent_register_rewards(register):
 
 @hookimpl
 def msagent_register_segmenters(register):
-    register("remote", lazy("msagent.remote:RemoteSegmenter"),
+    register("remote", lazy("msagent.backbones.remote:RemoteSegmenter"),
              "A backbone served by `msagent serve` over HTTP (url= or $MSAGENT_REMOTE_URL)")
 
 

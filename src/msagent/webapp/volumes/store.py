@@ -32,8 +32,8 @@ from msagent._lru import BoundedLRU
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask
 from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS
 from msagent.io.nifti import mask_nifti_bytes
+from msagent.io.wire import load_npy_bytes
 from msagent.server.errors import ServerError
-from msagent.wire import load_npy_bytes
 
 MAX_VOLUMES = 4
 EXPORT_FORMATS = {"nifti": ("application/gzip", ".nii.gz"), "dicom-seg": ("application/dicom", ".dcm")}

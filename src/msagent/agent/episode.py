@@ -22,7 +22,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
-from msagent.segmenter import Embedding, Segmenter
+from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 PROMPT_MODES = ("accumulate", "latest")
@@ -77,7 +77,7 @@ class EpisodeState:
 def start(embedding: Embedding, *, prompt_mode: str = "accumulate", text: str | None = None,
           initial: MaskPrediction | None = None, prompts: Prompts | None = None) -> EpisodeState:
     """A fresh state. ``initial`` is the prediction the episode starts from (a mask to refine,
-    see :func:`msagent.refine.initial_state`): its logits enter the first decode as the mask
+    see :func:`msagent.agent.refine.initial_state`): its logits enter the first decode as the mask
     input; ``prompts`` are prompts already in force (the initial mask's box, for a backbone
     without a mask input)."""
     return EpisodeState(embedding, prompt_mode, text, prompts=prompts or Prompts(),

@@ -9,13 +9,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from msagent import _status, metrics
+from msagent import _console, metrics
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidImage, InvalidInput, InvalidTarget
-from msagent.policy import Policy
-from msagent.segmenter import Segmenter
-from msagent.volume_agent import VolumeAgent, check_options
-from msagent.volume_stack import VolumeStack, build_stack, label_stack
-from msagent.volume_trajectory import VolumeEpisode, VolumeTrajectory
+from msagent.policies.base import Policy
+from msagent.volume.agent import VolumeAgent, check_options
+from msagent.volume.stack import VolumeStack, build_stack, label_stack
+from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 
 @attrs.frozen(eq=False)
@@ -68,7 +68,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
                    nsd_tolerance: float = 2.0, **options: Any) -> VolumeResult:
     """Segment ``target`` through a whole volume: an agent episode on a key slice, propagation
     through the volume, then review episodes on the slices most likely wrong, each correction
-    propagated again (see :mod:`msagent.volume_agent`).
+    propagated again (see :mod:`msagent.volume.agent`).
 
     ``volume``: a NIfTI path, a DICOM series (folder or file), an :class:`msagent.io.Volume`
     (sliced along ``plane``) or a 3-D NumPy array with ``spacing`` (mm per array axis; sliced
@@ -79,7 +79,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     3-D memory where it has one: medsam2, sam2), "native" or "generic". Other options
     (``survey_slices``, ``review_below``, ``min_score``, ``min_area``, ``max_in_memory``, and
     :class:`msagent.Agent`'s ``prompt_mode``/``multimask``) go to
-    :class:`~msagent.volume_agent.VolumeAgent`.
+    :class:`~msagent.volume.agent.VolumeAgent`.
     """
     from msagent.api import check_ground_truth, load_backbone_for, load_policy_for
 
@@ -88,7 +88,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     if isinstance(volume, np.ndarray) and volume.ndim == 2:
         raise InvalidImage(f"segment_volume needs a 3-D volume, got a 2-D image {volume.shape}; "
                            "use msagent.segment for a 2-D image")
-    status = _status.Status()
+    status = _console.Status()
     with status.step("reading and windowing the volume"):
         stack = build_stack(volume, plane=plane, axis=axis, spacing=spacing, window=window,
                             max_voxels=max_voxels)
@@ -113,7 +113,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
                         review_slices=review_slices, agent_options=agent_options, **options)
     started = time.perf_counter()
     trajectory = agent.run(stack.stack, target.strip(), gt, key_slice=key_slice,
-                           where=stack.where, progress=status.line if _status.wanted() else None)
+                           where=stack.where, progress=status.line if _console.wanted() else None)
     display = trajectory.final_masks()
     scores: dict[str, Any] = {}
     if gt is not None:  # display order: the stack's spacing is (slice, row, column)

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidMask
-from msagent.segmenter import Segmenter
 from msagent.types import BBox, MaskPrediction, Prompts
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import numpy as np
 from msagent import metrics, protocol
 from msagent._lru import BoundedLRU
 from msagent.types import BBox, InitialMask, Prompts, Step, Trajectory
-from msagent.webapp.runs import RunRecord
-from msagent.webapp.turns import _finite
+from msagent.webapp.agent.runs import RunRecord
+from msagent.webapp.agent.streaming import _finite
 
 
 @attrs.frozen

@@ -28,10 +28,10 @@ from typing import Any
 import attrs
 import numpy as np
 
+from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter, image_key
 from msagent.errors import InvalidImage, SegmenterError
-from msagent.segmenter import LOW_RES, Embedding, Segmenter, image_key
+from msagent.io.wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 from msagent.types import MaskPrediction, Prompts, decode_mask
-from msagent.wire import ARRAY_DTYPES, pack_array, png_bytes, unpack_array
 
 ENV_URL = "MSAGENT_REMOTE_URL"
 ENV_API_KEY = "MSAGENT_REMOTE_API_KEY"
