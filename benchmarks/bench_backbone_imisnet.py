@@ -57,9 +57,9 @@ def main() -> None:
         path = Path(tmp) / "IMISNet-B.pth"
         torch.manual_seed(0)
         torch.save(build_imisnet().state_dict(), path)
-        load_wall, load_cpu = timed(lambda: msagent.load_segmenter(
+        load_wall, load_cpu = timed(lambda: msagent.load_backbone(
             "imisnet", checkpoint=str(path), device="cpu", tokenizer=tiny_tokenizer()), 1)
-        seg = msagent.load_segmenter("imisnet", checkpoint=str(path), device="cpu",
+        seg = msagent.load_backbone("imisnet", checkpoint=str(path), device="cpu",
                                      tokenizer=tiny_tokenizer())
     print(f"build + strict load of 527 tensors: {load_wall:.2f} s wall ({load_cpu:.2f} s CPU)")
     image, _ = make_phantom(height=384, width=512, center=(190, 260), radii=(90, 140))

@@ -1,7 +1,7 @@
 """Encode/decode cost of the ``sam``, ``sam2`` and ``medsam2`` backbones (random weights).
 
 For each backbone the real architecture is built with random weights, saved in the official
-checkpoint layout and loaded through ``msagent.load_segmenter``; a phantom at the model's
+checkpoint layout and loaded through ``msagent.load_backbone``; a phantom at the model's
 native input size is encoded (uncached) and decoded. Printed per backbone: encode seconds,
 one decode (box) in milliseconds, a 5-turn episode's decode-only time (box, then four
 accumulated clicks, each fed the previous logits) and that episode's cost relative to one
@@ -67,7 +67,7 @@ def timed(fn) -> tuple[float, float]:
 
 def bench(backbone: str, device: str, repeats: int, folder: Path) -> dict[str, float]:
     name, options, size = random_checkpoint(backbone, folder)
-    seg = msagent.load_segmenter(name, device=device, **options)
+    seg = msagent.load_backbone(name, device=device, **options)
     image = make_phantom(size, size, center=(size // 2, size // 2), radii=(size // 5, size // 4))[0]
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
 

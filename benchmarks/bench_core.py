@@ -14,7 +14,7 @@ import statistics
 import time
 
 import msagent
-from msagent import io, protocol
+from msagent import io, protocol, render
 from msagent.testing import mni152_slice
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [150, 130, 850, 860]}}</tool_call>'
@@ -44,7 +44,7 @@ def timed_episode(segmenter, image, replies, repeats=9) -> float:
 
 def main() -> None:
     image = io.to_rgb_uint8(mni152_slice("brain")[0])
-    seg = msagent.load_segmenter("litemedsam", device="cpu")
+    seg = msagent.load_backbone("litemedsam", device="cpu")
     seg.encode(image)  # warm-up
     one = timed_episode(seg, image, [BOX, STOP])
     five = timed_episode(seg, image, [BOX, *POINTS])
@@ -70,17 +70,17 @@ class Chatting(Scripted):
 
 def policy_images(segmenter, image) -> int:
     rendered = []
-    real = protocol.policy_image
+    real = render.policy_image
 
     def counting(*args, **kwargs):
         rendered.append(1)
         return real(*args, **kwargs)
 
-    protocol.policy_image = counting
+    render.policy_image = counting
     try:
         msagent.Agent(Chatting([BOX, *POINTS[:3], STOP]), segmenter).run(image, "brain")
     finally:
-        protocol.policy_image = real
+        render.policy_image = real
     return len(rendered)
 
 

@@ -31,7 +31,7 @@ SHARD = 3  # one MNI slice (3 targets, one image) per shard: each image is encod
 
 def local_run(dataset, tmp: Path) -> tuple[float, float, int]:
     """(wall s, process CPU s, trajectories) of a one-thread local run, model preloaded."""
-    segmenter = msagent.load_segmenter("litemedsam", device="cpu")
+    segmenter = msagent.load_backbone("litemedsam", device="cpu")
     wall, cpu = time.perf_counter(), time.process_time()
     summary = generate(dataset, tmp / "local", backbone=segmenter, generator_options=OPTIONS,
                        shard_size=SHARD, threads=1, overlays=True, progress=False)

@@ -128,8 +128,8 @@ async def run_sessions(url: str, image_png: bytes, plan: list[dict], sessions: i
 
 def in_process_overhead(device: str, url: str, image: np.ndarray, plan: list[dict],
                         repeats: int) -> dict:
-    segmenter = msagent.load_segmenter("litemedsam", device=device)
-    remote = msagent.load_segmenter("remote", url=url)
+    segmenter = msagent.load_backbone("litemedsam", device=device)
+    remote = msagent.load_backbone("remote", url=url)
     box = BBox(**plan[0]["body"])
     point = Point(plan[1]["body"]["x"], plan[1]["body"]["y"])
     times: dict[str, list[float]] = {"in-process": [], "remote backbone": [], "session API": []}

@@ -103,7 +103,7 @@ class Counting:
 
 
 def litemedsam(cache_size: int = 0) -> msagent.Segmenter:
-    return msagent.load_segmenter("litemedsam", device="cpu", cache_size=cache_size)
+    return msagent.load_backbone("litemedsam", device="cpu", cache_size=cache_size)
 
 
 def mni152(target: str = "brain"):

@@ -112,7 +112,7 @@ def run_method(method: str, seg, stack, gt, target: str, tolerance: float) -> di
 
 
 def evaluate(targets, fresh: bool, tolerance: float) -> dict:
-    seg = msagent.load_segmenter("litemedsam", device="cpu", cache_size=0 if fresh else 256)
+    seg = msagent.load_backbone("litemedsam", device="cpu", cache_size=0 if fresh else 256)
     counting = CountingFrontDoor(seg)
     stack, _ = mni152("brain")
     t_enc = None

@@ -39,7 +39,7 @@ def main() -> None:
     from msagent.webapp import create_web_app
 
     image, truth = mni152_slice(args.target)
-    segmenter = msagent.load_segmenter("litemedsam", device="cpu")
+    segmenter = msagent.load_backbone("litemedsam", device="cpu")
     with tempfile.TemporaryDirectory() as tmp, serve_in_thread(create_web_app(segmenter)) as url, \
             sync_playwright() as pw:
         Image.fromarray(to_rgb_uint8(image)).save(Path(tmp) / "mni152-axial.png")

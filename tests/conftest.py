@@ -22,4 +22,4 @@ def mni_slice():
 def litemedsam():
     import msagent
 
-    return msagent.load_segmenter("litemedsam", device="cpu")
+    return msagent.load_backbone("litemedsam", device="cpu")

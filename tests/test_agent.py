@@ -5,7 +5,7 @@ import pytest
 from my_msagent_plugin import MySegmenter
 
 import msagent
-from msagent import protocol
+from msagent import protocol, render
 from msagent.errors import PolicyError
 from msagent.types import BBox, Point
 
@@ -136,13 +136,13 @@ def test_box_argument_maps_to_pixels_of_non_square_image():
 
 def test_policy_images_are_rendered_once_per_executed_step(monkeypatch):
     calls = []
-    real = protocol.policy_image
+    real = render.policy_image
 
     def counting(*args, **kwargs):
         calls.append(len(args) > 1 and args[1] is not None)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(protocol, "policy_image", counting)
+    monkeypatch.setattr(render, "policy_image", counting)
     traj, policy, _ = run([BOX, POS, NEG, POS, STOP])  # Scripted builds the chat every turn
     assert traj.turns == 4 and len(policy.seen) == 5
     assert len(calls) == 5 and calls.count(False) == 1  # the original once, one overlay per step

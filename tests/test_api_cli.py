@@ -102,9 +102,9 @@ def test_result_says_ok_and_stop_reason(phantom):
 
 
 def test_expert_without_ground_truth_is_refused_before_any_backbone_loads(monkeypatch):
-    from msagent import api
     from msagent.errors import InvalidInput
+    from msagent.plugins import loading
 
-    monkeypatch.setattr(api, "resolve", lambda *a, **k: pytest.fail("nothing may load"))
+    monkeypatch.setattr(loading, "resolve", lambda *a, **k: pytest.fail("nothing may load"))
     with pytest.raises(InvalidInput, match="ground_truth="):
         msagent.segment(np.zeros((32, 32), np.uint8), "liver", backbone="imisnet", policy="expert")

@@ -127,7 +127,7 @@ def test_import_and_listing_plugins_import_no_torch():
         import sys, msagent
         from msagent.cli import main
         main(["plugins"])
-        msagent.list_segmenters(); msagent.list_policies()
+        msagent.list_backbones(); msagent.list_policies()
         heavy = [m for m in ("torch", "transformers", "openai", "ray") if m in sys.modules]
         assert not heavy, heavy
     """)
@@ -321,15 +321,14 @@ def test_install_hints_name_the_clone_folder_only_in_a_clone(monkeypatch, tmp_pa
     registry = registry_with()
     with pytest.raises(PluginNotFound, match=r"pip install \./plugins/msagent-sam|plugins/msagent-sam\)"):
         registry.get("segmenter", "sam")
-    monkeypatch.setattr(msagent.plugins, "_SOURCE_ROOT", tmp_path)  # an installed copy
+    monkeypatch.setattr(msagent.plugins.registry, "_SOURCE_ROOT", tmp_path)  # an installed copy
     with pytest.raises(PluginNotFound) as info:
         registry.get("segmenter", "sam")
     assert "pip install msagent-sam." in str(info.value) and "plugins/" not in str(info.value)
 
 
-def test_backbone_is_the_user_facing_word_and_the_segmenter_names_are_the_same_functions():
-    assert msagent.load_segmenter is msagent.load_backbone
-    assert msagent.list_segmenters is msagent.list_backbones
+def test_backbone_is_the_user_facing_word_with_one_function_per_operation():
+    assert not hasattr(msagent, "load_segmenter") and not hasattr(msagent, "list_segmenters")
     assert "mybackbone" in msagent.list_backbones()
     assert isinstance(msagent.load_backbone("mybackbone"), msagent.Segmenter)
     with pytest.raises(PluginNotFound, match="no backbone named 'nope'"):

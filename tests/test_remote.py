@@ -45,7 +45,7 @@ def server(litemedsam):
 def remote(server, monkeypatch):
     monkeypatch.setenv("MSAGENT_REMOTE_URL", server[0])
     monkeypatch.setenv("MSAGENT_REMOTE_API_KEY", "remote-key")
-    segmenter = msagent.load_segmenter("remote")
+    segmenter = msagent.load_backbone("remote")
     yield segmenter
     segmenter.close()
 
@@ -148,7 +148,7 @@ def test_survives_a_server_that_forgot_the_image(remote, server):
 def test_errors_say_what_to_do(server, monkeypatch):
     monkeypatch.delenv("MSAGENT_REMOTE_URL", raising=False)
     with pytest.raises(SegmenterError, match="MSAGENT_REMOTE_URL"):
-        msagent.load_segmenter("remote")
+        msagent.load_backbone("remote")
     with pytest.raises(SegmenterError, match="API key"):
         RemoteSegmenter(server[0], api_key="wrong").encode(make_phantom()[0])
     with pytest.raises(SegmenterError, match="cannot reach the msagent server"):

@@ -23,7 +23,7 @@ def client_for():
     from fastapi.testclient import TestClient
 
     def make(**config):
-        app = create_web_app(msagent.load_segmenter("mybackbone"), ServerConfig(batch_window_ms=0, **config))
+        app = create_web_app(msagent.load_backbone("mybackbone"), ServerConfig(batch_window_ms=0, **config))
         return TestClient(app)
 
     return make

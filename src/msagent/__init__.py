@@ -3,8 +3,7 @@
 A policy (a multimodal LLM, or a simulated expert) drives a promptable segmentation backbone
 with one tool call per turn. Backbones, policies, rewards and trajectory generators are
 plugins discovered through the ``msagent`` entry-point group. ``load_backbone`` /
-``list_backbones`` build and list backbones (``load_segmenter`` / ``list_segmenters`` are the
-same functions under their older names). ``segment_volume`` runs the agent through a whole
+``list_backbones`` build and list backbones. ``segment_volume`` runs the agent through a whole
 CT/MR volume (a key slice, propagation, review).
 """
 
@@ -15,12 +14,10 @@ from msagent.api import (
     list_backbones,
     list_policies,
     list_rewards,
-    list_segmenters,
     list_trajectory_generators,
     load_backbone,
     load_policy,
     load_reward,
-    load_segmenter,
     load_trajectory_generator,
     segment,
 )
@@ -37,10 +34,9 @@ from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 __all__ = [
     "Action", "Agent", "BBox", "CacheInfo", "Case", "Embedding", "Episode", "MaskPrediction",
-    "MedSAMReward", "Point", "Policy", "Prompts", "Reply", "Result", "Reward",
-    "RewardBreakdown", "Segmenter", "Step", "Trajectory", "TrajectoryGenerator",
-    "VolumeAgent", "VolumeEpisode", "__version__", "VolumeResult", "VolumeTrajectory", "hookimpl",
-    "list_backbones", "list_policies", "list_rewards", "list_segmenters",
-    "list_trajectory_generators", "lazy", "load_backbone", "load_policy", "load_reward",
-    "load_segmenter", "load_trajectory_generator", "segment", "segment_volume",
+    "MedSAMReward", "Point", "Policy", "Prompts", "Reply", "Result", "Reward", "RewardBreakdown",
+    "Segmenter", "Step", "Trajectory", "TrajectoryGenerator", "VolumeAgent", "VolumeEpisode",
+    "__version__", "VolumeResult", "VolumeTrajectory", "hookimpl", "list_backbones",
+    "list_policies", "list_rewards", "list_trajectory_generators", "lazy", "load_backbone",
+    "load_policy", "load_reward", "load_trajectory_generator", "segment", "segment_volume",
 ]

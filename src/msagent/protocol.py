@@ -20,7 +20,6 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PIL import Image
 
 from msagent._prompts import (  # noqa: F401  (re-exported: the pinned strings)
@@ -31,14 +30,15 @@ from msagent._prompts import (  # noqa: F401  (re-exported: the pinned strings)
     TOOL_SCHEMAS,
 )
 from msagent.errors import PolicyOutputError
-from msagent.render import overlay
+
+# the image a policy sees, re-exported for policy plugins (the implementation is rendering)
+from msagent.render import POLICY_IMAGE_SIZE, policy_image  # noqa: F401
 from msagent.types import Action, BBox, Point
 
 if TYPE_CHECKING:
     from msagent.policies.base import Episode
 
 MODEL_MAX = 999
-POLICY_IMAGE_SIZE = 512
 
 
 # -- coordinates ---------------------------------------------------------------
@@ -275,19 +275,6 @@ def _short(value: Any) -> str:
 
 
 # -- the conversation ------------------------------------------------------------
-def policy_image(image: np.ndarray, mask: np.ndarray | None = None,
-                 size: int = POLICY_IMAGE_SIZE) -> Image.Image:
-    """The image the policy sees, as in the RL stage: the original resized to size×size
-    (bilinear, aspect not kept); with ``mask``, the green overlay drawn at that size (the mask
-    resized bilinearly as 0/255 and thresholded at 127)."""
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-    if mask is None:
-        return Image.fromarray(resized)
-    mask_img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((size, size),
-                                                                              Image.BILINEAR)
-    return Image.fromarray(overlay(resized, np.asarray(mask_img) > 127))
-
-
 def build_messages(episode: "Episode", size: int = POLICY_IMAGE_SIZE) -> list[dict]:
     """The checkpoint's chat for an episode so far: system prompt, first user message with the
     image, then per valid reply the assistant text and (after executed actions) a user message

@@ -13,8 +13,12 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from msagent.types import BBox, Point, Prompts, Trajectory
+
+#: the side of the square image a policy sees (the RL stage's)
+POLICY_IMAGE_SIZE = 512
 
 GREEN = np.array([0, 255, 0], dtype=np.float32)
 GT_COLOR = (255, 220, 0)      # yellow outline
@@ -136,3 +140,16 @@ def legend(sheet: np.ndarray, text: str = LEGEND) -> np.ndarray:
     band = np.full((22, sheet.shape[1], 3), 255, np.uint8)
     cv2.putText(band, text, (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
     return np.concatenate([sheet, band], axis=0)
+
+
+def policy_image(image: np.ndarray, mask: np.ndarray | None = None,
+                 size: int = POLICY_IMAGE_SIZE) -> Image.Image:
+    """The image the policy sees, as in the RL stage: the original resized to size×size
+    (bilinear, aspect not kept); with ``mask``, the green overlay drawn at that size (the mask
+    resized bilinearly as 0/255 and thresholded at 127)."""
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    if mask is None:
+        return Image.fromarray(resized)
+    mask_img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((size, size),
+                                                                              Image.BILINEAR)
+    return Image.fromarray(overlay(resized, np.asarray(mask_img) > 127))

@@ -331,3 +331,23 @@ def _step_from_dict(data: Mapping[str, Any]) -> Step:
         prompt=prompt_from_dict(data.get("prompt")),
         prompts=None if data.get("prompts") is None else Prompts.from_dict(data["prompts"]),
     )
+
+
+#: stop reasons of an episode that ended as designed
+FINISHED = ("stop", "max_turns")
+STOP_REASONS = {"stop": "the policy stopped", "max_turns": "the turn limit was reached",
+                "policy_error": "the policy failed to answer",
+                "invalid_output": "the policy's replies had no valid tool call",
+                "stopped_without_mask": "the policy stopped before any mask",
+                "cancelled": "the run was cancelled"}
+
+
+def failure_message(trajectory: Trajectory) -> str:
+    """One line for an episode that produced no mask: why, the last error, what to try."""
+    reason = trajectory.stop_reason or "no reply"
+    why = STOP_REASONS.get(reason, reason)
+    last = next((s.error for s in reversed(trajectory.steps) if s.error), None)
+    message = f"no mask: {why} ({reason})"
+    if last:
+        message += f"; last error: {last}"
+    return message

@@ -18,7 +18,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 def segmenter():
     import msagent
 
-    return msagent.load_segmenter("litemedsam", device="cpu")
+    return msagent.load_backbone("litemedsam", device="cpu")
 
 
 @pytest.fixture(scope="session")

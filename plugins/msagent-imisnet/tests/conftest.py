@@ -49,7 +49,7 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def seg(reference, tokenizer):
-    return msagent.load_segmenter("imisnet", checkpoint=str(reference[1]), device="cpu",
+    return msagent.load_backbone("imisnet", checkpoint=str(reference[1]), device="cpu",
                                   tokenizer=tokenizer)
 
 

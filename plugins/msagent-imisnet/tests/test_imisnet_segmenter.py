@@ -43,7 +43,7 @@ def call(name, **arguments):
 
 def test_loads_the_official_layout_strictly(seg, reference):
     model, path = reference
-    assert seg.checkpoint == path and "imisnet" in msagent.list_segmenters()
+    assert seg.checkpoint == path and "imisnet" in msagent.list_backbones()
     ours, theirs = seg.model.state_dict(), model.state_dict()
     assert set(ours) == set(theirs)
     for key in ("image_encoder.neck.2.weight", "text_model.text_model.final_layer_norm.bias",

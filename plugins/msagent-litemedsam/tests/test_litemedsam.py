@@ -14,7 +14,7 @@ from msagent.types import BBox, Point, Prompts
 
 @pytest.fixture(scope="module")
 def seg():
-    return msagent.load_segmenter("litemedsam", device="cpu")
+    return msagent.load_backbone("litemedsam", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def wide():
 def test_shipped_weights_load_with_checksum(seg):
     path, sha = lite.shipped_checkpoint()
     assert seg.checkpoint == path and lite.sha256_of(path) == sha
-    assert msagent.list_segmenters().count("litemedsam") == 1
+    assert msagent.list_backbones().count("litemedsam") == 1
 
 
 def test_box_logits_equal_the_reference_model_forward(seg, wide):
@@ -58,7 +58,7 @@ def test_prompt_semantics_box_context_logit_feedback_and_batching(seg, wide):
 
 
 def test_image_is_encoded_once_across_episodes(wide):
-    seg = msagent.load_segmenter("litemedsam", device="cpu")
+    seg = msagent.load_backbone("litemedsam", device="cpu")
     image, gt = wide
     agent = msagent.Agent(msagent.load_policy("oracle-box"), seg)
     for _ in range(4):
@@ -69,7 +69,7 @@ def test_image_is_encoded_once_across_episodes(wide):
 def test_batched_encode_equals_single(seg):
     a, _ = make_phantom(seed=1)
     b, _ = make_phantom(height=100, width=90, center=(50, 45), radii=(20, 30), seed=2)
-    fresh = msagent.load_segmenter("litemedsam", device="cpu")
+    fresh = msagent.load_backbone("litemedsam", device="cpu")
     batched = fresh.encode_batch([a, b])
     assert fresh.cache_info().misses == 2
     torch.testing.assert_close(batched[1].features, seg.encode_image(b), atol=1e-4, rtol=1e-4)

@@ -34,7 +34,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg(checkpoint):
-    return msagent.load_segmenter("medsam2", checkpoint=checkpoint, image_size=512, device="cpu")
+    return msagent.load_backbone("medsam2", checkpoint=checkpoint, image_size=512, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_512_config_ships_with_the_plugin_and_loads_strictly(seg, checkpoint):
 
 
 def test_default_is_the_1024_config_medsam_agent_ran(checkpoint):
-    seg = msagent.load_segmenter("medsam2", checkpoint=checkpoint, device="cpu")
+    seg = msagent.load_backbone("medsam2", checkpoint=checkpoint, device="cpu")
     assert seg.image_size == 1024 and medsam2_config(1024).name == "sam2.1_hiera_t.yaml"
     with pytest.raises(InvalidInput, match="1024"):
         medsam2_config(768)
@@ -116,16 +116,16 @@ def test_segment_by_name_with_weights_from_the_environment(checkpoint, phantom, 
 
 def test_missing_weights_say_what_to_download(checkpoint, hf_cache, monkeypatch):
     with pytest.raises(WeightsNotFound) as info:
-        msagent.load_segmenter("medsam2", device="cpu")
+        msagent.load_backbone("medsam2", device="cpu")
     message = str(info.value)
     assert "wanglab/MedSAM2" in message and "MedSAM2_latest.pt" in message
     assert "MSAGENT_MEDSAM2_CHECKPOINT" in message
     monkeypatch.setenv("MSAGENT_MEDSAM2_CHECKPOINT", "/nonexistent/MedSAM2_latest.pt")
     with pytest.raises(WeightsNotFound, match=r"\$MSAGENT_MEDSAM2_CHECKPOINT"):
-        msagent.load_segmenter("medsam2", device="cpu")
+        msagent.load_backbone("medsam2", device="cpu")
     monkeypatch.delenv("MSAGENT_MEDSAM2_CHECKPOINT")
     cached = hf_cache("wanglab/MedSAM2", "MedSAM2_latest.pt", checkpoint)
-    assert msagent.load_segmenter("medsam2", image_size=512, device="cpu").checkpoint == cached
+    assert msagent.load_backbone("medsam2", image_size=512, device="cpu").checkpoint == cached
 
 
 def test_wrong_files_are_refused(tmp_path):
@@ -133,14 +133,14 @@ def test_wrong_files_are_refused(tmp_path):
     small.update({f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(16)})
     torch.save({"model": small}, tmp_path / "small.pt")
     with pytest.raises(WeightsMismatch, match="small"):
-        msagent.load_segmenter("medsam2", checkpoint=tmp_path / "small.pt", device="cpu")
+        msagent.load_backbone("medsam2", checkpoint=tmp_path / "small.pt", device="cpu")
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "other.pt")
     with pytest.raises(WeightsMismatch, match="not a SAM2 checkpoint"):
-        msagent.load_segmenter("medsam2", checkpoint=tmp_path / "other.pt", device="cpu")
+        msagent.load_backbone("medsam2", checkpoint=tmp_path / "other.pt", device="cpu")
 
 
 def test_listing_the_backbones_imports_no_torch():
-    code = ("import sys, msagent; names = msagent.list_segmenters(); "
+    code = ("import sys, msagent; names = msagent.list_backbones(); "
             "assert {'medsam2', 'sam2'} <= set(names), names; "
             "assert not {'torch', 'sam2', 'hydra'} & set(sys.modules), 'heavy import'")
     env = dict(os.environ, MSAGENT_LOAD_PLUGINS="medsam2")

@@ -67,7 +67,7 @@ def encoder_memo():
 
 @pytest.fixture(scope="module")
 def seg(checkpoint, encoder_memo):
-    seg = msagent.load_segmenter("medsam2", checkpoint=checkpoint, image_size=512, device="cpu")
+    seg = msagent.load_backbone("medsam2", checkpoint=checkpoint, image_size=512, device="cpu")
     seg.model.forward_image = memoised(seg.model.forward_image, encoder_memo)
     return seg
 
@@ -225,7 +225,7 @@ def test_a_box_seed_equals_add_new_points_or_box(seg, video, official, tmp_path)
 
 def test_both_backbones_propagate_natively(seg, video, tiny_checkpoint):
     stack = video[1]
-    sam2 = msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, device="cpu")
+    sam2 = msagent.load_backbone("sam2", checkpoint=tiny_checkpoint, device="cpu")
     for backbone in (seg, sam2):
         prop = backbone.native_propagator(stack)
         assert isinstance(prop, Propagator) and isinstance(prop, Sam2VideoPropagator)

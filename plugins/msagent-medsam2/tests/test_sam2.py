@@ -19,7 +19,7 @@ CLICKS = (Point(170, 90, True), Point(110, 50, False))
 
 @pytest.fixture(scope="module")
 def seg(tiny_checkpoint):
-    return msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, device="cpu")
+    return msagent.load_backbone("sam2", checkpoint=tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -119,19 +119,19 @@ def test_the_cache_encodes_an_image_once(seg, phantom):
 
 def test_a_variant_that_contradicts_the_checkpoint_is_refused(tiny_checkpoint):
     with pytest.raises(WeightsMismatch, match="tiny"):
-        msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, variant="large")
+        msagent.load_backbone("sam2", checkpoint=tiny_checkpoint, variant="large")
     with pytest.raises(InvalidInput, match="base_plus"):
-        msagent.load_segmenter("sam2", checkpoint=tiny_checkpoint, variant="huge")
+        msagent.load_backbone("sam2", checkpoint=tiny_checkpoint, variant="huge")
 
 
 def test_weights_resolve_from_env_and_hf_cache(tiny_checkpoint, hf_cache, monkeypatch):
     with pytest.raises(WeightsNotFound, match="facebook/sam2.1-hiera-tiny"):
-        msagent.load_segmenter("sam2", device="cpu")
+        msagent.load_backbone("sam2", device="cpu")
     monkeypatch.setenv("MSAGENT_SAM2_CHECKPOINT", str(tiny_checkpoint))
-    assert msagent.load_segmenter("sam2", device="cpu").checkpoint == tiny_checkpoint
+    assert msagent.load_backbone("sam2", device="cpu").checkpoint == tiny_checkpoint
     monkeypatch.delenv("MSAGENT_SAM2_CHECKPOINT")
     cached = hf_cache("facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny.pt", tiny_checkpoint)
-    seg = msagent.load_segmenter("sam2", device="cpu")
+    seg = msagent.load_backbone("sam2", device="cpu")
     assert seg.checkpoint == cached and seg.variant == "tiny"
     with pytest.raises(WeightsNotFound, match="facebook/sam2.1-hiera-small"):
-        msagent.load_segmenter("sam2", variant="small", device="cpu")
+        msagent.load_backbone("sam2", variant="small", device="cpu")

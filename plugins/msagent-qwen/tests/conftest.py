@@ -49,4 +49,4 @@ def phantom():
 def litemedsam():
     import msagent
 
-    return msagent.load_segmenter("litemedsam", device="cpu")
+    return msagent.load_backbone("litemedsam", device="cpu")

@@ -28,7 +28,7 @@ CLICKS = (Point(170, 90, True), Point(110, 50, False))
 
 @pytest.fixture(scope="module")
 def seg(vit_b_checkpoint):
-    return msagent.load_segmenter("sam", checkpoint=vit_b_checkpoint, device="cpu")
+    return msagent.load_backbone("sam", checkpoint=vit_b_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ class StubEncoder(torch.nn.Module):
 
 
 def test_cache_and_batched_encode(vit_b_checkpoint, phantom, monkeypatch):
-    seg = msagent.load_segmenter("sam", checkpoint=vit_b_checkpoint, device="cpu")
+    seg = msagent.load_backbone("sam", checkpoint=vit_b_checkpoint, device="cpu")
     stub = StubEncoder()
     monkeypatch.setattr(seg.model, "image_encoder", stub)
     image = phantom[0]
@@ -181,7 +181,7 @@ def test_segment_through_the_agent(seg, emb, phantom):
 
 def test_weights_resolution(vit_b_checkpoint, hf_cache, monkeypatch):
     with pytest.raises(WeightsNotFound) as info:
-        msagent.load_segmenter("sam", device="cpu")
+        msagent.load_backbone("sam", device="cpu")
     assert "ybelkada/segment-anything" in str(info.value)
     assert "sam_vit_b_01ec64.pth" in str(info.value) and "MSAGENT_SAM_CHECKPOINT" in str(info.value)
     monkeypatch.setenv("MSAGENT_SAM_CHECKPOINT", "/nonexistent/sam.pth")
@@ -192,24 +192,24 @@ def test_weights_resolution(vit_b_checkpoint, hf_cache, monkeypatch):
     monkeypatch.delenv("MSAGENT_SAM_CHECKPOINT")
     cached = hf_cache("ybelkada/segment-anything", "checkpoints/sam_vit_b_01ec64.pth",
                       vit_b_checkpoint)
-    seg = msagent.load_segmenter("sam", device="cpu")
+    seg = msagent.load_backbone("sam", device="cpu")
     assert seg.checkpoint == cached and seg.variant == "vit_b"
     with pytest.raises(WeightsNotFound, match="sam_vit_l_0b3195.pth"):
-        msagent.load_segmenter("sam", variant="vit_l", device="cpu")
+        msagent.load_backbone("sam", variant="vit_l", device="cpu")
 
 
 def test_wrong_files_are_refused(vit_b_checkpoint, tmp_path):
     with pytest.raises(WeightsMismatch, match="vit_b"):
-        msagent.load_segmenter("sam", checkpoint=vit_b_checkpoint, variant="vit_h")
+        msagent.load_backbone("sam", checkpoint=vit_b_checkpoint, variant="vit_h")
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(WeightsMismatch, match="not a Segment Anything checkpoint"):
-        msagent.load_segmenter("sam", checkpoint=tmp_path / "other.pth")
+        msagent.load_backbone("sam", checkpoint=tmp_path / "other.pth")
     with pytest.raises(InvalidInput, match="vit_b"):
-        msagent.load_segmenter("sam", checkpoint=vit_b_checkpoint, variant="vit_x")
+        msagent.load_backbone("sam", checkpoint=vit_b_checkpoint, variant="vit_x")
 
 
 def test_listing_the_backbone_imports_no_torch():
-    code = ("import sys, msagent; assert 'sam' in msagent.list_segmenters(); "
+    code = ("import sys, msagent; assert 'sam' in msagent.list_backbones(); "
             "assert not {'torch', 'segment_anything'} & set(sys.modules), 'heavy import'")
     env = dict(os.environ, MSAGENT_LOAD_PLUGINS="sam")
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

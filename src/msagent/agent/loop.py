@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -31,6 +32,9 @@ from msagent.policies.base import Episode, Policy, Reply
 from msagent.types import Action, InitialMask, MaskPrediction, Step, Trajectory
 
 log = logging.getLogger(__name__)
+
+#: ``on_step(step)``: called with each step as the episode records it
+OnStep = Callable[[Step], None]
 
 
 @attrs.define
@@ -57,7 +61,8 @@ class Agent:
     def run(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None, *,
             case_id: str = "", meta: Mapping[str, Any] | None = None,
             initial_mask: Any = None, initial_source: str = "",
-            embedding: Embedding | None = None) -> Trajectory:
+            embedding: Embedding | None = None, on_step: OnStep | None = None,
+            cancel: threading.Event | None = None) -> Trajectory:
         """Run one episode. ``image`` is H×W×3 uint8 RGB (see :func:`msagent.io.to_rgb_uint8`);
         ``ground_truth`` an optional H×W bool mask used for per-step IoU/Dice (and by experts).
 
@@ -68,15 +73,20 @@ class Agent:
 
         ``embedding`` is ``image``'s embedding when the caller already holds it (a 3-D run
         keeps one per slice); by default the image is encoded through the backbone's cache.
+
+        ``on_step(step)`` is called with each reply's step as it is recorded (executed or
+        rejected), in order, from the thread that handles the reply. ``cancel``: once set, the
+        episode ends before the next policy call with stop reason ``cancelled``. Neither
+        touches the policy object.
         """
         runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
-                              initial_source)
+                              initial_source, on_step, cancel)
         if embedding is not None and tuple(embedding.image_size) != tuple(np.shape(image)[:2]):
             raise ValueError(f"the embedding is of a {embedding.image_size} image, not "
                              f"{np.shape(image)[:2]}")
         runner.start(embedding if embedding is not None else self.segmenter.encode(image))
         try:
-            while runner.active:
+            while runner.active and not runner.cancelled():
                 runner.handle(self._ask(runner, self.policy.act))
         finally:
             self.policy.end_episode(runner.episode)
@@ -84,15 +94,18 @@ class Agent:
 
     async def arun(self, image: np.ndarray, target: str, ground_truth: np.ndarray | None = None,
                    *, case_id: str = "", meta: Mapping[str, Any] | None = None,
-                   initial_mask: Any = None, initial_source: str = "") -> Trajectory:
+                   initial_mask: Any = None, initial_source: str = "",
+                   on_step: OnStep | None = None,
+                   cancel: threading.Event | None = None) -> Trajectory:
         """Async :meth:`run`: the policy is awaited, the image encoded through the backbone's
         ``aencode`` (native I/O for a remote backbone); each reply is handled (parsed, decoded)
-        in a worker thread, since a policy such as the expert previews decodes synchronously."""
+        in a worker thread, since a policy such as the expert previews decodes synchronously
+        (``on_step`` is called there)."""
         runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
-                              initial_source)
+                              initial_source, on_step, cancel)
         runner.start(await self.segmenter.aencode(image))
         try:
-            while runner.active:
+            while runner.active and not runner.cancelled():
                 try:
                     reply = await self.policy.aact(runner.episode)
                 except PolicyError as exc:
@@ -109,7 +122,7 @@ class Agent:
             return exc
 
     def _runner(self, image, target, ground_truth, case_id, meta, initial_mask=None,
-                initial_source="") -> "_Runner":
+                initial_source="", on_step=None, cancel=None) -> "_Runner":
         if self.policy.needs_ground_truth and ground_truth is None:
             raise PolicyError(f"policy {self.policy.name!r} simulates an expert and needs "
                               "ground_truth=")
@@ -121,7 +134,8 @@ class Agent:
         info = {"backbone": self.segmenter.name, "policy": self.policy.name,
                 "max_turns": self.max_turns, "prompt_mode": self.prompt_mode,
                 "multimask": self.use_multimask, **(meta or {})}
-        return _Runner(self, episode, case_id, info, initial_source=initial_source)
+        return _Runner(self, episode, case_id, info, initial_source=initial_source,
+                       on_step=on_step, cancel=cancel)
 
 
 @attrs.define(eq=False)
@@ -134,6 +148,8 @@ class _Runner:
     case_id: str
     meta: dict
     initial_source: str = ""
+    on_step: OnStep | None = None
+    cancel: threading.Event | None = None
     state: EpisodeState | None = None
     decode: episode_core.Decoder | None = None
     failures: int = 0
@@ -143,6 +159,13 @@ class _Runner:
     @property
     def active(self) -> bool:
         return not self.stop_reason
+
+    def cancelled(self) -> bool:
+        """Whether ``cancel`` is set; then the episode ends here (stop reason ``cancelled``)."""
+        if self.cancel is None or not self.cancel.is_set():
+            return False
+        self.stop_reason = "cancelled"
+        return True
 
     def start(self, embedding: Embedding) -> None:
         segmenter = self.agent.segmenter
@@ -217,6 +240,8 @@ class _Runner:
 
     def _record(self, step: Step) -> None:
         self.episode.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
 
     def trajectory(self) -> Trajectory:
         height, width = self.episode.image_size

@@ -1,6 +1,6 @@
 """The ``remote`` backbone: a Segmenter whose model runs in an ``msagent serve`` server.
 
-``msagent.load_segmenter("remote", url="http://gpu-box:8265", api_key=...)`` (or
+``msagent.load_backbone("remote", url="http://gpu-box:8265", api_key=...)`` (or
 ``$MSAGENT_REMOTE_URL`` / ``$MSAGENT_REMOTE_API_KEY``) gives a Segmenter that the agent loop,
 evaluation, trajectory generation and the verl tools use like any local one:
 

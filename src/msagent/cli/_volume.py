@@ -71,9 +71,9 @@ def window_for(volume, window: str | None) -> tuple[float, float]:
 def run_volume(args: argparse.Namespace) -> int:
     from msagent import io
     from msagent.agent import Agent
-    from msagent.api import PAPER_BACKBONE, PAPER_POLICY, resolve
     from msagent.errors import InvalidInput
     from msagent.options import parse_options
+    from msagent.plugins.loading import PAPER_BACKBONE, PAPER_POLICY, resolve
 
     check_output_names(args)
     volume = io.read_volume(args.image, series_uid=args.series_uid,

@@ -119,9 +119,9 @@ def check_exposure(host: str, config) -> None:
 
 
 def load_backbone(name: str | None, options: dict, cache_size: int):
-    from msagent import api
     from msagent._console import Status
     from msagent.errors import InvalidInput
+    from msagent.plugins import loading as api
 
     name = name or os.environ.get("MSAGENT_BACKBONE")
     if not name:

@@ -92,8 +92,8 @@ def check_answered(trajectory: Trajectory) -> None:
     :class:`~msagent.errors.SegmentationFailed`. A policy that answered without a valid mask
     scores Dice 0 (counted in ``no_mask``): that is its result."""
     if trajectory.turns == 0 and trajectory.stop_reason == "policy_error":
-        from msagent.api import failure_message
         from msagent.errors import SegmentationFailed
+        from msagent.types import failure_message
 
         raise SegmentationFailed(failure_message(trajectory), trajectory)
 

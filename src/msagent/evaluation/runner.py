@@ -30,13 +30,13 @@ import attrs
 import numpy as np
 
 from msagent.agent import Agent
-from msagent.api import load_backbone, load_policy
 from msagent.backbones.segmenter import Segmenter
 from msagent.datasets.volumes import LoadedVolume
 from msagent.errors import InvalidInput
 from msagent.evaluation import protocols, volume_protocols
 from msagent.evaluation.records import CaseRecord, RecordStore, safe_name
 from msagent.io.atomic import atomic_write, read_json_file
+from msagent.plugins.loading import load_backbone, load_policy
 from msagent.policies.base import Policy
 from msagent.types import Case
 from msagent.volume.agent import VolumeAgent

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from msagent import protocol
+from msagent import render
 from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidInput
 from msagent.export import llamafactory, upstream, verl
@@ -58,7 +58,7 @@ class ExportSummary:
 
 
 def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, format: str = "verl-sft", *,
-                        image_size: int = protocol.POLICY_IMAGE_SIZE, tool_format: str = "inline",
+                        image_size: int = render.POLICY_IMAGE_SIZE, tool_format: str = "inline",
                         include_dropped: bool = False, name: str = llamafactory.DEFAULT_NAME,
                         agent_name: str | None = None, layout: str = "msagent",
                         progress: bool = True) -> ExportSummary:
@@ -96,7 +96,7 @@ def export_trajectories(source: str | os.PathLike, out: str | os.PathLike, forma
     return summary
 
 
-def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = protocol.POLICY_IMAGE_SIZE,
+def export_rl_prompts(dataset, out: str | os.PathLike, *, image_size: int = render.POLICY_IMAGE_SIZE,
                       part_size: int = 256, agent_name: str | None = None, layout: str = "msagent",
                       progress: bool = True) -> ExportSummary:
     """verl RL prompts straight from a :class:`~msagent.datasets.Dataset` (cases with an

@@ -6,7 +6,7 @@ RL-stage format): the system prompt with the tool schemas; a user turn with the 
 plus ``<tool_call>``, coordinates in the 0–999 frame of :mod:`msagent.protocol`) and, after
 each executed action, a user turn with the overlay and
 :data:`~msagent.protocol.FOLLOW_UP_TEXT`. Images are
-:func:`~msagent.protocol.policy_image` renders (``size``×``size``, a multiple of 32).
+:func:`~msagent.render.policy_image` renders (``size``×``size``, a multiple of 32).
 In the text, each image is the placeholder ``<image>`` at the start of its user turn; the
 images are listed in placeholder order. A trajectory that ends without ``stop_action`` ends
 with its last assistant turn (the overlay nobody answers is left out).
@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 from PIL import Image
 
-from msagent import protocol
+from msagent import protocol, render
 from msagent.errors import InvalidInput
 from msagent.types import Action, Trajectory
 
@@ -62,7 +62,7 @@ def shown_steps(trajectory: Trajectory) -> list:
 
 
 def conversation(trajectory: Trajectory, image: np.ndarray,
-                 size: int = protocol.POLICY_IMAGE_SIZE) -> Conversation:
+                 size: int = render.POLICY_IMAGE_SIZE) -> Conversation:
     """The checkpoint's conversation of ``trajectory`` on its original H×W×3 ``image``."""
     check_size(size)
     if tuple(image.shape[:2]) != tuple(trajectory.image_size):
@@ -75,12 +75,12 @@ def conversation(trajectory: Trajectory, image: np.ndarray,
     first = protocol.first_user_text(trajectory.target, refine=initial is not None)
     messages = [{"role": "system", "content": protocol.SYSTEM_PROMPT},
                 {"role": "user", "content": IMAGE_TOKEN + first}]
-    images = [protocol.policy_image(image, initial, size)]  # the initial overlay when refining
+    images = [render.policy_image(image, initial, size)]  # the initial overlay when refining
     for index, step in enumerate(steps):
         messages.append({"role": "assistant", "content": step.raw_text})
         if step.executed and index < len(steps) - 1:
             messages.append({"role": "user", "content": IMAGE_TOKEN + protocol.FOLLOW_UP_TEXT})
-            images.append(protocol.policy_image(image, step.mask, size))
+            images.append(render.policy_image(image, step.mask, size))
     return Conversation(messages, images)
 
 

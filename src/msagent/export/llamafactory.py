@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from msagent import protocol
+from msagent import render
 from msagent.export.conversation import conversation
 from msagent.generation.shards import png_bytes
 from msagent.io.atomic import atomic_write, read_json_file
@@ -40,7 +40,7 @@ def dataset_info_entry(name: str = DEFAULT_NAME) -> dict[str, Any]:
 
 
 def record(trajectory: Trajectory, image: np.ndarray, out: Path, *, key: str,
-           size: int = protocol.POLICY_IMAGE_SIZE) -> tuple[dict[str, Any], dict[str, bytes]]:
+           size: int = render.POLICY_IMAGE_SIZE) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(record, files to write) for one trajectory; image paths are relative to ``out``."""
     chat = conversation(trajectory, image, size)
     files, paths = {}, []

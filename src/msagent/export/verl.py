@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from msagent import protocol
+from msagent import protocol, render
 from msagent.export.conversation import IMAGE_TOKEN, conversation
 from msagent.generation.shards import png_bytes
 from msagent.types import Trajectory, encode_mask
@@ -38,7 +38,7 @@ def _image_entry(image) -> dict[str, bytes]:
 
 
 def sft_row(trajectory: Trajectory, image: np.ndarray, *, key: str, data_source: str,
-            size: int = protocol.POLICY_IMAGE_SIZE, tool_format: str = "inline") -> dict[str, Any]:
+            size: int = render.POLICY_IMAGE_SIZE, tool_format: str = "inline") -> dict[str, Any]:
     """The MultiTurnSFTDataset row of one trajectory."""
     chat = conversation(trajectory, image, size)
     messages = [dict(m) for m in chat.messages]
@@ -62,7 +62,7 @@ def _structured(message: dict) -> dict:
 
 def rl_row(*, index: int, case_id: str, target: str, image: np.ndarray, ground_truth: np.ndarray,
            meta: Mapping[str, Any], image_sha256: str, data_source: str,
-           size: int = protocol.POLICY_IMAGE_SIZE, agent_name: str | None = None) -> dict[str, Any]:
+           size: int = render.POLICY_IMAGE_SIZE, agent_name: str | None = None) -> dict[str, Any]:
     """The RLHFDataset row of one case."""
     gt = json.dumps(encode_mask(np.asarray(ground_truth, dtype=bool)))
     original = _image_entry(image)
@@ -74,7 +74,7 @@ def rl_row(*, index: int, case_id: str, target: str, image: np.ndarray, ground_t
         "data_source": data_source,
         "prompt": [{"role": "system", "content": protocol.SYSTEM_PROMPT},
                    {"role": "user", "content": IMAGE_TOKEN + protocol.first_user_text(target)}],
-        "images": [_image_entry(protocol.policy_image(image, size=size))],
+        "images": [_image_entry(render.policy_image(image, size=size))],
         "ability": "interactive_segmentation",
         "reward_model": {"style": "rule", "ground_truth": gt},
         "extra_info": {

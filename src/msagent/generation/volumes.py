@@ -99,7 +99,7 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
     ``agent_options`` go to :class:`msagent.VolumeAgent` (``review_slices``, ``max_turns``,
     ``propagation``, ...); they, the backbone, the policy and the case ids are the job's
     identity (``manifest.json``). Returns (out, volumes, volumes written now)."""
-    from msagent.api import load_backbone, load_policy
+    from msagent.plugins.loading import load_backbone, load_policy
     from msagent.volume.agent import VolumeAgent
 
     out = Path(out)

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from msagent.options import Option
-from msagent.protocol import POLICY_IMAGE_SIZE
+from msagent.render import POLICY_IMAGE_SIZE
 from msagent.types import Action, MaskPrediction, Step
 
 
@@ -69,9 +69,9 @@ class Episode:
     def policy_images(self, size: int = POLICY_IMAGE_SIZE) -> list:
         """The policy's images at ``size``×``size`` (PIL): the original (with the initial mask's
         overlay when the episode refines one), then the overlay after each executed action
-        (:func:`msagent.protocol.policy_image`). Each is rendered once per episode and reused on
+        (:func:`msagent.render.policy_image`). Each is rendered once per episode and reused on
         every later turn."""
-        from msagent.protocol import policy_image
+        from msagent.render import policy_image
 
         images = self._policy_images.setdefault(size, [])
         masks = [step.mask for step in self.steps if step.executed]

@@ -30,8 +30,7 @@ from pydantic import BaseModel
 from msagent.errors import InvalidInput
 from msagent.io.wire import mask_png_b64, pack_array, unpack_array
 from msagent.server.context import ServerContext, context, require_api_key
-from msagent.server.routes import ERRORS, read_upload
-from msagent.server.session_routes import open_session, run_prompt
+from msagent.server.services import ERRORS, open_session, read_upload, run_prompt
 from msagent.server.sessions import Session
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 

@@ -10,10 +10,9 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from msagent._version import __version__
 from msagent.errors import InvalidInput
-from msagent.io.wire import ImageTooLarge, decode_b64, unpack_array
+from msagent.io.wire import decode_b64, unpack_array
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.schemas import (
-    ErrorBody,
     Health,
     ImageInfo,
     PredictBatchRequest,
@@ -21,13 +20,8 @@ from msagent.server.schemas import (
     PredictRequest,
     PredictResponse,
 )
+from msagent.server.services import ERRORS, read_upload
 from msagent.server.views import prediction
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": why} for status, why in [
-        (400, "bad request"), (401, "missing or wrong API key"), (404, "unknown image or session"),
-        (409, "conflicting state"), (413, "upload too large"), (422, "invalid request"),
-        (429, "too many sessions"), (503, "backbone timed out")]}
 
 public = APIRouter(tags=["server"])
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -61,14 +55,6 @@ async def metrics(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
                      "window_ms": ctx.engine.batcher.window * 1000, "max_batch": ctx.config.max_batch},
         **ctx.metrics.snapshot(),
     }
-
-
-async def read_upload(upload: UploadFile, ctx: ServerContext) -> bytes:
-    data = await upload.read(ctx.config.max_upload_bytes + 1)
-    if len(data) > ctx.config.max_upload_bytes:
-        raise ImageTooLarge(f"the upload is over this server's limit of "
-                            f"{ctx.config.max_upload_bytes:,} bytes; compress or downsample it")
-    return data
 
 
 @router.post("/images", response_model=ImageInfo)

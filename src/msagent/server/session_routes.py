@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from msagent.agent import episode
-from msagent.agent.refine import check_initial_mask, initial_state
-from msagent.errors import InvalidImage, InvalidInput
-from msagent.io.wire import decode_upload, load_npy_bytes, png_bytes
+from msagent.io.wire import png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict
-from msagent.server.routes import ERRORS, read_upload
 from msagent.server.schemas import (
     AddBox,
     AddPoint,
@@ -26,66 +20,14 @@ from msagent.server.schemas import (
     SessionList,
     SessionStep,
 )
-from msagent.server.sessions import Session
+from msagent.server.services import ERRORS, initial_mask_upload, open_session, read_upload, run_prompt
 from msagent.server.views import finite, session_info, session_step
-from msagent.types import BBox, Point, encode_mask
+from msagent.types import encode_mask
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)
 MASK_RESPONSES = {200: {"description": "the mask as PNG (0/255) or as msagent's run-length code",
                         "content": {"image/png": {}, "application/json": {}}}}
-
-
-async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
-                       session_id: str | None, prompt_mode: str, multimask: bool | None,
-                       text: str | None = None, replace: bool = False,
-                       initial_mask: np.ndarray | None = None) -> Session:
-    """Create a session from an upload or a stored image's hash (encodes the image);
-    ``initial_mask`` (checked, H×W bool) is a prediction to refine: the session's first state."""
-    if (image is None) == (image_id is None):
-        raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
-                           "an uploaded image)")
-    session_id = session_id or uuid.uuid4().hex
-    ctx.engine.check_text(text)
-    ctx.store.check_room(session_id, replace=replace)
-    if image is not None:
-        image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
-    embedding = await ctx.engine.embed(image_id)
-    session = Session(id=session_id, image_id=image_id, embedding=embedding,
-                      prompt_mode=prompt_mode, multimask=multimask, text=text)
-    if initial_mask is not None:
-        mask = await asyncio.to_thread(check_initial_mask, initial_mask, embedding.image_size)
-        if mask is not None:
-            prediction, prompts = await asyncio.to_thread(initial_state, ctx.engine.segmenter, mask)
-            session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
-                                            initial=prediction, prompts=prompts)
-    return ctx.store.add(session, replace=replace)
-
-
-def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array."""
-    from msagent.errors import InvalidMask
-
-    if not data:
-        raise InvalidMask("the initial_mask upload is empty")
-    try:
-        if data.startswith(b"\x93NUMPY"):
-            return load_npy_bytes(data, max_pixels)
-        return decode_upload(data, max_pixels=max_pixels)[:, :, 0]
-    except InvalidImage as exc:
-        raise InvalidMask(f"initial_mask: {exc}") from None
-
-
-async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
-                     multimask: bool | None) -> None:
-    """Decode ``prompt`` on top of the session's state and push the new state."""
-    async with session.lock:
-        state = session.state
-        request = state.request(prompt)  # the episode core's rule: prompts, previous logits
-        pred = await ctx.engine.decode(
-            session.embedding, request.prompts, request.prev_logits,
-            session.multimask if multimask is None else multimask)
-        session.push(state.after(prompt, pred))
 
 
 @router.post("", response_model=SessionInfo, status_code=201)

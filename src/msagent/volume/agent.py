@@ -217,7 +217,7 @@ class _Run:
         trajectory = self.episode(index, "key")
         self.reviewed.add(index)
         if not trajectory.final_mask.any():
-            from msagent.api import failure_message
+            from msagent.types import failure_message
 
             raise SegmentationFailed(f"key slice {index}: {failure_message(trajectory)}", trajectory)
         self.episodes.append(VolumeEpisode(index, "key", trajectory, seeded=True))

@@ -81,7 +81,7 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     :class:`msagent.Agent`'s ``prompt_mode``/``multimask``) go to
     :class:`~msagent.volume.agent.VolumeAgent`.
     """
-    from msagent.api import check_ground_truth, load_backbone_for, load_policy_for
+    from msagent.plugins.loading import check_ground_truth, load_backbone_for, load_policy_for
 
     if not isinstance(target, str) or not target.strip():
         raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")

@@ -1,6 +1,10 @@
-"""Volume sessions of the web page: one uploaded volume, prompts on any slice, propagation, undo.
+"""The interactive 3-D session: one volume, prompts on any slice, propagation, undo.
 
-A :class:`VolumeSession` holds one target through one plane of a stored volume:
+Its verbs (in the spirit of nnInteractive's session): :meth:`VolumeSession.add_box` and
+:meth:`~VolumeSession.add_point` on a slice, :meth:`~VolumeSession.propagate`,
+:meth:`~VolumeSession.undo`, :meth:`~VolumeSession.slice_view` and :meth:`~VolumeSession.masks`.
+Refusals are :class:`VolumeSessionError` values (core errors; the web app maps them to HTTP).
+A :class:`VolumeSession` holds one target through one plane of a volume:
 
 - the slices as the page shows them (:func:`msagent.volume.stack.build_stack` with the
   volume's window, applied once), their embeddings (:class:`msagent.volume.propagation.EmbeddingStore`:
@@ -43,23 +47,30 @@ from msagent.agent.episode import EpisodeState
 from msagent.agent.refine import initial_state
 from msagent.backbones.propagation import Propagator, Seed
 from msagent.backbones.segmenter import Embedding, Segmenter
-from msagent.server.errors import Conflict, ServerError
-from msagent.types import MaskPrediction, Prompts
+from msagent.errors import InvalidInput, MsAgentError
+from msagent.types import BBox, MaskPrediction, Point, Prompts
 from msagent.volume.propagation import EmbeddingStore, GenericPropagator, propagator_for
 from msagent.volume.stack import VolumeStack
-from msagent.webapp.volumes.store import StoredVolume
 
 MAX_VOLUME_SESSIONS = 4
 MAX_HISTORY = 16
 MAX_IN_MEMORY = 32
 
 
-class VolumeSessionNotFound(ServerError):
-    status, code = 404, "volume_session_not_found"
+class VolumeSessionError(MsAgentError):
+    """A volume session refuses an operation."""
 
 
-class SliceOutOfRange(ServerError):
-    status, code = 422, "slice_out_of_range"
+class VolumeSessionNotFound(VolumeSessionError, LookupError):
+    """No live session by that id (never made, deleted, or dropped for a newer one)."""
+
+
+class SliceOutOfRange(VolumeSessionError, InvalidInput):
+    """A slice index outside the session's plane."""
+
+
+class NothingToDo(VolumeSessionError):
+    """Propagate before any prompt, or undo with no step to undo."""
 
 
 @attrs.frozen(eq=False)
@@ -108,13 +119,19 @@ class SliceView:
 
 
 class VolumeSession:
-    """One target through one plane of a stored volume (see the module docstring). Callers
-    hold :attr:`lock` around every operation; the heavy ones run in a worker thread."""
+    """One target through one plane of a volume (see the module docstring). Callers that
+    share a session between threads or tasks hold :attr:`lock` around every operation; the
+    heavy ones (encodes, decodes, propagation) block, so async callers run them in a thread.
 
-    def __init__(self, stored: StoredVolume, stack: VolumeStack, segmenter: Segmenter, *,
-                 method: str, target: str, text: str | None) -> None:
+    ``volume_id`` names the volume for the caller's lookups; ``source`` is kept for the
+    caller (the web app keeps its stored volume there, for export)."""
+
+    def __init__(self, stack: VolumeStack, segmenter: Segmenter, *, method: str = "auto",
+                 target: str, text: str | None = None, volume_id: str = "",
+                 source: object = None) -> None:
         self.id = uuid.uuid4().hex
-        self.stored, self.volume_stack, self.segmenter = stored, stack, segmenter
+        self.volume_id, self.source = volume_id, source
+        self.volume_stack, self.segmenter = stack, segmenter
         self.method, self.target, self.text = method, target, text
         self.store = EmbeddingStore(segmenter, stack.stack, max_in_memory=MAX_IN_MEMORY)
         self.propagator: Propagator = self._new_propagator()
@@ -157,6 +174,20 @@ class VolumeSession:
         return index
 
     # -- prompts --------------------------------------------------------------------------
+    def add_box(self, index: int, box: BBox) -> SliceView:
+        """Add ``box`` on slice ``index`` (replacing its box) and decode there; what it shows."""
+        return self._add(index, box)
+
+    def add_point(self, index: int, point: Point) -> SliceView:
+        """Add a click (``point.label`` 1 positive, 0 negative) on slice ``index``; what it shows."""
+        return self._add(index, point)
+
+    def _add(self, index: int, prompt: BBox | Point) -> SliceView:
+        state = self.slice_state(index)
+        self.add_prompted(index, episode.step(episode.segmenter_decoder(self.segmenter), state,
+                                              prompt))
+        return self.slice_view(index)
+
     def slice_state(self, index: int) -> EpisodeState:
         """Slice ``index``'s episode state: the prompted one, else a fresh one starting from
         its propagated mask (if any). Encodes the slice on first use (run it in a thread)."""
@@ -188,8 +219,8 @@ class VolumeSession:
         Returns False when nothing changed since the last propagation."""
         current = self.state
         if not current.prompted:
-            raise Conflict("nothing to propagate yet: add a box or a click on a slice with the "
-                           "target first")
+            raise NothingToDo("nothing to propagate yet: add a box or a click on a slice with "
+                              "the target first")
         changed = {i: s for i, s in current.prompted.items() if self._given.get(i) is not s}
         if not changed and current.results is not None:
             return False
@@ -214,7 +245,7 @@ class VolumeSession:
     def undo(self) -> Snapshot:
         """Go back one prompt or propagation (see the module docstring); the undone snapshot."""
         if len(self.history) < 2:
-            raise Conflict("nothing to undo: add a prompt or propagate first")
+            raise NothingToDo("nothing to undo: add a prompt or propagate first")
         undone = self.history.pop()
         self.version += 1
         restored = self.state
@@ -308,10 +339,10 @@ class VolumeSessionStore:
 
     def get(self, volume_id: str, session_id: str) -> VolumeSession:
         session = self._items.get(session_id)
-        if session is None or session.stored.id != volume_id or session.closed:
+        if session is None or session.volume_id != volume_id or session.closed:
             raise VolumeSessionNotFound(
                 f"no volume session {session_id!r} on volume {volume_id!r} (the server keeps the "
-                f"last {self.max_items}); start one with POST /v1/volumes/{{id}}/sessions")
+                f"last {self.max_items}); start a new one")
         return session
 
     def delete(self, volume_id: str, session_id: str) -> None:

@@ -1,7 +1,7 @@
 """Where the segmenter runs for the training tools, and how a tool call reaches it.
 
 - ``placement: local`` — the segmenter is built once per process (one per agent-loop
-  worker) with :func:`msagent.load_segmenter`; encode/decode run in a worker thread so the
+  worker) with :func:`msagent.load_backbone`; encode/decode run in a worker thread so the
   agent loop's event loop never blocks. With ``backbone: remote`` the "segmenter" is a client
   of ``msagent serve`` and the embedding cache lives on the server.
 - ``placement: ray_actor`` — one shared :class:`SegmenterActor` per Ray node (a named actor,
@@ -35,7 +35,7 @@ PLACEMENTS = ("local", "ray_actor")
 class BackendConfig:
     """The segmenter part of a tool's config (the ``config:`` block of the tool YAML).
 
-    ``backbone``/``backbone_options``: as for :func:`msagent.load_segmenter` (e.g.
+    ``backbone``/``backbone_options``: as for :func:`msagent.load_backbone` (e.g.
     ``medsam2`` with ``{device: cuda}``, or ``remote`` with ``{url: ...}``).
     ``actor_options``: Ray options for the shared actor (``num_gpus``, ``num_cpus``,
     ``runtime_env``); ``actor_cache``: how many encoded images the actor keeps.
@@ -106,7 +106,7 @@ class SegmenterActor:
     def __init__(self, backbone: str, backbone_options: Mapping[str, Any], cache: int) -> None:
         import msagent
 
-        self.segmenter = msagent.load_segmenter(backbone, **dict(backbone_options))
+        self.segmenter = msagent.load_backbone(backbone, **dict(backbone_options))
         self._embeddings: OrderedDict[str, Any] = OrderedDict()
         self._cache = cache
         self._lock = threading.Lock()
@@ -183,7 +183,7 @@ def _build(config: BackendConfig) -> SegmenterClient:
         import msagent
 
         log.info("loading segmenter %r in process", config.backbone)
-        return LocalClient(msagent.load_segmenter(config.backbone, **config.backbone_options))
+        return LocalClient(msagent.load_backbone(config.backbone, **config.backbone_options))
     return actor_client(config)
 
 

@@ -56,7 +56,7 @@ def write_smoke_data(out_dir: str, *, cases: int = 4, backbone: str = "litemedsa
 
     out = Path(out_dir)
     items = phantom_cases(cases)
-    segmenter = msagent.load_segmenter(backbone, device="cpu")
+    segmenter = msagent.load_backbone(backbone, device="cpu")
     size = {"policy_image_size": policy_image_size, "progress": False}
     write_rl_parquet(items, out / "rl.parquet", **size)
     write_sft_parquet(expert_trajectories(items, segmenter, max_turns=max_turns),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from msagent import protocol
 
 if TYPE_CHECKING:
-    from msagent.policies.base import Episode
+    from msagent import Episode
 
 TOOL_MODES = ("native", "prompt")
 

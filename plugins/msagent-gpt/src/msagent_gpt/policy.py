@@ -18,10 +18,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from msagent import protocol
+from msagent import Episode, Policy, Reply, protocol
 from msagent.errors import InvalidInput, PolicyError
 from msagent.options import Option
-from msagent.policies.base import Episode, Policy, Reply
 
 from . import messages as chat
 

@@ -25,9 +25,8 @@ from typing import Any
 
 import attrs
 
-from msagent import protocol
+from msagent import Episode, Policy, Reply, protocol
 from msagent.errors import InvalidInput, PolicyError
-from msagent.policies.base import Episode, Policy, Reply
 
 from . import chat, loading
 from .kv import KVSession, Mark

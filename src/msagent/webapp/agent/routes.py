@@ -40,9 +40,8 @@ from msagent.io.wire import png_bytes
 from msagent.options import MAX_CLIENT_TEXT
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict, status_of
-from msagent.server.routes import ERRORS, read_upload
 from msagent.server.schemas import MaskFormat, SessionStep
-from msagent.server.session_routes import initial_mask_upload, open_session, run_prompt
+from msagent.server.services import ERRORS, initial_mask_upload, open_session, read_upload, run_prompt
 from msagent.server.views import session_step
 from msagent.types import encode_mask
 from msagent.webapp.agent.policies import (
@@ -53,7 +52,7 @@ from msagent.webapp.agent.policies import (
     segmenter_listing,
 )
 from msagent.webapp.agent.runs import RunNotFound, RunRecord, RunStore
-from msagent.webapp.agent.streaming import StreamingPolicy, TurnEncoder
+from msagent.webapp.agent.streaming import TurnEncoder
 from msagent.webapp.agent.takeover import OriginStore, SessionOrigin, session_trajectory
 from msagent.webapp.volumes.store import VolumeStore, ground_truth_upload
 
@@ -184,13 +183,12 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
     def work() -> None:
         encoder = TurnEncoder()
         with run.pooled.lock:
-            wrapped = StreamingPolicy(run.pooled.policy, lambda s: put("turn", encoder.encode(s)), cancel)
             try:
-                trajectory = Agent(wrapped, segmenter, max_turns=run.max_turns).run(
+                trajectory = Agent(run.pooled.policy, segmenter, max_turns=run.max_turns).run(
                     run.image, run.target, gt, case_id=run.id,
                     meta={"run_id": run.id, "image_id": run.image_id},
-                    initial_mask=run.initial_mask, initial_source="upload")
-                wrapped.flush(list(trajectory.steps))
+                    initial_mask=run.initial_mask, initial_source="upload",
+                    on_step=lambda step: put("turn", encoder.encode(step)), cancel=cancel)
                 state.runs.put(RunRecord(run.id, run.image_id, trajectory, gt))  # stopped ones too
                 put("done", trajectory)
             except Exception as exc:  # reported on the stream

@@ -1,42 +1,13 @@
-"""Agent runs as they stream: a policy wrapper that hands each step on, and steps as JSON turns."""
+"""Steps as the JSON turns the page streams (``Agent.run(on_step=...)`` hands each one on)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from msagent import protocol
-from msagent.errors import PolicyError
-from msagent.policies.base import Episode, Policy, Reply
 from msagent.types import BBox, Point, Prompts, Step, encode_mask
-
-
-class StreamingPolicy(Policy):
-    """Wraps a policy: hands each new step to ``emit`` when the next action is asked for, and
-    stops the episode (a policy error) once ``cancel`` is set."""
-
-    def __init__(self, inner: Policy, emit: Callable[[Step], None], cancel: threading.Event) -> None:
-        self.inner, self.emit, self.cancel = inner, emit, cancel
-        self.name = inner.name
-        self.needs_ground_truth = inner.needs_ground_truth
-        self.sent = 0
-
-    def flush(self, steps: list[Step]) -> None:
-        for step in steps[self.sent:]:
-            self.emit(step)
-        self.sent = len(steps)
-
-    def act(self, episode: Episode) -> Reply:
-        self.flush(episode.steps)
-        if self.cancel.is_set():
-            raise PolicyError("the run was cancelled (the page closed or stopped it)")
-        return self.inner.act(episode)
-
-    def end_episode(self, episode: Episode) -> None:
-        self.inner.end_episode(episode)
 
 
 def prompt_json(prompt: BBox | Point | None) -> dict[str, Any] | None:

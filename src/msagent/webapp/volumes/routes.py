@@ -10,26 +10,27 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from msagent.io.wire import ImageTooLarge, png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
-from msagent.server.routes import ERRORS, read_upload
 from msagent.server.schemas import RLE, ImageInfo
+from msagent.server.services import ERRORS, read_upload
 from msagent.webapp.volumes.store import (
     EXPORT_FORMATS,
+    Plane,
     StoredVolume,
     VolumeStore,
     export_mask,
     mask_from_rle,
     read_volume_upload,
+    volume_store,
 )
 
 router = APIRouter(prefix="/v1", tags=["web page"], dependencies=[Depends(require_api_key)],
                    responses=ERRORS)
-Plane = Literal["axial", "coronal", "sagittal"]
 PNG = {200: {"description": "a PNG image", "content": {"image/png": {}}}}
 
 
@@ -71,10 +72,6 @@ def install(app: FastAPI) -> None:
     """Add these routes to ``app`` with a fresh volume store."""
     app.state.msagent_volumes = VolumeStore()
     app.include_router(router)
-
-
-def volume_store(request: Request) -> VolumeStore:
-    return request.app.state.msagent_volumes
 
 
 @router.get("/images/{image_id}/png", responses=PNG, response_class=Response)

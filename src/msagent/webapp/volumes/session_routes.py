@@ -1,13 +1,13 @@
-"""Routes of the web page's volume sessions (:mod:`.volume_sessions`): upload a volume once,
+"""Routes of the web page's volume sessions (:mod:`msagent.volume.session`): upload a volume once,
 prompt any slice, propagate through the volume, undo, show each slice's result, export it.
 
 Under ``/v1/volumes/{volume_id}/sessions``: ``POST`` starts one, ``GET``/``DELETE .../{sid}``,
 ``POST .../{sid}/slices/{index}/prompts`` (a box or a click on that slice), ``GET
 .../{sid}/slices/{index}/mask``, ``POST .../{sid}/propagate``, ``POST .../{sid}/undo`` and
 ``POST .../{sid}/export`` (NIfTI or DICOM SEG of the whole volume). ``install(app)`` adds
-them and a :class:`~.volume_sessions.VolumeSessionStore` at
-``app.state.msagent_volume_sessions``. Every route needs the API key when the server has one;
-the backbone is the server's.
+them and a :class:`~msagent.volume.session.VolumeSessionStore` at
+``app.state.msagent_volume_sessions``; the session's errors map to HTTP here (:data:`HTTP`).
+Every route needs the API key when the server has one; the backbone is the server's.
 """
 
 from __future__ import annotations
@@ -22,15 +22,21 @@ from pydantic import BaseModel, Field
 from msagent.errors import InvalidInput
 from msagent.io.wire import png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
-from msagent.server.errors import Conflict, ServerError
-from msagent.server.routes import ERRORS
+from msagent.server.errors import Conflict, ServerError, error_response
 from msagent.server.schemas import RLE, Box, PointIn, Strict
+from msagent.server.services import ERRORS
 from msagent.server.views import finite
 from msagent.types import encode_mask
-from msagent.volume.session import VolumeSession, VolumeSessionStore
+from msagent.volume.session import (
+    NothingToDo,
+    SliceOutOfRange,
+    VolumeSession,
+    VolumeSessionError,
+    VolumeSessionNotFound,
+    VolumeSessionStore,
+)
 from msagent.volume.stack import build_stack
-from msagent.webapp.volumes.routes import Plane, volume_store
-from msagent.webapp.volumes.store import EXPORT_FORMATS, VolumeStore, export_mask
+from msagent.webapp.volumes.store import EXPORT_FORMATS, Plane, VolumeStore, export_mask, volume_store
 
 router = APIRouter(prefix="/v1/volumes/{volume_id}/sessions", tags=["web page"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -102,9 +108,23 @@ class ExportVolumeRequest(Strict):
                               description="segment label (DICOM SEG); default: the target")
 
 
+#: the volume session's refusals as HTTP (status, code, hint added to the message)
+HTTP = {VolumeSessionNotFound: (404, "volume_session_not_found",
+                                "start one with POST /v1/volumes/{id}/sessions"),
+        SliceOutOfRange: (422, "slice_out_of_range", ""),
+        NothingToDo: (409, "conflict", "")}
+
+
+async def _session_error(request: Request, exc: VolumeSessionError) -> JSONResponse:
+    status, code, hint = next((v for cls, v in HTTP.items() if isinstance(exc, cls)),
+                              (400, "bad_request", ""))
+    return error_response(status, code, f"{exc}; {hint}" if hint else str(exc))
+
+
 def install(app: FastAPI) -> None:
     """Add these routes to ``app`` with a fresh volume-session store."""
     app.state.msagent_volume_sessions = VolumeSessionStore()
+    app.add_exception_handler(VolumeSessionError, _session_error)
     app.include_router(router)
 
 
@@ -118,7 +138,7 @@ def info(session: VolumeSession) -> VolumeSessionInfo:
     rows = [SliceSummary(index=i, source=source, area=area, score=finite(score))
             for i, source, area, score in session.summary()]
     return VolumeSessionInfo(
-        session_id=session.id, volume_id=session.stored.id, target=session.target,
+        session_id=session.id, volume_id=session.volume_id, target=session.target,
         plane=session.volume_stack.plane, window=list(session.volume_stack.window),
         propagation=session.method, method=session.propagator.method, count=session.count,
         width=width, height=height, seeds=sorted(current.prompted), pending=current.pending,
@@ -143,8 +163,9 @@ async def create(volume_id: str, body: VolumeSessionRequest, ctx: ServerContext 
     window = stored.window_for(body.window)
     stack = await asyncio.to_thread(build_stack, stored.volume, plane=body.plane, window=window,
                                     max_voxels=ctx.config.max_voxels)
-    session = VolumeSession(stored, stack, segmenter, method=body.propagation, target=target,
-                            text=target if segmenter.accepts_text else None)
+    session = VolumeSession(stack, segmenter, method=body.propagation, target=target,
+                            text=target if segmenter.accepts_text else None,
+                            volume_id=stored.id, source=stored)
     sessions.put(session)
     return info(session)
 
@@ -253,7 +274,7 @@ def _export(session: VolumeSession, body: ExportVolumeRequest) -> tuple[bytes, s
                        "(and propagate) first")
     voxels = session.volume_stack.to_voxels(masks)
     label = body.label or session.target[:64]  # DICOM SEG labels are at most 64 characters
-    return export_mask(session.stored, voxels, body.format, label)
+    return export_mask(session.source, voxels, body.format, label)
 
 
 def _prompt_fields(prompts) -> dict:

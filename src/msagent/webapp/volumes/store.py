@@ -21,10 +21,11 @@ import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
+from fastapi import Request
 from PIL import Image
 
 from msagent import io
@@ -245,3 +246,10 @@ def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
         raise InvalidMask(f"ground truth: {name} is not a readable mask image "
                           f"({type(exc).__name__}: {exc}); use PNG, TIFF, BMP or .npy") from None
     return io.to_mask(image, image_size)
+
+
+Plane = Literal["axial", "coronal", "sagittal"]
+
+
+def volume_store(request: Request) -> VolumeStore:
+    return request.app.state.msagent_volumes

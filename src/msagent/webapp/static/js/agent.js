@@ -116,6 +116,7 @@ function onItem(run, item) {
 function reason(stop) {
   return { stop: "the policy stopped", max_turns: "turn limit reached",
     invalid_output: "invalid policy output", stopped_without_mask: "stopped before any mask",
+    cancelled: "cancelled",
     policy_error: "policy error" }[stop] || stop;
 }
 

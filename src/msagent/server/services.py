@@ -1,0 +1,87 @@
+"""What the service's route modules share (and the web app's routes use): reading uploads,
+opening a 2-D session, decoding a prompt into it, the documented error responses. Route
+modules hold only routes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import UploadFile
+
+from msagent.agent import episode
+from msagent.agent.refine import check_initial_mask, initial_state
+from msagent.errors import InvalidImage, InvalidInput
+from msagent.io.wire import ImageTooLarge, decode_upload, load_npy_bytes
+from msagent.server.context import ServerContext
+from msagent.server.schemas import ErrorBody
+from msagent.server.sessions import Session
+from msagent.types import BBox, Point
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why} for status, why in [
+        (400, "bad request"), (401, "missing or wrong API key"), (404, "unknown image or session"),
+        (409, "conflicting state"), (413, "upload too large"), (422, "invalid request"),
+        (429, "too many sessions"), (503, "backbone timed out")]}
+
+
+async def read_upload(upload: UploadFile, ctx: ServerContext) -> bytes:
+    data = await upload.read(ctx.config.max_upload_bytes + 1)
+    if len(data) > ctx.config.max_upload_bytes:
+        raise ImageTooLarge(f"the upload is over this server's limit of "
+                            f"{ctx.config.max_upload_bytes:,} bytes; compress or downsample it")
+    return data
+
+
+async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
+                       session_id: str | None, prompt_mode: str, multimask: bool | None,
+                       text: str | None = None, replace: bool = False,
+                       initial_mask: np.ndarray | None = None) -> Session:
+    """Create a session from an upload or a stored image's hash (encodes the image);
+    ``initial_mask`` (checked, H×W bool) is a prediction to refine: the session's first state."""
+    if (image is None) == (image_id is None):
+        raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
+                           "an uploaded image)")
+    session_id = session_id or uuid.uuid4().hex
+    ctx.engine.check_text(text)
+    ctx.store.check_room(session_id, replace=replace)
+    if image is not None:
+        image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
+    embedding = await ctx.engine.embed(image_id)
+    session = Session(id=session_id, image_id=image_id, embedding=embedding,
+                      prompt_mode=prompt_mode, multimask=multimask, text=text)
+    if initial_mask is not None:
+        mask = await asyncio.to_thread(check_initial_mask, initial_mask, embedding.image_size)
+        if mask is not None:
+            prediction, prompts = await asyncio.to_thread(initial_state, ctx.engine.segmenter, mask)
+            session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
+                                            initial=prediction, prompts=prompts)
+    return ctx.store.add(session, replace=replace)
+
+
+def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
+    """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array."""
+    from msagent.errors import InvalidMask
+
+    if not data:
+        raise InvalidMask("the initial_mask upload is empty")
+    try:
+        if data.startswith(b"\x93NUMPY"):
+            return load_npy_bytes(data, max_pixels)
+        return decode_upload(data, max_pixels=max_pixels)[:, :, 0]
+    except InvalidImage as exc:
+        raise InvalidMask(f"initial_mask: {exc}") from None
+
+
+async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
+                     multimask: bool | None) -> None:
+    """Decode ``prompt`` on top of the session's state and push the new state."""
+    async with session.lock:
+        state = session.state
+        request = state.request(prompt)  # the episode core's rule: prompts, previous logits
+        pred = await ctx.engine.decode(
+            session.embedding, request.prompts, request.prev_logits,
+            session.multimask if multimask is None else multimask)
+        session.push(state.after(prompt, pred))
