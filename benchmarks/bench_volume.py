@@ -53,7 +53,8 @@ from msagent.backbones.propagation import Seed, SliceStack
 from msagent.backbones.segmenter import image_key
 from msagent.types import Prompts
 from msagent.volume.agent import VolumeAgent
-from msagent.volume.propagation import EmbeddingStore, GenericPropagator
+from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.propagation import GenericPropagator
 
 CASES = ("encodes", "propagation", "repropagation", "memory")
 PROPAGATION_GOAL = 1.15
@@ -119,7 +120,7 @@ def mni152(target: str = "brain"):
     volume = io.Volume(data=np.asarray(template.get_fdata()), affine=np.asarray(template.affine))
     stack = build_stack(volume, plane="axial")
     mask = _mni152_labels(2)[target].astype(np.uint8)
-    return stack.stack, label_stack(io.Volume(data=mask, affine=volume.affine), stack, target)
+    return stack.slices, label_stack(io.Volume(data=mask, affine=volume.affine), stack, target)
 
 
 def sub_stack(stack: SliceStack, gt: np.ndarray, low: int, high: int) -> tuple[SliceStack, np.ndarray]:

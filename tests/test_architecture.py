@@ -1,9 +1,10 @@
 """The layering is data: pyproject.toml's import-linter contracts, run as a test.
 
-The contracts (``[tool.importlinter]``): the core depends on no app (server, web app, CLI,
-training); nothing imports the CLI but ``msagent.__main__``; the CLI's modules import no
-circle; plugins import only ``msagent`` and ``msagent.backbones`` (plus the modules the note
-in pyproject.toml allows for now). ``lint-imports`` runs the same contracts by hand.
+The contracts (``[tool.importlinter]``): one exhaustive ``layers`` contract over the children
+of ``msagent`` (apps > jobs > engines > contracts > foundation: every child has a layer, and a
+module imports only from layers below its own), and plugins import only the public SDK.
+``lint-imports`` runs the same contracts by hand. Besides: the top level holds the foundation
+only, and no two modules of msagent import each other, directly or in a circle.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import pytest
+import grimp
 from importlinter.application.use_cases import lint_imports
 from importlinter.configuration import configure
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = {"server", "cli", "webapp", "__main__"}
+PACKAGE = ROOT / "src" / "msagent"
+MAX_TOP_LEVEL_MODULES = 16
 
 
 def _config() -> dict:
@@ -28,9 +30,8 @@ def _contract(contract_id: str) -> dict:
 
 
 def _msagent_children() -> set[str]:
-    package = ROOT / "src" / "msagent"
-    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
-    return modules | {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    return modules | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
 
 
 def test_the_import_contracts_hold(capsys, monkeypatch):
@@ -42,27 +43,58 @@ def test_the_import_contracts_hold(capsys, monkeypatch):
     assert passed, "an import contract is broken (pyproject.toml [tool.importlinter]):\n" + report
 
 
-def test_every_module_is_either_core_or_an_app():
-    """A new module must be placed: in the core contract's list, or one of the apps."""
-    core = {name.removeprefix("msagent.") for name in _contract("core")["source_modules"]}
-    children = _msagent_children()
-    unplaced = sorted(children - core - APPS)
-    assert not unplaced, f"add {unplaced} to the 'core' contract in pyproject.toml (or make it an app)"
-    assert not sorted(core - children), "the 'core' contract lists modules that no longer exist"
+def test_the_top_level_is_the_foundation_and_every_role_a_package():
+    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert len(modules) <= MAX_TOP_LEVEL_MODULES, f"{len(modules)} top-level modules: {modules}"
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert {"plugins", "backbones", "policies", "agent", "volume", "generation", "export",
+            "evaluation", "io", "datasets", "server", "webapp", "cli", "testing"} <= packages
 
 
-def test_plugins_are_forbidden_every_core_module_but_the_sdk():
-    allowed = {"backbones", "errors", "types", "policy", "options", "protocol", "segmenter"}
-    forbidden = {name.removeprefix("msagent.").removesuffix(".**")
-                 for name in _contract("plugins")["forbidden_modules"]}
-    missing = sorted(_msagent_children() - {"__main__"} - allowed - forbidden)
-    assert not missing, f"add {missing} to the 'plugins' contract's forbidden_modules"
+def test_the_layers_name_every_child_of_msagent():
+    layered = {name.strip() for layer in _contract("layers")["layers"]
+               for name in layer.replace(":", "|").split("|")}
+    assert layered == _msagent_children(), "pyproject.toml's layers contract must list every child"
 
 
-@pytest.mark.parametrize("contract_id", ["core", "plugins"])
-def test_the_web_app_is_forbidden_by_name_once_it_exists(contract_id):
-    """Until msagent.webapp exists the contracts name its submodules (``msagent.webapp.**``):
-    import-linter refuses a module that does not exist. Once it does, name the package."""
-    if not (ROOT / "src" / "msagent" / "webapp" / "__init__.py").is_file():
-        pytest.skip("msagent.webapp does not exist yet")
-    assert "msagent.webapp" in _contract(contract_id)["forbidden_modules"]
+def _cycles() -> list[list[str]]:
+    """Strongly connected groups of msagent modules (import circles), type-only imports aside."""
+    graph = grimp.build_graph("msagent", exclude_type_checking_imports=True, cache_dir=None)
+    modules = sorted(graph.modules)
+    index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], [0]
+
+    def visit(root: str) -> None:  # Tarjan's algorithm, iterative (no recursion limit)
+        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        index[root] = low[root] = counter[0]; counter[0] += 1
+        stack.append(root); on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter[0]; counter[0] += 1
+                    stack.append(child); on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop(); on_stack.discard(member); group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+
+    for module in modules:
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_circles():
+    assert _cycles() == []

@@ -20,7 +20,7 @@ from msagent.datasets import (
 )
 from msagent.errors import InvalidImage, InvalidInput
 from msagent.evaluation import EvalConfig, RecordStore, evaluate
-from msagent.evaluation.runner import NOC_ON_VOLUME, REFINE_ON_VOLUME
+from msagent.evaluation.units import NOC_ON_VOLUME, REFINE_ON_VOLUME
 from msagent.volume.trajectory import VolumeTrajectory
 
 from .test_volume import Bright, tube
@@ -72,8 +72,8 @@ def test_the_reader_lists_volume_cases_without_reading_voxels(msd, monkeypatch):
                          "spacing": [0.8, 0.8, 3.0]}
     monkeypatch.undo()
     loaded = dataset[0]
-    assert isinstance(loaded, LoadedVolume) and loaded.stack.stack.count == 16
-    assert loaded.stack.stack.spacing == pytest.approx((3.0, 0.8, 0.8))
+    assert isinstance(loaded, LoadedVolume) and loaded.sliced.slices.count == 16
+    assert loaded.sliced.slices.spacing == pytest.approx((3.0, 0.8, 0.8))
     _, mask = tube(16)
     assert loaded.ground_truth.sum() == mask.sum() and loaded.ground_truth.shape[0] == 16
     assert open_dataset(msd, volumes=True).ids == dataset.ids

@@ -15,7 +15,8 @@ from msagent.backbones.propagation import Seed, SliceStack
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
 from msagent.policies.base import Policy, Reply
 from msagent.types import BBox, MaskPrediction
-from msagent.volume.propagation import EmbeddingStore, GenericPropagator, grown_box, propagator_for
+from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.propagation import GenericPropagator, grown_box, propagator_for
 from msagent.volume.stack import build_stack
 from msagent.volume.trajectory import VolumeTrajectory
 
@@ -116,7 +117,7 @@ def test_axis_and_voxel_order(bright):
 def test_generic_propagation_ends_where_the_target_ends(bright):
     volume, mask = tube()
     volume[:3], mask[:3] = 20.0, False  # no target in the first three slices
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     propagator.add_seed(8, Seed(mask[8]))
     results = propagator.propagate()
@@ -128,7 +129,7 @@ def test_generic_propagation_ends_where_the_target_ends(bright):
 
 def test_repropagation_decodes_only_until_results_stop_changing(bright):
     volume, mask = tube()
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     propagator.add_seed(8, Seed(mask[8]))
     propagator.propagate()
@@ -146,7 +147,7 @@ def test_repropagation_decodes_only_until_results_stop_changing(bright):
 
 def test_between_two_seeds_each_slice_follows_the_nearer(bright):
     volume, mask = tube()
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     calls = []
     decode = bright.decode
@@ -252,7 +253,7 @@ def test_volume_trajectory_json_is_lossless(bright):
 
 def test_embeddings_beyond_the_budget_are_spilled_and_reloaded(bright):
     volume, mask = tube()
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     store = EmbeddingStore(bright, stack, max_in_memory=2)
     propagator = GenericPropagator(bright, stack, store=store)
     propagator.add_seed(8, Seed(mask[8]))
@@ -277,7 +278,7 @@ def test_nifti_in_voxel_order(tmp_path, bright):
                                     policy="expert", ground_truth=tmp_path / "labels.nii.gz",
                                     label=6, review_slices=0)
     assert np.array_equal(result.mask, labels == 6)
-    assert result.stack.plane == "axial"
+    assert result.sliced.plane == "axial"
     assert result.trajectory.spacing == pytest.approx((3.0, 0.8, 0.8))
 
 
@@ -339,14 +340,14 @@ def test_volume_runs_export_as_sft_rows(tmp_path, bright):
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, review_slices=2, key_slice=7)
     trajectory = attrs.evolve(result.trajectory, case_id="tube-1")
-    run = VolumeRun(trajectory, result.stack.stack, mask)
+    run = VolumeRun(trajectory, result.sliced.slices, mask)
     write_volume_set([run], tmp_path / "set")
     records = list(read_trajectories(tmp_path / "set"))
     episodes = [e for e in trajectory.episodes if e.trajectory is not None]
     assert [r.case_id for r in records] == [f"tube-1/slice-{e.slice}" for e in episodes]
     assert [r.row["strategy"] for r in records] == [f"volume-{e.role}" for e in episodes]
     review = next(r for r in records if r.row["strategy"] == "volume-review")
-    assert np.array_equal(review.image(), result.stack.stack.image(review.trajectory.meta["slice"]))
+    assert np.array_equal(review.image(), result.sliced.slices.image(review.trajectory.meta["slice"]))
     assert np.array_equal(review.ground_truth(), mask[review.trajectory.meta["slice"]])
     write_volume_set([run], tmp_path / "set")  # a rerun keeps the shard
     with pytest.raises(InvalidInput, match="another trajectory set"):
@@ -369,7 +370,7 @@ def test_unknown_options_are_named(bright):
 def test_an_empty_seed_ends_the_target_without_claiming_slices_toward_the_key(bright):
     volume, mask = tube()
     mask[12:] = False
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     propagator.add_seed(5, Seed(mask[5]))
     propagator.propagate()

@@ -135,7 +135,7 @@ import sys, tempfile
 tempfile.tempdir = {str(tmp_path)!r}
 import numpy as np
 from msagent.backbones.propagation import SliceStack
-from msagent.volume.propagation import EmbeddingStore
+from msagent.volume.embeddings import EmbeddingStore
 from msagent.backbones.segmenter import Segmenter
 
 class Plain(Segmenter):
@@ -224,7 +224,7 @@ def test_a_bad_seed_is_refused_and_leaves_the_propagator_usable():
     from msagent.volume.stack import build_stack
 
     volume, mask = tube(count=6)
-    stack = build_stack(volume, window="200/110").stack
+    stack = build_stack(volume, window="200/110").slices
     propagator = GenericPropagator(Bright(), stack)
     for index in (2.5, True, "1", -1, 6):
         with pytest.raises(IndexError):

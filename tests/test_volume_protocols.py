@@ -26,7 +26,7 @@ def test_cvpr_3d_box_then_propagation_is_perfect_on_a_clean_tube():
 
 def test_cvpr_3d_clicks_go_where_the_3d_error_is_and_help():
     volume, mask = tube(shift_at=11, shift=40)  # propagation from z_mid loses the jump
-    stack = build_stack(volume).stack
+    stack = build_stack(volume).slices
     bright = Bright()
     outcome = run_cvpr_3d(bright, stack, mask, propagation="generic")
     dice = outcome.curves["dice"]
@@ -41,7 +41,7 @@ def test_cvpr_3d_clicks_go_where_the_3d_error_is_and_help():
 
 def _box_step(volume, mask, box):
     """Step 0 of the protocol (the box's slice, propagated), to predict its first click."""
-    outcome = run_cvpr_3d(Bright(), build_stack(volume).stack, mask, clicks=0,
+    outcome = run_cvpr_3d(Bright(), build_stack(volume).slices, mask, clicks=0,
                           propagation="generic")
     return outcome.mask
 

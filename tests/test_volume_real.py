@@ -46,7 +46,7 @@ def test_expert_key_slice_propagation_and_review_on_mni152(brain, litemedsam):
 def test_cvpr_3d_protocol_on_mni152(brain, litemedsam):
     volume, gt = brain
     stack = build_stack(volume)
-    outcome = run_cvpr_3d(litemedsam, stack.stack, label_stack(gt, stack, "gt"))
+    outcome = run_cvpr_3d(litemedsam, stack.slices, label_stack(gt, stack, "gt"))
     dice = outcome.curves["dice"]
     assert len(dice) == 6 and all(0 <= d <= 1 for d in dice) and dice[0] > 0.3
     assert 0 <= outcome.values["dsc_auc"] <= 4 and outcome.turns == 6

@@ -1,17 +1,20 @@
 """One bounded, thread-safe LRU map for the caches and stores that keep "the most recent N".
 
 The stores of the server (volumes, runs, policies, images, session origins), the embedding
-caches of backbones and the training episode stores all hold at most ``maxsize`` entries
-(and, optionally, at most ``max_weight`` of some measure such as bytes) and drop the least
-recently used first. :meth:`BoundedLRU.get` counts as a use; :meth:`BoundedLRU.peek` does not,
-so a store that is bounded by insertion order only (first in, first out) reads with ``peek``.
+cache every backbone owns and the 3-D run's resident slice embeddings all hold at most
+``maxsize`` entries (and, optionally, at most ``max_weight`` of some measure such as bytes)
+and drop the least recently used first. :meth:`BoundedLRU.get` counts as a use;
+:meth:`BoundedLRU.peek` does not, so a store that is bounded by insertion order only (first
+in, first out) reads with ``peek``. :meth:`BoundedLRU.get_or_compute` is single-flight:
+concurrent misses on one key compute it once (the others wait, then hit), and ``hits`` /
+``misses`` count its lookups.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +38,80 @@ class BoundedLRU(Mapping[K, V]):
         self._items: OrderedDict[K, V] = OrderedDict()
         self._weight = 0.0
         self._lock = threading.Lock()
+        self._pending: dict[K, threading.Lock] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
+        """The value of ``key``; on a miss ``compute()`` stores it. Concurrent misses on one
+        key compute once: latecomers wait for the first and then hit. A failed compute stores
+        nothing (the next caller tries again)."""
+        with self._lock:
+            if (hit := self._hit(key)) is not _MISSING:
+                return hit
+            key_lock = self._pending.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if (hit := self._hit(key)) is not _MISSING:
+                    return hit
+                self.misses += 1
+            try:
+                value = compute()
+                with self._lock:
+                    self._store(key, value)
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+        return value
+
+    def get_or_compute_many(self, keys: Sequence[K], compute_many: Callable[[list[K]], Sequence[V]]
+                            ) -> list[V]:
+        """Values for ``keys``: hits from the map, the misses nobody is computing in one
+        ``compute_many(missing_keys)`` call (values in that order), and keys another thread is
+        computing waited for (so concurrent batches compute each key once)."""
+        found: dict[K, V] = {}
+        owned: dict[K, threading.Lock] = {}
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if (hit := self._hit(key)) is not _MISSING:
+                    found[key] = hit
+                elif key not in self._pending:  # claim it: others wait on its lock
+                    owned[key] = self._pending[key] = threading.Lock()
+                    owned[key].acquire()
+                    self.misses += 1
+        try:
+            if owned:
+                values = list(compute_many(list(owned)))
+                found.update(zip(owned, values, strict=True))
+                with self._lock:
+                    for key in owned:
+                        self._store(key, found[key])
+        finally:
+            with self._lock:
+                for key, lock in owned.items():
+                    self._pending.pop(key, None)
+                    lock.release()
+        for key in keys:  # being computed by another thread: wait for it
+            if key not in found:
+                found[key] = self.get_or_compute(key, lambda k=key: compute_many([k])[0])
+        return [found[key] for key in keys]
+
+    def _hit(self, key: K) -> V:
+        """The value (counted as a hit, marked used), or ``_MISSING``; call with the lock held."""
+        value = self._items.get(key, _MISSING)
+        if value is not _MISSING:
+            self.hits += 1
+            self._items.move_to_end(key)
+        return value
+
+    def _store(self, key: K, value: V) -> list[tuple[K, V]]:
+        """:meth:`put` with the lock held."""
+        if key in self._items:
+            self._weight -= self._weight_of(self._items[key])
+        self._items[key] = value
+        self._items.move_to_end(key)
+        self._weight += self._weight_of(value)
+        return self._evict()
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """The value of ``key`` (marked as the most recently used), else ``default``."""
@@ -53,12 +130,7 @@ class BoundedLRU(Mapping[K, V]):
     def put(self, key: K, value: V) -> list[tuple[K, V]]:
         """Store ``value`` as the most recently used; returns the entries dropped for room."""
         with self._lock:
-            if key in self._items:
-                self._weight -= self._weight_of(self._items[key])
-            self._items[key] = value
-            self._items.move_to_end(key)
-            self._weight += self._weight_of(value)
-            return self._evict()
+            return self._store(key, value)
 
     def add(self, key: K, value: V) -> bool:
         """Store ``value`` unless ``key`` is present (then only mark it used); True if stored."""
@@ -81,9 +153,11 @@ class BoundedLRU(Mapping[K, V]):
             return value
 
     def clear(self) -> None:
+        """Drop every entry and reset the hit and miss counts."""
         with self._lock:
             self._items.clear()
             self._weight = 0.0
+            self.hits = self.misses = 0
 
     def __getitem__(self, key: K) -> V:
         with self._lock:

@@ -22,7 +22,7 @@ import numpy as np
 from msagent import io
 from msagent.errors import InvalidMask
 from msagent.io.limits import check_voxels
-from msagent.volume.stack import VolumeStack, build_stack, label_stack
+from msagent.volume.stack import SlicedVolume, build_stack, label_stack
 
 #: a label value, or an nnU-Net v2 region (the union of several values)
 Label = int | tuple[int, ...]
@@ -69,13 +69,13 @@ class VolumeCase:
 
 @attrs.frozen(eq=False)
 class LoadedVolume:
-    """A loaded :class:`VolumeCase`: ``stack`` (its slices, window, plane and source volume)
+    """A loaded :class:`VolumeCase`: ``sliced`` (its slices, window, plane and source volume)
     and ``ground_truth``, the label's mask as slices × H × W bool in display order."""
 
     kind: ClassVar[str] = "volume"
 
     case: VolumeCase
-    stack: VolumeStack
+    sliced: SlicedVolume
     ground_truth: np.ndarray
 
     @property

@@ -31,7 +31,8 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.evaluation.protocols import CVPR_CLICKS, CVPR_NSD_MIN_DICE, Outcome
 from msagent.types import Prompts
 from msagent.volume.agent import VolumeAgent
-from msagent.volume.propagation import METHODS, EmbeddingStore, GenericPropagator, propagator_for
+from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.propagation import METHODS, GenericPropagator, propagator_for
 
 
 def run_volume_agent(agent: VolumeAgent, stack: SliceStack, target: str, gt: np.ndarray, *,

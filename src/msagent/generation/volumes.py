@@ -125,9 +125,9 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
             log.info("volume %s: empty ground truth, no episodes", cases[index].id)
             commit(out, ShardResult(index, [], {}, 1))
         else:
-            trajectory = agent.run(loaded.stack.stack, cases[index].target, gt,
-                                   case_id=cases[index].id, where=loaded.stack.where)
-            run = VolumeRun(trajectory, loaded.stack.stack, gt, dict(cases[index].meta))
+            trajectory = agent.run(loaded.sliced.slices, cases[index].target, gt,
+                                   case_id=cases[index].id, where=loaded.sliced.where)
+            run = VolumeRun(trajectory, loaded.sliced.slices, gt, dict(cases[index].meta))
             commit(out, volume_shard(index, run, overlays=overlays))
         bar.update(1)
     bar.close()

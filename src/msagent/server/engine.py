@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from msagent._lru import BoundedLRU
 from msagent.backbones.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
 from msagent.errors import InvalidInput, SegmenterError
 from msagent.io.wire import decode_upload
@@ -34,39 +33,25 @@ class ImageStore:
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         self.max_items, self.max_bytes = max_items, max_bytes
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._items: BoundedLRU[str, np.ndarray] = BoundedLRU(
+            max_items, weigh=lambda image: image.nbytes, max_weight=max_bytes)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, key: str, image: np.ndarray) -> bool:
         """Store ``image``; returns False if it was already there."""
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return False
-            self._items[key] = image
-            self._bytes += image.nbytes
-            while len(self._items) > 1 and (len(self._items) > self.max_items
-                                            or self._bytes > self.max_bytes):
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
-            return True
+        return self._items.add(key, image)
 
     def get(self, key: str) -> np.ndarray:
-        with self._lock:
-            image = self._items.get(key)
-            if image is None:
-                raise ImageNotFound(f"no image {key!r} on this server (never uploaded, or dropped "
-                                    "to make room); upload it with POST /v1/images")
-            self._items.move_to_end(key)
-            return image
+        image = self._items.get(key)
+        if image is None:
+            raise ImageNotFound(f"no image {key!r} on this server (never uploaded, or dropped "
+                                "to make room); upload it with POST /v1/images")
+        return image
 
     def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._items
+        return key in self._items
 
 
 class Engine:

@@ -26,86 +26,23 @@
 :func:`propagator_for` picks the backbone's native propagator (SAM2's video memory) when it
 has one, else this one.
 
-:class:`EmbeddingStore` holds one run's slice embeddings, so each slice is encoded once per
-run whatever visits it (propagation, the key and review episodes). Memory policy: the
-``max_in_memory`` most recently used embeddings stay as they are (on the backbone's device);
-older ones are pickled to a private temporary folder and loaded back when needed, so a
-512×512×300 CT holds at most ``max_in_memory`` embeddings in memory.
+:class:`~msagent.volume.embeddings.EmbeddingStore` holds the run's slice embeddings.
 """
 
 from __future__ import annotations
-
-import pickle
-import shutil
-import tempfile
-import weakref
-from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
 from msagent.agent.refine import mask_box
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
-from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter
+from msagent.backbones.segmenter import LOW_RES, Segmenter
 from msagent.errors import InvalidInput
 from msagent.types import BBox, MaskPrediction, Prompts
+from msagent.volume.embeddings import EmbeddingStore
 
 METHODS = ("auto", "native", "generic")
 #: areas (pixels) below which a jump in area is not read as the target's end
 GROWTH_FLOOR = 64
-
-
-class EmbeddingStore:
-    """One run's slice embeddings, each encoded once (see the module docstring)."""
-
-    def __init__(self, segmenter: Segmenter, stack: SliceStack, *, max_in_memory: int = 64) -> None:
-        if max_in_memory < 1:
-            raise InvalidInput(f"max_in_memory must be at least 1, got {max_in_memory}")
-        self.segmenter, self.stack, self.max_in_memory = segmenter, stack, int(max_in_memory)
-        self._resident: OrderedDict[int, Embedding] = OrderedDict()
-        self._spilled: dict[int, Path] = {}
-        self._folder: Path | None = None
-        self.encodes = 0
-
-    def __getitem__(self, index: int) -> Embedding:
-        if index in self._resident:
-            self._resident.move_to_end(index)
-            return self._resident[index]
-        if index in self._spilled:
-            with open(self._spilled.pop(index), "rb") as handle:  # our own file, written below
-                embedding = pickle.load(handle)  # noqa: S301
-        else:
-            embedding = self.segmenter.encode(self.stack.image(index))
-            self.encodes += 1
-        self._resident[index] = embedding
-        self._spill_beyond_budget()
-        return embedding
-
-    def __contains__(self, index: int) -> bool:
-        return index in self._resident or index in self._spilled
-
-    @property
-    def in_memory(self) -> int:
-        return len(self._resident)
-
-    def _spill_beyond_budget(self) -> None:
-        while len(self._resident) > self.max_in_memory:
-            index, embedding = self._resident.popitem(last=False)
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="msagent-embeddings-"))
-                # removed by close(), else when the store is dropped or the process exits
-                self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
-            path = self._folder / f"{index}.pkl"
-            with open(path, "wb") as handle:
-                pickle.dump(embedding, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            self._spilled[index] = path
-
-    def close(self) -> None:
-        self._resident.clear()
-        self._spilled.clear()
-        if self._folder is not None:
-            self._remove()
-            self._folder = None
 
 
 class GenericPropagator(Propagator):

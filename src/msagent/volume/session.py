@@ -49,8 +49,9 @@ from msagent.backbones.propagation import Propagator, Seed
 from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.errors import InvalidInput, MsAgentError
 from msagent.types import BBox, MaskPrediction, Point, Prompts
-from msagent.volume.propagation import EmbeddingStore, GenericPropagator, propagator_for
-from msagent.volume.stack import VolumeStack
+from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.propagation import GenericPropagator, propagator_for
+from msagent.volume.stack import SlicedVolume
 
 MAX_VOLUME_SESSIONS = 4
 MAX_HISTORY = 16
@@ -126,14 +127,14 @@ class VolumeSession:
     ``volume_id`` names the volume for the caller's lookups; ``source`` is kept for the
     caller (the web app keeps its stored volume there, for export)."""
 
-    def __init__(self, stack: VolumeStack, segmenter: Segmenter, *, method: str = "auto",
+    def __init__(self, sliced: SlicedVolume, segmenter: Segmenter, *, method: str = "auto",
                  target: str, text: str | None = None, volume_id: str = "",
                  source: object = None) -> None:
         self.id = uuid.uuid4().hex
         self.volume_id, self.source = volume_id, source
-        self.volume_stack, self.segmenter = stack, segmenter
+        self.sliced, self.segmenter = sliced, segmenter
         self.method, self.target, self.text = method, target, text
-        self.store = EmbeddingStore(segmenter, stack.stack, max_in_memory=MAX_IN_MEMORY)
+        self.store = EmbeddingStore(segmenter, sliced.slices, max_in_memory=MAX_IN_MEMORY)
         self.propagator: Propagator = self._new_propagator()
         self.history: list[Snapshot] = [Snapshot()]
         self.lock = asyncio.Lock()
@@ -148,11 +149,11 @@ class VolumeSession:
     # -- what it is -----------------------------------------------------------------------
     @property
     def count(self) -> int:
-        return self.volume_stack.stack.count
+        return self.sliced.slices.count
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.volume_stack.stack.image_size
+        return self.sliced.slices.image_size
 
     @property
     def state(self) -> Snapshot:
@@ -170,7 +171,7 @@ class VolumeSession:
     def check_index(self, index: int) -> int:
         if not 0 <= index < self.count:
             raise SliceOutOfRange(f"slice {index} is outside this session's "
-                                  f"{self.volume_stack.where} slices 0..{self.count - 1}")
+                                  f"{self.sliced.where} slices 0..{self.count - 1}")
         return index
 
     # -- prompts --------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class VolumeSession:
         self._given, self._live = {}, {}
 
     def _new_propagator(self) -> Propagator:
-        return propagator_for(self.segmenter, self.volume_stack.stack, self.method, store=self.store)
+        return propagator_for(self.segmenter, self.sliced.slices, self.method, store=self.store)
 
     def _drop_propagator(self) -> None:
         self._decodes_before += self.propagator.decodes
@@ -298,7 +299,7 @@ class VolumeSession:
     def masks(self) -> np.ndarray:
         """What every slice shows, count × H × W bool in display order."""
         current = self.state
-        out = np.zeros(self.volume_stack.stack.gray.shape, bool)
+        out = np.zeros(self.sliced.slices.gray.shape, bool)
         for index, result in (current.results or {}).items():
             out[index] = result.mask(self.image_size)
         for index, state in current.prompted.items():

@@ -30,13 +30,13 @@ from msagent.io.limits import check_voxels
 
 
 @attrs.frozen(eq=False)
-class VolumeStack:
-    """A :class:`SliceStack` and how its slices sit in the source volume.
+class SlicedVolume:
+    """A volume's ``slices`` (a :class:`SliceStack`) and how they sit in the source volume.
 
     ``volume`` is the :class:`msagent.io.Volume` (None for a NumPy input), ``plane`` the plane
     name or ``axis`` the array axis sliced; ``window`` the (width, level) used."""
 
-    stack: SliceStack
+    slices: SliceStack
     shape: tuple[int, int, int]  # the source's voxel shape
     volume: io.Volume | None = None
     plane: str | None = None
@@ -57,7 +57,7 @@ class VolumeStack:
             return np.moveaxis(data, self.axis, 0)
         return np.stack([self.volume.view(i, self.plane).to_display(
             np.take(data, i, axis=self.volume.view(i, self.plane).axis))
-            for i in range(self.stack.count)])
+            for i in range(self.slices.count)])
 
     def to_voxels(self, masks: np.ndarray) -> np.ndarray:
         """count × H × W display-order masks → a bool array in the source's voxel order."""
@@ -72,8 +72,8 @@ class VolumeStack:
 
 def build_stack(source: Any, *, plane: str = "axial", axis: int | None = None,
                 spacing: Sequence[float] | None = None, window: Any = None,
-                max_voxels: int | None = None) -> VolumeStack:
-    """A :class:`VolumeStack` from a path (NIfTI file, DICOM series folder or file), an
+                max_voxels: int | None = None) -> SlicedVolume:
+    """A :class:`SlicedVolume` from a path (NIfTI file, DICOM series folder or file), an
     :class:`msagent.io.Volume` or a 3-D NumPy array (with ``spacing`` and ``axis``)."""
     if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
         source = io.read_volume(source, max_voxels=max_voxels)
@@ -86,7 +86,7 @@ def build_stack(source: Any, *, plane: str = "axial", axis: int | None = None,
     return _from_array(source, 0 if axis is None else axis, spacing, window, max_voxels)
 
 
-def _from_volume(volume: io.Volume, plane: str, window: Any) -> VolumeStack:
+def _from_volume(volume: io.Volume, plane: str, window: Any) -> SlicedVolume:
     width, level = io.choose_window(volume, window).pair
     # slice by slice, so the float copy apply_window makes is one slice, not the volume
     gray = np.stack([io.apply_window(volume.slice(i, plane), width, level)
@@ -94,12 +94,12 @@ def _from_volume(volume: io.Volume, plane: str, window: Any) -> VolumeStack:
     view = volume.view(0, plane)
     row, col = volume.slice_spacing(plane)
     stack = SliceStack(gray, (volume.spacing[view.axis], row, col))
-    return VolumeStack(stack, volume.shape, volume=volume, plane=plane, axis=view.axis,
+    return SlicedVolume(stack, volume.shape, volume=volume, plane=plane, axis=view.axis,
                        window=(width, level))
 
 
 def _from_array(data: Any, axis: int, spacing: Sequence[float] | None, window: Any,
-                max_voxels: int | None) -> VolumeStack:
+                max_voxels: int | None) -> SlicedVolume:
     if not isinstance(data, np.ndarray):
         raise InvalidImage(f"a volume is a path, an msagent.io.Volume or a 3-D NumPy array, got "
                            f"{type(data).__name__}")
@@ -118,7 +118,7 @@ def _from_array(data: Any, axis: int, spacing: Sequence[float] | None, window: A
     gray = np.stack([io.apply_window(np.take(data, i, axis=axis), width, level)
                      for i in range(data.shape[axis])])
     rest = [spacing[a] for a in range(3) if a != axis]
-    return VolumeStack(SliceStack(gray, (spacing[axis], rest[0], rest[1])), tuple(data.shape),
+    return SlicedVolume(SliceStack(gray, (spacing[axis], rest[0], rest[1])), tuple(data.shape),
                        axis=axis, window=(width, level))
 
 
@@ -136,25 +136,25 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]
     return values
 
 
-def label_stack(labels: Any, stack: VolumeStack, what: str, label: int | None = None) -> np.ndarray:
+def label_stack(labels: Any, sliced: SlicedVolume, what: str, label: int | None = None) -> np.ndarray:
     """A label volume on the source's grid (a path, an io.Volume or an array; ``label`` picks
     one value, else nonzero) as count × H × W bool slices in display order."""
     if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__"):
         labels = io.read_volume(labels)
     if isinstance(labels, io.Volume):
-        if stack.volume is not None and not np.allclose(labels.affine, stack.volume.affine, atol=1e-3):
+        if sliced.volume is not None and not np.allclose(labels.affine, sliced.volume.affine, atol=1e-3):
             raise InvalidMask(f"the {what} is not on the image's voxel grid (its affine differs); "
                               "resample it first")
         labels = labels.data
     try:
         array = np.asarray(labels)
     except (TypeError, ValueError):  # a ragged or otherwise unreadable nested list
-        raise InvalidMask(f"the {what} must be an array of the volume's shape {stack.shape}, got "
+        raise InvalidMask(f"the {what} must be an array of the volume's shape {sliced.shape}, got "
                           f"{type(labels).__name__}") from None
-    if array.shape != stack.shape:
-        raise InvalidMask(f"the {what} has shape {array.shape} but the volume {stack.shape}; they "
+    if array.shape != sliced.shape:
+        raise InvalidMask(f"the {what} has shape {array.shape} but the volume {sliced.shape}; they "
                           "must match voxel for voxel")
     if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
         raise InvalidMask(f"the {what} must hold finite numbers (0 = background), got {array.dtype}")
     mask = array == label if label is not None else array != 0
-    return np.ascontiguousarray(stack.to_display(mask))
+    return np.ascontiguousarray(sliced.to_display(mask))

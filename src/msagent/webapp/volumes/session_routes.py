@@ -139,7 +139,7 @@ def info(session: VolumeSession) -> VolumeSessionInfo:
             for i, source, area, score in session.summary()]
     return VolumeSessionInfo(
         session_id=session.id, volume_id=session.volume_id, target=session.target,
-        plane=session.volume_stack.plane, window=list(session.volume_stack.window),
+        plane=session.sliced.plane, window=list(session.sliced.window),
         propagation=session.method, method=session.propagator.method, count=session.count,
         width=width, height=height, seeds=sorted(current.prompted), pending=current.pending,
         propagated=current.results is not None, undo=len(session.history) - 1,
@@ -272,7 +272,7 @@ def _export(session: VolumeSession, body: ExportVolumeRequest) -> tuple[bytes, s
     if not masks.any():
         raise Conflict("the result is empty on every slice: prompt a slice with the target "
                        "(and propagate) first")
-    voxels = session.volume_stack.to_voxels(masks)
+    voxels = session.sliced.to_voxels(masks)
     label = body.label or session.target[:64]  # DICOM SEG labels are at most 64 characters
     return export_mask(session.source, voxels, body.format, label)
 
