@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from msagent.errors import InvalidInput
+from msagent.types import _tuple
 
 MAX_CLIENT_TEXT = 4000  # characters of KEY=VALUE text a client may send
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -42,7 +43,7 @@ class Option:
     type: type = attrs.field(validator=attrs.validators.in_((int, float, bool, str)))
     minimum: float | None = None
     maximum: float | None = None
-    choices: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    choices: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     optional: bool = False
     help: str = ""
 

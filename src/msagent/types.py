@@ -8,11 +8,22 @@ indices). Tool-call coordinates in the 0–999 frame live only in :mod:`msagent.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
 import numpy as np
+
+
+def _tuple(values: Iterable[Any]) -> tuple[Any, ...]:
+    """attrs converter: ``tuple``, typed (mypy's attrs plugin cannot bind ``converter=tuple``)."""
+    return tuple(values)
+
+
+def _dict(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """attrs converter: ``dict``, typed (mypy's attrs plugin cannot bind ``converter=dict``)."""
+    return dict(mapping)
+
 
 ActionKind = Literal["add_bbox", "add_point", "stop_action"]
 ACTION_KINDS: tuple[str, ...] = ("add_bbox", "add_point", "stop_action")
@@ -64,9 +75,9 @@ class Action:
     """
 
     kind: str = attrs.field(validator=attrs.validators.in_(ACTION_KINDS))
-    arguments: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, eq=True, hash=False)
+    arguments: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict, eq=True, hash=False)
     raw_text: str = ""
-    ignored: tuple[str, ...] = attrs.field(default=(), converter=tuple)  # unknown argument keys
+    ignored: tuple[str, ...] = attrs.field(default=(), converter=_tuple)  # unknown argument keys
 
     @property
     def is_stop(self) -> bool:
@@ -80,7 +91,7 @@ class Prompts:
     ignore it)."""
 
     box: BBox | None = None
-    points: tuple[Point, ...] = attrs.field(default=(), converter=tuple)
+    points: tuple[Point, ...] = attrs.field(default=(), converter=_tuple)
     text: str | None = None
 
     def add(self, prompt: BBox | Point) -> "Prompts":
@@ -161,7 +172,7 @@ class Step:
     score: float | None = None
     iou: float | None = None
     dice: float | None = None
-    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
     prompt: BBox | Point | None = None
     prompts: Prompts | None = None
 
@@ -204,7 +215,7 @@ class Trajectory:
     stop_reason: str = ""
     case_id: str = ""
     image_sha256: str = ""
-    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
     initial: InitialMask | None = None
 
     @property
@@ -275,7 +286,7 @@ class Case:
     image: np.ndarray
     target: str
     ground_truth: np.ndarray | None = None
-    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from msagent import io
-from msagent.types import Case
+from msagent.types import Case, _dict, _tuple
 
 log = logging.getLogger(__name__)
 Loader = Callable[[], tuple[np.ndarray, np.ndarray]]
@@ -33,7 +33,7 @@ class CaseRef:
     id: str
     target: str
     loader: Loader
-    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
 
     def load(self) -> Case:
         image, mask = self.loader()
@@ -48,7 +48,7 @@ class Dataset:
     dataset of whole-volume cases (:class:`~msagent.datasets.volumes.VolumeCase` refs) yields
     :class:`~msagent.datasets.volumes.LoadedVolume` objects instead, one volume at a time."""
 
-    refs: tuple[CaseRef, ...] = attrs.field(converter=tuple)
+    refs: tuple[CaseRef, ...] = attrs.field(converter=_tuple)
     name: str = ""
 
     def __attrs_post_init__(self) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from msagent.options import Option
 from msagent.render import POLICY_IMAGE_SIZE
-from msagent.types import Action, MaskPrediction, Step
+from msagent.types import Action, MaskPrediction, Step, _dict
 
 
 @attrs.frozen
@@ -26,7 +26,7 @@ class Reply:
     """A policy's answer for one turn."""
 
     text: str
-    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    usage: Mapping[str, Any] = attrs.field(factory=dict, converter=_dict)
 
 
 @attrs.define(eq=False)
