@@ -77,3 +77,57 @@ def test_it_reads_as_a_mapping_without_counting_uses():
     assert lru == {"a": 1, "b": 2} and lru["a"] == 1 and list(lru) == ["a", "b"]
     with pytest.raises(KeyError):
         lru["c"]
+
+
+def test_get_or_compute_is_single_flight_and_counts_hits_and_misses():
+    lru, calls, started = BoundedLRU(4), [], threading.Event()
+    release = threading.Event()
+
+    def compute():
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return "value"
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(lru.get_or_compute("k", compute)))
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=lambda: results.append(lru.get_or_compute("k", compute)))
+              for _ in range(4)]
+    for thread in others:
+        thread.start()
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert results == ["value"] * 5 and len(calls) == 1
+    assert (lru.misses, lru.hits) == (1, 4)
+
+
+def test_a_failed_compute_stores_nothing_and_the_next_caller_tries_again():
+    lru = BoundedLRU(4)
+
+    def broken():
+        raise RuntimeError("encoder failed")
+
+    with pytest.raises(RuntimeError):
+        lru.get_or_compute("k", broken)
+    assert "k" not in lru and lru.get_or_compute("k", lambda: 7) == 7 and lru.misses == 2
+
+
+def test_get_or_compute_many_computes_only_the_misses_in_one_call():
+    lru, batches = BoundedLRU(8), []
+    lru.get_or_compute("a", lambda: "A")
+
+    def compute_many(keys):
+        batches.append(list(keys))
+        return [key.upper() for key in keys]
+
+    assert lru.get_or_compute_many(["a", "b", "c", "b"], compute_many) == ["A", "B", "C", "B"]
+    assert batches == [["b", "c"]] and lru.hits == 1 and lru.misses == 3
+
+
+def test_maxsize_zero_computes_every_time_and_keeps_nothing():
+    lru = BoundedLRU(0)
+    assert lru.get_or_compute("k", lambda: 1) == 1 and len(lru) == 0
+    assert lru.get_or_compute("k", lambda: 2) == 2 and lru.misses == 2
