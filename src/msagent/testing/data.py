@@ -1,4 +1,5 @@
-"""Test and demo data: synthetic phantoms with known masks, and real MRI slices.
+"""Test and demo data: synthetic phantoms with known masks, real MRI slices, a fake Hugging Face
+cache.
 
 ``mni152_slice`` needs nilearn (``pip install nilearn``), which ships the MNI152 T1 template
 and its brain, grey- and white-matter masks, so no download is involved.
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 MNI_TARGETS = {"brain": "brain", "gray matter": "gm", "white matter": "wm"}
+#: The revision every file put in a cache by :func:`add_to_hf_cache` is filed under.
+HF_REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def make_phantom(height: int = 160, width: int = 224, center=(90, 120), radii=(40, 55),
@@ -25,6 +28,23 @@ def make_phantom(height: int = 160, width: int = 224, center=(90, 120), radii=(4
     gray = np.where(mask, 190, 50) + rng.normal(0, 8, (height, width))
     gray = np.clip(gray, 0, 255).astype(np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2), mask
+
+
+def make_tube(count: int = 16, size: tuple[int, int] = (40, 80), shift_at: int | None = None,
+              shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-D phantom: a bright disk through ``count`` slices (radius 5→9→7), optionally jumping
+    ``shift`` px sideways from slice ``shift_at`` on; the float volume and its bool mask, both
+    (D, H, W). The background darkens slice by slice, so that no two slices are alike (one
+    encode per slice, not per distinct content)."""
+    volume = np.full((count, *size), 20.0) + np.arange(count)[:, None, None] * 2.0
+    mask = np.zeros(volume.shape, bool)
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    for z in range(count):
+        radius = 5 + 4 * np.sin(np.pi * z / (count + 4))  # no two slices alike
+        cx = 20 + (shift if shift_at is not None and z >= shift_at else 0)
+        mask[z] = (yy - 20) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    volume[mask] = 200.0
+    return volume, mask
 
 
 def mni152_slice(target: str = "brain", z: int | None = None,
@@ -48,104 +68,9 @@ def add_to_hf_cache(root: Path, repo_id: str, filename: str, source: Path) -> Pa
     out (``models--org--name/snapshots/<rev>/filename`` plus ``refs/main``), so weight
     resolution can be tested offline."""
     repo = Path(root) / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    target = repo / "snapshots" / revision / filename
+    target = repo / "snapshots" / HF_REVISION / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs" / "main").write_text(HF_REVISION)
     shutil.copyfile(source, target)
     return target
-
-
-def check_segmenter(segmenter, image: np.ndarray | None = None, *, thin: bool = False) -> None:
-    """The conformance suite every backbone's tests run: the contract of
-    :class:`msagent.Segmenter`, checked on ``segmenter`` with a non-square phantom (or
-    ``image``), and with a 1-pixel-high strip when ``thin``. Raises AssertionError naming what
-    broke; costs one or two encodes and a few decodes.
-
-    Checked: encode gives an Embedding of the image's size and a second encode of the same
-    pixels hits the cache; decode of a box, of clicks, of a box with clicks and the previous
-    logits gives an H×W bool mask, 256×256 float32 logits and a numeric score; decode is
-    deterministic; decode_batch equals one decode per set; the async front doors equal the
-    sync ones; misuse (a prompt outside the image, no prompt, logits of the wrong shape,
-    mismatched batch lengths) raises SegmenterError; a text-prompted backbone decodes a text
-    alone.
-    """
-    import asyncio
-
-    from msagent.backbones.segmenter import Embedding
-    from msagent.errors import SegmenterError
-    from msagent.types import BBox, Point, Prompts
-
-    def expect(condition: bool, what: str) -> None:
-        if not condition:
-            raise AssertionError(f"{type(segmenter).__name__}: {what}")
-
-    image = make_phantom(96, 136, center=(44, 70), radii=(22, 34))[0] if image is None else image
-    height, width = image.shape[:2]
-    embedding = segmenter.encode(image)
-    expect(isinstance(embedding, Embedding) and tuple(embedding.image_size) == (height, width),
-           f"encode must return an Embedding of size {(height, width)}")
-    cached = segmenter.cache_info()
-    if cached.maxsize > 0:
-        segmenter.encode(image.copy())
-        expect(segmenter.cache_info().hits == cached.hits + 1, "a second encode of the same "
-               "pixels must hit the embedding cache")
-    box = BBox(width // 4, height // 4, 3 * width // 4, 3 * height // 4)
-    inside, outside = Point(width // 2, height // 2), Point(width // 4 + 1, height // 4 + 1, False)
-    first = segmenter.decode(embedding, Prompts(box=box))
-    sets = [Prompts(box=box), Prompts(points=(inside,)), Prompts(box=box, points=(inside, outside))]
-    prevs = [None, None, first.low_res_logits]
-    singles = [segmenter.decode(embedding, p, prev) for p, prev in zip(sets, prevs)]
-    for prompts, prediction in zip(sets, singles):
-        _check_prediction(prediction, (height, width), expect, f"decode({prompts})")
-    again = segmenter.decode(embedding, sets[2], prevs[2])
-    expect(np.array_equal(again.mask, singles[2].mask), "decode must be deterministic")
-    batch = segmenter.decode_batch(embedding, sets, prevs)
-    expect(len(batch) == len(sets), "decode_batch must return one prediction per prompt set")
-    for single, batched in zip(singles, batch):
-        expect(np.array_equal(single.mask, batched.mask)
-               and np.allclose(single.low_res_logits, batched.low_res_logits, atol=1e-3),
-               "decode_batch must equal one decode per prompt set")
-
-    async def both():
-        return await segmenter.aencode(image), await segmenter.adecode(embedding, sets[0])
-
-    aembedding, aprediction = asyncio.run(both())
-    expect(aembedding.key == embedding.key and np.array_equal(aprediction.mask, singles[0].mask),
-           "aencode/adecode must equal encode/decode")
-    wrong_logits = np.zeros((64, 64), np.float32)
-    misuse = {
-        "a click outside the image": lambda: segmenter.decode(embedding, Prompts(points=(Point(width, 0),))),
-        "no prompt": lambda: segmenter.decode(embedding, Prompts()),
-        "logits of the wrong shape": lambda: segmenter.decode(embedding, sets[0], wrong_logits),
-        "one prev_logits for two sets": lambda: segmenter.decode_batch(embedding, sets[:2], [None]),
-    }
-    for what, call in misuse.items():
-        if what == "no prompt" and segmenter.accepts_text:
-            continue
-        try:
-            call()
-        except SegmenterError:
-            continue
-        raise AssertionError(f"{type(segmenter).__name__}: {what} must raise SegmenterError")
-    if segmenter.accepts_text:
-        _check_prediction(segmenter.decode(embedding, Prompts(text="the bright object")),
-                          (height, width), expect, "decode of a text alone")
-    if thin:
-        strip = np.ascontiguousarray(image[height // 2:height // 2 + 1])
-        thin_embedding = segmenter.encode(strip)
-        prediction = segmenter.decode(thin_embedding, Prompts(box=BBox(0, 0, width - 1, 0)))
-        _check_prediction(prediction, (1, width), expect, "decode on a 1-pixel-high image")
-
-
-def _check_prediction(prediction, size: tuple[int, int], expect, what: str) -> None:
-    from msagent.backbones.segmenter import LOW_RES
-
-    mask, logits = prediction.mask, prediction.low_res_logits
-    expect(isinstance(mask, np.ndarray) and mask.shape == size and mask.dtype == bool,
-           f"{what}: the mask must be a {size} bool array")
-    expect(isinstance(logits, np.ndarray) and logits.shape == (LOW_RES, LOW_RES)
-           and logits.dtype == np.float32, f"{what}: low_res_logits must be 256×256 float32")
-    expect(np.isfinite(logits).all(), f"{what}: low_res_logits must be finite")
-    expect(isinstance(float(prediction.score), float), f"{what}: the score must be a number")

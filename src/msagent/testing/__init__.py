@@ -1,0 +1,23 @@
+"""Test support, a product of its own: data with known answers (:mod:`.data`), the backbone
+conformance suite (:mod:`.conformance`), deterministic stand-in backbones (:mod:`.backbones`)
+and pytest fixtures (:mod:`.pytest_plugin`, loaded by pytest through msagent's ``pytest11``
+entry point).
+
+``mni152_slice`` needs nilearn (``pip install nilearn``), which ships the MNI152 T1 template
+and its brain, grey- and white-matter masks, so no download is involved.
+"""
+
+from msagent.testing.backbones import BoxBackbone, BrightBackbone, ComponentBackbone, logits_of
+from msagent.testing.conformance import CHECKS, ConformanceRun, check_segmenter, run_check
+from msagent.testing.data import (
+    HF_REVISION,
+    MNI_TARGETS,
+    add_to_hf_cache,
+    make_phantom,
+    make_tube,
+    mni152_slice,
+)
+
+__all__ = ["CHECKS", "HF_REVISION", "MNI_TARGETS", "BoxBackbone", "BrightBackbone",
+           "ComponentBackbone", "ConformanceRun", "add_to_hf_cache", "check_segmenter",
+           "logits_of", "make_phantom", "make_tube", "mni152_slice", "run_check"]

@@ -1,0 +1,160 @@
+"""Deterministic stand-in backbones for tests: numpy only, known behaviour, exact expectations.
+
+- :class:`BoxBackbone` — the mask is the box; a click sets (positive) or clears (negative) its
+  own pixel. For tests of plumbing (servers, agents, protocols) where what is segmented does
+  not matter.
+- :class:`BrightBackbone` — a box selects the bright pixels inside it; a click adds or removes
+  a disk. For tests whose expected masks follow from a phantom (:func:`make_phantom`,
+  :func:`make_tube`).
+- :class:`ComponentBackbone` — a box selects the bright pixels inside it; a click adds or
+  removes the whole bright connected component under it. For tests of click placement.
+
+Each counts what it did (``encodes``, ``decodes``) and passes :func:`check_segmenter`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from msagent.backbones.segmenter import LOW_RES, Segmenter, image_key
+from msagent.types import MaskPrediction
+
+#: Pixels brighter than this (channel 0, 0–255) are "bright".
+BRIGHT = 120
+
+
+def logits_of(mask: np.ndarray) -> np.ndarray:
+    """256×256 float32 low-res logits of ``mask``'s top-left corner: +10 inside, -10 outside."""
+    low = np.full((LOW_RES, LOW_RES), -10.0, np.float32)
+    small = np.where(mask, 10.0, -10.0)[:LOW_RES, :LOW_RES]
+    low[: small.shape[0], : small.shape[1]] = small
+    return low
+
+
+def _zero_logits() -> np.ndarray:
+    return np.zeros((LOW_RES, LOW_RES), np.float32)
+
+
+class _Counting(Segmenter):
+    multimask_default = False
+
+    def __init__(self, *, cache_size: int = 16) -> None:
+        super().__init__(cache_size=cache_size)
+        self.encoded: list[str] = []  # the content key of each image encoded
+        self.decodes = 0  # prompt sets decoded
+        self._lock = threading.Lock()
+
+    @property
+    def encodes(self) -> int:
+        return len(self.encoded)
+
+    def _count_encode(self, image: np.ndarray) -> None:
+        with self._lock:
+            self.encoded.append(image_key(image))
+
+    def _count_decodes(self, count: int) -> None:
+        with self._lock:
+            self.decodes += count
+
+
+class BoxBackbone(_Counting):
+    """The mask is the box (clicks set or clear single pixels); logits zero, score 0.5.
+    ``fail=True`` makes encode raise a plain RuntimeError (a bug in the backbone)."""
+
+    name = "box"
+
+    def __init__(self, *, cache_size: int = 16, fail: bool = False) -> None:
+        super().__init__(cache_size=cache_size)
+        self.fail = fail
+
+    def encode_image(self, image):
+        if self.fail:
+            raise RuntimeError("a bug in the backbone")
+        self._count_encode(image)
+        return 0
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self._count_decodes(len(prompt_sets))
+        out = []
+        for prompts in prompt_sets:
+            mask = np.zeros(embedding.image_size, bool)
+            if prompts.box is not None:
+                b = prompts.box
+                mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = True
+            for p in prompts.points:
+                mask[p.y, p.x] = p.positive
+            out.append(MaskPrediction(mask, _zero_logits(), 0.5))
+        return out
+
+
+class BrightBackbone(_Counting):
+    """A box selects the bright pixels inside it; a positive click adds a disk of ``radius`` px,
+    a negative click removes one. Logits: :func:`logits_of` the mask; score: the bright fraction
+    of the box (the mask's area without a box)."""
+
+    name = "bright"
+
+    def __init__(self, *, radius: float = 2, cache_size: int = 4) -> None:
+        super().__init__(cache_size=cache_size)
+        self.radius = radius
+
+    def encode_image(self, image):
+        self._count_encode(image)
+        return image[:, :, 0] > BRIGHT
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self._count_decodes(len(prompt_sets))
+        out = []
+        for prompts in prompt_sets:
+            bright = embedding.features
+            mask = np.zeros_like(bright)
+            box = prompts.box
+            if box is not None:
+                mask[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = bright[box.y1:box.y2 + 1, box.x1:box.x2 + 1]
+            yy, xx = np.mgrid[:bright.shape[0], :bright.shape[1]]
+            for p in prompts.points:
+                disk = (yy - p.y) ** 2 + (xx - p.x) ** 2 <= self.radius ** 2
+                mask = mask | disk if p.positive else mask & ~disk
+            area = 1 if box is None else (box.x2 - box.x1 + 1) * (box.y2 - box.y1 + 1)
+            out.append(MaskPrediction(mask, logits_of(mask), float(mask.sum()) / area))
+        return out
+
+
+class ComponentBackbone(_Counting):
+    """The mask is the bright region inside the box, plus the bright (8-connected) components
+    under positive clicks, minus those under negative clicks; logits zero, score 1.0.
+    ``clicks_alone=False`` answers click-only prompts with an empty mask (like LiteMedSAM)."""
+
+    name = "component"
+
+    def __init__(self, *, clicks_alone: bool = True, cache_size: int = 4) -> None:
+        super().__init__(cache_size=cache_size)
+        self.clicks_alone = clicks_alone
+
+    def encode_image(self, image):
+        import cv2
+
+        self._count_encode(image)
+        return cv2.connectedComponents((image[:, :, 0] > BRIGHT).astype(np.uint8))[1]
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self._count_decodes(len(prompt_sets))
+        return [self._decode_one(embedding.features, prompts) for prompts in prompt_sets]
+
+    def _decode_one(self, labels: np.ndarray, prompts) -> MaskPrediction:
+        mask = np.zeros(labels.shape, bool)
+        if prompts.box is not None:
+            b = prompts.box
+            mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = labels[b.y1:b.y2 + 1, b.x1:b.x2 + 1] > 0
+        elif not self.clicks_alone:
+            return MaskPrediction(mask, _zero_logits(), 0.0)
+        for p in prompts.points:
+            if labels[p.y, p.x]:
+                component = labels == labels[p.y, p.x]
+                mask = (mask | component) if p.positive else (mask & ~component)
+        return MaskPrediction(mask, _zero_logits(), 1.0)
+
+
+__all__ = ["BRIGHT", "BoxBackbone", "BrightBackbone", "ComponentBackbone", "logits_of"]
