@@ -2,7 +2,7 @@
 
 The driver keeps the output directory: it lists the units still to run (resume works as
 locally), sends one case at a time to a pool of actors, and stores each returned
-:class:`~msagent.evaluation.runner.UnitResult` as it arrives. Each actor builds the
+:class:`~msagent.evaluation.storage.UnitResult` as it arrives. Each actor builds the
 backbones and policies once (by name, with the same options) and computes units without
 touching the driver's disk. Lazy dataset items (``.load()``) are loaded on the workers, so
 the dataset's files must be readable there (a shared file system). Needs ``msagent[ray]``.
@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from msagent.errors import InvalidInput
-from msagent.evaluation.runner import Evaluation, UnitResult
+from msagent.evaluation.runner import Evaluation
+from msagent.evaluation.storage import UnitResult
+from msagent.evaluation.units import load_case
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,7 @@ class _Worker:
         self.job.prepare()
 
     def run(self, item: Any, todo: list) -> list[UnitResult]:
-        from msagent.evaluation.runner import _load
-
-        case = _load(item)
+        case = load_case(item)
         return [self.job.run_unit(case, self.job.backbones[b], self.job.methods[m]) for b, m in todo]
 
 

@@ -14,6 +14,9 @@ in its 3-D form; ``noc`` has no 3-D form, so a volume under it is recorded as sk
 volume is not read for that). One record per volume, scored in 3-D with the voxel spacing;
 its mask is written as NIfTI on the input's grid (``.npz`` for an array without geometry),
 its overlay is the key slice, its trajectory the :class:`msagent.VolumeTrajectory`.
+
+Which units are left and how a case is loaded and checked: :mod:`msagent.evaluation.units`;
+what a unit leaves on disk: :mod:`msagent.evaluation.storage`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.datasets.volumes import LoadedVolume
 from msagent.errors import InvalidInput
 from msagent.evaluation import protocols, volume_protocols
-from msagent.evaluation.records import CaseRecord, RecordStore, safe_name
+from msagent.evaluation.records import CaseRecord, RecordStore
+from msagent.evaluation.storage import UnitResult, package, store_result
+from msagent.evaluation.units import case_kind, checked_case, checked_volume, pending_units, volume_skip
 from msagent.io.atomic import atomic_write, read_json_file
 from msagent.plugins.loading import load_backbone, load_policy
 from msagent.policies.base import Policy
@@ -44,8 +49,6 @@ from msagent.volume.propagation import METHODS as PROPAGATION_METHODS
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
-NOC_ON_VOLUME = "noc has no 3-D form: run it on slice cases (without --volumes)"
-REFINE_ON_VOLUME = "the refine protocol (refine_from) has no 3-D form: run volumes without it"
 
 
 @attrs.frozen
@@ -196,44 +199,24 @@ class Evaluation:
 
     # -- the units of work -----------------------------------------------------
     def units(self, cases: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Any, Any, Method]]:
-        """(case, backbone, method) triples still to run, case-major; skips done keys."""
-        done = self.store.done(self.retry_errors)
-        seen: set[str] = set()
-        for index, item in enumerate(cases):
-            if limit is not None and index >= limit:
-                break
-            case_id = str(getattr(item, "id", index))
-            if case_id in seen:
-                log.warning("duplicate case id %r: only its first occurrence is evaluated", case_id)
-                continue
-            seen.add(case_id)
-            todo = [(b, m) for b in self.backbones for m in self.methods
-                    if (self._backbone_name(b), m.name, case_id) not in done]
-            if not todo:
-                continue
-            # a volume under noc only is skipped without reading it
-            skip_only = _kind(item) == "volume" and all(self._volume_skip(m) for _, m in todo)
-            case = item if skip_only else _load(item)
-            for backbone, method in todo:
-                yield case, backbone, method
+        """(case, backbone, method) triples still to run, case-major; skips done keys
+        (:func:`msagent.evaluation.units.pending_units`)."""
+        return pending_units(cases, self.backbones, self.methods, self.config,
+                             self.store.done(self.retry_errors), self._backbone_name, limit)
 
     def compute(self, case: Any, backbone: Any, method: Method) -> tuple[CaseRecord, Any]:
         """Run one unit; never raises for a case's own failure (the record says why)."""
         start = time.perf_counter()
         base = self._base_record(case, backbone, method)
-        skip = self._volume_skip(method) if base.kind == "volume" else None
+        skip = volume_skip(method, self.config) if base.kind == "volume" else None
         if skip is not None:
             return attrs.evolve(base, status="skipped", error=skip), None
         try:
-            case = _checked_volume(case) if base.kind == "volume" else _checked(case)
-            if case is None:
-                return attrs.evolve(base, status="skipped", error="empty ground truth"), None
-            outcome = self._outcome(case, backbone, method)
+            checked = checked_volume(case) if base.kind == "volume" else checked_case(case)
+            outcome = None if checked is None else self._outcome(checked, backbone, method)
         except Exception as exc:  # noqa: BLE001 - a failing case is recorded, the run goes on
-            log.warning("case %s (%s/%s) failed: %s", base.case_id, base.backbone, base.method, exc)
-            return attrs.evolve(base, status="error", error=f"{type(exc).__name__}: {exc}",
-                                seconds=time.perf_counter() - start), None
-        return self._record(base, outcome, time.perf_counter() - start), outcome
+            return self._settle(base, start, error=exc)
+        return self._settle(base, start, outcome)
 
     async def acompute(self, case: Any, backbone: Any, method: Method) -> tuple[CaseRecord, Any]:
         """:meth:`compute` with agent episodes on the event loop (others in a thread)."""
@@ -242,25 +225,25 @@ class Evaluation:
         start = time.perf_counter()
         base = self._base_record(case, backbone, method)
         try:
-            checked = await asyncio.to_thread(_checked, case)
-            if checked is None:
-                return attrs.evolve(base, status="skipped", error="empty ground truth"), None
-            outcome = await protocols.arun_agent(self.agent(backbone, method), checked,
-                                                 self.config.nsd_tolerance,
-                                                 self.config.initial(checked))
-        except Exception as exc:  # noqa: BLE001
-            log.warning("case %s (%s/%s) failed: %s", base.case_id, base.backbone, base.method, exc)
-            return attrs.evolve(base, status="error", error=f"{type(exc).__name__}: {exc}",
-                                seconds=time.perf_counter() - start), None
-        return self._record(base, outcome, time.perf_counter() - start), outcome
+            checked = await asyncio.to_thread(checked_case, case)
+            outcome = None if checked is None else await protocols.arun_agent(
+                self.agent(backbone, method), checked, self.config.nsd_tolerance,
+                self.config.initial(checked))
+        except Exception as exc:  # noqa: BLE001 - a failing case is recorded, the run goes on
+            return self._settle(base, start, error=exc)
+        return self._settle(base, start, outcome)
 
-    def _volume_skip(self, method: Method) -> str | None:
-        """Why ``method`` does not run on a volume case (None: it does)."""
-        if method.protocol == "noc":
-            return NOC_ON_VOLUME
-        if method.protocol == "agent" and self.config.refine_from is not None:
-            return REFINE_ON_VOLUME
-        return None
+    def _settle(self, base: CaseRecord, start: float, outcome: protocols.Outcome | None = None,
+                error: Exception | None = None) -> tuple[CaseRecord, Any]:
+        """A unit's record and outcome: an error (logged, the run goes on), skipped for an
+        empty ground truth (no outcome), or the outcome's scores."""
+        if error is not None:
+            log.warning("case %s (%s/%s) failed: %s", base.case_id, base.backbone, base.method, error)
+            return attrs.evolve(base, status="error", error=f"{type(error).__name__}: {error}",
+                                seconds=time.perf_counter() - start), None
+        if outcome is None:
+            return attrs.evolve(base, status="skipped", error="empty ground truth"), None
+        return self._record(base, outcome, time.perf_counter() - start), outcome
 
     def _outcome(self, case: Case | LoadedVolume, backbone: Any, method: Method) -> protocols.Outcome:
         cfg = self.config
@@ -276,7 +259,7 @@ class Evaluation:
         return protocols.run_cvpr(segmenter, case, cfg.cvpr_clicks, cfg.multimask, cfg.nsd_tolerance)
 
     def _volume_outcome(self, case: LoadedVolume, backbone: Any, method: Method) -> protocols.Outcome:
-        cfg, stack = self.config, case.stack.stack
+        cfg, stack = self.config, case.sliced.slices
         if method.protocol == "agent":
             outcome = volume_protocols.run_volume_agent(
                 self.volume_agent(backbone, method), stack, case.target, case.ground_truth,
@@ -292,9 +275,9 @@ class Evaluation:
         target = getattr(case, "target", "") or ""
         image = getattr(case, "image", None)
         height, width = (image.shape[:2] if isinstance(image, np.ndarray) and image.ndim >= 2 else (0, 0))
-        kind, slices = _kind(case), 0
+        kind, slices = case_kind(case), 0
         if isinstance(case, LoadedVolume):
-            slices, (height, width) = case.stack.stack.count, case.stack.stack.image_size
+            slices, (height, width) = case.sliced.slices.count, case.sliced.slices.image_size
         # a volume's label value is a number: its class names it
         label = (meta.get("class") if kind == "volume" else None) or meta.get("label") \
             or meta.get("class") or target
@@ -314,91 +297,19 @@ class Evaluation:
             curves={k: [float(v) for v in c] for k, c in outcome.curves.items()},
             values=values, usage=dict(outcome.usage), seconds=seconds)
 
-    # -- storing ---------------------------------------------------------------
-    def package(self, case: Any, record: CaseRecord, outcome: Any) -> "UnitResult":
+    # -- storing (msagent.evaluation.storage) -----------------------------------
+    def package(self, case: Any, record: CaseRecord, outcome: Any) -> UnitResult:
         """What gets stored for a unit: the record, mask, overlay thumbnail and trajectory."""
-        from msagent.evaluation.report import case_overlay
+        return package(case, record, outcome, save_masks=self.save_masks,
+                       save_trajectories=self.save_trajectories)
 
-        if outcome is None:
-            return UnitResult(record)
-        if isinstance(case, LoadedVolume):
-            return self._package_volume(case, record, outcome)
-        checked = _checked(case)
-        overlay = case_overlay(checked.image, checked.ground_truth, outcome.mask,
-                               trajectory=getattr(outcome, "trajectory", None))
-        trajectory = outcome.trajectory if self.save_trajectories else None
-        return UnitResult(record, outcome.mask, overlay,
-                          None if trajectory is None else trajectory.to_json())
-
-    def _package_volume(self, case: LoadedVolume, record: CaseRecord,
-                        outcome: protocols.Outcome) -> "UnitResult":
-        """A volume's files: its mask on the input's grid (NIfTI bytes, or ``.npz`` for an
-        array without geometry), the key slice's overlay and the VolumeTrajectory."""
-        from msagent.evaluation.report import case_overlay
-
-        key = int(outcome.values.get("key_slice", 0))
-        trajectory = outcome.trajectory
-        episode = next((e.trajectory for e in getattr(trajectory, "episodes", ())
-                        if e.role == "key"), None)
-        overlay = case_overlay(case.stack.stack.image(key), case.ground_truth[key],
-                               outcome.mask[key], trajectory=episode)
-        mask = suffix = None
-        if self.save_masks:
-            suffix, mask = _volume_mask_bytes(case, outcome.mask)
-        text = trajectory.to_json() if trajectory is not None and self.save_trajectories else None
-        return UnitResult(record, None, overlay, text, mask, suffix)
-
-    def store_result(self, result: "UnitResult") -> CaseRecord:
+    def store_result(self, result: UnitResult) -> CaseRecord:
         """Write the unit's files, then its record (so a record never lacks its files)."""
-        from msagent.io import save_mask_png, save_png
+        return store_result(result, self.out_dir, self.store, save_masks=self.save_masks)
 
-        record = result.record
-        folder = Path(safe_name(record.backbone)) / safe_name(record.method)
-        stem = safe_name(record.case_id)
-        changes: dict[str, str] = {}
-        if result.mask is not None and self.save_masks:
-            changes["mask_file"] = str(Path("masks") / folder / f"{stem}.png")
-            save_mask_png(result.mask, self.out_dir / changes["mask_file"])
-        if result.mask_bytes is not None and self.save_masks:  # a volume's mask, encoded
-            changes["mask_file"] = str(Path("masks") / folder / f"{stem}{result.mask_suffix}")
-            atomic_write(self.out_dir / changes["mask_file"], result.mask_bytes)
-        if result.overlay is not None:
-            changes["overlay_file"] = str(Path("overlays") / folder / f"{stem}.png")
-            save_png(result.overlay, self.out_dir / changes["overlay_file"])
-        if result.trajectory_json is not None:
-            changes["trajectory_file"] = str(Path("trajectories") / folder / f"{stem}.json")
-            atomic_write(self.out_dir / changes["trajectory_file"], result.trajectory_json.encode())
-        record = attrs.evolve(record, **changes)
-        self.store.append(record)
-        return record
-
-    def run_unit(self, case: Any, backbone: Any, method: Method) -> "UnitResult":
+    def run_unit(self, case: Any, backbone: Any, method: Method) -> UnitResult:
         record, outcome = self.compute(case, backbone, method)
         return self.package(case, record, outcome)
-
-
-@attrs.frozen(eq=False)
-class UnitResult:
-    """A computed unit, ready to store (picklable: what Ray workers send back). A volume's
-    mask comes encoded: ``mask_bytes`` with its file ``mask_suffix`` (".nii.gz", ".npz")."""
-
-    record: CaseRecord
-    mask: np.ndarray | None = None
-    overlay: np.ndarray | None = None
-    trajectory_json: str | None = None
-    mask_bytes: bytes | None = None
-    mask_suffix: str | None = None
-
-
-@attrs.frozen(eq=False)
-class _Failed:
-    """A case that could not be loaded: keeps its id and the error for the record."""
-
-    id: str
-    error: Exception
-    target: str = ""
-    meta: Mapping[str, Any] = attrs.field(factory=dict)
-    kind: str = "image"
 
 
 def _config_dict(config: EvalConfig) -> dict[str, Any]:
@@ -406,63 +317,3 @@ def _config_dict(config: EvalConfig) -> dict[str, Any]:
     out = attrs.asdict(config)
     out["noc_thresholds"] = list(out["noc_thresholds"])
     return out
-
-
-def _kind(case: Any) -> str:
-    """"volume" for a whole-volume case (loaded or not, or failed to load), else "image"."""
-    return getattr(case, "kind", "image")
-
-
-def _load(item: Any) -> Any:
-    """A Case, or the result of ``item.load()`` for lazy items; a failing load is kept."""
-    if isinstance(item, Case) or not hasattr(item, "load"):
-        return item
-    try:
-        return item.load()
-    except Exception as exc:  # noqa: BLE001
-        if _kind(item) != "volume":
-            return _Failed(str(item.id), exc)
-        return _Failed(str(item.id), exc, item.target, item.meta, "volume")
-
-
-def _checked_volume(case: Any) -> LoadedVolume | None:
-    """A loaded volume case, None if its label is absent from the volume; raises otherwise."""
-    if isinstance(case, _Failed):
-        raise case.error
-    if not isinstance(case, LoadedVolume):
-        raise InvalidInput(f"expected a loaded volume case, got {type(case).__name__}")
-    return case if case.ground_truth.any() else None
-
-
-def _volume_mask_bytes(case: LoadedVolume, display: np.ndarray) -> tuple[str, bytes]:
-    """The file suffix and bytes of a volume's mask in the input's voxel order: NIfTI aligned
-    with the input (:func:`msagent.io.write_mask_nifti`, its header kept) when the input has
-    a regular geometry, else a compressed ``.npz`` (key ``mask``)."""
-    import io as _io
-
-    from msagent.io.nifti import mask_nifti_bytes
-
-    voxels = case.stack.to_voxels(display)
-    reference = case.stack.volume
-    if reference is not None and not reference.irregular:
-        return ".nii.gz", mask_nifti_bytes(voxels, reference)
-    buffer = _io.BytesIO()
-    np.savez_compressed(buffer, mask=voxels)
-    return ".npz", buffer.getvalue()
-
-
-def _checked(case: Any) -> Case | None:
-    """The case if it can be evaluated, None if its ground truth is empty; raises otherwise."""
-    from msagent.io import to_mask, to_rgb_uint8
-
-    if isinstance(case, _Failed):
-        raise case.error
-    if not isinstance(case, Case):
-        raise InvalidInput(f"expected a msagent.Case, got {type(case).__name__}")
-    if case.ground_truth is None:
-        raise InvalidInput("the case has no ground truth; evaluation needs one")
-    image = to_rgb_uint8(case.image)
-    gt = to_mask(case.ground_truth, image.shape[:2], allow_empty=True)
-    if not gt.any():
-        return None
-    return attrs.evolve(case, image=image, ground_truth=gt)
