@@ -321,7 +321,7 @@ def test_install_hints_name_the_clone_folder_only_in_a_clone(monkeypatch, tmp_pa
     registry = registry_with()
     with pytest.raises(PluginNotFound, match=r"pip install \./plugins/msagent-sam|plugins/msagent-sam\)"):
         registry.get("segmenter", "sam")
-    monkeypatch.setattr(msagent.plugins.registry, "_SOURCE_ROOT", tmp_path)  # an installed copy
+    monkeypatch.setattr(msagent.plugins.messages, "_SOURCE_ROOT", tmp_path)  # an installed copy
     with pytest.raises(PluginNotFound) as info:
         registry.get("segmenter", "sam")
     assert "pip install msagent-sam." in str(info.value) and "plugins/" not in str(info.value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msagent.plugins import lazy
+from msagent.plugins.factories import lazy
 from msagent.plugins.hookspecs import hookimpl
 
 

@@ -10,7 +10,9 @@ from typing import Any
 from msagent import _console
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput, PluginNotFound, PolicyError, WeightsNotFound
-from msagent.plugins.registry import LABELS, factory_class, get_registry
+from msagent.plugins.factories import factory_class
+from msagent.plugins.kinds import LABELS
+from msagent.plugins.registry import get_registry
 from msagent.policies.base import Policy
 
 #: The paper's choice, used when neither an argument nor an environment variable names one.
