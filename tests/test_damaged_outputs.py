@@ -14,7 +14,7 @@ from msagent import io
 from msagent.cli import main
 from msagent.datasets import write_folder
 from msagent.errors import InvalidInput, OutputError
-from msagent.export import export_trajectories
+from msagent.export.job import export_trajectories
 from msagent.generation import generate
 from msagent.io import atomic
 from msagent.testing import make_phantom

@@ -12,8 +12,9 @@ from msagent import protocol
 from msagent.cli import main
 from msagent.datasets import make_mni152_dataset, open_dataset
 from msagent.errors import InvalidInput
-from msagent.export import export_rl_prompts, export_trajectories, parse_conversation
+from msagent.export import parse_conversation
 from msagent.export.conversation import shown_steps
+from msagent.export.job import export_rl_prompts, export_trajectories
 from msagent.generation import generate, read_trajectories
 from msagent.types import decode_mask
 

@@ -332,7 +332,7 @@ def test_grown_box_and_propagator_choice(bright):
 def test_volume_runs_export_as_sft_rows(tmp_path, bright):
     import pyarrow.parquet as pq
 
-    from msagent.export import export_trajectories
+    from msagent.export.job import export_trajectories
     from msagent.generation.records import read_trajectories
     from msagent.generation.volumes import VolumeRun, write_volume_set
 

@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msagent.errors import InvalidInput
-    from msagent.export import export_rl_prompts, export_trajectories
     from msagent.export.conversation import check_size
+    from msagent.export.job import export_rl_prompts, export_trajectories
 
     check_size(args.image_size)
     if args.dataset:
