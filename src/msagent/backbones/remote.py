@@ -231,14 +231,13 @@ class RemoteSegmenter(Segmenter):
 
         for attempt in range(self.retries + 1):
             try:
-                response = self._sync_client().request(method, path, **kwargs)
+                outcome = self._sync_client().request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise self._unreachable(exc) from None
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    return self._check(response)
-            time.sleep(0.25 * 2 ** attempt)
+                outcome = exc
+            response = self._settle(attempt, outcome)
+            if response is not None:
+                return response
+            time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ensure_encoded(self, image: np.ndarray, key: str) -> None:
@@ -273,14 +272,13 @@ class RemoteSegmenter(Segmenter):
 
         for attempt in range(self.retries + 1):
             try:
-                response = await self._async_client().request(method, path, **kwargs)
+                outcome = await self._async_client().request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise self._unreachable(exc) from None
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    return self._check(response)
-            await asyncio.sleep(0.25 * 2 ** attempt)
+                outcome = exc
+            response = self._settle(attempt, outcome)
+            if response is not None:
+                return response
+            await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _aensure_encoded(self, image: np.ndarray, key: str) -> None:
@@ -300,6 +298,22 @@ class RemoteSegmenter(Segmenter):
             handle = self._handle(embedding)
             await self._aensure_encoded(handle.image, handle.image_id)
             return (await self._arequest("POST", path, json=body)).json()
+
+    # -- the retry rule (both transports) ---------------------------------------------
+    def _settle(self, attempt: int, outcome: Any):
+        """What attempt number ``attempt`` (from 0) leads to, given its ``outcome``: a response
+        or the transport error it raised. A connection error or a 502/503/504 is retried
+        (None: wait :func:`_backoff` and try again) until ``retries`` retries are spent; then
+        a connection error raises :meth:`_unreachable`, and any response is checked and
+        returned (:meth:`_check` raises for an error status)."""
+        last = attempt == self.retries
+        if isinstance(outcome, Exception):
+            if last:
+                raise self._unreachable(outcome) from None
+            return None
+        if outcome.status_code in RETRY_STATUSES and not last:
+            return None
+        return self._check(outcome)
 
     # -- errors ----------------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> SegmenterError:
@@ -355,6 +369,11 @@ class RemoteSegmenter(Segmenter):
         self.__dict__.update(state)
         Segmenter.__init__(self, cache_size=cache_size)
         self._aclients = weakref.WeakKeyDictionary()
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (from 0): 0.25, 0.5, 1, ..."""
+    return 0.25 * 2 ** attempt
 
 
 def _raise_miss():
