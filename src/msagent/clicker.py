@@ -63,7 +63,7 @@ def inner_distance(region: np.ndarray) -> np.ndarray:
     return out
 
 
-def _span(any_along: np.ndarray) -> tuple[int, int]:
+def _span(any_along: np.ndarray | np.bool_) -> tuple[int, int]:
     index = np.flatnonzero(any_along)
     return int(index[0]), int(index[-1]) + 1
 

@@ -124,7 +124,7 @@ def _area_vectors() -> np.ndarray:
     return table
 
 
-def _surface_areas(spacing: tuple[float, float, float]) -> np.ndarray:
+def _surface_areas(spacing: tuple[float, ...]) -> np.ndarray:
     """Surface area of each 2×2×2 neighbourhood code at ``spacing``: an area vector (n0, n1,
     n2) scales to (n0·s1·s2, n1·s0·s2, n2·s0·s1), as DeepMind's
     ``create_table_neighbour_code_to_surface_area``."""
@@ -277,7 +277,7 @@ def aggregate(rows: Iterable[Mapping], metrics: Sequence[str], by: str | None = 
     groups: dict[str, list[Mapping]] = defaultdict(list)
     for row in rows:
         groups[str(row.get(by)) if by else "all"].append(row)
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for group, members in sorted(groups.items()):
         out[group] = {"n": len(members)}
         for metric in metrics:

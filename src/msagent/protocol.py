@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
@@ -176,7 +176,7 @@ def check_prompt(action: Action, image_size: tuple[int, int]) -> None:
     ``x1 >= x2`` too."""
     if action.kind != "add_bbox":
         return
-    box = action_to_prompt(action, image_size)
+    box = cast(BBox, action_to_prompt(action, image_size))  # a box action
     if box.x1 == box.x2 or box.y1 == box.y2:
         raise PolicyOutputError(
             f"add_bbox {list(action.arguments['bbox_2d'])} maps to a box of zero width or height "

@@ -86,13 +86,13 @@ def annotate(image: np.ndarray, mask: np.ndarray | None = None,
     out = overlay(image, mask)
     out, scale = enlarge(out, shortest)
     if ground_truth is not None:
-        gt = np.asarray(ground_truth, np.uint8)
+        gt: np.ndarray = np.asarray(ground_truth, np.uint8)
         if scale != 1:
             gt = cv2.resize(gt, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(gt, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, GT_COLOR, max(1, round(max(out.shape[:2]) / 300)),
                          cv2.LINE_AA)
-    shown = list(prompts.points) if prompts is not None else []
+    shown: list[BBox | Point] = list(prompts.points) if prompts is not None else []
     if prompts is not None and prompts.box is not None:
         shown.insert(0, prompts.box)
     if current is not None and current not in shown:
@@ -128,6 +128,7 @@ def trajectory_strip(image: np.ndarray, trajectory: Trajectory, height: int = RE
     tiles, labels = [annotate(image, ground_truth=ground_truth, shortest=height)], ["input"]
     for step in trajectory.executed_steps:
         tiles.append(annotate(image, step.mask, ground_truth, step.prompts, step.prompt, height))
+        assert step.action is not None  # an executed step ran an action
         label = f"{step.index + 1}: {step.action.kind}"
         if step.iou is not None:
             label += f"  IoU {step.iou:.3f}  Dice {step.dice:.3f}"
@@ -147,9 +148,9 @@ def policy_image(image: np.ndarray, mask: np.ndarray | None = None,
     """The image the policy sees, as in the RL stage: the original resized to size×size
     (bilinear, aspect not kept); with ``mask``, the green overlay drawn at that size (the mask
     resized bilinearly as 0/255 and thresholded at 127)."""
-    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
     if mask is None:
         return Image.fromarray(resized)
     mask_img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize((size, size),
-                                                                              Image.BILINEAR)
+                                                                              Image.Resampling.BILINEAR)
     return Image.fromarray(overlay(resized, np.asarray(mask_img) > 127))

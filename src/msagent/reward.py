@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import cast
 
 import attrs
 
@@ -69,9 +70,10 @@ class MedSAMReward(Reward):
         return self.from_values(
             has_interaction=any(kind != "stop_action" for kind in calls),
             ends_with_stop=bool(calls) and calls[-1] == "stop_action",
-            ious=[s.iou for s in executed],
-            dices=[s.dice for s in executed],
-            initial=None if initial is None else (initial.iou, initial.dice),
+            # checked above: every executed step (and the initial mask) has its IoU and Dice
+            ious=cast(list[float], [s.iou for s in executed]),
+            dices=cast(list[float], [s.dice for s in executed]),
+            initial=None if initial is None else cast(tuple[float, float], (initial.iou, initial.dice)),
         )
 
     def from_values(self, *, has_interaction: bool, ends_with_stop: bool,

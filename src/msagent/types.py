@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import numpy as np
@@ -231,7 +231,7 @@ class Trajectory:
     def final_mask(self) -> np.ndarray:
         executed = self.executed_steps
         if executed:
-            return executed[-1].mask
+            return cast(np.ndarray, executed[-1].mask)  # an executed step has its mask
         if self.initial is not None:
             return self.initial.mask
         return np.zeros(self.image_size, dtype=bool)

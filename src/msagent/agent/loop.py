@@ -107,7 +107,7 @@ class Agent:
         try:
             while runner.active and not runner.cancelled():
                 try:
-                    reply = await self.policy.aact(runner.episode)
+                    reply: Reply | PolicyError = await self.policy.aact(runner.episode)
                 except PolicyError as exc:
                     reply = exc
                 await asyncio.to_thread(runner.handle, reply)
@@ -188,6 +188,7 @@ class _Runner:
         key = (self.episode.executed_turns, prompt)
         if self.last_preview is not None and self.last_preview[0] == key:
             return self.last_preview[1]
+        assert self.decode is not None and self.state is not None, "start() comes first"
         prediction = episode_core.preview(self.decode, self.state, prompt)
         self.last_preview = (key, prediction)
         return prediction
@@ -216,6 +217,7 @@ class _Runner:
     def _execute(self, index: int, action: Action, reply: Reply) -> None:
         prediction = self.preview(action)
         prompt = protocol.action_to_prompt(action, self.episode.image_size)
+        assert self.state is not None, "start() comes first"
         self.state = self.state.after(prompt, prediction)
         gt = self.episode.ground_truth
         step = Step(index, reply.text, action, mask=prediction.mask, score=float(prediction.score),
@@ -244,6 +246,7 @@ class _Runner:
             self.on_step(step)
 
     def trajectory(self) -> Trajectory:
+        assert self.state is not None, "start() comes first"
         height, width = self.episode.image_size
         return Trajectory(target=self.episode.target, image_size=(height, width),
                           steps=tuple(self.episode.steps), stop_reason=self.stop_reason,

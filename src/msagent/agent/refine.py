@@ -85,7 +85,8 @@ def initial_state(segmenter: Segmenter, mask: np.ndarray) -> tuple[MaskPredictio
     (IoU 0.75): 0.25-0.33 against 0.82-0.83.
     """
     logits = segmenter.mask_logits(mask)
-    return MaskPrediction(mask, logits, float("nan")), Prompts(box=mask_box(mask))
+    # None for a backbone without mask input (MaskPrediction.low_res_logits is then None too)
+    return MaskPrediction(mask, logits, float("nan")), Prompts(box=mask_box(mask))  # type: ignore[arg-type]
 
 
 @attrs.frozen

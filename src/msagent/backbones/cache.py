@@ -22,7 +22,8 @@ class CacheInfo:
 class Keyed(Protocol):
     """A value that knows its content-hash key (an :class:`~msagent.Embedding`)."""
 
-    key: str
+    @property
+    def key(self) -> str: ...
 
 
 V = TypeVar("V", bound=Keyed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -26,14 +27,15 @@ def _group_key(prompts: Prompts) -> tuple[bool, int]:
 
 def prompt_batch(geometry: InputGeometry, prompt_sets: Sequence[Prompts], device) -> dict:
     """Stack prompt sets of one structure (same box presence, same point count) as tensors."""
+    # one structure: an array is None in every set or in none
     arrays = [geometry.prompt_arrays(p) for p in prompt_sets]
     points = boxes = None
     if arrays[0][0] is not None:
-        coords = torch.as_tensor(np.stack([a[0] for a in arrays]), device=device)
-        labels = torch.as_tensor(np.stack([a[1] for a in arrays]), device=device)
+        coords = torch.as_tensor(np.stack([a[0] for a in arrays]), device=device)  # type: ignore[misc]
+        labels = torch.as_tensor(np.stack([a[1] for a in arrays]), device=device)  # type: ignore[misc]
         points = (coords, labels)
     if arrays[0][2] is not None:
-        boxes = torch.as_tensor(np.stack([a[2] for a in arrays]), device=device)
+        boxes = torch.as_tensor(np.stack([a[2] for a in arrays]), device=device)  # type: ignore[misc]
     return {"points": points, "boxes": boxes}
 
 
@@ -61,7 +63,8 @@ def decode_sam(prompt_encoder, mask_decoder, image_embedding: torch.Tensor,
         batch = prompt_batch(geometry, [prompt_sets[i] for i in indices], device)
         masks = None
         if has_mask:
-            masks = torch.as_tensor(np.stack([check_prev_logits(prev_logits[i]) for i in indices]),
+            masks = torch.as_tensor(np.stack([check_prev_logits(prev_logits[i])  # type: ignore[misc]
+                                              for i in indices]),
                                     device=device)[:, None].to(dtype)
         if batch["boxes"] is not None:
             batch["boxes"] = batch["boxes"].to(dtype)
@@ -79,7 +82,7 @@ def decode_sam(prompt_encoder, mask_decoder, image_embedding: torch.Tensor,
             results[index] = MaskPrediction(
                 mask=upscale_fn(logits, geometry), low_res_logits=logits.cpu().numpy(),
                 score=float(best_scores[row]))
-    return results
+    return cast(list[MaskPrediction], results)  # every index is in one group
 
 
 def select_best(low_res: torch.Tensor, iou_pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,7 +73,7 @@ class Segmenter(ABC):
     accepts_text: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
-        self._embedding_cache = EmbeddingCache(cache_size)
+        self._embedding_cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_size)
 
     @property
     def _cache(self) -> EmbeddingCache:
@@ -296,7 +296,7 @@ def _adapt_legacy_decode(cls: type) -> None:
                             **({"text": p.text} if self.accepts_text and p.text is not None else {}))
                 for p, prev in zip(prompt_sets, prev_logits)]
 
-    cls.decode_prompts = decode_prompts
+    cls.decode_prompts = decode_prompts  # type: ignore[attr-defined]
 
 
 def _check_image(image: np.ndarray) -> None:

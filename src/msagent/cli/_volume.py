@@ -30,7 +30,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def is_volume(path: str) -> bool:
+def is_volume(path: str | Path) -> bool:
     """A NIfTI name, any folder (read as a DICOM series, whose reader explains an empty or
     non-DICOM folder) or a DICOM file."""
     from msagent import io

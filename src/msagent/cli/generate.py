@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +70,7 @@ def run_volumes(args: argparse.Namespace) -> int:
     if args.ray is not None or args.option or args.generator != "hybrid" or args.split:
         raise InvalidInput("--volumes runs 3-D runs locally: --ray, --option, --generator and "
                            "--split apply to 2-D generation")
-    cases = []
+    cases: list[Any] = []
     for spec in args.datasets:
         path = resolve_dataset(spec, args.out.parent / f"{args.out.name}-data-{spec.lower()}-volumes",
                                volumes=True)

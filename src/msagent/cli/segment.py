@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 from msagent.cli._outputs import check_path
 from msagent.options import parse_options
+from msagent.types import Trajectory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
             initial_mask=args.initial_mask, backbone_options=parse_options(args.backbone_option),
             policy_options=parse_options(args.policy_option))
     except SegmentationFailed as exc:  # the replies are still worth reading
-        print("\n".join(turn_lines(exc.trajectory)[-1 if _console.live() else 0:]))
+        print("\n".join(turn_lines(cast(Trajectory, exc.trajectory))[-1 if _console.live() else 0:]))
         if args.trajectory:
-            atomic_write(args.trajectory, exc.trajectory.to_json(indent=1).encode())
+            atomic_write(args.trajectory, cast(Trajectory, exc.trajectory).to_json(indent=1).encode())
         raise
     trajectory = result.trajectory
     print("\n".join(turn_lines(trajectory)[-1 if _console.live() else 0:]))

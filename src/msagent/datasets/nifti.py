@@ -179,7 +179,8 @@ def read_nifti_folder(root: str | os.PathLike, *, volumes: bool = False, **optio
     reader = read_nifti_volumes if volumes else read_nifti_pair
     out = Dataset((), dataset)
     for image, labels in _pairs(root, info):
-        out = out + reader(image, labels, label_names, dataset=dataset, modality=modality,
+        out = out + reader(image, labels, label_names,  # type: ignore[arg-type]  # keys per reader
+                           dataset=dataset, modality=modality,
                            **options)
     return Dataset(out.refs, dataset)
 

@@ -22,7 +22,7 @@ Upstream's dataset sets ``agent_name`` and the tools' ``create_kwargs`` itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def rl_row(*, index: int, case_id: str, target: str, image: np.ndarray, ground_t
 def case_row(case: Case, index: int, data_source: str = "msagent") -> dict[str, Any]:
     """:func:`rl_row` of a :class:`~msagent.types.Case` (for data builders)."""
     return rl_row(index=index, case_id=case.id, target=case.target, image=case.image,
-                  ground_truth=case.ground_truth, meta=case.meta, data_source=data_source)
+                  ground_truth=cast(np.ndarray, case.ground_truth), meta=case.meta, data_source=data_source)
 
 
 def rl_schema():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import cast
 
 import attrs
 import numpy as np
@@ -44,7 +45,7 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
 from msagent.generation.base import Attempt, TrajectoryGenerator
 from msagent.policies.expert import ExpertPolicy
-from msagent.types import Case, Trajectory
+from msagent.types import Case, InitialMask, Trajectory
 
 _unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
 
@@ -179,7 +180,7 @@ class HybridGenerator(TrajectoryGenerator):
         steps = trajectory.executed_steps
         if not steps and trajectory.initial is None:
             return False, "no_first_action"
-        final_iou = steps[-1].iou if steps else trajectory.initial.iou
+        final_iou = steps[-1].iou if steps else cast(InitialMask, trajectory.initial).iou
         if final_iou is None or final_iou < self.config.min_final_iou:
             return False, "low_final_iou"
         return True, ""

@@ -70,7 +70,8 @@ class ShardWorker:
 
     def run(self, index: int, start: int, refs: Sequence) -> ShardResult:
         """Shard ``index`` whose first case has the job-wide index ``start``."""
-        rows, files = [], {}
+        rows: list[dict[str, Any]] = []
+        files: dict[str, bytes] = {}
         for offset, ref in enumerate(refs):
             case = ref.load()
             sha = image_key(case.image)

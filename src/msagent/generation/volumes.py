@@ -55,7 +55,8 @@ class VolumeRun:
 def volume_shard(index: int, run: VolumeRun, *, overlays: bool = True) -> ShardResult:
     """The rows and files of one volume run (shard ``index``)."""
     trajectory = run.trajectory
-    rows, files = [], {}
+    rows: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
     backbone = str(trajectory.meta.get("backbone", ""))
     generator = f"volume-{trajectory.meta.get('policy', '')}"
     for sample, episode in enumerate(trajectory.episodes):

@@ -24,7 +24,7 @@ from typing import Any
 from msagent.errors import InvalidInput, OutputError
 
 ROWS_KEY = b"msagent.rows"  # Parquet key-value metadata: the rows the writer meant to write
-_REMEDIES = {
+_REMEDIES: dict[int | None, str] = {
     errno.ENOSPC: "the disk is full: free space on it, or write to another folder",
     errno.EDQUOT: "the disk quota is used up: free space, or write to another folder",
     errno.EROFS: "the file system is read-only: write to another folder",

@@ -33,7 +33,7 @@ def needs_full_depth(image: Image.Image, path: Path) -> bool:
             ihdr = handle.read(26)
         return len(ihdr) == 26 and ihdr[24] == 16 and ihdr[25] in _PNG_DEEP_COLOUR_TYPES
     if image.format == "TIFF":
-        bits = image.tag_v2.get(258, (1,))
+        bits = image.tag_v2.get(258, (1,))  # type: ignore[attr-defined]  # a TiffImageFile
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(int(b) for b in bits) > 8
     return False

@@ -311,8 +311,11 @@ def default_window(volume: Volume) -> tuple[float, float] | None:
     width, center = ds.get("WindowWidth"), ds.get("WindowCenter")
     if width is None or center is None:
         return None
-    width = float(width[0] if isinstance(width, Iterable) and not isinstance(width, str) else width)
-    center = float(center[0] if isinstance(center, Iterable) and not isinstance(center, str) else center)
+    # a multi-valued element (pydicom's MultiValue) holds several windows: the first one counts
+    width = float(width[0] if isinstance(width, Iterable) and not isinstance(width, str)  # type: ignore[index]
+                  else width)
+    center = float(center[0] if isinstance(center, Iterable) and not isinstance(center, str)  # type: ignore[index]
+                   else center)
     return (width, center) if width > 0 and np.isfinite(width) and np.isfinite(center) else None
 
 

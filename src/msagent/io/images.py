@@ -73,7 +73,8 @@ def _read_file(path: Path, limit: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path) as opened:
+                img: Image.Image = opened
                 _check_pixels(img.width * img.height, limit, str(path))
                 _check_single_page(img, path)
                 if needs_full_depth(img, path):

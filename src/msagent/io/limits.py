@@ -26,7 +26,7 @@ DEFAULT_SERVER_MAX_VOXELS = 2**27
 def max_voxels_limit(max_voxels: int | None = None, default: int = DEFAULT_MAX_VOXELS) -> int:
     """``max_voxels``, else ``$MSAGENT_MAX_VOXELS``, else ``default``."""
     if max_voxels is not None:
-        value: object = max_voxels
+        value: int | str = max_voxels
     else:
         value = os.environ.get(ENV_MAX_VOXELS, default)
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def _check_header(image: Any, path: Path, max_voxels: int | None) -> tuple[int, 
                            "4-D series into 3-D volumes first (e.g. nibabel.funcs.four_to_three)")
     scaled = _has_scaling(image)
     check_voxels(shape, 4 if scaled else dtype.itemsize, str(path), max_voxels)
-    return shape
+    return cast(tuple[int, int, int], shape)  # three axes: checked above
 
 
 def _has_scaling(image: Any) -> bool:

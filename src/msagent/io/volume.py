@@ -112,7 +112,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along i, j, k."""
-        return tuple(float(v) for v in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0))
+        i, j, k = (float(v) for v in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0))
+        return i, j, k
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
@@ -159,7 +160,7 @@ class Volume:
         shaped like :attr:`data`), undoing the display transform."""
         view = self.view(index, plane)
         plane_array = view.from_display(np.asarray(image))
-        indexer = [slice(None)] * 3
+        indexer: list[slice | int] = [slice(None)] * 3
         indexer[view.axis] = view.index
         if target[tuple(indexer)].shape != plane_array.shape:
             raise InvalidInput(f"slice of shape {image.shape} does not fit {plane} slices of a "

@@ -104,7 +104,8 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # no EPS (Ghostscript), GIF…
+            # no EPS (Ghostscript), GIF…
+            img: Image.Image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             _check_pixels(img.width * img.height, max_pixels)
             img.load()
     except InvalidImage:

@@ -26,7 +26,7 @@ from msagent.errors import PolicyError, PolicyOutputError
 from msagent.options import Option
 from msagent.policies import rationale as text
 from msagent.policies.base import Episode, Policy, Reply
-from msagent.types import BBox, Point
+from msagent.types import Action, BBox, Point
 
 
 def mask_bbox(mask: np.ndarray) -> BBox:
@@ -108,10 +108,13 @@ class ExpertPolicy(Policy):
             proposals = [jitter_bbox(tight, self.box_jitter, size, rng) for _ in range(self.first_tries)]
             actions = [protocol.bbox_action(box, size) for box in proposals]
         else:  # clicks; also for a target too thin to box (a box of zero width or height)
-            proposals = clicker.click_candidates(gt, None, (), self.first_tries, rng)
-            actions = [protocol.point_action(point, size) for point in proposals]
-        previews, chosen = 0, actions[0]
+            clicks = clicker.click_candidates(gt, None, (), self.first_tries, rng)
+            actions = [protocol.point_action(point, size) for point in clicks]
+        previews = 0
+        chosen: Action | None
+        chosen = actions[0]
         if self.first_tries > 1:
+            assert episode.preview is not None, "the expert previews its candidates"
             chosen = None
             for action in actions:
                 previews += 1
@@ -134,11 +137,13 @@ class ExpertPolicy(Policy):
             # refining: redrawing the box (over the initial mask's logits) is the first candidate
             box = jitter_bbox(mask_bbox(gt), self.box_jitter, size, rng)
             action, tried = protocol.bbox_action(box, size), 1
+            assert episode.preview is not None, "the expert previews its candidates"
             if not _degenerate(action, size) and \
                     metrics.iou(episode.preview(action).mask, gt) - current >= self.tau:
                 facts = {"target": episode.target, "size": text.size_word(float(gt.mean())),
                          "where": text.where(*text.mask_center(gt), size[1], size[0])}
                 return _reply(protocol.format_action(action, text.pick(text.BOX, rng, **facts)), 1, True)
+        assert episode.preview is not None and episode.prediction is not None, "a corrective click"
         for point in clicker.click_candidates(gt, episode.prediction.mask, clicked,
                                               self.candidates, rng):
             tried += 1
@@ -175,6 +180,7 @@ def _click_rationale(point: Point, gt: np.ndarray, episode: Episode,
                      rng: np.random.Generator) -> str:
     """The rationale of a corrective click: where its error region lies and how large it is."""
     height, width = episode.image_size
+    assert episode.prediction is not None, "a corrective click"
     pred = episode.prediction.mask
     region = (gt & ~pred) if point.positive else (pred & ~gt)
     fraction = text.region_fraction(region, point.x, point.y, int(gt.sum()))

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 import attrs
 import numpy as np
@@ -144,7 +145,7 @@ class DecodeBatcher:
         prompts = [r.prompts for r in batch.requests]
         prev = [r.prev_logits for r in batch.requests]
         texts = [r.text for r in batch.requests]
-        extra = {"text": texts} if any(t is not None for t in texts) else {}
+        extra: dict[str, Any] = {"text": texts} if any(t is not None for t in texts) else {}
         try:
             return self.segmenter.decode_batch(batch.embedding, prompts, prev,
                                                multimask=batch.multimask, **extra)
@@ -152,7 +153,7 @@ class DecodeBatcher:
             if len(prompts) == 1:
                 raise
             log.debug("batched decode of %d failed; decoding one by one", len(prompts), exc_info=True)
-        results = []
+        results: list[MaskPrediction | _Failed] = []
         for request in batch.requests:
             extra = {} if request.text is None else {"text": request.text}
             try:

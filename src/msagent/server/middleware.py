@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
 from msagent.server.context import bearer_token, key_problem
 from msagent.server.metrics import Metrics
@@ -60,7 +61,8 @@ class LimitsMiddleware:
 
     async def _read(self, receive) -> bytes | None:
         """The whole body, or None once it passes the limit."""
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
@@ -80,7 +82,7 @@ class LimitsMiddleware:
             "code": "too_large"}, [(b"connection", b"close")])
 
 
-async def _json(send, status: int, payload: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _json(send, status: int, payload: dict, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),

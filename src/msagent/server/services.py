@@ -49,6 +49,7 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
     ctx.store.check_room(session_id, replace=replace)
     if image is not None:
         image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
+    assert image_id is not None  # exactly one of image and image_id: checked above
     embedding = await ctx.engine.embed(image_id)
     session = Session(id=session_id, image_id=image_id, embedding=embedding,
                       prompt_mode=prompt_mode, multimask=multimask, text=text)

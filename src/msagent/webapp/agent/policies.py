@@ -64,7 +64,7 @@ def policy_listing() -> list[dict[str, Any]]:
         cls = factory_class(reg)
         out.append({"name": name, "package": reg.package, "version": reg.version,
                     "description": reg.description,
-                    "needs_ground_truth": None if cls is None else bool(cls.needs_ground_truth),
+                    "needs_ground_truth": None if cls is None else bool(cls.needs_ground_truth),  # type: ignore[attr-defined]
                     "client_options": None if cls is None else
                     {k: o.to_dict() for k, o in sorted(_declared(cls).items())}})
     return out

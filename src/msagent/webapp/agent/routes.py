@@ -24,7 +24,7 @@ import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import numpy as np
@@ -43,7 +43,7 @@ from msagent.server.errors import Conflict, status_of
 from msagent.server.schemas import MaskFormat, SessionStep
 from msagent.server.services import ERRORS, initial_mask_upload, open_session, read_upload, run_prompt
 from msagent.server.views import session_step
-from msagent.types import encode_mask
+from msagent.types import MaskPrediction, encode_mask
 from msagent.webapp.agent.policies import (
     PolicyPool,
     PooledPolicy,
@@ -318,5 +318,6 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
         session_trajectory, list(session.history), session.image_size, target, run=run,
         origin=origin, image_id=session.image_id,
         ground_truth=None if run is None else run.ground_truth,
-        initial=None if session.initial is None else session.initial.prediction.mask)
+        initial=None if session.initial is None
+        else cast(MaskPrediction, session.initial.prediction).mask)
     return JSONResponse(trajectory.to_dict(), headers=_attachment(f"trajectory-{session_id[:8]}.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import attrs
 import numpy as np
@@ -30,7 +31,8 @@ class RunRecord:
 
     def prompts_after(self, steps: int) -> list[BBox | Point]:
         """The pixel prompts of the executed actions among the first ``steps`` steps."""
-        return [s.prompt for s in self.trajectory.steps[:steps] if s.executed]
+        # an executed step added a pixel prompt
+        return [cast(BBox | Point, s.prompt) for s in self.trajectory.steps[:steps] if s.executed]
 
     def mask_after(self, steps: int) -> np.ndarray | None:
         executed = [s for s in self.trajectory.steps[:steps] if s.executed]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -19,8 +19,8 @@ def prompt_json(prompt: BBox | Point | None) -> dict[str, Any] | None:
 
 
 def prompts_json(prompts: Prompts) -> dict[str, Any]:
-    return {"box": None if prompts.box is None else prompt_json(prompts.box)["box"],
-            "points": [prompt_json(p)["point"] for p in prompts.points]}
+    return {"box": None if prompts.box is None else cast(dict[str, Any], prompt_json(prompts.box))["box"],
+            "points": [cast(dict[str, Any], prompt_json(p))["point"] for p in prompts.points]}
 
 
 def _finite(value: float | None) -> float | None:

@@ -3,6 +3,8 @@ from, and a session's undo stack becomes a trajectory (agent steps and human one
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import attrs
 import numpy as np
 
@@ -65,14 +67,14 @@ def session_trajectory(states: list, image_size: tuple[int, int], target: str, *
             dice=None if ground_truth is None else metrics.dice(mask, ground_truth),
             usage={"source": "agent" if agent_text else "human"}, prompt=prompt,
             prompts=pixel_prompts))
-    meta = {"source": "session"}
+    meta: dict[str, Any] = {"source": "session"}
     if run is not None and origin is not None:
         meta.update(run.trajectory.meta, source="agent+human", run_id=run.id,
                     takeover_after_steps=origin.steps)
     start = None if initial is None else InitialMask(
         initial, None if ground_truth is None else metrics.iou(initial, ground_truth),
         None if ground_truth is None else metrics.dice(initial, ground_truth), "session")
-    return Trajectory(target=target, image_size=tuple(image_size), steps=tuple(steps),
+    return Trajectory(target=target, image_size=cast(tuple[int, int], tuple(image_size)), steps=tuple(steps),
                       stop_reason="human", image_sha256=image_id, meta=meta, initial=start)
 
 

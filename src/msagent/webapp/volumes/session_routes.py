@@ -13,7 +13,7 @@ Every route needs the API key when the server has one; the backbone is the serve
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,7 +36,14 @@ from msagent.volume.session import (
     VolumeSessionStore,
 )
 from msagent.volume.stack import build_stack
-from msagent.webapp.volumes.store import EXPORT_FORMATS, Plane, VolumeStore, export_mask, volume_store
+from msagent.webapp.volumes.store import (
+    EXPORT_FORMATS,
+    Plane,
+    StoredVolume,
+    VolumeStore,
+    export_mask,
+    volume_store,
+)
 
 router = APIRouter(prefix="/v1/volumes/{volume_id}/sessions", tags=["web page"],
                    dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -193,7 +200,7 @@ async def prompt(volume_id: str, session_id: str, index: int, body: SlicePrompt,
     session.check_index(index)
     if (body.box is None) == (body.point is None):
         raise InvalidInput('give exactly one of "box" {x1, y1, x2, y2} and "point" {x, y, label}')
-    added = body.box.to_bbox() if body.box is not None else body.point.to_point()
+    added = body.box.to_bbox() if body.box is not None else cast(PointIn, body.point).to_point()
     async with sessions.using(session):
         state = await asyncio.to_thread(session.slice_state, index)  # encodes on first use
         request = state.request(added)
@@ -274,7 +281,7 @@ def _export(session: VolumeSession, body: ExportVolumeRequest) -> tuple[bytes, s
                        "(and propagate) first")
     voxels = session.sliced.to_voxels(masks)
     label = body.label or session.target[:64]  # DICOM SEG labels are at most 64 characters
-    return export_mask(session.source, voxels, body.format, label)
+    return export_mask(cast(StoredVolume, session.source), voxels, body.format, label)
 
 
 def _prompt_fields(prompts) -> dict:
