@@ -44,6 +44,8 @@ from msagent.volume.propagation import METHODS, EmbeddingStore, propagator_for
 from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 KEY_RULES = ("given", "largest_gt_area", "survey")
+#: flat options that go to each slice's :class:`msagent.Agent` (a VolumeAgent's agent_options)
+AGENT_OPTIONS = ("prompt_mode", "multimask", "max_failures")
 
 
 @attrs.define
@@ -153,6 +155,25 @@ def check_options(max_turns: Any = 5, propagation: Any = "auto", review_slices: 
             raise InvalidInput(f"{name} must be a finite number, got {value!r}")
     if propagation not in METHODS:
         raise InvalidInput(f"unknown propagation {propagation!r}; use one of {', '.join(METHODS)}")
+
+
+def split_options(options: Mapping[str, Any], *, caller: str = "segment_volume",
+                  **named: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat keyword ``options`` for a :class:`VolumeAgent`, checked before any work: (its own
+    options, its ``agent_options``). The Agent's options (:data:`AGENT_OPTIONS`) are split
+    off, an unknown name is refused (:class:`InvalidInput` naming ``caller`` and the known
+    names), and the values are checked by :func:`check_options`, with the ``named`` ones
+    (``max_turns``, ``propagation``, ``review_slices``) that the caller takes itself."""
+    agent_options = {k: v for k, v in options.items() if k in AGENT_OPTIONS}
+    own = {k: v for k, v in options.items() if k not in AGENT_OPTIONS}
+    known = {field.name for field in attrs.fields(VolumeAgent)} - {"policy", "segmenter",
+                                                                   "agent_options"}
+    unknown = sorted(set(own) - known)
+    if unknown:
+        raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for {caller}; known: "
+                           f"{', '.join(sorted(known | set(AGENT_OPTIONS)))}")
+    check_options(**named, **own)
+    return own, agent_options
 
 
 @attrs.define(eq=False)

@@ -13,7 +13,7 @@ from msagent import _console, metrics
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidImage, InvalidInput, InvalidTarget
 from msagent.policies.base import Policy
-from msagent.volume.agent import VolumeAgent, check_options
+from msagent.volume.agent import VolumeAgent, split_options
 from msagent.volume.stack import VolumeStack, build_stack, label_stack
 from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
@@ -94,19 +94,11 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
                             max_voxels=max_voxels)
     gt = None if ground_truth is None else label_stack(ground_truth, stack, "ground truth", label)
     check_ground_truth(policy, gt)
-    agent_keys = {"prompt_mode", "multimask", "max_failures"}
-    agent_options = {k: options.pop(k) for k in list(options) if k in agent_keys}
-    known = {field.name for field in attrs.fields(VolumeAgent)} - {"policy", "segmenter",
-                                                                   "agent_options"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for segment_volume; known: "
-                           f"{', '.join(sorted(known | agent_keys))}")
+    options, agent_options = split_options(  # before a backbone loads
+        options, max_turns=max_turns, propagation=propagation, review_slices=review_slices)
     if isinstance(nsd_tolerance, bool) or not isinstance(nsd_tolerance, (int, float)) \
             or not np.isfinite(nsd_tolerance) or nsd_tolerance < 0:
         raise InvalidInput(f"nsd_tolerance is a distance in mm (0 or more), got {nsd_tolerance!r}")
-    check_options(max_turns=max_turns, propagation=propagation, review_slices=review_slices,
-                  **options)  # before a backbone loads
     agent_policy = load_policy_for(policy, policy_options or {})
     segmenter = load_backbone_for(backbone, backbone_options or {})
     agent = VolumeAgent(agent_policy, segmenter, max_turns=max_turns, propagation=propagation,
