@@ -12,10 +12,7 @@
   one whose predicted score is under ``min_score``, or one more than ``max_growth`` (2×) the
   neighbour's area (past the target's end a box-prompted backbone fills the box with whatever
   is there: LiteMedSAM segments the air above the MNI152 brain); the slices beyond have no
-  target. Measured on the MNI152 T1 volume (95 axial slices, LiteMedSAM, seeded with the true
-  mask on the largest slice), 3-D Dice brain / white / grey matter: a 5 % box and no
-  growth stop 0.39 / 0.26 / 0.34 (the walk ran to the last slice); 10 % and no stop 0.42 /
-  0.30 / 0.39; 10 % and 2× 0.62 / 0.45 / 0.54; an oracle box on every slice 0.66 / 0.53 / 0.47;
+  target (what the margin and the growth stop do to 3-D Dice: docs/volumes.md, "Measured");
 - between two seeds each slice belongs to the nearer one (a tie to the lower slice), so a
   correction changes only its own neighbourhood; an empty seed ("no target here") ends the
   walks that reach it and claims no slice: the slices beyond it have no target;
