@@ -15,13 +15,16 @@ doors. What SAM-family backbones share lives here too:
 - :mod:`msagent.backbones.propagation` — the 3-D propagation contract (:class:`Propagator`,
   :class:`Seed`, :class:`SliceStack`) a backbone with its own volume memory implements;
 - :func:`check_prompts`, :func:`check_prev_logits`, ``LOW_RES`` — the prompt and mask-input
-  contract.
+  contract;
+- :class:`BoundedLRU` — the one bounded, thread-safe LRU (single-flight ``get_or_compute``)
+  for a backbone's own caches (text embeddings, say).
 
 :func:`msagent.testing.check_segmenter` is the conformance suite every backbone's tests run.
 """
 
 from __future__ import annotations
 
+from msagent._lru import BoundedLRU
 from msagent.backbones import weights
 from msagent.backbones.geometry import InputGeometry
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
@@ -31,6 +34,7 @@ from msagent.types import BBox, MaskPrediction, Point, Prompts
 __all__ = [
     "LOW_RES",
     "BBox",
+    "BoundedLRU",
     "Embedding",
     "InputGeometry",
     "MaskPrediction",

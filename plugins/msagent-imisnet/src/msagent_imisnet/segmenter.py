@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from msagent.backbones import (
+    BoundedLRU,
     Embedding,
     InputGeometry,
     MaskPrediction,
@@ -90,9 +90,7 @@ class IMISNetSegmenter(Segmenter):
             if self.tokenizer is None:
                 log.warning("IMIS-Net text prompts are off: %s", TOKENIZER_HINT)
         self.accepts_text = self.tokenizer is not None
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._text_cache_size = text_cache_size
-        self._text_lock = threading.Lock()
+        self._text_cache: BoundedLRU[str, torch.Tensor] = BoundedLRU(text_cache_size)
         log.info("loaded IMIS-Net from %s on %s (%s)", path, self.device, self.dtype)
 
     # -- encoder ---------------------------------------------------------------
@@ -123,17 +121,11 @@ class IMISNetSegmenter(Segmenter):
         if self.tokenizer is None:
             raise SegmenterError("text prompts are off for this IMIS-Net segmenter "
                                  "(use_text_prompt=False or no tokenizer). " + TOKENIZER_HINT)
-        with self._text_lock:
-            if text in self._text_cache:
-                self._text_cache.move_to_end(text)
-                return self._text_cache[text]
+        return self._text_cache.get_or_compute(text, lambda: self._embed_text(text))
+
+    def _embed_text(self, text: str) -> torch.Tensor:
         ids, mask = tokenize(self.tokenizer, [text], self.device)
-        embedding = self.model.embed_text(ids, mask)[0]
-        with self._text_lock:
-            self._text_cache[text] = embedding
-            while len(self._text_cache) > self._text_cache_size:
-                self._text_cache.popitem(last=False)
-        return embedding
+        return self.model.embed_text(ids, mask)[0]
 
     # -- decoder -----------------------------------------------------------------
     def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
