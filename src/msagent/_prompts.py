@@ -3,7 +3,7 @@
 Source: the upstream RL stage (``RL-verl/recipe/medsam_agent/medsam_dataset.py`` and
 ``medsam_iterative_agent_loop.py``), the format the released checkpoint saw last. The tool
 schemas are embedded in the system prompt as one ``json.dumps`` line each; they are not
-passed through a chat template's ``tools=``. ``tests/test_protocol.py`` pins the rendered
+passed through a chat template's ``tools=``. ``tests/core/test_protocol.py`` pins the rendered
 strings by SHA-256.
 """
 

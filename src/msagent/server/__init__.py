@@ -1,7 +1,7 @@
 """The segmentation session server (``msagent serve``; needs the ``server`` extra).
 
-``create_app(segmenter, ServerConfig(...))`` builds the FastAPI app; :mod:`.wire` holds the
-formats shared with the ``remote`` backbone and imports neither FastAPI nor torch.
+``create_app(segmenter, ServerConfig(...))`` builds the FastAPI app; :mod:`msagent.io.wire`
+holds the formats shared with the ``remote`` backbone and imports neither FastAPI nor torch.
 """
 
 from __future__ import annotations

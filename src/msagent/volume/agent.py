@@ -19,7 +19,7 @@ A run (:meth:`VolumeAgent.run`) on a :class:`~msagent.backbones.propagation.Slic
    again. The expert settles a review slice where the ground truth is empty without an
    episode: it marks the slice as having no target (an empty seed: propagation ends there).
 
-Each slice is encoded once per run (:class:`msagent.volume.propagation.EmbeddingStore`); the
+Each slice is encoded once per run (:class:`msagent.volume.embeddings.EmbeddingStore`); the
 episodes and generic propagation share the embeddings. A native propagator encodes its frames
 with its own preprocessing, so there the key and review slices are encoded once more.
 """

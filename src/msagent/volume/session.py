@@ -7,7 +7,7 @@ Refusals are :class:`VolumeSessionError` values (core errors; the web app maps t
 A :class:`VolumeSession` holds one target through one plane of a volume:
 
 - the slices as the page shows them (:func:`msagent.volume.stack.build_stack` with the
-  volume's window, applied once), their embeddings (:class:`msagent.volume.propagation.EmbeddingStore`:
+  volume's window, applied once), their embeddings (:class:`msagent.volume.embeddings.EmbeddingStore`:
   each slice is encoded once per session, whatever visits it) and a propagator
   (:func:`msagent.volume.propagation.propagator_for`: the backbone's native one, or generic);
 - per prompted slice an :class:`msagent.agent.episode.EpisodeState` (the episode core's rule: the

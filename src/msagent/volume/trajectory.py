@@ -2,7 +2,8 @@
 
 A :class:`VolumeTrajectory` serializes to JSON losslessly (masks as run-length codes, every
 episode a full :class:`~msagent.types.Trajectory`), so a run can be replayed, inspected, scored
-again or exported as training data (:func:`msagent.export.volume_conversations`).
+again or turned into training data (:mod:`msagent.generation.volumes` writes its episodes as
+a trajectory set, which ``msagent export`` turns into training rows).
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """The web page's app, on top of the segmentation service (``msagent serve`` mounts it by
 default on loopback; ``--web`` / ``--no-web`` choose).
 
-- :mod:`.agent_routes`: ``GET /v1/plugins``, ``POST /v1/agent/run`` (NDJSON turns), finished
-  runs, sessions seeded from a run; :mod:`.policies` (the policy pool and what API clients may
-  set), :mod:`.runs`, :mod:`.turns`, :mod:`.takeover`;
-- :mod:`.volume_routes` / :mod:`.volumes`: NIfTI and DICOM volumes, slices, mask export;
-- :mod:`.volume_session_routes` / :mod:`.volume_sessions`: volume sessions (prompts on any
-  slice, propagation through the volume, undo, export of the whole result);
+- :mod:`.agent.routes`: ``GET /v1/plugins``, ``POST /v1/agent/run`` (NDJSON turns), finished
+  runs, sessions seeded from a run; :mod:`.agent.policies` (the policy pool and what API
+  clients may set), :mod:`.agent.runs` (finished runs), :mod:`.agent.takeover` (taking a run
+  over by hand), :mod:`.agent.streaming` (steps as the streamed turns);
+- :mod:`.volumes.store` / :mod:`.volumes.routes`: NIfTI and DICOM volumes, slices, mask export;
+- :mod:`.volumes.session_routes`: volume sessions over HTTP (the session itself,
+  :mod:`msagent.volume.session`: prompts on any slice, propagation through the volume, undo,
+  export of the whole result);
 - ``static/``: the page itself, at ``/ui``.
 
 It uses the service's context (backbone engine, session store, limits, auth): the service

@@ -4,7 +4,7 @@ The same code path as inference (:class:`msagent.Agent`): arguments are validate
 :func:`msagent.protocol.parse_action`, mapped to pixels by
 :func:`msagent.protocol.action_to_prompt` (v → floor(v·size/1000), clamped), accumulated
 (or latest-only) exactly as the agent does, decoded with the previous turn's 256×256 logits,
-and the observation is :func:`msagent.protocol.policy_image` — the checkpoint's overlay at
+and the observation is :func:`msagent.render.policy_image` — the checkpoint's overlay at
 ``policy_image_size`` (512, a multiple of 32, so SFT and RL count the same image tokens).
 
 Tool YAML ``config`` keys (beside verl's ``type: native``): ``backbone``,

@@ -3,7 +3,7 @@
 - ``GET /v1/plugins``: the installed backbones (which one this server runs) and policies;
 - ``POST /v1/agent/run``: one :class:`msagent.Agent` episode on a stored image with the
   server's segmenter (its shared embedding cache), streamed as NDJSON: a ``start`` line, one
-  ``turn`` line per policy reply (see :class:`~.turns.TurnEncoder`), then ``done`` (or
+  ``turn`` line per policy reply (see :class:`~.streaming.TurnEncoder`), then ``done`` (or
   ``error``). The episode runs in a worker thread; closing the stream stops it (the run is
   kept with the steps it made);
 - ``GET /v1/agent/runs/{id}``: the finished run's trajectory JSON

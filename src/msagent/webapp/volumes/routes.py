@@ -1,7 +1,7 @@
 """Routes for the web page's images and volumes: stored images as PNG, NIfTI/DICOM uploads,
 windowed slices, and masks exported as NIfTI or DICOM SEG.
 
-``install(app)`` adds the routes and a :class:`~.volumes.VolumeStore` at
+``install(app)`` adds the routes and a :class:`~.store.VolumeStore` at
 ``app.state.msagent_volumes``. Every route needs the API key when the server has one.
 """
 
