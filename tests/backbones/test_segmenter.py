@@ -10,6 +10,8 @@ from msagent.errors import SegmenterError
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 
 
+# Not msagent.testing's stand-ins: this one sleeps on encode (cache races) and returns its
+# embedding as the score.
 class Counting(msagent.Segmenter):
     def __init__(self, delay=0.0, **kw):
         super().__init__(**kw)
@@ -21,9 +23,10 @@ class Counting(msagent.Segmenter):
         self.encodes += 1
         return float(image.mean())
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
         mask = np.zeros(embedding.image_size, bool)
-        return MaskPrediction(mask, np.zeros((256, 256), np.float32), embedding.features)
+        return [MaskPrediction(mask, np.zeros((256, 256), np.float32), embedding.features)
+                for _ in prompt_sets]
 
 
 def image(value=0, shape=(8, 9, 3)):
@@ -147,6 +150,8 @@ def test_a_failed_batch_encode_releases_its_images():
     assert seg.encodes == 2
 
 
+# Not msagent.testing.BoxBackbone: this one can break the output contract on purpose (mask
+# dtype, logits shape) and records what reached decode_prompts.
 class BoxBackbone(msagent.Segmenter):
     """A backbone written against the current contract: two primitives, nothing else."""
 
@@ -214,22 +219,21 @@ def test_the_conformance_suite_fails_a_broken_backbone():
         def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
             return super().decode_prompts(embedding, prompt_sets[:1], prev_logits[:1], multimask=multimask) * len(prompt_sets)
 
-    with pytest.raises(AssertionError, match="decode_batch must equal one decode per prompt set"):
+    with pytest.raises(AssertionError, match="conformance check 'decode_batch_equals_decode' failed: Forgetful: "
+                                               "decode_batch must equal one decode per prompt set"):
         check_segmenter(Forgetful())
 
 
-def test_a_first_contract_backbone_still_works_and_is_told_to_move():
-    with pytest.warns(DeprecationWarning, match="implement decode_prompts"):
-        class Legacy(msagent.Segmenter):
-            def encode_image(self, image):
-                return 0
+def test_a_backbone_must_implement_decode_prompts_not_the_front_door():
+    class FrontDoorOnly(msagent.Segmenter):
+        def encode_image(self, image):
+            return 0
 
-            def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
-                return MaskPrediction(np.ones(embedding.image_size, bool), np.zeros((256, 256), np.float32), 1.0)
+        def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
+            return MaskPrediction(np.ones(embedding.image_size, bool), np.zeros((256, 256), np.float32), 1.0)
 
-    seg = Legacy()
-    emb = seg.encode(image(1))
-    assert seg.decode_batch(emb, [Prompts(box=BBox(0, 0, 1, 1))] * 2)[1].mask.all()
+    with pytest.raises(TypeError, match="decode_prompts"):
+        FrontDoorOnly()
 
 
 def test_a_backbone_that_forgets_super_init_still_has_a_cache():

@@ -33,6 +33,8 @@ def logits_of(mask):
     return low
 
 
+# Not msagent.testing.BrightBackbone: the protocols' expected values rest on this mix (a positive
+# click adds its bright component, a negative one cuts a disk) and on the recorded calls.
 class Threshold(msagent.Segmenter):
     """Known behaviour: a box selects the bright pixels inside it; a positive click adds the
     bright connected component under it (or a disk of ``radius`` when set); a negative click
@@ -49,7 +51,11 @@ class Threshold(msagent.Segmenter):
     def encode_image(self, image):
         return image.mean(axis=2) > 120
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        return [self.decode_one(embedding, p, prev, multimask=multimask)
+                for p, prev in zip(prompt_sets, prev_logits)]
+
+    def decode_one(self, embedding, prompts, prev_logits=None, *, multimask=False):
         import cv2
 
         self.calls.append((prompts, None if prev_logits is None else prev_logits.copy()))

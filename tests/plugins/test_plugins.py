@@ -14,11 +14,12 @@ from msagent.errors import DuplicateRegistration, PluginError, PluginNotFound
 from msagent.plugins import Registry, hookspecs, make_plugin_manager
 
 
+# A registration target only (never decodes), so not one of msagent.testing's stand-ins.
 class Toy(msagent.Segmenter):
     def encode_image(self, image):
         return image
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
         raise NotImplementedError
 
 
@@ -134,7 +135,7 @@ def test_import_and_listing_plugins_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "writing-a-plugin.md"
 
 
 def _documented_signatures() -> dict[str, str]:

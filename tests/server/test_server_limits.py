@@ -7,23 +7,23 @@ import io
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-import msagent  # noqa: E402
-from msagent.errors import SegmenterError  # noqa: E402
-from msagent.io.wire import png_bytes  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.types import MaskPrediction  # noqa: E402
+import msagent
+from msagent.errors import SegmenterError
+from msagent.io.wire import png_bytes
+from msagent.server import ServerConfig, create_app
+from msagent.server.background import serve_in_thread
+from msagent.types import MaskPrediction
 
 BOX = {"x1": 2, "y1": 3, "x2": 20, "y2": 15}
 POISON_X = 13  # a click here makes the stand-in decoder fail
 
 
+# Not msagent.testing.BoxBackbone: batching and load tests need delays, a poisoned click and a
+# record of batch sizes.
 class Boxes(msagent.Segmenter):
     """Stand-in backbone: the mask is the box (clicks set single pixels); sleeps to act slow."""
 
@@ -42,10 +42,7 @@ class Boxes(msagent.Segmenter):
             self.encodes += 1
         return float(image.mean())
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
-        return self.decode_batch(embedding, [prompts], [prev_logits], multimask=multimask)[0]
-
-    def decode_batch(self, embedding, prompt_sets, prev_logits=None, *, multimask=False):
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
         time.sleep(self.decode_delay)
         with self._lock:
             self.batches.append(len(prompt_sets))
@@ -254,7 +251,7 @@ class TextBoxes(Boxes):
 
     def decode_batch(self, embedding, prompt_sets, prev_logits=None, *, multimask=False, text=None):
         self.texts.append(text)
-        return super().decode_batch(embedding, prompt_sets, prev_logits, multimask=multimask)
+        return super().decode_batch(embedding, prompt_sets, prev_logits, multimask=multimask, text=text)
 
 
 def test_text_prompts_reach_backbones_that_accept_them():

@@ -17,6 +17,7 @@ class Scripted(msagent.Policy):
         return msagent.Reply([BOX, POINT, STOP][len(episode.steps)])
 
 
+# Not an msagent.testing stand-in: it must be a first-contract segmenter (decode without text).
 class Plain(msagent.Segmenter):
     """A contract-v1 segmenter: its decode has no ``text`` parameter at all."""
 
@@ -27,10 +28,11 @@ class Plain(msagent.Segmenter):
     def encode_image(self, image):
         return None
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=True):
-        self.calls += 1
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self.calls += len(prompt_sets)
         h, w = embedding.image_size
-        return MaskPrediction(np.ones((h, w), bool), np.zeros((256, 256), np.float32), 1.0)
+        return [MaskPrediction(np.ones((h, w), bool), np.zeros((256, 256), np.float32), 1.0)
+                for _ in prompt_sets]
 
 
 class Texting(Plain):
@@ -40,9 +42,9 @@ class Texting(Plain):
         super().__init__()
         self.texts = []
 
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=True, text=None):
-        self.texts.append(text)
-        return super().decode(embedding, prompts, prev_logits, multimask=multimask)
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self.texts.extend(p.text for p in prompt_sets)
+        return super().decode_prompts(embedding, prompt_sets, prev_logits, multimask=multimask)
 
 
 def test_agent_passes_the_target_only_to_text_segmenters():
@@ -50,6 +52,6 @@ def test_agent_passes_the_target_only_to_text_segmenters():
     plain, texting = Plain(), Texting()
     assert msagent.Segmenter.accepts_text is False
     msagent.Agent(Scripted(), plain).run(image, "left kidney")
-    assert plain.calls == 2  # no TypeError: old segmenters never see text=
+    assert plain.calls == 2  # a backbone without text never reads it
     result = msagent.segment(image, "left kidney", backbone=texting, policy=Scripted())
     assert result.turns == 2 and texting.texts == ["left kidney", "left kidney"]

@@ -88,12 +88,11 @@ Decoder = Callable[[Embedding, Prompts, "np.ndarray | None"], MaskPrediction]
 
 
 def segmenter_decoder(segmenter: Segmenter, multimask: bool | None = None) -> Decoder:
-    """A decoder that runs ``segmenter.decode`` (with ``multimask``; None: its default). The
-    text also goes as ``text=``, for backbones written against the first contract."""
+    """A decoder that runs ``segmenter.decode`` (with ``multimask``; None: its default); the
+    target text travels in ``prompts.text``."""
 
     def decode(embedding: Embedding, prompts: Prompts, prev: np.ndarray | None) -> MaskPrediction:
-        text = {"text": prompts.text} if segmenter.accepts_text and prompts.text else {}
-        return segmenter.decode(embedding, prompts, prev, multimask=multimask, **text)
+        return segmenter.decode(embedding, prompts, prev, multimask=multimask)
 
     return decode
 

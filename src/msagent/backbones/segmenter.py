@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -83,10 +82,6 @@ class Segmenter(ABC):
         if cache is None:
             cache = self.__dict__.setdefault("_embedding_cache", EmbeddingCache(16))
         return cache
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _adapt_legacy_decode(cls)
 
     # -- the cached front door -------------------------------------------------
     def encode(self, image: np.ndarray) -> Embedding:
@@ -273,30 +268,6 @@ def _output_problem(prediction: Any, image_size: tuple[int, int]) -> str:
     except (TypeError, ValueError):
         return f"the score must be a number, got {prediction.score!r}"
     return ""
-
-
-def _adapt_legacy_decode(cls: type) -> None:
-    """Backbones written against the first contract override ``decode`` (or ``decode_batch``)
-    instead of implementing ``decode_prompts``. They keep working as they did (their methods
-    are called as before, unchecked), with a DeprecationWarning; ``decode_prompts`` is derived
-    from their ``decode`` so that the base ``decode_batch`` still works."""
-    own = cls.__dict__
-    if not ("decode" in own or "decode_batch" in own):
-        return
-    implemented = any("decode_prompts" in klass.__dict__ for klass in cls.__mro__
-                      if klass is not Segmenter and issubclass(klass, Segmenter))
-    if implemented:
-        return
-    warnings.warn(f"{cls.__qualname__} overrides Segmenter.decode/decode_batch; implement "
-                  "decode_prompts() instead (the front doors then check inputs and outputs)",
-                  DeprecationWarning, stacklevel=3)
-
-    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
-        return [self.decode(embedding, p, prev, multimask=multimask,
-                            **({"text": p.text} if self.accepts_text and p.text is not None else {}))
-                for p, prev in zip(prompt_sets, prev_logits)]
-
-    cls.decode_prompts = decode_prompts  # type: ignore[attr-defined]
 
 
 def _check_image(image: np.ndarray) -> None:
