@@ -31,7 +31,8 @@ class Reply:
 
 @attrs.define(eq=False)
 class Episode:
-    """The read-only view of an episode that a policy acts on.
+    """What a policy sees of an episode: the agent loop updates it after each reply (``steps``,
+    ``prediction``, ``feedback``); a policy reads it and must not change it.
 
     ``image`` is the original H×W×3 uint8 image; ``steps`` every reply so far. ``ground_truth``
     is set only when the caller gave one (the expert needs it). ``preview(action)`` decodes an
