@@ -9,7 +9,7 @@ size per array axis, in array order), interpreted as bool. Which convention each
   DeepMind-derived Dice gives NaN there), so on its cases the two agree.
 - NSD (:func:`nsd`, 2-D and 3-D): equals DeepMind's surface-distance
   ``compute_surface_dice_at_tolerance`` and MONAI's ``compute_surface_dice(use_subvoxels=True)``
-  (measured: tests/test_metrics_3d.py). The surface lives on pixel (voxel) corners, each
+  (measured: tests/core/test_metrics_3d.py). The surface lives on pixel (voxel) corners, each
   2×2 (2×2×2) neighbourhood code is one element, weighted by its contour length (2-D) or by
   its surface area (3-D: the marching-cubes triangles of DeepMind's normals table, scaled by
   the spacing); distances are scipy's exact EDT with ``sampling=spacing``. MONAI's default

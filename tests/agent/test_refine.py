@@ -83,6 +83,8 @@ def test_the_expert_never_ends_below_the_initial_mask(litemedsam, brain, kind):
     assert np.array_equal(again.initial.mask, initial) and again.initial.iou == start.iou
 
 
+# Not an msagent.testing stand-in: a backbone with a mask input (input_geometry) that records
+# the prev_logits each decode got.
 class Recorder(msagent.Segmenter):
     """A backbone with a mask input that records what each decode got."""
 
@@ -173,6 +175,7 @@ def test_the_reward_counts_from_the_initial_mask():
     assert kept.iou == 0.7 and kept.turns == 0
 
 
+@pytest.mark.slow
 def test_segment_and_the_cli_refine_and_refuse_a_wrong_size(litemedsam, tmp_path, capsys):
     from msagent.cli import main
 

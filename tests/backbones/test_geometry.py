@@ -25,6 +25,7 @@ def test_every_side_keeps_a_pixel(shape, mode):
     assert 1 <= crop_h <= 256 and 1 <= crop_w <= 256
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", EXTREME[:5])
 def test_litemedsam_segments_extreme_aspect_ratios(litemedsam, shape):
     image = np.random.default_rng(0).integers(0, 255, shape + (3,), dtype=np.uint8)
@@ -34,6 +35,7 @@ def test_litemedsam_segments_extreme_aspect_ratios(litemedsam, shape):
     assert np.isfinite(prediction.low_res_logits).all()
 
 
+@pytest.mark.slow
 def test_segment_on_a_one_pixel_row_ends_cleanly(litemedsam):
     image = np.random.default_rng(1).integers(0, 255, (1, 600, 3), dtype=np.uint8)
     gt = np.zeros((1, 600), bool)

@@ -202,22 +202,7 @@ def test_policy_image_is_512_and_overlay_is_green_blend():
 
 def test_the_agent_counts_a_zero_size_box_and_hostile_text_as_invalid_replies():
     import msagent
-    from msagent.testing import make_phantom
-    from msagent.types import MaskPrediction
-
-    class Boxes(msagent.Segmenter):  # core only: this test also runs at the declared floors
-        def encode_image(self, image):
-            return 0
-
-        def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
-            Boxes.calls += len(prompt_sets)
-            out = []
-            for prompts in prompt_sets:
-                mask = np.zeros(embedding.image_size, bool)
-                b = prompts.box
-                mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = True
-                out.append(MaskPrediction(mask, np.zeros((256, 256), np.float32), 1.0))
-            return out
+    from msagent.testing import BoxBackbone, make_phantom
 
     zero = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [400, 250, 400, 700]}}</tool_call>'
     box = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 700, 700]}}</tool_call>'
@@ -231,10 +216,10 @@ def test_the_agent_counts_a_zero_size_box_and_hostile_text_as_invalid_replies():
         def act(self, episode):
             return msagent.Reply(self.replies.pop(0))
 
-    Boxes.calls = 0
     image, mask = make_phantom()
-    trajectory = msagent.Agent(Scripted(), Boxes()).run(image, "blob", mask)
+    boxes = BoxBackbone()
+    trajectory = msagent.Agent(Scripted(), boxes).run(image, "blob", mask)
     errors = [s.error for s in trajectory.steps]
     assert "zero width or height" in errors[0] and errors[1] is None
     assert "not valid JSON" in errors[2] and trajectory.stop_reason == "stop"
-    assert Boxes.calls == 1 and trajectory.turns == 1
+    assert boxes.decodes == 1 and trajectory.turns == 1

@@ -26,6 +26,7 @@ def mni_folder(tmp_path_factory):
     return make_mni152_dataset(tmp_path_factory.mktemp("mni"), slices=(30, 45))
 
 
+@pytest.mark.slow
 def test_mni152_dataset_is_a_plain_folder_with_three_targets(mni_folder):
     dataset = open_dataset(mni_folder)
     assert dataset.ids == [f"mni152/z{z:03d}/{t}" for z in (30, 45)

@@ -51,6 +51,7 @@ def reference(folder, litemedsam, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_empty_and_torn_shards_are_recomputed(folder, reference, litemedsam, tmp_path, caplog):
     out = tmp_path / "set"
     out.mkdir()
@@ -66,6 +67,7 @@ def test_empty_and_torn_shards_are_recomputed(folder, reference, litemedsam, tmp
     assert sum("is damaged" in r.message for r in caplog.records) == 2
 
 
+@pytest.mark.slow
 def test_shards_record_their_row_count(reference, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -79,6 +81,7 @@ def test_shards_record_their_row_count(reference, tmp_path):
     assert not atomic.parquet_is_complete(lying)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b"\x00" * 10, b""])
 def test_a_corrupt_manifest_is_one_clear_error(folder, reference, tmp_path, content, capsys):
     out = tmp_path / "set"
@@ -95,6 +98,7 @@ def test_a_corrupt_manifest_is_one_clear_error(folder, reference, tmp_path, cont
 @pytest.mark.parametrize("code, remedy", [(errno.ENOSPC, "the disk is full"),
                                           (errno.EROFS, "read-only"),
                                           (errno.EACCES, "no permission")])
+@pytest.mark.slow
 def test_file_system_errors_name_the_path_and_the_remedy(folder, reference, litemedsam, tmp_path,
                                                          monkeypatch, capsys, code, remedy):
     out = tmp_path / "set"
@@ -122,6 +126,7 @@ def test_file_system_errors_name_the_path_and_the_remedy(folder, reference, lite
     assert files(out) == files(reference)
 
 
+@pytest.mark.slow
 def test_a_damaged_export_part_is_written_again(reference, tmp_path):
     first = export_trajectories(reference, tmp_path / "sft", "verl-sft", progress=False)
     part = sorted((tmp_path / "sft").glob("part-*.parquet"))[0]

@@ -3,7 +3,6 @@
 import base64
 import io as pyio
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
@@ -14,8 +13,6 @@ from msagent.evaluation import evaluate, finish
 from msagent.testing import make_phantom
 from msagent.types import Case
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(n)), None)
 CHECK_IMAGES = """<script>window.addEventListener('load', () => {
   const images = [...document.images];
   const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
@@ -75,13 +72,12 @@ def test_report_regenerates_from_records(report):
     assert report.read_text() == before
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install -y chromium)")
-def test_report_images_load_in_headless_chromium(report, tmp_path):
+def test_report_images_load_in_headless_chromium(report, tmp_path, chromium):
     page = report.read_text().replace("</body>", CHECK_IMAGES + "</body>")
     probe = tmp_path / "probe.html"
     probe.write_text(page)
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120)
     match = re.search(r'data-images="(\d+)/(\d+)"', result.stdout)

@@ -1,7 +1,7 @@
 """``msagent eval --volumes``: whole-volume cases from an MSD-layout NIfTI folder, run under the
 3-D protocols (agent through VolumeAgent, cvpr in 3-D; noc skipped), one record per volume,
 NIfTI masks on the input's grid, resume, the report's volume table. The stand-in backbone of
-tests/test_volume.py makes every expected score exact."""
+tests/volume/test_volume.py makes every expected score exact."""
 
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ from msagent.datasets import (
 from msagent.errors import InvalidImage, InvalidInput
 from msagent.evaluation import EvalConfig, RecordStore, evaluate
 from msagent.evaluation.units import NOC_ON_VOLUME, REFINE_ON_VOLUME
+from msagent.testing import TUBE_AFFINE, BrightBackbone, make_tube, zyx_to_nifti
 from msagent.volume.trajectory import VolumeTrajectory
 
-from .test_volume import Bright, tube
-
-AFFINE = np.diag([0.8, 0.8, 3.0, 1.0])  # RAS: k (the tube's slices) is axial
+AFFINE = TUBE_AFFINE  # RAS: k (the tube's slices) is axial
 
 
 def _write(path, data):
@@ -33,25 +32,7 @@ def _write(path, data):
     nib.save(nib.Nifti1Image(data, AFFINE), str(path))
 
 
-def _to_voxels(zyx):
-    """(slices, y, x) → NIfTI (i=x, j=y, k=slice)."""
-    return np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
-
-
-@pytest.fixture
-def msd(tmp_path):
-    """An MSD folder: two tubes (16 and 12 slices), labels 1 "tube" and 2 "cyst" (absent)."""
-    root = tmp_path / "Task99_Tubes"
-    training = []
-    for name, count in (("tube_a", 16), ("tube_b", 12)):
-        volume, mask = tube(count)
-        _write(root / "imagesTr" / f"{name}.nii.gz", _to_voxels(volume).astype(np.float32))
-        _write(root / "labelsTr" / f"{name}.nii.gz", _to_voxels(mask).astype(np.uint8))
-        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({
-        "name": "tubes", "modality": {"0": "CT"}, "training": training,
-        "labels": {"0": "background", "1": "tube", "2": "cyst"}}))
-    return root
+_to_voxels = zyx_to_nifti
 
 
 def test_the_reader_lists_volume_cases_without_reading_voxels(msd, monkeypatch):
@@ -74,7 +55,7 @@ def test_the_reader_lists_volume_cases_without_reading_voxels(msd, monkeypatch):
     loaded = dataset[0]
     assert isinstance(loaded, LoadedVolume) and loaded.sliced.slices.count == 16
     assert loaded.sliced.slices.spacing == pytest.approx((3.0, 0.8, 0.8))
-    _, mask = tube(16)
+    _, mask = make_tube(16)
     assert loaded.ground_truth.sum() == mask.sum() and loaded.ground_truth.shape[0] == 16
     assert open_dataset(msd, volumes=True).ids == dataset.ids
     assert len(open_dataset(msd)) == 16 + 12  # the slice reader: one case per slice with a tube
@@ -91,7 +72,7 @@ def test_the_voxel_limit_is_checked_from_the_header(msd, monkeypatch):
 
 def test_eval_volumes_agent_and_cvpr_one_row_per_volume(msd, tmp_path):
     out = tmp_path / "out"
-    summary = evaluate(read_nifti_folder(msd, volumes=True), out, backbones=[Bright()],
+    summary = evaluate(read_nifti_folder(msd, volumes=True), out, backbones=[BrightBackbone()],
                        policies=["expert"], protocols=["cvpr", "noc"], progress=False)
     agent, cvpr = summary["bright/expert (volumes)"], summary["bright/cvpr (volumes)"]
     assert agent["kind"] == "volume" and agent["n_ok"] == 2 and agent["n_skipped"] == 2
@@ -104,7 +85,7 @@ def test_eval_volumes_agent_and_cvpr_one_row_per_volume(msd, tmp_path):
     records = {(r.method, r.case_id): r for r in RecordStore(out / "records.jsonl").records()}
     assert len(records) == 3 * 4
     row = records["expert", "tubes/tube_a/axial/tube"]
-    _, mask = tube(16)
+    _, mask = make_tube(16)
     assert row.kind == "volume" and row.slices == 16 and row.height * row.width == 40 * 80
     assert row.label == "tube" and row.dataset == "tubes" and row.modality == "CT"
     assert row.values["key_slice"] == int(np.argmax(mask.sum(axis=(1, 2))))
@@ -127,7 +108,7 @@ def test_eval_volumes_agent_and_cvpr_one_row_per_volume(msd, tmp_path):
 
 def test_resume_runs_only_the_missing_volume(msd, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    kwargs = dict(backbones=[Bright()], policies=["expert"], protocols=["noc"], progress=False,
+    kwargs = dict(backbones=[BrightBackbone()], policies=["expert"], protocols=["noc"], progress=False,
                   report=False)
     evaluate(read_nifti_folder(msd, volumes=True), out, **kwargs)
     lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
@@ -140,7 +121,7 @@ def test_resume_runs_only_the_missing_volume(msd, tmp_path, monkeypatch):
     loads = []
     original = VolumeCase.load
     monkeypatch.setattr(VolumeCase, "load", lambda self, *a: loads.append(self.id) or original(self, *a))
-    again = Bright()
+    again = BrightBackbone()
     evaluate(read_nifti_folder(msd, volumes=True), out, **{**kwargs, "backbones": [again]})
     assert loads == ["tubes/tube_b/axial/tube"]               # skipped units are done too
     assert len(again.encoded) == 12
@@ -151,30 +132,30 @@ def test_resume_runs_only_the_missing_volume(msd, tmp_path, monkeypatch):
 
 
 def test_array_volumes_a_failed_load_and_refine(tmp_path):
-    volume, mask = tube(12)
+    volume, mask = make_tube(12)
     cases = [VolumeCase("array/tube", "tube", volume, mask, spacing=(3.0, 0.8, 0.8)),
              VolumeCase("missing", "tube", tmp_path / "none.nii.gz", tmp_path / "none.nii.gz")]
     out = tmp_path / "out"
-    summary = evaluate(cases, out, backbones=[Bright()], protocols=["cvpr"], progress=False,
+    summary = evaluate(cases, out, backbones=[BrightBackbone()], protocols=["cvpr"], progress=False,
                        report=False, concurrency=2)
     group = summary["bright/cvpr (volumes)"]
     assert group["n_ok"] == 1 and group["n_errors"] == 1 and group["errors"] == {"InvalidImage": 1}
     row = next(r for r in RecordStore(out / "records.jsonl").records() if r.ok)
     assert row.mask_file.endswith(".npz")                     # an array has no geometry
     assert np.array_equal(np.load(out / row.mask_file)["mask"], mask)
-    refine = evaluate(cases[:1], tmp_path / "refine", backbones=[Bright()], policies=["expert"],
+    refine = evaluate(cases[:1], tmp_path / "refine", backbones=[BrightBackbone()], policies=["expert"],
                       config=EvalConfig(refine_from="degrade:erode"), progress=False, report=False)
     assert refine["bright/expert (volumes)"]["skipped"] == {REFINE_ON_VOLUME: 1}
 
 
 def test_a_4d_image_is_read_as_its_first_channel(tmp_path):
-    volume, mask = tube(10)
+    volume, mask = make_tube(10)
     channels = np.stack([_to_voxels(volume), np.zeros_like(_to_voxels(volume))], axis=-1)
     _write(tmp_path / "img.nii.gz", channels.astype(np.float32))   # MSD's multi-channel MRI
     _write(tmp_path / "lab.nii.gz", _to_voxels(mask).astype(np.uint8))
     case = VolumeCase("4d", "tube", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz", 1)
     out = tmp_path / "out"
-    summary = evaluate([case], out, backbones=[Bright()], protocols=["cvpr"], progress=False,
+    summary = evaluate([case], out, backbones=[BrightBackbone()], protocols=["cvpr"], progress=False,
                        report=False)
     assert summary["bright/cvpr (volumes)"]["dice"] == 1.0
     row = RecordStore(out / "records.jsonl").records()[0]

@@ -86,6 +86,7 @@ def _expected_images(record):
         [np.asarray(protocol.policy_image(image, m, 512)) for m in masks]
 
 
+@pytest.mark.slow
 def test_verl_sft_rows_parse_back_into_the_trajectories(trajectory_set, tmp_path):
     source, records = trajectory_set
     summary = export_trajectories(source, tmp_path / "sft", "verl-sft", progress=False)
@@ -114,6 +115,7 @@ def test_verl_sft_rows_parse_back_into_the_trajectories(trajectory_set, tmp_path
                 assert protocol.action_to_prompt(step.action, (117, 99)) == prompt
 
 
+@pytest.mark.slow
 def test_structured_tool_calls_render_back_to_the_inline_text(trajectory_set, tmp_path):
     source, records = trajectory_set
     export_trajectories(source, tmp_path / "sft", "verl-sft", tool_format="structured", progress=False)
@@ -132,6 +134,7 @@ def test_structured_tool_calls_render_back_to_the_inline_text(trajectory_set, tm
             assert rendered == original["content"]
 
 
+@pytest.mark.slow
 def test_llamafactory_files_validate_and_parse_back(trajectory_set, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     source, records = trajectory_set
@@ -156,6 +159,7 @@ def test_llamafactory_files_validate_and_parse_back(trajectory_set, tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(got, _expected_images(record)))
 
 
+@pytest.mark.slow
 def test_verl_rl_prompts_from_the_set_and_from_the_dataset_agree(trajectory_set, tmp_path):
     source, records = trajectory_set
     from_set = export_trajectories(source, tmp_path / "rl", "verl-rl", progress=False)
@@ -180,6 +184,7 @@ def test_verl_rl_prompts_from_the_set_and_from_the_dataset_agree(trajectory_set,
     assert pq.read_table(direct.out / "part-00000.parquet").to_pylist() == rows
 
 
+@pytest.mark.slow
 def test_export_resumes_and_refuses_other_settings(trajectory_set, tmp_path):
     source, _ = trajectory_set
     first = export_trajectories(source, tmp_path / "sft", "verl-sft", progress=False)
@@ -216,6 +221,7 @@ def _upstream_iou(pred: np.ndarray, gt) -> float:
     return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
 
 
+@pytest.mark.slow
 def test_upstream_layout_rows_load_in_upstreams_dataset_and_score_a_perfect_mask_1(
         trajectory_set, tmp_path):
     from msagent.export import upstream

@@ -55,6 +55,7 @@ def _command(folder, out):
             "--backbone-option", "device=cpu", "--quiet", *CLI_OPTIONS]
 
 
+@pytest.mark.slow
 def test_the_set_has_one_row_per_case_with_images_overlays_and_ground_truth(reference):
     records = list(read_trajectories(reference))
     assert [r.row["case_index"] for r in records] == [0, 1, 2, 3]
@@ -68,6 +69,7 @@ def test_the_set_has_one_row_per_case_with_images_overlays_and_ground_truth(refe
         ["case_index", "sample", "case_id"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_output_byte_for_byte(folder, reference, tmp_path):
     out = tmp_path / "set"
     env = {**os.environ, "MSAGENT_LOAD_PLUGINS": "litemedsam"}
@@ -87,6 +89,7 @@ def test_kill_and_resume_gives_the_uninterrupted_output_byte_for_byte(folder, re
     assert _files(out) == _files(reference)
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_job_writes_nothing_and_other_settings_are_refused(folder, reference,
                                                                                litemedsam):
     before = _files(reference)
@@ -100,6 +103,7 @@ def test_rerun_of_a_finished_job_writes_nothing_and_other_settings_are_refused(f
                  "--quiet"]) == 2  # a usage error, reported without a traceback
 
 
+@pytest.mark.slow
 def test_ray_local_workers_give_the_same_shards(folder, reference, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "litemedsam")

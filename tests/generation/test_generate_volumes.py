@@ -11,16 +11,14 @@ from msagent.datasets import open_dataset
 from msagent.errors import InvalidInput
 from msagent.generation.records import read_trajectories
 from msagent.generation.volumes import generate_volume_set
-
-from .test_evaluation_volumes import msd  # noqa: F401 - the MSD folder fixture
-from .test_volume import Bright
+from msagent.testing import BrightBackbone
 
 
-def test_generate_volume_set_resumes_per_volume(msd, tmp_path, monkeypatch):  # noqa: F811
+def test_generate_volume_set_resumes_per_volume(msd, tmp_path, monkeypatch):
     cases = open_dataset(msd, volumes=True).refs
     tubes = [c for c in cases if c.target == "tube"]
     out = tmp_path / "set"
-    _, total, written = generate_volume_set(cases, out, backbone=Bright(), review_slices=1,
+    _, total, written = generate_volume_set(cases, out, backbone=BrightBackbone(), review_slices=1,
                                             progress=False)
     assert (total, written) == (len(cases), len(cases))
     records = list(read_trajectories(out))
@@ -34,14 +32,14 @@ def test_generate_volume_set_resumes_per_volume(msd, tmp_path, monkeypatch):  # 
     loads = []
     monkeypatch.setattr(type(cases[0]), "load", lambda self, *a, _load=type(cases[0]).load:
                         loads.append(self.id) or _load(self, *a))
-    _, _, written = generate_volume_set(cases, out, backbone=Bright(), review_slices=1,
+    _, _, written = generate_volume_set(cases, out, backbone=BrightBackbone(), review_slices=1,
                                         progress=False)
     assert written == 1 and loads == [cases[1].id]
     with pytest.raises(InvalidInput, match="another trajectory set"):
-        generate_volume_set(cases, out, backbone=Bright(), review_slices=2, progress=False)
+        generate_volume_set(cases, out, backbone=BrightBackbone(), review_slices=2, progress=False)
 
 
-def test_cli_generate_volumes_then_export(msd, tmp_path, capsys):  # noqa: F811
+def test_cli_generate_volumes_then_export(msd, tmp_path, capsys):
     from msagent.cli import main
 
     out = tmp_path / "set"

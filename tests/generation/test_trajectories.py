@@ -1,44 +1,14 @@
-import cv2
 import numpy as np
 import pytest
 
 import msagent
 from msagent import clicker, protocol
-from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
 from msagent.generation import HybridConfig, HybridGenerator
 from msagent.policies import rationale
 from msagent.policies.expert import mask_bbox
-from msagent.types import Case, MaskPrediction, Point
-
-
-class FloodSegmenter(Segmenter):
-    """A geometric stand-in with known behaviour: the mask is the bright region inside the box,
-    plus the bright components under positive clicks, minus those under negative clicks.
-    ``clicks_alone=False`` answers click-only prompts with an empty mask (like LiteMedSAM)."""
-
-    multimask_default = False
-
-    def __init__(self, clicks_alone: bool = True) -> None:
-        super().__init__(cache_size=4)
-        self.clicks_alone = clicks_alone
-
-    def encode_image(self, image):
-        return cv2.connectedComponents((image[:, :, 0] > 120).astype(np.uint8))[1]
-
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
-        labels = embedding.features
-        mask = np.zeros(labels.shape, bool)
-        if prompts.box is not None:
-            b = prompts.box
-            mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = labels[b.y1:b.y2 + 1, b.x1:b.x2 + 1] > 0
-        elif not self.clicks_alone:
-            return MaskPrediction(mask, np.zeros((256, 256), np.float32), 0.0)
-        for p in prompts.points:
-            if labels[p.y, p.x]:
-                mask = (mask | (labels == labels[p.y, p.x])) if p.positive else \
-                    (mask & (labels != labels[p.y, p.x]))
-        return MaskPrediction(mask, np.zeros((256, 256), np.float32), 1.0)
+from msagent.testing import ComponentBackbone
+from msagent.types import Case, Point
 
 
 def blobs():
@@ -94,7 +64,7 @@ def test_candidates_start_with_the_standard_click_and_stay_in_the_error_regions(
 # -- the hybrid generator with a segmenter of known behaviour ---------------------------------
 def test_sequential_click_adds_the_second_square_and_stops_when_perfect():
     gen = HybridGenerator(box_ratio=0.0, min_final_iou=0.9)
-    attempt = next(gen.attempt(blobs(), FloodSegmenter()))
+    attempt = next(gen.attempt(blobs(), ComponentBackbone()))
     steps = attempt.trajectory.steps
     assert attempt.kept and [s.action.kind for s in steps] == ["add_point", "add_point", "stop_action"]
     assert [s.iou for s in steps[:2]] == [pytest.approx(0.5), 1.0]
@@ -103,7 +73,7 @@ def test_sequential_click_adds_the_second_square_and_stops_when_perfect():
 
 def test_box_to_point_removes_the_distractor_with_a_negative_click():
     gen = HybridGenerator(box_ratio=1.0, box_jitter=0.0)
-    trajectory = next(gen.generate(blobs(), FloodSegmenter()))
+    trajectory = next(gen.generate(blobs(), ComponentBackbone()))
     kinds = [(s.action.kind, s.action.arguments.get("point_type")) for s in trajectory.steps]
     assert kinds == [("add_bbox", None), ("add_point", "negative"), ("stop_action", None)]
     assert trajectory.steps[1].iou == 1.0
@@ -116,26 +86,26 @@ def test_box_to_point_removes_the_distractor_with_a_negative_click():
 
 def test_click_fallback_runs_box_to_point_on_box_only_backbones():
     case = blobs()
-    fallback = next(HybridGenerator(box_ratio=0.0).attempt(case, FloodSegmenter(clicks_alone=False)))
+    fallback = next(HybridGenerator(box_ratio=0.0).attempt(case, ComponentBackbone(clicks_alone=False)))
     assert fallback.trajectory.meta["strategy"] == "box"
     assert fallback.trajectory.meta["requested_strategy"] == "click"
     assert fallback.trajectory.steps[0].action.kind == "add_bbox" and fallback.kept
     strict = next(HybridGenerator(box_ratio=0.0, click_fallback=False).attempt(
-        case, FloodSegmenter(clicks_alone=False)))
+        case, ComponentBackbone(clicks_alone=False)))
     assert not strict.kept and strict.reason == "no_first_action"
     assert strict.trajectory.steps[0].usage == {"expert_previews": 6, "expert_accepted": 0}
 
 
 def test_filters_budget_and_empty_ground_truth():
     case = blobs()
-    low = next(HybridGenerator(box_ratio=0.0, max_actions=1, min_final_iou=0.9).attempt(case, FloodSegmenter()))
+    low = next(HybridGenerator(box_ratio=0.0, max_actions=1, min_final_iou=0.9).attempt(case, ComponentBackbone()))
     assert not low.kept and low.reason == "low_final_iou"
     assert [s.action.kind for s in low.trajectory.steps] == ["add_point", "stop_action"]
     no_stop = next(HybridGenerator(box_ratio=0.0, max_actions=1, end_with_stop=False,
-                                   min_final_iou=0.0).attempt(case, FloodSegmenter()))
+                                   min_final_iou=0.0).attempt(case, ComponentBackbone()))
     assert no_stop.trajectory.stop_reason == "max_turns" and no_stop.kept
     empty = Case("e", case.image, "nothing", np.zeros((96, 128), bool))
-    assert next(HybridGenerator().attempt(empty, FloodSegmenter())).reason == "empty_ground_truth"
+    assert next(HybridGenerator().attempt(empty, ComponentBackbone())).reason == "empty_ground_truth"
 
 
 def test_strategy_mix_follows_the_ratio_and_the_options_are_checked():

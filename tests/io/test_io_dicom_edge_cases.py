@@ -3,54 +3,17 @@
 records. Missing and duplicate slices, several series, nested and mixed folders, the voxel
 limit, and ``msagent segment`` refusing impossible outputs before any slice is segmented."""
 
-import copy
-
 import numpy as np
 import pytest
 
 from msagent import io
 from msagent.errors import InvalidImage, InvalidInput
+from msagent.testing import write_dicom_series as write_series
 
 pydicom = pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
 nib = pytest.importorskip("nibabel")
 LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-def write_series(folder, offsets, *, description="CT abdomen", number=2, oblique=False,
-                 spacing=(0.7, 0.9), names=None):
-    """A CT series from pydicom's CT_small.dcm with slices at ``offsets`` (mm along the normal),
-    files written in reverse order; pixel [0, 0] of slice k is 1000 + k."""
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
-
-    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    series = generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    row, col = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
-    if oblique:
-        angle = np.deg2rad(20)
-        row, col = np.array([np.cos(angle), np.sin(angle), 0]), np.array([0, np.cos(0.3), np.sin(0.3)])
-        col = col - (col @ row) * row
-        col /= np.linalg.norm(col)
-    normal = np.cross(row, col)
-    origin = np.array([float(v) for v in source.ImagePositionPatient])
-    for k, offset in enumerate(offsets):
-        ds = copy.deepcopy(source)
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SeriesInstanceUID, ds.SeriesDescription, ds.SeriesNumber = series, description, number
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [*map(float, row), *map(float, col)]
-        ds.ImagePositionPatient = [float(v) for v in origin + offset * normal]
-        ds.PixelSpacing = list(spacing)
-        pixels = source.pixel_array.copy()
-        pixels[0, 0] = 1000 + k
-        ds.PixelData = pixels.tobytes()
-        name = names[k] if names else f"img{len(offsets) - k:03d}.dcm"
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(folder / name)
-    return series
 
 
 def sitk_series(folder, uid=None, recursive=False):

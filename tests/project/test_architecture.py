@@ -16,7 +16,7 @@ import grimp
 from importlinter.application.use_cases import lint_imports
 from importlinter.configuration import configure
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "msagent"
 MAX_TOP_LEVEL_MODULES = 16
 

@@ -10,7 +10,7 @@ import pytest
 from msagent import _console
 from msagent.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Terminal(io.StringIO):

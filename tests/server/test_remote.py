@@ -8,16 +8,13 @@ import pickle
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
-
-import msagent  # noqa: E402
-from msagent.backbones.remote import RemoteImage, RemoteSegmenter  # noqa: E402
-from msagent.errors import SegmenterError  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.testing import make_phantom  # noqa: E402
-from msagent.types import BBox, Point, Prompts  # noqa: E402
+import msagent
+from msagent.backbones.remote import RemoteImage, RemoteSegmenter
+from msagent.errors import SegmenterError
+from msagent.server import ServerConfig, create_app
+from msagent.server.background import serve_in_thread
+from msagent.testing import make_phantom
+from msagent.types import BBox, Point, Prompts
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 800, 800]}}</tool_call>'
 CLICKS = [f'<tool_call>{{"name": "add_point", "arguments": {{"point_2d": [{x}, {y}], '

@@ -6,19 +6,17 @@ import asyncio
 import base64
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-from msagent.backbones.segmenter import image_key  # noqa: E402
-from msagent.io.wire import pack_array, png_bytes, unpack_array  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.testing import make_phantom  # noqa: E402
-from msagent.types import BBox, Point, Prompts, decode_mask  # noqa: E402
+from msagent.backbones.segmenter import image_key
+from msagent.io.wire import pack_array, png_bytes, unpack_array
+from msagent.server import ServerConfig, create_app
+from msagent.server.background import serve_in_thread
+from msagent.testing import make_phantom
+from msagent.types import BBox, Point, Prompts, decode_mask
 
 BOX = {"x1": 60, "y1": 45, "x2": 180, "y2": 135}
 CLICKS = [(120, 90, 0), (75, 95, 1)]

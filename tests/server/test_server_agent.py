@@ -8,25 +8,23 @@ import json
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-import msagent  # noqa: E402
-from msagent import io as msio  # noqa: E402
-from msagent import protocol  # noqa: E402
-from msagent.io.wire import png_bytes  # noqa: E402
-from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
-from msagent.policies.base import Policy, Reply  # noqa: E402
-from msagent.protocol import rationale  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.testing import make_phantom  # noqa: E402
-from msagent.types import BBox, Point, Trajectory, decode_mask, encode_mask  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
+import msagent
+from msagent import io as msio
+from msagent import protocol
+from msagent.io.wire import png_bytes
+from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry
+from msagent.policies.base import Policy, Reply
+from msagent.protocol import rationale
+from msagent.server import ServerConfig
+from msagent.server.background import serve_in_thread
+from msagent.testing import make_phantom
+from msagent.types import BBox, Point, Trajectory, decode_mask, encode_mask
+from msagent.webapp import create_web_app
 
 
 class SlowClicker(Policy):

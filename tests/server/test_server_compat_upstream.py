@@ -7,19 +7,17 @@ from __future__ import annotations
 import base64
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-from msagent.io.wire import png_bytes  # noqa: E402
-from msagent.server import ServerConfig, create_app  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.server.compat import clamp_box, clamp_point, clamp_prompts  # noqa: E402
-from msagent.testing import make_phantom  # noqa: E402
-from msagent.types import BBox, Point, Prompts  # noqa: E402
+from msagent.io.wire import png_bytes
+from msagent.server import ServerConfig, create_app
+from msagent.server.background import serve_in_thread
+from msagent.server.compat import clamp_box, clamp_point, clamp_prompts
+from msagent.testing import make_phantom
+from msagent.types import BBox, Point, Prompts
 
 
 @pytest.fixture(scope="module")

@@ -8,47 +8,20 @@ import json
 import socket
 import threading
 
+import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-
-import msagent  # noqa: E402
-from msagent.cli import main  # noqa: E402
-from msagent.io.wire import png_bytes  # noqa: E402
-from msagent.options import InvalidOption  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.types import MaskPrediction  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
-from msagent.webapp.agent.policies import run_options  # noqa: E402
+from msagent.cli import main
+from msagent.io.wire import png_bytes
+from msagent.options import InvalidOption
+from msagent.server import ServerConfig
+from msagent.server.background import serve_in_thread
+from msagent.testing import BoxBackbone
+from msagent.webapp import create_web_app
+from msagent.webapp.agent.policies import run_options
 
 SECRET = "sk-operator-secret-0123456789"
-
-
-class BoxMasks(msagent.Segmenter):
-    """Stand-in backbone: the mask is the box; ``fail`` makes the encoder raise a plain bug."""
-
-    multimask_default = False
-
-    def __init__(self, fail: bool = False) -> None:
-        super().__init__(cache_size=8)
-        self.fail = fail
-
-    def encode_image(self, image):
-        if self.fail:
-            raise RuntimeError("a bug in the backbone")
-        return 0
-
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
-        mask = np.zeros(embedding.image_size, bool)
-        if prompts.box is not None:
-            b = prompts.box
-            mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = True
-        for p in prompts.points:
-            mask[p.y, p.x] = p.positive
-        return MaskPrediction(mask, np.zeros((256, 256), np.float32), 0.5)
 
 
 class Listener:
@@ -92,7 +65,7 @@ def listener():
 @pytest.fixture
 def api(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    app = create_web_app(BoxMasks(), ServerConfig(batch_window_ms=0))
+    app = create_web_app(BoxBackbone(cache_size=8), ServerConfig(batch_window_ms=0))
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
         client.image_id = client.post("/v1/images", files={"file": ("i.png", png_bytes(image))}).json()["image_id"]
@@ -171,7 +144,7 @@ def test_operator_options_are_kept_and_cannot_be_overridden():
 
 
 def test_only_health_and_the_page_shell_are_open_with_a_key():
-    app = create_web_app(BoxMasks(), ServerConfig(api_key="k3y"))
+    app = create_web_app(BoxBackbone(cache_size=8), ServerConfig(api_key="k3y"))
     with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
         for path in ("/", "/openapi.json", "/docs", "/metrics", "/v1/plugins"):
             assert client.get(path).status_code == 401, path
@@ -189,7 +162,7 @@ def multipart(files: dict) -> tuple[bytes, dict]:
 
 
 def test_an_unexpected_error_is_a_json_500_and_the_connection_survives():
-    app = create_web_app(BoxMasks(fail=True), ServerConfig(batch_window_ms=0))
+    app = create_web_app(BoxBackbone(cache_size=8, fail=True), ServerConfig(batch_window_ms=0))
     image = np.zeros((20, 30, 3), np.uint8)
     body, headers = multipart({"image": ("i.png", png_bytes(image), "image/png")})
     with serve_in_thread(app) as url:
@@ -212,7 +185,7 @@ def test_an_unexpected_error_is_a_json_500_and_the_connection_survives():
 def test_clicks_in_force_are_bounded():
     from fastapi.testclient import TestClient
 
-    app = create_web_app(BoxMasks(), ServerConfig(max_points=3, batch_window_ms=0))
+    app = create_web_app(BoxBackbone(cache_size=8), ServerConfig(max_points=3, batch_window_ms=0))
     image = np.zeros((20, 30, 3), np.uint8)
     with TestClient(app) as client:
         session = client.post("/v1/sessions", files={"image": ("i.png", png_bytes(image), "image/png")}).json()
@@ -281,7 +254,7 @@ def test_a_npy_header_is_checked_before_anything_is_allocated():
     tracemalloc.stop()
     from fastapi.testclient import TestClient
 
-    with TestClient(create_web_app(BoxMasks(), ServerConfig())) as client:
+    with TestClient(create_web_app(BoxBackbone(cache_size=8), ServerConfig())) as client:
         refused = client.post("/v1/images", files={"file": ("x.npy", claim((30000, 30000)))})
         assert refused.status_code == 413
 
@@ -290,7 +263,7 @@ def test_hostile_compat_fields_batches_and_formats_are_4xx():
     from fastapi.testclient import TestClient
 
     image = np.zeros((20, 30, 3), np.uint8)
-    with TestClient(create_web_app(BoxMasks(), ServerConfig(batch_window_ms=0, max_points=4))) as client:
+    with TestClient(create_web_app(BoxBackbone(cache_size=8), ServerConfig(batch_window_ms=0, max_points=4))) as client:
         upload = {"image": ("i.png", png_bytes(image), "image/png")}
         for bbox in ("[" * 5000 + "]" * 5000, "[" + "1" * 5000 + ",2,3,4]", "[" * 200_000):
             response = client.post("/predict", files=upload, data={"bbox": bbox})
@@ -315,7 +288,7 @@ def test_bad_serve_options_are_one_line(capsys, flags, message):
 
 
 def test_a_body_without_the_key_is_refused_unread():
-    app = create_web_app(BoxMasks(), ServerConfig(api_key="k3y"))
+    app = create_web_app(BoxBackbone(cache_size=8), ServerConfig(api_key="k3y"))
     with serve_in_thread(app) as url:
         host, port = url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=5)

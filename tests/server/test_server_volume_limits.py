@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
 nib = pytest.importorskip("nibabel")
 
 import msagent  # noqa: E402
@@ -79,16 +78,11 @@ def test_nan_voxels_are_black_in_served_slices(client_for):
 
 
 def test_dicom_series_with_a_missing_slice_is_refused(client_for, tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from msagent.testing import write_dicom_series
 
     pytest.importorskip("pydicom")
     pytest.importorskip("SimpleITK")
-    spec = importlib.util.spec_from_file_location(
-        "dicom_cases", Path(__file__).with_name("test_io_dicom_edge_cases.py"))
-    cases = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cases)
-    cases.write_series(tmp_path / "ct", [0, 2.5, 5, 10])
+    write_dicom_series(tmp_path / "ct", [0, 2.5, 5, 10])
     files = [("files", (p.name, p.read_bytes())) for p in sorted((tmp_path / "ct").iterdir())]
     with client_for() as client:
         refused = client.post("/v1/volumes", files=files)

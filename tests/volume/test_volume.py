@@ -1,6 +1,6 @@
 """3-D runs (msagent.segment_volume): key slice, generic propagation, review, trajectories, bad
 input. A stand-in backbone with known behaviour (a box selects the bright pixels inside it)
-makes every expected result exact; real LiteMedSAM runs on MNI152 in tests/test_volume_real.py."""
+makes every expected result exact; real LiteMedSAM runs on MNI152 in tests/volume/test_volume_real.py."""
 
 from __future__ import annotations
 
@@ -14,83 +14,21 @@ from msagent import protocol
 from msagent.backbones.propagation import Seed, SliceStack
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
 from msagent.policies.base import Policy, Reply
-from msagent.types import BBox, MaskPrediction
+from msagent.testing import BrightBackbone, make_tube
+from msagent.types import BBox
 from msagent.volume.embeddings import EmbeddingStore
 from msagent.volume.propagation import GenericPropagator, grown_box, propagator_for
 from msagent.volume.stack import build_stack
 from msagent.volume.trajectory import VolumeTrajectory
 
 
-def logits_of(mask: np.ndarray) -> np.ndarray:
-    low = np.full((256, 256), -10.0, np.float32)
-    small = np.where(mask, 10.0, -10.0)[:256, :256]
-    low[: small.shape[0], : small.shape[1]] = small
-    return low
-
-
-class Bright(msagent.Segmenter):
-    """A box selects the bright pixels inside it; a positive click adds a 2-px disk, a negative
-    click removes one. Score: the bright fraction of the box. Counts encodes per image."""
-
-    name = "bright"
-    multimask_default = False
-
-    def __init__(self, cache_size: int = 4):
-        super().__init__(cache_size=cache_size)
-        self.encoded: list[str] = []
-        self.decodes = 0
-
-    @property
-    def encodes(self) -> int:
-        return len(self.encoded)
-
-    def encode_image(self, image):
-        from msagent.backbones.segmenter import image_key
-
-        self.encoded.append(image_key(image))
-        return image[:, :, 0] > 120
-
-    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
-        out = []
-        for prompts in prompt_sets:
-            self.decodes += 1
-            bright = embedding.features
-            mask = np.zeros_like(bright)
-            box = prompts.box
-            if box is not None:
-                mask[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = bright[box.y1:box.y2 + 1, box.x1:box.x2 + 1]
-            yy, xx = np.mgrid[:bright.shape[0], :bright.shape[1]]
-            for p in prompts.points:
-                disk = (yy - p.y) ** 2 + (xx - p.x) ** 2 <= 4
-                mask = mask | disk if p.positive else mask & ~disk
-            area = 1 if box is None else (box.x2 - box.x1 + 1) * (box.y2 - box.y1 + 1)
-            out.append(MaskPrediction(mask, logits_of(mask), float(mask.sum()) / area))
-        return out
-
-
-def tube(count=16, size=(40, 80), shift_at=None, shift=0):
-    """A bright disk through ``count`` slices (radius 5→9→7), optionally jumping ``shift`` px
-    sideways from slice ``shift_at`` on; the volume and its mask, (D, H, W). The background
-    darkens slice by slice, so that no two slices are alike (one encode per slice, not per
-    distinct content)."""
-    volume = np.full((count, *size), 20.0) + np.arange(count)[:, None, None] * 2.0
-    mask = np.zeros(volume.shape, bool)
-    yy, xx = np.mgrid[:size[0], :size[1]]
-    for z in range(count):
-        radius = 5 + 4 * np.sin(np.pi * z / (count + 4))  # no two slices alike
-        cx = 20 + (shift if shift_at is not None and z >= shift_at else 0)
-        mask[z] = (yy - 20) ** 2 + (xx - cx) ** 2 <= radius ** 2
-    volume[mask] = 200.0
-    return volume, mask
-
-
 @pytest.fixture
 def bright():
-    return Bright()
+    return BrightBackbone()
 
 
 def test_expert_key_slice_and_propagation_recover_the_tube(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, spacing=(3.0, 0.8, 0.8), review_slices=0)
     assert result.mask.shape == volume.shape and result.mask.dtype == bool
@@ -106,7 +44,7 @@ def test_expert_key_slice_and_propagation_recover_the_tube(bright):
 
 
 def test_axis_and_voxel_order(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     moved, moved_mask = np.moveaxis(volume, 0, 2), np.moveaxis(mask, 0, 2)
     result = msagent.segment_volume(moved, "tube", backbone=bright, policy="expert",
                                     ground_truth=moved_mask, axis=2, review_slices=0)
@@ -115,7 +53,7 @@ def test_axis_and_voxel_order(bright):
 
 
 def test_generic_propagation_ends_where_the_target_ends(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     volume[:3], mask[:3] = 20.0, False  # no target in the first three slices
     stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
@@ -128,7 +66,7 @@ def test_generic_propagation_ends_where_the_target_ends(bright):
 
 
 def test_repropagation_decodes_only_until_results_stop_changing(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     propagator.add_seed(8, Seed(mask[8]))
@@ -146,7 +84,7 @@ def test_repropagation_decodes_only_until_results_stop_changing(bright):
 
 
 def test_between_two_seeds_each_slice_follows_the_nearer(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)
     calls = []
@@ -166,8 +104,8 @@ def test_between_two_seeds_each_slice_follows_the_nearer(bright):
 
 def test_review_finds_a_slice_the_propagation_lost_and_fixes_it(bright):
     # the tube jumps 40 px sideways at slice 11: a box grown from slice 10 misses it there
-    volume, mask = tube(shift_at=11, shift=40)
-    no_review = msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+    volume, mask = make_tube(shift_at=11, shift=40)
+    no_review = msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
                                        ground_truth=mask, review_slices=0, key_slice=7)
     assert max(no_review.trajectory.masks) == 10 and no_review.dice < 0.9
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
@@ -180,7 +118,7 @@ def test_review_finds_a_slice_the_propagation_lost_and_fixes_it(bright):
 
 
 def test_expert_marks_slices_beyond_the_target_as_empty(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     mask[12:] = False  # the bright tube goes on, but the target ends at slice 11
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, review_slices=1)
@@ -190,7 +128,7 @@ def test_expert_marks_slices_beyond_the_target_as_empty(bright):
 
 
 def test_review_starts_from_the_propagated_mask(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     mask[5, 20, 12:16] = False  # a notch the box cannot make: the expert clicks it away
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, review_slices=1, key_slice=8,
@@ -216,7 +154,7 @@ class CentreBox(Policy):
 
 
 def test_survey_keeps_the_slice_whose_first_prediction_scores_best(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     volume[9, 20, 20:24] = 20.0  # slice 9's bright disk has a gap: a lower score there
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy=CentreBox(),
                                     ground_truth=mask, review_slices=0, survey_slices=5)
@@ -230,7 +168,7 @@ def test_survey_keeps_the_slice_whose_first_prediction_scores_best(bright):
 
 
 def test_suspicion_review_without_ground_truth(bright):
-    volume, _ = tube()
+    volume, _ = make_tube()
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy=CentreBox(),
                                     review_slices=2, key_slice=8)
     review = [e for e in result.episodes if e.role == "review"]
@@ -240,7 +178,7 @@ def test_suspicion_review_without_ground_truth(bright):
 
 
 def test_volume_trajectory_json_is_lossless(bright):
-    volume, mask = tube(shift_at=11, shift=40)
+    volume, mask = make_tube(shift_at=11, shift=40)
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, review_slices=2, key_slice=7)
     trajectory = result.trajectory
@@ -252,7 +190,7 @@ def test_volume_trajectory_json_is_lossless(bright):
 
 
 def test_embeddings_beyond_the_budget_are_spilled_and_reloaded(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     stack = build_stack(volume).slices
     store = EmbeddingStore(bright, stack, max_in_memory=2)
     propagator = GenericPropagator(bright, stack, store=store)
@@ -268,7 +206,7 @@ def test_embeddings_beyond_the_budget_are_spilled_and_reloaded(bright):
 
 
 def test_nifti_in_voxel_order(tmp_path, bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     data = np.moveaxis(volume, 0, 2)[::-1]  # (W, H, D), x flipped
     affine = np.diag([-0.8, 0.8, 3.0, 1.0])
     nib.save(nib.Nifti1Image(data.astype(np.int16), affine), tmp_path / "ct.nii.gz")
@@ -283,7 +221,7 @@ def test_nifti_in_voxel_order(tmp_path, bright):
 
 
 def test_bad_input_is_refused_clearly(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     with pytest.raises(InvalidImage, match="use msagent.segment"):
         msagent.segment_volume(volume[0], "tube", backbone=bright, policy="expert",
                                ground_truth=mask[0])
@@ -336,7 +274,7 @@ def test_volume_runs_export_as_sft_rows(tmp_path, bright):
     from msagent.generation.records import read_trajectories
     from msagent.generation.volumes import VolumeRun, write_volume_set
 
-    volume, mask = tube(shift_at=11, shift=40)
+    volume, mask = make_tube(shift_at=11, shift=40)
     result = msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                     ground_truth=mask, review_slices=2, key_slice=7)
     trajectory = attrs.evolve(result.trajectory, case_id="tube-1")
@@ -361,14 +299,14 @@ def test_volume_runs_export_as_sft_rows(tmp_path, bright):
 
 
 def test_unknown_options_are_named(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     with pytest.raises(InvalidInput, match="review_slice.*known"):
         msagent.segment_volume(volume, "tube", backbone=bright, policy="expert",
                                ground_truth=mask, review_slice=2)
 
 
 def test_an_empty_seed_ends_the_target_without_claiming_slices_toward_the_key(bright):
-    volume, mask = tube()
+    volume, mask = make_tube()
     mask[12:] = False
     stack = build_stack(volume).slices
     propagator = GenericPropagator(bright, stack)

@@ -15,8 +15,7 @@ import pytest
 
 import msagent
 from msagent.errors import InvalidInput
-
-from .test_volume import Bright
+from msagent.testing import BrightBackbone
 
 
 def tube(count=8, size=(20, 30)):
@@ -40,14 +39,14 @@ def tube(count=8, size=(20, 30)):
 def test_segment_volume_refuses_bad_options_with_invalid_input(options, name):
     volume, mask = tube(count=4, size=(20, 30))
     with pytest.raises(InvalidInput, match=name):
-        msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+        msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
                                ground_truth=mask, **options)
 
 
 def test_a_ragged_ground_truth_is_invalid_input():
     volume, _ = tube(count=4, size=(20, 30))
     with pytest.raises(InvalidInput, match="ground truth"):
-        msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+        msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
                                ground_truth=[[1], [1, 2]])
 
 
@@ -82,7 +81,7 @@ def _client(monkeypatch, max_in_memory: int):
     from msagent.webapp import create_web_app
 
     monkeypatch.setattr(volume_sessions, "MAX_IN_MEMORY", max_in_memory)
-    return TestClient(create_web_app(Bright(cache_size=1), ServerConfig(batch_window_ms=0)))
+    return TestClient(create_web_app(BrightBackbone(cache_size=1), ServerConfig(batch_window_ms=0)))
 
 
 def _upload_tube(client, count: int) -> str:
@@ -164,7 +163,7 @@ for i in range(3):
 # -- VolumeTrajectory.from_json: total, and bounded before it allocates ----------------------
 def _run_json() -> str:
     volume, mask = tube(count=4)
-    result = msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+    result = msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
                                     ground_truth=mask, review_slices=1)
     return result.trajectory.to_json()
 
@@ -225,7 +224,7 @@ def test_a_bad_seed_is_refused_and_leaves_the_propagator_usable():
 
     volume, mask = tube(count=6)
     stack = build_stack(volume, window="200/110").slices
-    propagator = GenericPropagator(Bright(), stack)
+    propagator = GenericPropagator(BrightBackbone(), stack)
     for index in (2.5, True, "1", -1, 6):
         with pytest.raises(IndexError):
             propagator.add_seed(index, Seed(mask[2]))
@@ -239,5 +238,5 @@ def test_segment_volume_refuses_a_bad_nsd_tolerance():
     volume, mask = tube(count=4)
     for tolerance in (float("nan"), -1.0, "2"):
         with pytest.raises(InvalidInput, match="nsd_tolerance"):
-            msagent.segment_volume(volume, "tube", backbone=Bright(), policy="expert",
+            msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
                                    ground_truth=mask, nsd_tolerance=tolerance)

@@ -12,6 +12,8 @@ from msagent import io, metrics
 from msagent.evaluation.volume_protocols import run_cvpr_3d
 from msagent.volume.stack import build_stack, label_stack
 
+pytestmark = pytest.mark.slow  # every test here runs real weights for seconds
+
 SLICES = slice(34, 42)  # 8 axial slices through the middle of the brain
 
 

@@ -1,7 +1,7 @@
 """The web app's volume sessions (/v1/volumes/{id}/sessions/...): a NIfTI uploaded once,
 prompts on any slice, propagation, corrections, undo, the whole 3-D export, and hostile
 requests. A stand-in backbone with known behaviour (a box selects the bright pixels inside it,
-as in tests/test_volume.py) makes every expected mask exact."""
+as in tests/volume/test_volume.py) makes every expected mask exact."""
 
 from __future__ import annotations
 
@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
 nib = pytest.importorskip("nibabel")
 
 from msagent import io as msio  # noqa: E402
 from msagent.agent.refine import mask_box  # noqa: E402
 from msagent.backbones.propagation import Propagator  # noqa: E402
 from msagent.server import ServerConfig  # noqa: E402
+from msagent.testing import BrightBackbone, logits_of  # noqa: E402
 from msagent.types import MaskPrediction, decode_mask  # noqa: E402
 from msagent.webapp import STATIC_DIR, create_web_app  # noqa: E402
-
-from .test_volume import Bright, logits_of  # noqa: E402
 
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])
 WINDOW = "200/110"  # background (20-50) → dark, the target (200) → bright
@@ -50,7 +47,7 @@ class Copying(Propagator):
         type(self).closed += 1
 
 
-class NativeBright(Bright):
+class NativeBright(BrightBackbone):
     name = "native-bright"
 
     def native_propagator(self, stack):
@@ -85,7 +82,7 @@ def client_for():
     from fastapi.testclient import TestClient
 
     def make(segmenter=None, **config):
-        app = create_web_app(segmenter or Bright(), ServerConfig(batch_window_ms=0, **config))
+        app = create_web_app(segmenter or BrightBackbone(), ServerConfig(batch_window_ms=0, **config))
         return TestClient(app)
 
     return make
@@ -362,26 +359,19 @@ def test_the_page_calls_the_volume_session_routes():
 
 
 
-def test_the_page_propagates_shows_every_slice_and_undoes(tmp_path):
-    """The page in headless Chromium (skipped without Playwright or Chromium, as
-    tests/test_web_ui.py): 3-D on, a box on the key slice, Propagate, the slider shows the
-    result of another slice, Undo, and the NIfTI download is the whole result."""
-    import os
-    import shutil
-
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    chromium = os.environ.get("MSAGENT_CHROMIUM") or shutil.which("chromium") \
-        or shutil.which("chromium-browser") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip(f"no Chromium at {chromium}: apt-get install -y chromium")
+def test_the_page_propagates_shows_every_slice_and_undoes(tmp_path, chromium, sync_playwright):
+    """The page in headless Chromium (skipped without Playwright or Chromium, failed instead
+    under MSAGENT_REQUIRE_BROWSER=1, as tests/webapp/test_web_ui.py): 3-D on, a box on the key
+    slice, Propagate, the slider shows the result of another slice, Undo, and the NIfTI
+    download is the whole result."""
     from msagent.server.background import serve_in_thread
 
     volume, labels = tube()
     (tmp_path / "tube.nii.gz").write_bytes(nifti_bytes(volume))
-    app = create_web_app(Bright(), ServerConfig(batch_window_ms=0))
+    app = create_web_app(BrightBackbone(), ServerConfig(batch_window_ms=0))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update"]
-    with serve_in_thread(app) as url, sync_api.sync_playwright() as pw:
+    with serve_in_thread(app) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=flags)
         page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
         page.set_default_timeout(20_000)

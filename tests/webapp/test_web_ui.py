@@ -3,7 +3,8 @@ with the real LiteMedSAM weights and the expert/oracle-box policies.
 
 Needs the system's Chromium (Debian: ``apt-get install -y chromium``; another binary with
 ``$MSAGENT_CHROMIUM``) and ``pip install playwright`` (no ``playwright install``: no browser
-download). Screenshots go to ``$MSAGENT_TEST_ARTIFACTS`` (default: a pytest temporary folder).
+download); without them the browser tests skip, or fail under ``MSAGENT_REQUIRE_BROWSER=1``
+(tox, CI). Screenshots go to ``$MSAGENT_TEST_ARTIFACTS`` (default: a pytest temporary folder).
 """
 
 from __future__ import annotations
@@ -11,33 +12,24 @@ from __future__ import annotations
 import copy
 import io
 import os
-import shutil
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-CHROMIUM = os.environ.get("MSAGENT_CHROMIUM") or next(
-    (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set MSAGENT_CHROMIUM)",
-                allow_module_level=True)
-
-import msagent  # noqa: E402
-from msagent import io as msio  # noqa: E402
-from msagent import protocol  # noqa: E402
-from msagent.errors import WeightsNotFound  # noqa: E402
-from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.server.background import serve_in_thread  # noqa: E402
-from msagent.testing import make_phantom  # noqa: E402
-from msagent.types import Trajectory, decode_mask, encode_mask  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
+import msagent
+from msagent import io as msio
+from msagent import protocol
+from msagent.errors import WeightsNotFound
+from msagent.plugins import Registry, get_registry, make_plugin_manager, set_registry
+from msagent.server import ServerConfig
+from msagent.server.background import serve_in_thread
+from msagent.testing import make_phantom
+from msagent.types import Trajectory, decode_mask, encode_mask
+from msagent.webapp import create_web_app
 
 API_KEY = "web-ui-test-key"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -97,10 +89,10 @@ def api(server):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    with sync_api.sync_playwright() as pw:
+def browser(tmp_path_factory, chromium, sync_playwright):
+    with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=chromium,
             headless=True, args=FLAGS, viewport={"width": 1400, "height": 900}, accept_downloads=True)
         yield context
         context.close()

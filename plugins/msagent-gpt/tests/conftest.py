@@ -1,4 +1,5 @@
-"""A scripted OpenAI-compatible server on 127.0.0.1 and a numpy segmenter (no torch)."""
+"""A scripted OpenAI-compatible server on 127.0.0.1 and a numpy segmenter (no torch); the
+``phantom`` fixture is msagent's (msagent.testing.pytest_plugin)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
 import pytest
 
-import msagent
-from msagent.types import MaskPrediction
+from msagent.testing import BrightBackbone
 
 
 def make_completion(content: str | None = None, tool: tuple[str, str] | None = None, *,
@@ -109,35 +108,7 @@ def fast_backoff(monkeypatch):
     monkeypatch.setattr(base, "MAX_RETRY_DELAY", 0.05)
 
 
-class ThresholdSegmenter(msagent.Segmenter):
-    """Bright pixels inside the latest box; clicks add or remove a disk (numpy only)."""
-
-    multimask_default = False
-
-    def encode_image(self, image):
-        return image.mean(axis=2)
-
-    def decode(self, embedding, prompts, prev_logits=None, *, multimask=False):
-        gray = embedding.features
-        mask = np.zeros(gray.shape, bool)
-        if prompts.box is not None:
-            b = prompts.box
-            mask[b.y1:b.y2 + 1, b.x1:b.x2 + 1] = gray[b.y1:b.y2 + 1, b.x1:b.x2 + 1] > 120
-        yy, xx = np.mgrid[:gray.shape[0], :gray.shape[1]]
-        for p in prompts.points:
-            disk = (yy - p.y) ** 2 + (xx - p.x) ** 2 <= 36
-            mask = mask | disk if p.positive else mask & ~disk
-        return MaskPrediction(mask=mask, low_res_logits=np.zeros((256, 256), np.float32), score=1.0)
-
-
 @pytest.fixture
 def segmenter():
-    return ThresholdSegmenter()
-
-
-@pytest.fixture
-def phantom():
-    yy, xx = np.mgrid[:160, :224]
-    mask = ((yy - 90) / 40) ** 2 + ((xx - 120) / 55) ** 2 <= 1.0
-    gray = np.where(mask, 190, 50).astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2), mask
+    """Bright pixels inside the latest box; clicks add or remove a 6-px disk (numpy only)."""
+    return BrightBackbone(radius=6)

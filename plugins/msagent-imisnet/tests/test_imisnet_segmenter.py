@@ -41,6 +41,7 @@ def call(name, **arguments):
     return f'<tool_call>{json.dumps({"name": name, "arguments": arguments})}</tool_call>'
 
 
+@pytest.mark.slow
 def test_loads_the_official_layout_strictly(seg, reference):
     model, path = reference
     assert seg.checkpoint == path and "imisnet" in msagent.list_backbones()
@@ -51,6 +52,7 @@ def test_loads_the_official_layout_strictly(seg, reference):
         torch.testing.assert_close(ours[key], theirs[key])
 
 
+@pytest.mark.slow
 def test_encode_once_per_image_content(seg, wide, embedding):
     assert embedding.features.shape == (1, 768, 64, 64)
     assert embedding.image_size == (120, 200)
@@ -148,6 +150,7 @@ def test_text_prompt_changes_the_output_and_works_alone(seg, embedding):
         seg.decode(embedding, BOX, text="  ")
 
 
+@pytest.mark.slow
 def test_batched_decode_equals_one_by_one(seg, embedding):
     first = seg.decode(embedding, BOX)
     sets = [BOX, Prompts(box=BBox(20, 10, 90, 100)), BOX.add(CLICK), Prompts(points=(CLICK,))]
@@ -199,6 +202,7 @@ def test_text_option(reference, monkeypatch, tmp_path):
         imis.IMISNetSegmenter(path, device="cpu", use_text_prompt=True)
 
 
+@pytest.mark.slow
 def test_conformance(seg, wide, embedding):
     from msagent.testing import check_segmenter
 

@@ -28,6 +28,7 @@ def test_shipped_weights_load_with_checksum(seg):
     assert msagent.list_backbones().count("litemedsam") == 1
 
 
+@pytest.mark.slow
 def test_box_logits_equal_the_reference_model_forward(seg, wide):
     image, gt = wide
     box = BBox(140, 28, 238, 92)
@@ -57,6 +58,7 @@ def test_prompt_semantics_box_context_logit_feedback_and_batching(seg, wide):
     np.testing.assert_allclose(batch[2].low_res_logits, unfed.low_res_logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_image_is_encoded_once_across_episodes(wide):
     seg = msagent.load_backbone("litemedsam", device="cpu")
     image, gt = wide
@@ -66,6 +68,7 @@ def test_image_is_encoded_once_across_episodes(wide):
     assert seg.cache_info().misses == 1 and seg.cache_info().hits == 3
 
 
+@pytest.mark.slow
 def test_batched_encode_equals_single(seg):
     a, _ = make_phantom(seed=1)
     b, _ = make_phantom(height=100, width=90, center=(50, 45), radii=(20, 30), seed=2)

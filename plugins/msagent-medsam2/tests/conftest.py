@@ -1,5 +1,5 @@
 """Fixtures: random-weight SAM2.1 Hiera-tiny checkpoints in the official layout, a phantom,
-and a fake Hugging Face cache."""
+and no ambient weights (``hf_cache``, a fake Hugging Face cache, is msagent's fixture)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from msagent.testing import add_to_hf_cache, make_phantom
+from msagent.testing import make_phantom
 
 
 def save_official(model: torch.nn.Module, path: Path) -> Path:
@@ -16,15 +16,6 @@ def save_official(model: torch.nn.Module, path: Path) -> Path:
     torch.save({"model": model.state_dict()}, path)
     return path
 
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """A fresh Hugging Face cache (``$HF_HUB_CACHE``); call it as
-    ``hf_cache(repo_id, filename, source)`` to put a file in it."""
-    root = tmp_path / "hf-hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    return lambda repo_id, filename, source: add_to_hf_cache(root, repo_id, filename, source)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +27,7 @@ def no_ambient_weights(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def phantom():
+def phantom():  # not msagent's phantom fixture: non-square, and built once per session
     """A non-square (200×300) bright ellipse on a dark background, and its mask."""
     return make_phantom(height=200, width=300, center=(90, 170), radii=(45, 70))
 

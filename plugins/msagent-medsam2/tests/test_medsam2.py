@@ -91,6 +91,7 @@ def test_128_px_logits_round_trip_exactly_through_256():
     assert torch.equal(resize_logits(carried, 128), native)
 
 
+@pytest.mark.slow
 def test_encode_twice_is_one_miss_one_hit_and_batches_agree(seg, phantom):
     seg.clear_cache()
     image = phantom[0]

@@ -171,6 +171,7 @@ def test_frames_are_what_sams_loader_makes_of_the_jpegs(video):
         assert torch.equal(video_frame(stack.image(index), 512), images[index])
 
 
+@pytest.mark.slow
 def test_results_keep_the_decode_contract(seg, ours):
     predictions = list(ours.results.values())
     seg.check_outputs(predictions, len(predictions), SIZE)
@@ -244,6 +245,7 @@ def test_bad_seeds_and_options_are_refused(seg, video):
         Sam2VideoPropagator(seg, stack, seed_with="box")
 
 
+@pytest.mark.slow
 def test_segment_volume_runs_native_propagation_end_to_end(checkpoint):
     """msagent.segment_volume with medsam2 picks the native propagator (propagation="auto"):
     the expert's key episode, SAM2's memory through the stack, one review episode."""

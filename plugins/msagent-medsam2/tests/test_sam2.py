@@ -58,6 +58,7 @@ def test_loads_the_official_layout_strictly(seg, tiny_checkpoint):
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
 
 
+@pytest.mark.slow
 def test_features_equal_the_predictor(emb, predictor):
     features = emb.features
     assert features.image_embed.shape == (1, 256, 64, 64)

@@ -1,8 +1,8 @@
-"""Tiny random-weight Qwen2.5-VL / Qwen3-VL checkpoints (real tokenizer), built once per run."""
+"""Tiny random-weight Qwen2.5-VL / Qwen3-VL checkpoints (real tokenizer), built once per run.
+``phantom`` is msagent's fixture (msagent.testing.pytest_plugin)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 FAMILIES = ("qwen3_vl", "qwen2_5_vl")
@@ -33,16 +33,6 @@ def policies(tiny_checkpoints):
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
-
-
-@pytest.fixture
-def phantom():
-    """A bright ellipse on a dark background: (H×W×3 uint8 image, H×W bool mask)."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:160, :224]
-    mask = ((yy - 90) / 40) ** 2 + ((xx - 120) / 55) ** 2 <= 1.0
-    gray = np.clip(np.where(mask, 190, 50) + rng.normal(0, 8, mask.shape), 0, 255).astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2), mask
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from msagent_qwen import kv
 
 import msagent
@@ -13,6 +14,7 @@ POINT = ('<tool_call>\n{"name": "add_point", "arguments": {"point_2d": [535, 560
 STOP = '<tool_call>\n{"name": "stop_action", "arguments": {}}\n</tool_call>'
 
 
+@pytest.mark.slow
 def test_random_model_episode_is_handled_by_the_protocol_rules(policies, family, litemedsam,
                                                                phantom):
     image, mask = phantom
@@ -50,6 +52,7 @@ def test_scripted_episode_reuses_the_cache_every_turn(policies, litemedsam, phan
     assert policy.open_episodes == 0
 
 
+@pytest.mark.slow
 def test_segment_api_swaps_the_policy_by_name(tiny_checkpoints, phantom):
     image, mask = phantom
     try:  # a random tiny model rarely writes a valid call: then segment() says no mask was made

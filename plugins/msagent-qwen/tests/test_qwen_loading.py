@@ -69,6 +69,7 @@ def test_bad_options_are_refused(tiny_checkpoints):
         msagent.load_policy("qwen", model=str(tiny_checkpoints["qwen3_vl"]), max_new_tokens=0)
 
 
+@pytest.mark.slow
 def test_cli_swaps_the_policy_with_one_option(tiny_checkpoints, phantom, tmp_path, capsys):
     from msagent import io
     from msagent.cli import main

@@ -1,12 +1,12 @@
 """Fixtures: a random-weight SAM ViT-B saved as the official flat state_dict, a non-square
-phantom, and a fake Hugging Face cache."""
+phantom, and no ambient weights (``hf_cache``, a fake Hugging Face cache, is msagent's fixture)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from msagent.testing import add_to_hf_cache, make_phantom
+from msagent.testing import make_phantom
 
 
 @pytest.fixture(autouse=True)
@@ -17,17 +17,8 @@ def no_ambient_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """A fresh Hugging Face cache (``$HF_HUB_CACHE``); call it as
-    ``hf_cache(repo_id, filename, source)`` to put a file in it."""
-    root = tmp_path / "hf-hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    return lambda repo_id, filename, source: add_to_hf_cache(root, repo_id, filename, source)
-
-
 @pytest.fixture(scope="session")
-def phantom():
+def phantom():  # not msagent's phantom fixture: non-square, and built once per session
     """A non-square (200×300) bright ellipse on a dark background, and its mask."""
     return make_phantom(height=200, width=300, center=(90, 170), radii=(45, 70))
 

@@ -62,6 +62,7 @@ def upstream(predictor, prompts, prev=None, multimask=True):
     return masks[best], logits[best], float(scores[best])
 
 
+@pytest.mark.slow
 def test_loads_the_official_flat_state_dict_strictly(seg, vit_b_checkpoint, emb):
     saved = torch.load(vit_b_checkpoint, weights_only=True)
     state = seg.model.state_dict()
@@ -156,6 +157,7 @@ class StubEncoder(torch.nn.Module):
         return x[:, :1, ::16, ::16].repeat(1, 256, 1, 1)
 
 
+@pytest.mark.slow
 def test_cache_and_batched_encode(vit_b_checkpoint, phantom, monkeypatch):
     seg = msagent.load_backbone("sam", checkpoint=vit_b_checkpoint, device="cpu")
     stub = StubEncoder()
@@ -179,6 +181,7 @@ def test_segment_through_the_agent(seg, emb, phantom):
     assert seg.cache_info().hits >= 1  # the embedding came from the cache
 
 
+@pytest.mark.slow
 def test_weights_resolution(vit_b_checkpoint, hf_cache, monkeypatch):
     with pytest.raises(WeightsNotFound) as info:
         msagent.load_backbone("sam", device="cpu")
@@ -215,6 +218,7 @@ def test_listing_the_backbone_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+@pytest.mark.slow
 def test_conformance(seg, phantom, emb):
     from msagent.testing import check_segmenter
 

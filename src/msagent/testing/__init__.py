@@ -12,12 +12,17 @@ from msagent.testing.conformance import CHECKS, ConformanceRun, check_segmenter,
 from msagent.testing.data import (
     HF_REVISION,
     MNI_TARGETS,
+    TUBE_AFFINE,
     add_to_hf_cache,
     make_phantom,
     make_tube,
     mni152_slice,
+    write_dicom_series,
+    write_msd_tubes,
+    zyx_to_nifti,
 )
 
 __all__ = ["CHECKS", "HF_REVISION", "MNI_TARGETS", "BoxBackbone", "BrightBackbone",
            "ComponentBackbone", "ConformanceRun", "add_to_hf_cache", "check_segmenter",
-           "logits_of", "make_phantom", "make_tube", "mni152_slice", "run_check"]
+           "logits_of", "make_phantom", "make_tube", "mni152_slice", "run_check",
+           "TUBE_AFFINE", "write_dicom_series", "write_msd_tubes", "zyx_to_nifti"]

@@ -2,7 +2,7 @@
 ``pytest11`` entry point ``msagent`` (installing msagent is enough):
 
 - ``phantom`` — :func:`msagent.testing.make_phantom`'s default (image, mask);
-- ``mni_slice`` — an MNI152 axial slice and its brain mask (skips without nilearn);
+- ``mni_slice`` — an MNI152 axial slice and its brain mask (needs nilearn);
 - ``hf_cache`` — an empty Hugging Face cache in a temporary folder, with ``$HF_HOME`` and
   ``$HF_HUB_CACHE`` pointed at it; call it as ``hf_cache(repo_id, filename, source)`` to put a
   file in it;
@@ -72,8 +72,7 @@ def phantom():
 
 @pytest.fixture(scope="session")
 def mni_slice():
-    """An axial MRI slice of the MNI152 T1 template (nilearn) with its brain mask."""
-    pytest.importorskip("nilearn")
+    """An axial MRI slice of the MNI152 T1 template with its brain mask (needs nilearn)."""
     from msagent.testing.data import mni152_slice
 
     return mni152_slice("brain", resolution=2)
