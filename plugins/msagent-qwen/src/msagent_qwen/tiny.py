@@ -141,7 +141,7 @@ def _vocab_and_merges(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]
     return vocab, [(text(left), text(right)) for *_, left, right in merges]
 
 
-def build_tokenizer(family: Family = "qwen3_vl"):
+def build_tokenizer(family: Family = "qwen3_vl", *, model_max_length: int = 131072):
     """The Qwen2.5-VL / Qwen3-VL tokenizer (transformers, fast) built from the local ranks."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -152,40 +152,50 @@ def build_tokenizer(family: Family = "qwen3_vl"):
         vocab[token] = len(vocab) if offset else 151643
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None,
                                eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                               errors="replace", model_max_length=131072)
+                               errors="replace", model_max_length=model_max_length)
     tokenizer.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in added if s],
                          special_tokens=True)
     tokenizer.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in added if not s])
     return tokenizer
 
 
-def build_processor(family: Family = "qwen3_vl"):
-    """The real processor classes with the releases' image settings and chat template."""
-    tokenizer = build_tokenizer(family)
+def build_processor(family: Family = "qwen3_vl", *, tokenizer=None, chat_template: str | None = None,
+                    max_pixels: int | None = None, video_size: dict | None = None):
+    """The real processor classes with the releases' image settings and chat template.
+
+    ``tokenizer`` (default: :func:`build_tokenizer`), ``chat_template`` (default: the
+    protocol-shaped template below), ``max_pixels`` (the image processor's cap) and
+    ``video_size`` (the video processor's ``size``) replace the defaults."""
+    tokenizer = tokenizer or build_tokenizer(family)
+    video = {} if video_size is None else {"size": video_size}
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
         clip = dict(image_mean=[0.48145466, 0.4578275, 0.40821073],
                     image_std=[0.26862954, 0.26130258, 0.27577711])
-        images = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056, patch_size=14,
+        images = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=max_pixels or 12845056, patch_size=14,
                                        temporal_patch_size=2, merge_size=2, **clip)
-        video = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **clip)
-        return Qwen2_5_VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=video,
-                                   chat_template=QWEN2_5_VL_TEMPLATE)
+        videos = Qwen2VLVideoProcessor(patch_size=14, temporal_patch_size=2, merge_size=2, **clip, **video)
+        return Qwen2_5_VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos,
+                                   chat_template=chat_template or QWEN2_5_VL_TEMPLATE)
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     images = Qwen2VLImageProcessor(
-        size={"shortest_edge": 65536, "longest_edge": 16777216}, patch_size=16,
+        size={"shortest_edge": 65536, "longest_edge": max_pixels or 16777216}, patch_size=16,
         temporal_patch_size=2, merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    video = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
-                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return Qwen3VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=video,
-                            chat_template=QWEN3_VL_TEMPLATE)
+    videos = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2,
+                                   image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], **video)
+    return Qwen3VLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=videos,
+                            chat_template=chat_template or QWEN3_VL_TEMPLATE)
 
 
 def build_config(family: Family = "qwen3_vl", *, hidden: int = 64, layers: int = 2,
-                 vision_hidden: int = 32, vision_depth: int = 2):
-    """A tiny config of the real architecture (4 heads of 16 dims, 2 KV heads)."""
+                 vision_hidden: int = 32, vision_depth: int = 2, text_config: dict | None = None,
+                 vision_config: dict | None = None, **options):
+    """A tiny config of the real architecture (4 heads of 16 dims, 2 KV heads).
+
+    ``text_config`` and ``vision_config`` update the towers' settings; ``options`` (e.g.
+    ``tie_word_embeddings=False``) go to the config itself."""
     ids = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                vision_end_token_id=151653)
     text = dict(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
@@ -200,7 +210,10 @@ def build_config(family: Family = "qwen3_vl", *, hidden: int = 64, layers: int =
         vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                       num_heads=2, out_hidden_size=hidden, patch_size=14, window_size=112,
                       fullatt_block_indexes=[vision_depth - 1], tokens_per_second=2)
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+        text.update(text_config or {})
+        vision.update(vision_config or {})
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                                **{"tie_word_embeddings": True, **ids, **options})
     from transformers import Qwen3VLConfig
 
     text["head_dim"] = hidden // 4
@@ -209,7 +222,10 @@ def build_config(family: Family = "qwen3_vl", *, hidden: int = 64, layers: int =
     vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                   num_heads=2, out_hidden_size=hidden, patch_size=16, num_position_embeddings=2304,
                   deepstack_visual_indexes=list(range(min(vision_depth, layers))))
-    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+    text.update(text_config or {})
+    vision.update(vision_config or {})
+    return Qwen3VLConfig(text_config=text, vision_config=vision,
+                         **{"tie_word_embeddings": True, **ids, **options})
 
 
 def save_tiny_checkpoint(path: str | Path, family: Family = "qwen3_vl", *, seed: int = 0,
