@@ -22,16 +22,12 @@ def test_segment_with_names_instances_and_env_defaults(monkeypatch, phantom):
     assert again.trajectory.meta["policy"] == "expert"
 
 
-def test_unavailable_paper_default_says_what_works_offline(monkeypatch, phantom):
+def test_unavailable_paper_default_says_what_works_offline(monkeypatch, phantom, isolated_registry):
     monkeypatch.delenv("MSAGENT_BACKBONE", raising=False)
-    monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "mybackbone")
-    msagent.plugins.set_registry(None)
-    try:
-        with pytest.raises(PluginNotFound) as info:
-            msagent.segment(phantom[0], "blob", policy="oracle-box", ground_truth=phantom[1])
-        assert "medsam2" in str(info.value) and "litemedsam" in str(info.value)
-    finally:
-        msagent.plugins.set_registry(None)
+    monkeypatch.setenv("MSAGENT_LOAD_PLUGINS", "mybackbone")  # read when the fresh registry is built
+    with pytest.raises(PluginNotFound) as info:
+        msagent.segment(phantom[0], "blob", policy="oracle-box", ground_truth=phantom[1])
+    assert "medsam2" in str(info.value) and "litemedsam" in str(info.value)
 
 
 @pytest.mark.parametrize("kwargs, error", [
