@@ -70,6 +70,9 @@ class Segmenter(ABC):
     #: whether the backbone reads ``Prompts.text`` (the target, e.g. "liver") as an extra
     #: prompt; other backbones never see it
     accepts_text: bool = False
+    #: whether the backbone proposes masks from a text alone (:meth:`propose`; SAM 3's concept
+    #: head): it implements :meth:`propose_masks`
+    can_propose: bool = False
 
     def __init__(self, *, cache_size: int = 16) -> None:
         self._embedding_cache: EmbeddingCache[Embedding] = EmbeddingCache(cache_size)
@@ -198,6 +201,53 @@ class Segmenter(ABC):
     def _what(self) -> str:
         return f"backbone {self.name or type(self).__name__!r}"
 
+    # -- proposals from text ----------------------------------------------------
+    def propose(self, embedding: Embedding, text: str, *,
+                max_candidates: int = 5) -> list[MaskPrediction]:
+        """Candidate masks for ``text`` (a short noun phrase naming the target, e.g. "liver")
+        with no box or click: every matching instance the backbone finds, best first, at most
+        ``max_candidates``. An empty list means the text matched nothing in the image.
+
+        Each candidate is an H×W bool mask at the original size, its 256×256 float32 low-res
+        logits in this backbone's mask-input frame (so a decode can refine it as
+        ``prev_logits``) and its score. Only backbones with ``can_propose`` implement it;
+        others raise :class:`~msagent.errors.SegmenterError`. Checks, before the backbone
+        runs: the embedding, ``text`` (a non-empty printable string of at most
+        :data:`MAX_PROPOSAL_TEXT` characters, stripped), ``max_candidates`` ≥ 1; after: the
+        decode contract for every candidate, their number and their order.
+        """
+        if not self.can_propose:
+            raise SegmenterError(f"{self._what()} cannot propose a mask from text; backbones "
+                                 "that can (can_propose) include e.g. 'sam3'")
+        if not isinstance(embedding, Embedding):
+            raise SegmenterError(f"{self._what()}: propose needs an Embedding from encode(), got "
+                                 f"{type(embedding).__name__}")
+        text = check_proposal_text(text)
+        if isinstance(max_candidates, bool) or not isinstance(max_candidates, (int, np.integer)) \
+                or max_candidates < 1:
+            raise SegmenterError(f"max_candidates must be a positive integer, got {max_candidates!r}")
+        predictions = list(self.propose_masks(embedding, text, max_candidates=int(max_candidates)))
+        if len(predictions) > max_candidates:
+            raise SegmenterError(f"{self._what()} proposed {len(predictions)} masks, more than "
+                                 f"max_candidates={max_candidates}")
+        for prediction in predictions:
+            problem = _output_problem(prediction, embedding.image_size)
+            if problem:
+                raise SegmenterError(f"{self._what()} broke the propose contract: {problem}")
+        scores = [float(p.score) for p in predictions]
+        if scores != sorted(scores, reverse=True):
+            raise SegmenterError(f"{self._what()} broke the propose contract: candidates must "
+                                 f"come best first, got scores {scores}")
+        return predictions
+
+    def propose_masks(self, embedding: Embedding, text: str, *,
+                      max_candidates: int) -> list[MaskPrediction]:
+        """What a backbone with ``can_propose`` implements: candidate masks for the checked,
+        stripped ``text``, best first, at most ``max_candidates`` (an empty list when nothing
+        matches). Called by :meth:`propose` only."""
+        raise SegmenterError(f"{self._what()} sets can_propose but does not implement "
+                             "propose_masks")
+
     # -- the mask input (refining an existing mask) ------------------------------
     def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry | None:
         """How an image of ``image_size`` maps onto the model input, for backbones that take a
@@ -239,6 +289,27 @@ class Segmenter(ABC):
         256×256 float32 array, ``multimask`` is a bool. Return H×W bool masks at the original
         size, 256×256 float32 low-res logits (the next turn's mask input) and scores.
         """
+
+
+#: the longest text :meth:`Segmenter.propose` accepts (a noun phrase, not a report)
+MAX_PROPOSAL_TEXT = 200
+
+
+def check_proposal_text(text: object) -> str:
+    """``text`` stripped, if it is a non-empty printable string of at most
+    :data:`MAX_PROPOSAL_TEXT` characters; SegmenterError saying what is wrong otherwise."""
+    if not isinstance(text, str):
+        raise SegmenterError(f"propose needs the target as a string, got {type(text).__name__}")
+    stripped = text.strip()
+    if not stripped:
+        raise SegmenterError("propose needs a non-empty text naming the target, e.g. 'liver'")
+    if len(stripped) > MAX_PROPOSAL_TEXT:
+        raise SegmenterError(f"propose takes a short noun phrase (at most {MAX_PROPOSAL_TEXT} "
+                             f"characters), got {len(stripped)} characters")
+    if not stripped.isprintable():
+        raise SegmenterError(f"propose needs printable text (no control characters or line "
+                             f"breaks), got {stripped!r}")
+    return stripped
 
 
 def _with_texts(sets: list[Prompts], text: str | Sequence[str | None] | None) -> list[Prompts]:
