@@ -40,7 +40,8 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput, InvalidMask, SegmentationFailed
 from msagent.policies.base import Policy
 from msagent.types import Trajectory
-from msagent.volume.propagation import METHODS, EmbeddingStore, propagator_for
+from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.propagation import METHODS, propagator_for
 from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 KEY_RULES = ("given", "largest_gt_area", "survey")

@@ -14,7 +14,7 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidImage, InvalidInput, InvalidTarget
 from msagent.policies.base import Policy
 from msagent.volume.agent import VolumeAgent, split_options
-from msagent.volume.stack import VolumeStack, build_stack, label_stack
+from msagent.volume.stack import SlicedVolume, build_stack, label_stack
 from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
 
@@ -30,7 +30,7 @@ class VolumeResult:
 
     mask: np.ndarray
     trajectory: VolumeTrajectory
-    stack: VolumeStack
+    sliced: SlicedVolume
     dice: float | None = None
     iou: float | None = None
     nsd: float | None = None
@@ -104,14 +104,14 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     agent = VolumeAgent(agent_policy, segmenter, max_turns=max_turns, propagation=propagation,
                         review_slices=review_slices, agent_options=agent_options, **options)
     started = time.perf_counter()
-    trajectory = agent.run(stack.stack, target.strip(), gt, key_slice=key_slice,
+    trajectory = agent.run(stack.slices, target.strip(), gt, key_slice=key_slice,
                            where=stack.where, progress=status.line if _console.wanted() else None)
     display = trajectory.final_masks()
     scores: dict[str, Any] = {}
     if gt is not None:  # display order: the stack's spacing is (slice, row, column)
-        scores = {**metrics.volume_metrics(display, gt, stack.stack.spacing, nsd_tolerance),
+        scores = {**metrics.volume_metrics(display, gt, stack.slices.spacing, nsd_tolerance),
                   "slice_dice": {i: metrics.dice(display[i], gt[i]) for i in range(len(gt))
                                  if display[i].any() or gt[i].any()}}
     status.line(f"segmented {len(trajectory.masks)} slice(s) in "
                 f"{time.perf_counter() - started:.1f} s")
-    return VolumeResult(mask=stack.to_voxels(display), trajectory=trajectory, stack=stack, **scores)
+    return VolumeResult(mask=stack.to_voxels(display), trajectory=trajectory, sliced=stack, **scores)
