@@ -69,6 +69,7 @@ def brain(mni_slice):
     return msagent.io.to_rgb_uint8(image), gt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", DEGRADATIONS)
 def test_the_expert_never_ends_below_the_initial_mask(litemedsam, brain, kind):
     image, gt = brain
@@ -198,6 +199,7 @@ def test_segment_and_the_cli_refine_and_refuse_a_wrong_size(litemedsam, tmp_path
     assert "the initial mask is 8×8 (H×W) but the image is 64×80" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_server_session_starts_from_an_uploaded_mask(litemedsam):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

@@ -72,6 +72,7 @@ def test_hand_computed_statistics(trajectory_set):
     assert stats["by_class"]["liver"]["trajectories"] == 2 and stats["by_class"]["liver"]["kept"] == 1
 
 
+@pytest.mark.slow
 def test_stats_cli_writes_json_and_png(trajectory_set, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["stats", str(trajectory_set), "--out", str(out)]) == 0

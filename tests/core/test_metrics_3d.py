@@ -27,6 +27,7 @@ def monai_nsd(pred, gt, tolerance, spacing):
     return float(value.item())
 
 
+@pytest.mark.slow
 def test_the_surface_area_table_is_deepminds_as_monai_ships_it():
     pytest.importorskip("monai")
     from monai.metrics.utils import _get_neighbour_code_to_normals_table
@@ -39,6 +40,7 @@ def test_the_surface_area_table_is_deepminds_as_monai_ships_it():
         assert np.abs(metrics._surface_areas(spacing) - reference).max() < 1e-12
 
 
+@pytest.mark.slow
 def test_nsd_3d_equals_monai_subvoxel_surface_dice_on_random_blobs():
     # MONAI's compute_surface_dice(use_subvoxels=True) implements DeepMind's surface Dice; it
     # sums in float32, hence 1e-6 rather than bit equality.
@@ -55,6 +57,7 @@ def test_nsd_3d_equals_monai_subvoxel_surface_dice_on_random_blobs():
     assert max(diffs) < 1e-6
 
 
+@pytest.mark.slow
 def test_nsd_3d_equals_monai_with_far_apart_parts_and_strong_anisotropy():
     # scattered blobs far apart exercise the reach-limited transform (nsd computes distances
     # only where a surface within the tolerance can be)
@@ -70,6 +73,7 @@ def test_nsd_3d_equals_monai_with_far_apart_parts_and_strong_anisotropy():
             assert abs(metrics.nsd(pred, gt, tolerance, spacing) - monai_nsd(pred, gt, tolerance, spacing)) < 1e-6
 
 
+@pytest.mark.slow
 def test_nsd_2d_equals_monai_subvoxel_surface_dice():
     rng = np.random.default_rng(3)
     for case in range(30):

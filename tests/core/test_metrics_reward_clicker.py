@@ -175,6 +175,7 @@ def test_curve_auc_is_the_challenges_cumulative_trapezoid_bit_for_bit(monkeypatc
             assert metrics.curve_auc(curve, normalize=False) == challenge
 
 
+@pytest.mark.slow
 def test_empty_mask_conventions_are_monai_ignore_empty_false():
     empty, full = np.zeros((4, 4), bool), np.ones((4, 4), bool)
     assert metrics.dice(empty, empty) == metrics.iou(empty, empty) == 1.0

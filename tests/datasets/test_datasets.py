@@ -149,6 +149,7 @@ def _label_volume(tmp_path):
     return ref, labels
 
 
+@pytest.mark.slow
 def test_nifti_slices_with_targets_become_cases(tmp_path):
     ref, labels = _label_volume(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({
@@ -169,6 +170,7 @@ def test_nifti_slices_with_targets_become_cases(tmp_path):
     assert len(single) == 0
 
 
+@pytest.mark.slow
 def test_datasets_are_lazy_sliceable_concatenable_and_picklable(mni_folder):
     dataset = open_dataset(mni_folder)
     head = dataset[:2]

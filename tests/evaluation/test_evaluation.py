@@ -335,6 +335,7 @@ def test_resume_refuses_other_settings(tmp_path):
                  config=EvalConfig(max_turns=3), progress=False, report=False)
 
 
+@pytest.mark.slow
 def test_litemedsam_on_an_mni152_slice(tmp_path, litemedsam):
     from msagent import io
     from msagent.testing import mni152_slice

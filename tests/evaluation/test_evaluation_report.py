@@ -72,6 +72,7 @@ def test_report_regenerates_from_records(report):
     assert report.read_text() == before
 
 
+@pytest.mark.slow
 def test_report_images_load_in_headless_chromium(report, tmp_path, chromium):
     page = report.read_text().replace("</body>", CHECK_IMAGES + "</body>")
     probe = tmp_path / "probe.html"

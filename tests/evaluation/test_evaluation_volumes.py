@@ -179,6 +179,7 @@ def test_cli_eval_volumes(msd, tmp_path, capsys):
     assert "--refine-from has no 3-D form" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mni152_volumes_built_in(tmp_path):
     folder = resolve_dataset("mni152", tmp_path / "mni", volumes=True)
     dataset = open_dataset(folder, volumes=True)

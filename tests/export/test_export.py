@@ -248,6 +248,7 @@ def test_upstream_layout_rows_load_in_upstreams_dataset_and_score_a_perfect_mask
         _upstream_reader(row)
 
 
+@pytest.mark.slow
 def test_upstream_layout_from_a_dataset_and_the_cli(tmp_path):
     data = make_mni152_dataset(tmp_path / "mni", slices=(40, 45))
     direct = export_rl_prompts(open_dataset(data), tmp_path / "direct", layout="upstream",

@@ -119,6 +119,7 @@ def test_ray_local_workers_give_the_same_shards(folder, reference, tmp_path, mon
         ["shards/part-00000.parquet", "shards/part-00001.parquet"]
 
 
+@pytest.mark.slow
 def test_mni152_keyword_builds_the_offline_dataset_beside_the_output(tmp_path):
     from msagent.cli.generate import _dataset_path
 

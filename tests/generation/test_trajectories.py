@@ -147,6 +147,7 @@ def _case(which, phantom, mni_slice):
     return Case("mni/brain", msagent.io.to_rgb_uint8(image), "brain", gt, {"dataset": "mni"})
 
 
+@pytest.mark.slow
 def test_litemedsam_trajectories_are_deterministic_for_a_seed(litemedsam, phantom, mni_slice, one_thread):
     case = _case("mni", phantom, mni_slice)
     options = {"box_ratio": 1.0, "max_actions": 2, "min_final_iou": 0.0}
@@ -157,6 +158,7 @@ def test_litemedsam_trajectories_are_deterministic_for_a_seed(litemedsam, phanto
     assert other.trajectory.steps[0].action != runs[0].trajectory.steps[0].action  # another jitter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["phantom", "mni"])
 def test_every_accepted_litemedsam_step_gains_at_least_tau(litemedsam, phantom, mni_slice, which,
                                                            one_thread):
@@ -177,6 +179,7 @@ def test_every_accepted_litemedsam_step_gains_at_least_tau(litemedsam, phantom, 
         assert step.usage["expert_accepted"] == 1 and 1 <= step.usage["expert_previews"] <= 3
 
 
+@pytest.mark.slow
 def test_the_refine_strategy_starts_from_a_degraded_ground_truth(litemedsam, mni_slice):
     from msagent.export.conversation import conversation
 

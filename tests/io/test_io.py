@@ -80,6 +80,7 @@ def test_a_ground_truth_must_be_bool_or_numeric(bad):
         to_mask(bad)
 
 
+@pytest.mark.slow
 def test_the_agent_checks_its_ground_truth(litemedsam):
     import msagent
     from msagent.errors import InvalidMask

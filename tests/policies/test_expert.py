@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import msagent
 from msagent import metrics
@@ -6,6 +7,7 @@ from msagent.policies.expert import jitter_bbox, mask_bbox
 from msagent.types import BBox
 
 
+@pytest.mark.slow
 def test_expert_on_litemedsam_improves_every_accepted_step(litemedsam, phantom):
     image, gt = phantom
     expert = msagent.load_policy("expert", tau=0.01, target_iou=0.99)
@@ -17,6 +19,7 @@ def test_expert_on_litemedsam_improves_every_accepted_step(litemedsam, phantom):
     assert traj.steps[-1].action.kind == "stop_action" or traj.stop_reason == "max_turns"
 
 
+@pytest.mark.slow
 def test_expert_refines_an_mri_slice(litemedsam, mni_slice):
     image, gt = mni_slice
     result = msagent.segment(image, "brain", backbone=litemedsam, policy="expert", ground_truth=gt)
@@ -25,6 +28,7 @@ def test_expert_refines_an_mri_slice(litemedsam, mni_slice):
     assert result.iou == metrics.iou(result.mask, gt)
 
 
+@pytest.mark.slow
 def test_expert_is_deterministic_for_a_seed(litemedsam, phantom):
     image, gt = phantom
     runs = [msagent.Agent(msagent.load_policy("expert", box_jitter=0.1, seed=3), litemedsam)
@@ -32,6 +36,7 @@ def test_expert_is_deterministic_for_a_seed(litemedsam, phantom):
     assert [s.raw_text for s in runs[0].steps] == [s.raw_text for s in runs[1].steps]
 
 
+@pytest.mark.slow
 def test_sequential_click_expert_starts_with_a_positive_click(litemedsam, phantom):
     image, gt = phantom
     traj = msagent.Agent(msagent.load_policy("expert", first="click"), litemedsam).run(image, "x", gt)
@@ -39,6 +44,7 @@ def test_sequential_click_expert_starts_with_a_positive_click(litemedsam, phanto
     assert first.kind == "add_point" and first.arguments["point_type"] == "positive"
 
 
+@pytest.mark.slow
 def test_oracle_box_is_one_tight_box_then_stop(litemedsam, phantom):
     image, gt = phantom
     traj = msagent.Agent(msagent.load_policy("oracle-box"), litemedsam).run(image, "x", gt)

@@ -58,6 +58,7 @@ def test_plugins_listing_shows_descriptions(capsys):
     assert "Example third-party threshold backbone" in out
 
 
+@pytest.mark.slow
 def test_one_dataset_resolver_builds_mni152_once(tmp_path, monkeypatch):
     from msagent import datasets
 
@@ -68,6 +69,7 @@ def test_one_dataset_resolver_builds_mni152_once(tmp_path, monkeypatch):
     assert len(datasets.open_dataset("mni152")) == len(datasets.open_dataset(built)) > 0
 
 
+@pytest.mark.slow
 def test_export_accepts_mni152_as_eval_and_generate_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MSAGENT_DATA_DIR", str(tmp_path / "cache"))
     assert main(["export", "--dataset", "mni152", "--format", "verl-rl", "--out",

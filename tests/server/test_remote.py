@@ -16,6 +16,8 @@ from msagent.server.background import serve_in_thread
 from msagent.testing import make_phantom
 from msagent.types import BBox, Point, Prompts
 
+pytestmark = pytest.mark.slow  # the remote backbone over loopback with the real LiteMedSAM weights
+
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 800, 800]}}</tool_call>'
 CLICKS = [f'<tool_call>{{"name": "add_point", "arguments": {{"point_2d": [{x}, {y}], '
           f'"point_type": "{kind}"}}}}</tool_call>'

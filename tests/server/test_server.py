@@ -18,6 +18,8 @@ from msagent.server.background import serve_in_thread
 from msagent.testing import make_phantom
 from msagent.types import BBox, Point, Prompts, decode_mask
 
+pytestmark = pytest.mark.slow  # end to end over loopback with the real LiteMedSAM weights
+
 BOX = {"x1": 60, "y1": 45, "x2": 180, "y2": 135}
 CLICKS = [(120, 90, 0), (75, 95, 1)]
 

@@ -120,6 +120,7 @@ def test_run_errors_are_clear_before_the_stream_starts(server, phantom_id):
     assert bad_gt.status_code == 422 and "ground truth" in bad_gt.json()["detail"]
 
 
+@pytest.mark.slow
 def test_closing_the_stream_stops_the_run(server, phantom_id):
     SlowClicker.calls = 0
     with server.stream("POST", "/v1/agent/run", data={"image_id": phantom_id, "target": "x",
@@ -194,6 +195,7 @@ def test_nifti_volume_slices_windows_and_exports(server, tmp_path):
     assert server.get("/v1/volumes/nope").status_code == 404
 
 
+@pytest.mark.slow
 def test_agent_runs_do_not_block_the_event_loop(server, phantom_id):
     """While an episode runs in its worker thread, other requests are answered at once."""
     started = threading.Event()

@@ -96,6 +96,7 @@ def test_max_sessions_and_delete_frees_room():
         assert c.post("/v1/sessions", files=files(image())).status_code == 201
 
 
+@pytest.mark.slow
 def test_idle_sessions_expire():
     app = create_app(Boxes(), ServerConfig(idle_timeout_s=0.3))
     with serve_in_thread(app) as url, httpx.Client(base_url=url) as c:
@@ -134,6 +135,7 @@ def test_upload_limits_give_413():
                       ).status_code == 200
 
 
+@pytest.mark.slow
 def test_the_event_loop_answers_while_the_backbone_works():
     app = create_app(Boxes(encode_delay=2.0))
     with serve_in_thread(app) as url:
@@ -182,6 +184,7 @@ def test_concurrent_decodes_on_one_image_are_micro_batched(window_ms):
         assert set(segmenter.batches) == {1}
 
 
+@pytest.mark.slow
 def test_load_32_concurrent_sessions_finishes_without_errors():
     segmenter = Boxes(encode_delay=0.02, decode_delay=0.005)
     app = create_app(segmenter, ServerConfig(max_sessions=32))
@@ -218,6 +221,7 @@ def test_load_32_concurrent_sessions_finishes_without_errors():
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_static_files_are_served_at_ui_when_present(tmp_path):
     from msagent.webapp import create_web_app
 

@@ -213,6 +213,7 @@ def test_serve_refuses_an_open_address_without_a_key(capsys, monkeypatch):
     assert "no backbone named" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 600), (3000, 2)])
 def test_extreme_aspect_ratios_are_served(litemedsam, shape):
     from fastapi.testclient import TestClient

@@ -99,6 +99,7 @@ def _upload_tube(client, count: int) -> str:
     return f"/v1/volumes/{vid}/sessions/{response.json()['session_id']}"
 
 
+@pytest.mark.slow
 def test_prompted_slices_keep_no_embedding_beyond_the_sessions_memory_bound(monkeypatch):
     """Every prompted slice's episode state held its embedding, so prompting every slice kept
     every embedding in memory (besides the store's spilled copies), whatever MAX_IN_MEMORY."""

@@ -359,6 +359,7 @@ def test_the_page_calls_the_volume_session_routes():
 
 
 
+@pytest.mark.slow
 def test_the_page_propagates_shows_every_slice_and_undoes(tmp_path, chromium, sync_playwright):
     """The page in headless Chromium (skipped without Playwright or Chromium, failed instead
     under MSAGENT_REQUIRE_BROWSER=1, as tests/webapp/test_web_ui.py): 3-D on, a box on the key

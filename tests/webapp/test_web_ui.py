@@ -31,6 +31,8 @@ from msagent.testing import make_phantom
 from msagent.types import Trajectory, decode_mask, encode_mask
 from msagent.webapp import create_web_app
 
+pytestmark = pytest.mark.slow  # headless Chromium over loopback with the real LiteMedSAM weights
+
 API_KEY = "web-ui-test-key"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
