@@ -5,6 +5,14 @@
   error (disk full, read-only folder, no permission) becomes :class:`OutputError`, one line
   naming the path and the remedy, and leaves no temporary file behind.
   :func:`atomic_output` is the same for writers that need a file name (nibabel, pydicom).
+
+  What the path is decides how (:func:`output_target`): a regular file or a new name is
+  replaced atomically; a symlink is followed and its final target replaced atomically (the
+  link stays; a dangling link creates its target; a loop is refused); a character device
+  (``/dev/null``, ``/dev/stdout``) or a FIFO is opened and written directly, like a shell
+  redirect (no temporary file next to it, no atomicity: a FIFO waits for its reader); a
+  folder, a socket or a block device is refused. Nothing but a regular file is ever renamed
+  onto.
 - :func:`read_json_file`: a JSON file the job wrote itself (manifests), or
   :class:`~msagent.errors.InvalidInput` saying it was damaged and what to do.
 - :func:`parquet_is_complete`: whether a Parquet file written by a job is whole: its footer
@@ -15,8 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,10 +58,75 @@ def output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
     return error
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace``."""
+def output_target(path: str | os.PathLike) -> tuple[Path, bool]:
+    """Where a write to ``path`` goes and whether it is a stream: ``(file, False)`` for a
+    regular file or a new name (a symlink resolved to its final target), to be replaced
+    atomically; ``(path, True)`` for a character device or a FIFO, to be written directly.
+    Raises :class:`OutputError` for a folder, a socket, a block device or a symlink loop."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        mode: int | None = os.stat(path).st_mode  # follows symlinks
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "a symlink that never resolves (a loop)") from None
+        mode = None  # a new name (or a dangling link): created below
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        return path, True
+    if mode is not None and stat.S_ISDIR(mode):
+        raise _refused(path, "a folder; give a file name inside it")
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a socket" if stat.S_ISSOCK(mode) else "a block device" if stat.S_ISBLK(mode) \
+            else "not a regular file"
+        raise _refused(path, f"{kind}; msagent writes regular files, character devices "
+                             "(/dev/null, /dev/stdout) and FIFOs")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+        if path.is_symlink():  # realpath gives up on a loop it cannot stat
+            raise _refused(path, "a symlink that never resolves (a loop)")
+    return path, False
+
+
+def _refused(path: Path, what: str) -> OutputError:
+    error = OutputError(f"cannot write {path}: it is {what}")
+    error.errno, error.filename = errno.EINVAL, str(path)
+    return error
+
+
+def _temporary(path: Path, suffix: str = "") -> Path:
+    """The temporary name next to ``path``: its name, the process id and ``suffix``; a name
+    too long for that (file names are at most 255 bytes) is shortened to its hash."""
+    name = f".{path.name}.{os.getpid()}.tmp{suffix}"
+    if len(os.fsencode(name)) > 255:
+        digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+        name = f".{digest}.{os.getpid()}.tmp{suffix}"
+    return path.with_name(name)
+
+
+def _write_stream(path: Path, chunks) -> None:
+    """Write ``chunks`` (bytes) into the character device or FIFO ``path``, opened without
+    creating or truncating anything (a FIFO waits for its reader, as a shell redirect does)."""
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_NOCTTY", 0))
+    with open(fd, "wb") as handle:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # replaced by a file since it was looked at
+            raise _refused(path, "a regular file now; write again")
+        for chunk in chunks:
+            handle.write(chunk)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and ``os.replace`` (a
+    character device or a FIFO is written directly; see :func:`output_target`)."""
+    requested = path
+    path, stream = output_target(path)
+    if stream:
+        try:
+            _write_stream(path, [data])
+        except OutputError:
+            raise
+        except OSError as exc:
+            raise output_error(exc, requested) from None
+        return
+    tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
@@ -59,7 +136,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise output_error(exc, path) from None
+        raise output_error(exc, requested) from None
 
 
 @contextlib.contextmanager
@@ -68,21 +145,32 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     format by name, like ``.nii.gz``) for a writer that needs a file name; when the block
     ends, the file is fsynced and renamed onto ``path``. The temporary file never outlives
     the block; file-system errors (disk full, read-only, no permission) become
-    :class:`OutputError`; the writer's other errors propagate as they are."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    :class:`OutputError`; the writer's other errors propagate as they are. For a character
+    device or a FIFO (:func:`output_target`) the temporary is in the system's temporary
+    folder and its bytes are copied into ``path``."""
+    requested = path
+    path, stream = output_target(path)
+    scratch = Path(tempfile.mkdtemp(prefix="msagent-out-")) if stream else None
+    tmp = scratch / f"out{suffix}" if scratch is not None else _temporary(path, suffix)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if scratch is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            if scratch is not None:
+                _write_stream(path, iter(lambda: handle.read(1 << 20), b""))
+            else:
+                os.fsync(handle.fileno())
+        if scratch is None:
+            os.replace(tmp, path)
     except OSError as exc:
         if exc.errno is None or isinstance(exc, OutputError):  # not the file system's doing
             raise
-        raise output_error(exc, path) from None
+        raise output_error(exc, requested) from None
     finally:
         tmp.unlink(missing_ok=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def read_json_file(path: str | os.PathLike, what: str, remedy: str, kind: type = dict) -> Any:
