@@ -120,7 +120,7 @@ def ok(response):
 def exported(client, path: str, tmp_path: Path) -> np.ndarray:
     response = client.post(f"{path}/export", json={"format": "nifti"})
     assert response.status_code == 200, response.text
-    assert response.headers["content-disposition"].endswith('-mask.nii.gz"')
+    assert "-mask.nii.gz\"; filename*=UTF-8''" in response.headers["content-disposition"]
     file = tmp_path / "mask.nii.gz"
     file.write_bytes(response.content)
     image = nib.load(file)
@@ -418,3 +418,42 @@ def test_the_page_propagates_shows_every_slice_and_undoes(tmp_path, chromium, sy
         page.wait_for_selector("#canvas[data-source3d='1:none']", state="attached")
         assert area() == 0 and not errors, errors
         browser.close()
+
+
+@pytest.mark.parametrize("name, fallback, encoded", [
+    ("肝臓.nii.gz", "__-mask.nii.gz", "%E8%82%9D%E8%87%93-mask.nii.gz"),
+    ("a\\b c;d.nii.gz", "a_b c;d-mask.nii.gz", "a%5Cb%20c%3Bd-mask.nii.gz"),
+])
+def test_both_exports_name_any_file_in_content_disposition(client, name, fallback, encoded):
+    """A non-Latin-1 upload name made both exports 500 (UnicodeEncodeError in the header):
+    RFC 6266 ASCII fallback plus RFC 5987 filename* (issue 26, item 6)."""
+    from urllib.parse import unquote
+
+    volume, labels = tube()
+    vid = upload(client, volume, name=name)
+    height, width = display(labels, 0).shape
+    rle = {"size": [height, width], "counts": [height * width]}
+    first = client.post(f"/v1/volumes/{vid}/export",
+                        json={"slices": [{"index": 0, "mask": rle}], "format": "nifti"})
+    path = start(client, vid)
+    ok(client.post(f"{path}/slices/6/prompts", json={"box": box_of(display(labels, 6))}))
+    second = client.post(f"{path}/export", json={"format": "nifti"})
+    for response in (first, second):
+        assert response.status_code == 200, response.text
+        header = response.headers["content-disposition"]
+        assert header == f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+        assert header.isascii()
+        assert unquote(encoded) == name.replace(".nii.gz", "-mask.nii.gz")
+
+
+def test_attachment_header_is_ascii_for_any_name():
+    from msagent.server.services import attachment
+
+    for name in ['q"uote\\back.json', "tab\tnew\nline.png", "\ud800lone.json", "", "é" * 300]:
+        header = attachment(name)["Content-Disposition"]
+        header.encode("latin-1")  # what Starlette does with a header
+        assert header.isascii() and "\n" not in header and "\t" not in header
+        fallback = header.split('filename="')[1].split('"; filename*=')[0]
+        assert '"' not in fallback and "\\" not in fallback
+    assert attachment('q"b.json')["Content-Disposition"] == \
+        "attachment; filename=\"q_b.json\"; filename*=UTF-8''q%22b.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import UploadFile
@@ -25,6 +26,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "bad request"), (401, "missing or wrong API key"), (404, "unknown image or session"),
         (409, "conflicting state"), (413, "upload too large"), (422, "invalid request"),
         (429, "too many sessions"), (503, "backbone timed out")]}
+
+
+def attachment(name: str) -> dict[str, str]:
+    """The ``Content-Disposition`` header of a download named ``name`` (RFC 6266), for every
+    route that sends one: an ASCII ``filename="..."`` for old clients (characters outside
+    printable ASCII, quotes and backslashes become ``_``) and the name itself as
+    ``filename*=UTF-8''...`` (RFC 5987 percent-encoding), which clients prefer. Any name is
+    safe: a header holds Latin-1 only, and a raw non-Latin-1 name was a 500."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "replace"), safe="")
+    return {"Content-Disposition":
+            f"attachment; filename=\"{fallback or 'download'}\"; filename*=UTF-8''{encoded}"}
 
 
 async def read_upload(upload: UploadFile, ctx: ServerContext) -> bytes:

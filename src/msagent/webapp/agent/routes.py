@@ -41,7 +41,14 @@ from msagent.options import MAX_CLIENT_TEXT
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.errors import Conflict, status_of
 from msagent.server.schemas import MaskFormat, SessionStep
-from msagent.server.services import ERRORS, initial_mask_upload, open_session, read_upload, run_prompt
+from msagent.server.services import (
+    ERRORS,
+    attachment,
+    initial_mask_upload,
+    open_session,
+    read_upload,
+    run_prompt,
+)
 from msagent.server.views import session_step
 from msagent.types import MaskPrediction, encode_mask
 from msagent.webapp.agent.policies import (
@@ -241,16 +248,12 @@ def _error(exc: Exception) -> dict[str, Any]:
 
 
 # -- finished runs -----------------------------------------------------------------------------
-def _attachment(name: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{name}"'}
-
-
 @router.get("/agent/runs/{run_id}")
 async def run_trajectory(run_id: str, state: AgentState = Depends(agent_state)) -> JSONResponse:
     """The run's trajectory (:meth:`msagent.Trajectory.from_dict` reads it back)."""
     record = state.runs.get(run_id)
     body = await asyncio.to_thread(record.trajectory.to_dict)
-    return JSONResponse(body, headers=_attachment(f"trajectory-{run_id[:8]}.json"))
+    return JSONResponse(body, headers=attachment(f"trajectory-{run_id[:8]}.json"))
 
 
 @router.get("/agent/runs/{run_id}/mask", response_class=Response, responses={
@@ -268,7 +271,7 @@ async def run_mask(run_id: str, steps: int | None = Query(None, ge=0, descriptio
     if format == "rle":
         return JSONResponse(encode_mask(mask))
     return Response(await asyncio.to_thread(png_bytes, mask), media_type="image/png",
-                    headers=_attachment(f"mask-{run_id[:8]}-step{count}.png"))
+                    headers=attachment(f"mask-{run_id[:8]}-step{count}.png"))
 
 
 class SeedRequest(BaseModel):
@@ -320,4 +323,4 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
         ground_truth=None if run is None else run.ground_truth,
         initial=None if session.initial is None
         else cast(MaskPrediction, session.initial.prediction).mask)
-    return JSONResponse(trajectory.to_dict(), headers=_attachment(f"trajectory-{session_id[:8]}.json"))
+    return JSONResponse(trajectory.to_dict(), headers=attachment(f"trajectory-{session_id[:8]}.json"))

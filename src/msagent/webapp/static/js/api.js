@@ -98,11 +98,20 @@ export async function readNdjson(response, onItem) {
   if (buffer.trim()) onItem(JSON.parse(buffer));
 }
 
-// The file name of a Content-Disposition header, or the fallback.
+// The file name of a Content-Disposition header (RFC 6266: filename*=UTF-8''... first, then
+// the ASCII filename="..."), or the fallback.
 export function fileNameOf(response, fallback) {
   const header = response.headers.get("Content-Disposition") || "";
-  const match = /filename="?([^";]+)"?/.exec(header);
-  return match ? match[1] : fallback;
+  const encoded = /filename\*=UTF-8''([^;\s]+)/i.exec(header);
+  if (encoded) {
+    try {
+      return decodeURIComponent(encoded[1]);
+    } catch {
+      // a malformed encoding: use the ASCII name
+    }
+  }
+  const match = /filename="([^"]*)"|filename=([^;\s]+)/.exec(header);
+  return match ? match[1] ?? match[2] : fallback;
 }
 
 // Let the browser save a blob as a file.
