@@ -178,9 +178,10 @@ def _label_volume(path, what: str, volume, label: int | None):
     if labels.data.dtype.kind == "f" and not np.isfinite(labels.data).all():
         raise InvalidInput(f"the {what} {path} has NaN or infinite voxels; a label map holds 0 "
                            "(background) and label values")
-    if labels.shape != volume.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
-        raise InvalidInput(f"the {what} {path} ({labels.shape}) is not on the image's voxel grid "
-                           f"({volume.shape}); resample it first")
+    mismatch = io.grid_mismatch(labels, volume)
+    if mismatch:
+        raise InvalidInput(f"the {what} {path} is not on the image's voxel grid: {mismatch}; "
+                           "resample it onto the image first")
     data = labels.data == label if label is not None else labels.data != 0
     return io.Volume(data, volume.affine)
 

@@ -33,14 +33,15 @@ from msagent.io.volume import (
     SliceView,
     Volume,
     apply_window,
+    grid_mismatch,
     parse_window,
     percentile_window,
 )
 from msagent.io.windows import Window, choose_window
 
 __all__ = ["CT_WINDOWS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_VOXELS", "PLANES", "SliceView",
-           "Volume", "Window", "apply_window", "choose_window", "default_window", "is_dicom",
-           "is_nifti", "load_array", "mask_data", "max_pixels_limit", "max_voxels_limit",
+           "Volume", "Window", "apply_window", "choose_window", "default_window", "grid_mismatch",
+           "is_dicom", "is_nifti", "load_array", "mask_data", "max_pixels_limit", "max_voxels_limit",
            "parse_window", "percentile_window", "read_dicom_series", "read_nifti", "read_volume",
            "save_mask_png", "save_png", "save_png16", "save_tiff", "to_mask", "to_rgb_uint8",
            "write_dicom_seg", "write_mask_nifti", "write_nifti", "mask_nifti_bytes"]

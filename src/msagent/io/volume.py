@@ -141,9 +141,14 @@ class Volume:
         return SliceView(axis, int(index), transpose, flip_rows, flip_cols)
 
     def slice(self, index: int, plane: str = "axial") -> np.ndarray:
-        """The 2-D slice ``index`` of ``plane`` as displayed (see the module docstring)."""
+        """The 2-D slice ``index`` of ``plane`` as displayed (see the module docstring): a new
+        C-contiguous array; only the slice is copied, whatever the data's memory order."""
+        return self.slice_of(self.data, index, plane)
+
+    def slice_of(self, data: np.ndarray, index: int, plane: str = "axial") -> np.ndarray:
+        """:meth:`slice` of another array on this volume's voxel grid (a label map, a mask)."""
         view = self.view(index, plane)
-        return view.to_display(np.take(self.data, view.index, axis=view.axis))
+        return view.to_display(take_slice(data, view.index, view.axis))
 
     def slice_spacing(self, plane: str = "axial") -> tuple[float, float]:
         """(row, column) pixel size in mm of a displayed slice of ``plane``."""
@@ -160,12 +165,42 @@ class Volume:
         shaped like :attr:`data`), undoing the display transform."""
         view = self.view(index, plane)
         plane_array = view.from_display(np.asarray(image))
-        indexer: list[slice | int] = [slice(None)] * 3
-        indexer[view.axis] = view.index
-        if target[tuple(indexer)].shape != plane_array.shape:
+        where = take_slice(target, view.index, view.axis)  # a view: written in place
+        if where.shape != plane_array.shape:
             raise InvalidInput(f"slice of shape {image.shape} does not fit {plane} slices of a "
                                f"{self.shape} volume")
-        target[tuple(indexer)] = plane_array
+        where[...] = plane_array
+
+
+def take_slice(data: np.ndarray, index: int, axis: int) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of the 3-D ``data`` as a **view** (basic indexing): O(1),
+    whatever the array's memory order, and writable when ``data`` is.
+
+    Every slicing of a volume goes through here. ``np.take(data, index, axis)`` is not used:
+    on a Fortran-ordered array (what nibabel returns for a NIfTI file) it first copies the whole
+    volume into C order, so one slice of a 512×512×300 int16 volume cost seconds."""
+    indexer: list[slice | int] = [slice(None)] * data.ndim
+    indexer[axis] = index
+    return data[tuple(indexer)]
+
+
+def grid_mismatch(other: Volume, volume: Volume, *, atol: float = 1e-3) -> str:
+    """Why ``other`` (a label map, a mask) is not on ``volume``'s voxel grid, "" when it is:
+    the two shapes when they differ, else the two affines (voxel → RAS+ mm) when they differ
+    by more than ``atol`` (mm), both shown, so the message says what to resample."""
+    if other.shape != volume.shape:
+        return f"its shape {other.shape} differs from the image's {volume.shape}"
+    mine, theirs = np.asarray(other.affine, float), np.asarray(volume.affine, float)
+    if np.allclose(mine, theirs, atol=atol):
+        return ""
+    return (f"the shapes agree ({volume.shape}) but the affines (voxel → RAS+ mm) differ by up to "
+            f"{float(np.max(np.abs(mine - theirs))):.4g}: its affine {_affine_text(mine)}, the "
+            f"image's {_affine_text(theirs)}")
+
+
+def _affine_text(affine: np.ndarray) -> str:
+    rows = ("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in affine[:3])
+    return "[" + ", ".join(rows) + "]"
 
 
 def _axis_of(codes: tuple[str, ...], letters: str) -> int:
@@ -210,9 +245,10 @@ def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) 
     """(width, level) spanning the ``low``–``high`` percentiles of ``values`` (a whole volume,
     so every slice gets the same mapping). NaN/inf voxels are left out; a volume without
     any finite voxel is refused."""
-    values = np.asarray(values)
+    # in memory order: a view of a Fortran-ordered (NIfTI) volume, not a C-ordered copy
+    values = np.asarray(values).ravel(order="K")
     if values.dtype.kind in "iu":  # integers are finite and exact in float64: no float copy
-        finite = values.ravel()
+        finite = values
     else:
         finite = values[np.isfinite(values)].astype(np.float64, copy=False)
     if finite.size == 0:

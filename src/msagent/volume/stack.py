@@ -7,7 +7,11 @@ Two kinds of input:
   :meth:`~msagent.io.Volume.put_slice`;
 - a NumPy array with its ``spacing`` (mm per array axis), sliced along the array ``axis``
   (0 by default, the (D, H, W) layout of the CVPR challenges' ``.npz`` files): slice ``i`` is
-  ``np.take(data, i, axis)``, as stored.
+  ``data[i]`` along that axis, as stored.
+
+A slice costs O(slice) whatever the array's memory order (a NIfTI is Fortran-ordered as
+nibabel reads it): slices are views (:func:`msagent.io.volume.take_slice`), and only each
+displayed slice is copied, into one preallocated stack.
 
 Either way the whole volume is windowed once (:func:`msagent.io.choose_window`: a preset or
 "W/L", else a DICOM CT's stored window, else the volume's 0.5–99.5th percentiles), so every
@@ -17,7 +21,7 @@ slice gets the same mapping, and its size is checked against the voxel limit fir
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -27,6 +31,7 @@ from msagent import io
 from msagent.backbones.propagation import SliceStack
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask
 from msagent.io.limits import check_voxels
+from msagent.io.volume import take_slice
 
 
 @attrs.frozen(eq=False)
@@ -55,15 +60,22 @@ class SlicedVolume:
             raise InvalidInput(f"array of shape {data.shape} is not on the volume's grid {self.shape}")
         if self.volume is None:
             return np.moveaxis(data, self.axis, 0)
-        return np.stack([self.volume.view(i, self.plane).to_display(
-            np.take(data, i, axis=self.volume.view(i, self.plane).axis))
-            for i in range(self.slices.count)])
+        return stacked(self.slices.count, lambda i: self.slice_of(data, i))
+
+    def slice_of(self, data: np.ndarray, index: int) -> np.ndarray:
+        """Slice ``index`` of a voxel-order array of the source's shape, as displayed: a view
+        for a NumPy source, else a copy of that slice only (:meth:`msagent.io.Volume.slice_of`)."""
+        if self.volume is None:
+            return take_slice(data, index, self.axis)
+        assert self.plane is not None  # a volume is sliced in a plane (_from_volume sets both)
+        return self.volume.slice_of(data, index, self.plane)
 
     def to_voxels(self, masks: np.ndarray) -> np.ndarray:
         """count × H × W display-order masks → a bool array in the source's voxel order."""
         masks = np.asarray(masks, dtype=bool)
         if self.volume is None:
             return np.ascontiguousarray(np.moveaxis(masks, 0, self.axis))
+        assert self.plane is not None  # a volume is sliced in a plane (_from_volume sets both)
         out = np.zeros(self.shape, dtype=bool)
         for index in range(masks.shape[0]):
             self.volume.put_slice(out, masks[index], index, self.plane)
@@ -89,8 +101,7 @@ def build_stack(source: Any, *, plane: str = "axial", axis: int | None = None,
 def _from_volume(volume: io.Volume, plane: str, window: Any) -> SlicedVolume:
     width, level = io.choose_window(volume, window).pair
     # slice by slice, so the float copy apply_window makes is one slice, not the volume
-    gray = np.stack([io.apply_window(volume.slice(i, plane), width, level)
-                     for i in range(volume.n_slices(plane))])
+    gray = stacked(volume.n_slices(plane), lambda i: io.apply_window(volume.slice(i, plane), width, level))
     view = volume.view(0, plane)
     row, col = volume.slice_spacing(plane)
     stack = SliceStack(gray, (volume.spacing[view.axis], row, col))
@@ -115,11 +126,21 @@ def _from_array(data: Any, axis: int, spacing: Sequence[float] | None, window: A
     spacing = check_spacing(spacing)
     volume = io.Volume(data.astype(np.float32) if data.dtype == bool else data, np.diag([*spacing, 1.0]))
     width, level = io.choose_window(volume, window).pair
-    gray = np.stack([io.apply_window(np.take(data, i, axis=axis), width, level)
-                     for i in range(data.shape[axis])])
+    gray = stacked(data.shape[axis], lambda i: io.apply_window(take_slice(data, i, axis), width, level))
     rest = [spacing[a] for a in range(3) if a != axis]
     return SlicedVolume(SliceStack(gray, (spacing[axis], rest[0], rest[1])), tuple(data.shape),
                        axis=axis, window=(width, level))
+
+
+def stacked(count: int, one: Callable[[int], np.ndarray]) -> np.ndarray:
+    """count × H × W from the 2-D slices ``one(0)``, ``one(1)``, ..., each written into the one
+    output array as it comes (no list of slices stacked into a second copy)."""
+    first = one(0)
+    out = np.empty((count, *first.shape), dtype=first.dtype)
+    out[0] = first
+    for index in range(1, count):
+        out[index] = one(index)
+    return out
 
 
 def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
@@ -142,9 +163,10 @@ def label_stack(labels: Any, sliced: SlicedVolume, what: str, label: int | None 
     if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__"):
         labels = io.read_volume(labels)
     if isinstance(labels, io.Volume):
-        if sliced.volume is not None and not np.allclose(labels.affine, sliced.volume.affine, atol=1e-3):
-            raise InvalidMask(f"the {what} is not on the image's voxel grid (its affine differs); "
-                              "resample it first")
+        mismatch = "" if sliced.volume is None else io.grid_mismatch(labels, sliced.volume)
+        if mismatch:
+            raise InvalidMask(f"the {what} is not on the image's voxel grid: {mismatch}; "
+                              "resample it onto the image first")
         labels = labels.data
     try:
         array = np.asarray(labels)
@@ -154,7 +176,14 @@ def label_stack(labels: Any, sliced: SlicedVolume, what: str, label: int | None 
     if array.shape != sliced.shape:
         raise InvalidMask(f"the {what} has shape {array.shape} but the volume {sliced.shape}; they "
                           "must match voxel for voxel")
-    if array.dtype.kind not in "biuf" or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+    if array.dtype.kind not in "biuf":
         raise InvalidMask(f"the {what} must hold finite numbers (0 = background), got {array.dtype}")
-    mask = array == label if label is not None else array != 0
-    return np.ascontiguousarray(sliced.to_display(mask))
+
+    def target(index: int) -> np.ndarray:  # one slice at a time: no bool copy of the volume
+        plane = sliced.slice_of(array, index)
+        if plane.dtype.kind == "f" and not np.isfinite(plane).all():
+            raise InvalidMask(f"the {what} must hold finite numbers (0 = background); slice "
+                              f"{index} ({sliced.where}) has NaN or infinite values")
+        return plane == label if label is not None else plane != 0
+
+    return stacked(sliced.slices.count, target)
