@@ -12,14 +12,25 @@ concurrent misses on one key compute it once (the others wait, then hit), and ``
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from functools import partial
+from typing import Final, Literal, TypeVar, overload
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-_MISSING = object()
+T = TypeVar("T")
+
+
+class _Missing(enum.Enum):
+    """The sentinel of a key that is absent (an enum member, so ``is`` narrows it)."""
+
+    MISSING = enum.auto()
+
+
+_MISSING: Final = _Missing.MISSING
 
 
 class BoundedLRU(Mapping[K, V]):
@@ -91,12 +102,16 @@ class BoundedLRU(Mapping[K, V]):
                 for key, lock in owned.items():
                     self._pending.pop(key, None)
                     lock.release()
+
+        def compute_one(key: K) -> V:
+            return compute_many([key])[0]
+
         for key in keys:  # being computed by another thread: wait for it
             if key not in found:
-                found[key] = self.get_or_compute(key, lambda k=key: compute_many([k])[0])
+                found[key] = self.get_or_compute(key, partial(compute_one, key))
         return [found[key] for key in keys]
 
-    def _hit(self, key: K) -> V:
+    def _hit(self, key: K) -> V | Literal[_Missing.MISSING]:
         """The value (counted as a hit, marked used), or ``_MISSING``; call with the lock held."""
         value = self._items.get(key, _MISSING)
         if value is not _MISSING:
@@ -113,7 +128,14 @@ class BoundedLRU(Mapping[K, V]):
         self._weight += self._weight_of(value)
         return self._evict()
 
-    def get(self, key: K, default: V | None = None) -> V | None:
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: V) -> V: ...
+    @overload
+    def get(self, key: K, default: T) -> V | T: ...
+
+    def get(self, key: K, default: V | T | None = None) -> V | T | None:
         """The value of ``key`` (marked as the most recently used), else ``default``."""
         with self._lock:
             value = self._items.get(key, _MISSING)
@@ -174,7 +196,9 @@ class BoundedLRU(Mapping[K, V]):
         with self._lock:
             return len(self._items)
 
-    def keys(self) -> list[K]:
+    # a list in use order, not Mapping's set-like KeysView (callers compare it with lists);
+    # no type is both: a list's <, <=, ... compare in order, a KeysView's test subsets
+    def keys(self) -> list[K]:  # type: ignore[override]
         """The keys, least recently used first."""
         with self._lock:
             return list(self._items)

@@ -317,3 +317,29 @@ def test_an_empty_seed_ends_the_target_without_claiming_slices_toward_the_key(br
     propagator.propagate()
     assert sorted(propagator.results) == list(range(12))
     assert np.array_equal(propagator.masks(), mask)
+
+
+class EmptyReview(CentreBox):
+    """CentreBox's box on the key slice; every later episode boxes the empty corner."""
+
+    name = "empty-review"
+
+    def __init__(self):
+        self.episodes = 0
+
+    def act(self, episode):
+        if not episode.executed_turns:
+            self.episodes += 1
+            if self.episodes > 1:
+                return Reply(protocol.bbox_action(BBox(0, 0, 3, 3), episode.image_size).raw_text)
+        return super().act(episode)
+
+
+def test_a_review_that_empties_the_mask_is_not_seeded_and_writes_json(bright):
+    volume, _ = make_tube()
+    result = msagent.segment_volume(volume, "tube", backbone=bright, policy=EmptyReview(),
+                                    review_slices=1, key_slice=8)
+    (review,) = [e for e in result.episodes if e.role == "review"]
+    assert not review.trajectory.final_mask.any() and review.seeded is False  # a bool, not NumPy's
+    again = VolumeTrajectory.from_json(result.trajectory.to_json())
+    assert again.to_dict() == result.trajectory.to_dict()

@@ -36,7 +36,7 @@ class _Worker:
 
 def _pending(job: Evaluation, cases: Iterable[Any], limit: int | None):
     """(item, [(backbone index, method index), ...]) for every case with work left."""
-    done = job.store.done(job.retry_errors)
+    done = job.record_store().done(job.retry_errors)
     for index, item in enumerate(cases):
         if limit is not None and index >= limit:
             break

@@ -88,7 +88,7 @@ def _progress_bar(job: Evaluation, cases: Any, limit: int | None, total: int | N
         total = min(total, limit)
     units = None if total is None else total * len(job.backbones) * len(job.methods)
     if units is not None:
-        units = max(0, units - len(job.store.done(job.retry_errors)))
+        units = max(0, units - len(job.record_store().done(job.retry_errors)))
     return tqdm(total=units, desc="msagent eval", unit="run", disable=not enabled, dynamic_ncols=True)
 
 

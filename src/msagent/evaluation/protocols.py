@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -29,8 +29,12 @@ from scipy import ndimage
 from msagent import clicker, metrics
 from msagent.agent import Agent
 from msagent.backbones.segmenter import Segmenter
+from msagent.errors import InvalidInput
 from msagent.policies.expert import mask_bbox
 from msagent.types import Case, Point, Prompts, Trajectory
+
+if TYPE_CHECKING:
+    from msagent.volume.trajectory import VolumeTrajectory
 
 NOC_THRESHOLDS = (0.85, 0.90)
 CVPR_CLICKS = 5
@@ -48,7 +52,15 @@ class Outcome:
     curves: Mapping[str, Sequence[float]] = attrs.field(factory=dict)
     values: Mapping[str, Any] = attrs.field(factory=dict)
     usage: Mapping[str, float] = attrs.field(factory=dict)
-    trajectory: Trajectory | None = None
+    trajectory: Trajectory | VolumeTrajectory | None = None
+
+
+def ground_truth(case: Case) -> np.ndarray:
+    """``case.ground_truth``, which every protocol scores against (:class:`InvalidInput`
+    without one, as :func:`msagent.evaluation.units.checked_case` says)."""
+    if case.ground_truth is None:
+        raise InvalidInput("the case has no ground truth; evaluation needs one")
+    return case.ground_truth
 
 
 def case_spacing(case: Case) -> tuple[float, float]:
@@ -69,14 +81,14 @@ def agent_outcome(trajectory: Trajectory, gt: np.ndarray, spacing=(1.0, 1.0),
                   tolerance: float = 2.0) -> Outcome:
     """Score a finished agent episode against the ground truth. A refining episode's curves
     start with its initial mask (turn 0), and ``values`` gain ``*_before`` and ``dice_gain``."""
-    masks = [s.mask for s in trajectory.executed_steps]
+    masks = [s.mask for s in trajectory.executed_steps if s.mask is not None]  # all: executed
     if trajectory.initial is not None:
         masks.insert(0, trajectory.initial.mask)
     curves = {"dice": [metrics.dice(m, gt) for m in masks],
               "iou": [metrics.iou(m, gt) for m in masks],
               "nsd": [metrics.nsd(m, gt, tolerance, spacing) for m in masks]}
     mask = trajectory.final_mask
-    values = _final_metrics(mask, gt, spacing, tolerance)
+    values: dict[str, Any] = _final_metrics(mask, gt, spacing, tolerance)
     if trajectory.initial is not None:
         values.update({f"{k}_before": curves[k][0] for k in ("dice", "iou", "nsd")},
                       dice_gain=values["dice"] - curves["dice"][0],
@@ -102,11 +114,12 @@ def run_agent(agent: Agent, case: Case, tolerance: float = 2.0,
               initial: tuple[np.ndarray, str] | None = None) -> Outcome:
     """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it);
     ``initial``: (mask, source) to refine (the ``refine`` protocol)."""
+    gt = ground_truth(case)
     mask, source = initial if initial is not None else (None, "")
-    trajectory = agent.run(case.image, case.target, case.ground_truth, case_id=case.id,
+    trajectory = agent.run(case.image, case.target, gt, case_id=case.id,
                            initial_mask=mask, initial_source=source)
     check_answered(trajectory)
-    return agent_outcome(trajectory, case.ground_truth, case_spacing(case), tolerance)
+    return agent_outcome(trajectory, gt, case_spacing(case), tolerance)
 
 
 async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0,
@@ -114,12 +127,12 @@ async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0,
     """Async :func:`run_agent` (:meth:`msagent.Agent.arun`): for API policies."""
     import asyncio
 
-    trajectory = await agent.arun(case.image, case.target, case.ground_truth, case_id=case.id,
+    gt = ground_truth(case)
+    trajectory = await agent.arun(case.image, case.target, gt, case_id=case.id,
                                   initial_mask=None if initial is None else initial[0],
                                   initial_source="" if initial is None else initial[1])
     check_answered(trajectory)
-    return await asyncio.to_thread(agent_outcome, trajectory, case.ground_truth,
-                                   case_spacing(case), tolerance)
+    return await asyncio.to_thread(agent_outcome, trajectory, gt, case_spacing(case), tolerance)
 
 
 ritm_click = clicker.next_click  # one rule: RITM's click (a tie goes to the false positives)
@@ -129,7 +142,7 @@ def run_noc(segmenter: Segmenter, case: Case, max_clicks: int = 20,
             thresholds: Sequence[float] = NOC_THRESHOLDS, multimask: bool | None = None,
             stop_iou: float | None = None, tolerance: float = 2.0) -> Outcome:
     """The RITM click protocol on ``case``; see the module docstring."""
-    gt = case.ground_truth
+    gt = ground_truth(case)
     multimask = segmenter.multimask_default if multimask is None else multimask
     embedding = segmenter.encode(case.image)
     clicks: list[Point] = []
@@ -184,7 +197,7 @@ def cvpr_click(gt: np.ndarray, pred: np.ndarray) -> Point | None:
 def run_cvpr(segmenter: Segmenter, case: Case, clicks: int = CVPR_CLICKS,
              multimask: bool | None = None, tolerance: float = 2.0) -> Outcome:
     """The CVPR 2025 interactive protocol on ``case``; see the module docstring."""
-    gt = case.ground_truth
+    gt = ground_truth(case)
     spacing = case_spacing(case)
     multimask = segmenter.multimask_default if multimask is None else multimask
     embedding = segmenter.encode(case.image)

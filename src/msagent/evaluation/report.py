@@ -215,23 +215,23 @@ def _group_table(summary: dict[str, Any], key: str) -> str:
 
 def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
     parts = []
-    by_method: dict[str, list[CaseRecord]] = {}
+    by_method: dict[str, list[tuple[float, str, CaseRecord]]] = {}  # (dice, overlay, record)
     for r in records:
         if r.ok and r.dice is not None and r.overlay_file and (out_dir / r.overlay_file).exists():
-            by_method.setdefault(group_name(r), []).append(r)
+            by_method.setdefault(group_name(r), []).append((r.dice, r.overlay_file, r))
     for name, group in sorted(by_method.items()):
-        ranked = sorted(group, key=lambda r: r.dice, reverse=True)
+        ranked = sorted(group, key=lambda item: item[0], reverse=True)
         worst = ranked[max(count, len(ranked) - count):][::-1]
         for title, chosen in (("best", ranked[:count]), ("worst", worst)):
             if not chosen:
                 continue
             figures = "".join(
-                f'<figure><a href="{html.escape(Path(r.overlay_file).as_posix())}">'
-                f'{_img(out_dir / r.overlay_file, r.case_id, THUMB)}</a><figcaption>'
-                f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {r.dice:.3f}"
+                f'<figure><a href="{html.escape(Path(overlay).as_posix())}">'
+                f'{_img(out_dir / overlay, r.case_id, THUMB)}</a><figcaption>'
+                f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {dice:.3f}"
                 f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}"
                 f"{_key_slice(r)}</figcaption></figure>"
-                for r in chosen)
+                for dice, overlay, r in chosen)
             parts.append(f"<h3>{html.escape(name)}: {title}</h3><div class='cases'>{figures}</div>")
     return "".join(parts)
 

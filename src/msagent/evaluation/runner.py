@@ -46,6 +46,7 @@ from msagent.policies.base import Policy
 from msagent.types import Case
 from msagent.volume.agent import VolumeAgent
 from msagent.volume.propagation import METHODS as PROPAGATION_METHODS
+from msagent.volume.trajectory import VolumeTrajectory
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("agent", "noc", "cvpr")
@@ -134,8 +135,16 @@ class Evaluation:
         self._check_run_file()
         self.store = RecordStore(self.out_dir / "records.jsonl")
 
+    def record_store(self) -> RecordStore:
+        """The records in ``out_dir``; a compute-only evaluation (no ``out_dir``) keeps none."""
+        if self.store is None:
+            raise InvalidInput("this evaluation has no output directory (a compute-only worker): "
+                               "it keeps no records")
+        return self.store
+
     # -- setup -----------------------------------------------------------------
     def _check_run_file(self) -> None:
+        assert self.out_dir is not None  # called by __attrs_post_init__ when there is one
         path = self.out_dir / "run.json"
         config = _config_dict(self.config)
         names = {"backbones": [self._backbone_name(b) for b in self.backbones],
@@ -202,7 +211,7 @@ class Evaluation:
         """(case, backbone, method) triples still to run, case-major; skips done keys
         (:func:`msagent.evaluation.units.pending_units`)."""
         return pending_units(cases, self.backbones, self.methods, self.config,
-                             self.store.done(self.retry_errors), self._backbone_name, limit)
+                             self.record_store().done(self.retry_errors), self._backbone_name, limit)
 
     def compute(self, case: Any, backbone: Any, method: Method) -> tuple[CaseRecord, Any]:
         """Run one unit; never raises for a case's own failure (the record says why)."""
@@ -264,7 +273,9 @@ class Evaluation:
             outcome = volume_protocols.run_volume_agent(
                 self.volume_agent(backbone, method), stack, case.target, case.ground_truth,
                 case_id=case.id, tolerance=cfg.nsd_tolerance)
-            values = {**outcome.values, "propagation": outcome.trajectory.propagation}
+            trajectory = outcome.trajectory
+            assert isinstance(trajectory, VolumeTrajectory)  # run_volume_agent's: the 3-D run
+            values = {**outcome.values, "propagation": trajectory.propagation}
             return attrs.evolve(outcome, values=values)
         return volume_protocols.run_cvpr_3d(
             self.segmenter(backbone), stack, case.ground_truth, clicks=cfg.cvpr_clicks,
@@ -305,7 +316,9 @@ class Evaluation:
 
     def store_result(self, result: UnitResult) -> CaseRecord:
         """Write the unit's files, then its record (so a record never lacks its files)."""
-        return store_result(result, self.out_dir, self.store, save_masks=self.save_masks)
+        store = self.record_store()
+        assert self.out_dir is not None  # the store is made in out_dir
+        return store_result(result, self.out_dir, store, save_masks=self.save_masks)
 
     def run_unit(self, case: Any, backbone: Any, method: Method) -> UnitResult:
         record, outcome = self.compute(case, backbone, method)

@@ -45,6 +45,9 @@ def package(case: Any, record: CaseRecord, outcome: Any, *, save_masks: bool = T
     if isinstance(case, LoadedVolume):
         return _package_volume(case, record, outcome, save_masks, save_trajectories)
     checked = checked_case(case)
+    # an outcome means the case was checked before (None only for an empty ground truth, which
+    # has no outcome) and checked_case sets the ground truth
+    assert checked is not None and checked.ground_truth is not None
     overlay = case_overlay(checked.image, checked.ground_truth, outcome.mask,
                            trajectory=getattr(outcome, "trajectory", None))
     trajectory = outcome.trajectory if save_trajectories else None
@@ -80,7 +83,7 @@ def store_result(result: UnitResult, out_dir: Path, store: RecordStore, *,
     record = result.record
     folder = Path(safe_name(record.backbone)) / safe_name(record.method)
     stem = safe_name(record.case_id)
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}  # file fields (str) for attrs.evolve
     if result.mask is not None and save_masks:
         changes["mask_file"] = str(Path("masks") / folder / f"{stem}.png")
         save_mask_png(result.mask, out_dir / changes["mask_file"])

@@ -44,17 +44,17 @@ def group_name(record: CaseRecord) -> str:
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    numbers = [float(v) for v in values if v is not None]
+    return float(np.mean(numbers)) if numbers else None
 
 
 def curve_mean(curves: Sequence[Sequence[float]], length: int | None = None) -> list[float]:
     """Mean of per-case curves of unequal length, each carried forward at its last value."""
-    curves = [list(c) for c in curves if len(c)]
-    if not curves:
+    lists = [list(c) for c in curves if len(c)]
+    if not lists:
         return []
-    length = length or max(len(c) for c in curves)
-    padded = np.array([c[:length] + [c[-1]] * (length - len(c[:length])) for c in curves], float)
+    length = length or max(len(c) for c in lists)
+    padded = np.array([c[:length] + [c[-1]] * (length - len(c[:length])) for c in lists], float)
     return [float(v) for v in padded.mean(axis=0)]
 
 
@@ -134,7 +134,7 @@ def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
         stats["refine_cases"] = len(refined)
         stats["refine_dice_by_turn"] = stats.pop("dice_by_turn")
         stats["refine_iou_by_turn"] = stats.pop("iou_by_turn")
-    invalid = [r.values.get("invalid_replies") for r in ok if "invalid_replies" in r.values]
+    invalid = [r.values["invalid_replies"] for r in ok if "invalid_replies" in r.values]
     if invalid:
         stats["invalid_replies"] = int(sum(invalid))
     usage: Counter = Counter()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,7 @@ def _convert(records: Iterable, format: str, out: Path, settings: dict) -> tuple
             rows.append(_rl_row(
                 settings, index=row["case_index"], case_id=row["case_id"], target=row["target"],
                 image=record.image(), ground_truth=record.ground_truth(), meta=meta,
-                image_sha256=lambda row=row: row["image_sha256"],
+                image_sha256=partial(row.__getitem__, "image_sha256"),
                 data_source=_data_source(row["dataset"])))
         elif format == "verl-sft":
             rows.append(verl.sft_row(record.trajectory, record.image(), key=record.key,

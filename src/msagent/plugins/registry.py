@@ -117,7 +117,7 @@ class Registry:
         kind = canonical_kind(kind)
         registration = self.get(kind, name)
         instance = registration.factory(**options)
-        base = base_class(kind)
+        base: type[Any] = base_class(kind)
         if not isinstance(instance, base):
             raise PluginError(
                 f"{LABELS[kind]} {name!r} from plugin {registration.plugin!r} built a "

@@ -193,8 +193,9 @@ class _Run:
     reviewed: set[int] = attrs.field(factory=set)
 
     @property
-    def expert(self) -> bool:
-        return self.gt is not None and self.owner.policy.needs_ground_truth
+    def expert_gt(self) -> np.ndarray | None:
+        """The ground truth when the policy reads it (the expert), else None."""
+        return self.gt if self.owner.policy.needs_ground_truth else None
 
     def episode(self, index: int, role: str, *, max_turns: int | None = None,
                 initial: np.ndarray | None = None) -> Trajectory:
@@ -211,8 +212,8 @@ class _Run:
     def choose_key(self, given: int | None) -> tuple[int, str]:
         if given is not None:
             return int(given), "given"
-        if self.expert:
-            areas = self.gt.reshape(self.stack.count, -1).sum(axis=1)
+        if (gt := self.expert_gt) is not None:
+            areas = gt.reshape(self.stack.count, -1).sum(axis=1)
             return int(np.argmax(areas)), "largest_gt_area"
         count, middle = self.stack.count, (self.stack.count - 1) / 2
         candidates = sorted({int(round(f * (count - 1)))
@@ -223,7 +224,11 @@ class _Run:
             trajectory = self.episode(index, "survey", max_turns=1)
             self.episodes.append(VolumeEpisode(index, "survey", trajectory))
             steps = trajectory.executed_steps
-            score = float(steps[-1].score) if steps and steps[-1].mask.any() else -np.inf
+            last = steps[-1] if steps else None
+            if last is None or last.mask is None or not last.mask.any():
+                score = -np.inf
+            else:  # a score unknown (None) counts as not finite
+                score = np.nan if last.score is None else float(last.score)
             score = score if np.isfinite(score) or score == -np.inf else 0.0
             if score > best_score or (score == best_score and best is not None
                                       and abs(index - middle) < abs(best - middle)):
@@ -251,13 +256,14 @@ class _Run:
         else:
             steps = trajectory.executed_steps
             prompts = steps[-1].prompts if steps and steps[-1].prompts is not None else None
-            seed = Seed(trajectory.final_mask, **({"prompts": prompts} if prompts else {}))
+            seed = Seed(trajectory.final_mask, prompts) if prompts else Seed(trajectory.final_mask)
         self.propagator.add_seed(index, seed)
         self.say(f"propagating from slice {index} ({self.propagator.method})")
         self.propagator.propagate()
 
     # -- 4. review -------------------------------------------------------------------
     def review(self) -> None:
+        gt = self.expert_gt
         for _ in range(self.owner.review_slices):
             pick = self.pick_review()
             if pick is None:
@@ -265,7 +271,7 @@ class _Run:
             index, reason = pick
             self.reviewed.add(index)
             current = self.propagator.results.get(index)
-            if self.expert and not self.gt[index].any():  # the expert marks "no target here"
+            if gt is not None and not gt[index].any():  # the expert marks "no target here"
                 self.episodes.append(VolumeEpisode(index, "review", None, True, reason, "no_target"))
                 self.say(f"review slice {index} ({reason}): no target")
                 self.seed(index, None)
@@ -274,20 +280,20 @@ class _Run:
             before = None if current is None else current.mask
             trajectory = self.episode(index, "review", initial=before)
             after = trajectory.final_mask
-            changed = after.any() and (before is None or not np.array_equal(after, before))
+            changed = bool(after.any()) and (before is None or not np.array_equal(after, before))
             self.episodes.append(VolumeEpisode(index, "review", trajectory, changed, reason))
             if changed:
                 self.seed(index, trajectory)
 
     def pick_review(self) -> tuple[int, str] | None:
         results = self.propagator.results
-        if self.expert:
+        if (gt := self.expert_gt) is not None:
             candidates = {i for i in results} | set(np.flatnonzero(
-                self.gt.reshape(self.stack.count, -1).any(axis=1)).tolist())
+                gt.reshape(self.stack.count, -1).any(axis=1)).tolist())
             worst = None
             for index in sorted(candidates - self.reviewed):
-                mask = results[index].mask if index in results else np.zeros_like(self.gt[index])
-                value = metrics.dice(mask, self.gt[index])
+                mask = results[index].mask if index in results else np.zeros_like(gt[index])
+                value = metrics.dice(mask, gt[index])
                 if value < self.owner.review_below and (worst is None or value < worst[1]):
                     worst = (index, value)
             return None if worst is None else (worst[0], f"dice {worst[1]:.3f}")
