@@ -8,7 +8,9 @@ the first decode — low-res logits in the backbone's own input frame
 backbone without a mask input, the box alone), so the first action refines around it.
 
 Rules for an initial mask (:func:`check_initial_mask`): the image's height × width, two values
-at most (bool, 0/1 or 0/k), not all foreground; an empty mask is no initial mask.
+at most (bool, 0/1 or 0/k), not all foreground; an empty mask is no initial mask. Its
+foreground is what is non-zero in any channel (a palette image's index, alpha when it varies;
+:func:`msagent.io.images.mask_plane`): a green, palette or alpha-only mask is never dropped.
 """
 
 from __future__ import annotations
@@ -35,14 +37,9 @@ def check_initial_mask(mask, image_size: tuple[int, int]) -> np.ndarray | None:
     values or a mask that is all foreground."""
     if mask is None:
         return None
-    from msagent.io.images import load_array
+    from msagent.io.images import mask_array
 
-    try:
-        array = load_array(mask)
-    except Exception as exc:  # an unreadable file or object
-        raise InvalidMask(f"initial mask: {exc}") from None
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4) and array.shape[:2] == tuple(image_size):
-        array = array[:, :, 0]
+    array = mask_array(mask, what="initial mask")  # any channel: msagent.io.images.mask_plane
     if array.ndim != 2:
         raise InvalidMask(f"the initial mask has shape {array.shape}; a 2-D image of "
                           f"{tuple(image_size)} (H, W) needs an H×W mask (for a volume, give the "
@@ -182,11 +179,11 @@ def initial_for_case(case, spec: str, strength: float = 0.15, seed: int = 0) -> 
     if not folder.is_dir():
         raise InvalidInput(f"--refine-from {spec}: not a folder of predictions, nor degrade:KINDS "
                            f"(kinds: {', '.join(DEGRADATIONS)})")
-    from msagent.io.images import load_array
+    from msagent.io.images import mask_array
 
     names = [f"{case.id}{suffix}" for suffix in (".png", ".npy", ".tif", ".tiff")]
     for name in names:
-        if (folder / name).is_file():
-            return load_array(folder / name), f"prediction:{name}"
+        if (folder / name).is_file():  # palette indices and alpha kept: the one mask rule
+            return mask_array(folder / name, what=f"prediction {name}"), f"prediction:{name}"
     raise InvalidInput(f"no prediction for case {case.id!r} in {folder} (looked for "
                        f"{', '.join(names)})")

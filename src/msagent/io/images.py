@@ -9,6 +9,11 @@ Intensity rules (documented in the README):
   channel-first 3×H×W is transposed;
 - NaN or infinite values are refused (fill or mask them first); volumes differ: there
   windowing shows them as 0 (:func:`msagent.io.apply_window`).
+Masks (:func:`to_mask`, and every reader of a mask image: initial masks, ground truths,
+uploads) follow one rule, :func:`mask_plane`: the foreground is what is non-zero in any colour
+channel, in a palette image's index (not its colours), or in an alpha channel that varies; an
+alpha channel that is the same everywhere (an opaque image) says nothing; colour and a varying
+alpha that mark different pixels are refused, never guessed.
 Files are read at their stored depth (16-bit colour PNG and deep TIFF too, see
 :mod:`msagent.io.bitdepth`); a multi-page TIFF is refused, since which page is meant is not
 known. Images over ``max_pixels`` (default 64 megapixels, ``MSAGENT_MAX_PIXELS``) are refused
@@ -55,7 +60,7 @@ def load_array(source: Any, *, max_pixels: int | None = None) -> np.ndarray:
         raise InvalidImage(f"cannot interpret {type(source).__name__} as an image: {exc}") from None
 
 
-def _read_file(path: Path, limit: int) -> np.ndarray:
+def _read_file(path: Path, limit: int, mask: bool = False) -> np.ndarray:
     if not path.is_file():
         raise InvalidImage(f"image file not found: {path}")
     suffix = path.suffix.lower()
@@ -80,6 +85,8 @@ def _read_file(path: Path, limit: int) -> np.ndarray:
                 if needs_full_depth(img, path):
                     return read_full_depth(path)
                 img.load()
+                if mask:
+                    return _mask_pixels(img)
                 if img.mode in ("P", "CMYK", "LA", "PA", "YCbCr"):
                     img = img.convert("RGB")
                 return np.asarray(img)
@@ -162,13 +169,9 @@ def _window(array: np.ndarray) -> np.ndarray:
 
 def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty: bool = False,
             what: str = "ground truth") -> np.ndarray:
-    """A bool H×W mask from a path, PIL image or array (nonzero = foreground)."""
-    try:
-        array = load_array(mask)
-    except InvalidImage as exc:
-        raise InvalidMask(f"{what}: {exc}") from None
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[:, :, 0]
+    """A bool H×W mask from a path, PIL image or array (nonzero = foreground, in any channel:
+    :func:`mask_plane`)."""
+    array = mask_array(mask, what=what)
     if array.ndim != 2:
         raise InvalidMask(f"{what} must be a 2-D mask, got shape {array.shape}")
     if array.dtype.kind not in "biuf":  # strings or objects are not "nonzero = foreground"
@@ -183,6 +186,72 @@ def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty
     if not allow_empty and not out.any():
         raise InvalidMask(f"{what} is empty (no foreground pixels); IoU/Dice are undefined")
     return out
+
+
+def mask_array(source: Any, *, what: str = "mask", max_pixels: int | None = None) -> np.ndarray:
+    """A mask from a path (PNG/TIFF/BMP/.npy), a PIL image or an array, its channels reduced
+    by :func:`mask_plane` (a palette image by its index): H×W with its own values (an array
+    of another shape is returned as it is, for the caller's shape check). Unreadable input
+    is :class:`InvalidMask`."""
+    limit = max_pixels_limit(max_pixels)
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            array = _read_file(Path(source), limit, mask=True)
+        elif isinstance(source, Image.Image):
+            _check_pixels(source.width * source.height, limit, what)
+            array = _mask_pixels(source)
+        else:
+            array = load_array(source, max_pixels=limit)
+    except InvalidImage as exc:
+        raise InvalidMask(f"{what}: {exc}") from None
+    return mask_plane(array, what)
+
+
+def _mask_pixels(image: Image.Image) -> np.ndarray:
+    """A PIL mask image's pixels for :func:`mask_plane`: a palette image's indices (with its
+    alpha as a second channel, "PA"), gray + alpha ("LA") as two channels, other colour
+    models as RGB."""
+    if image.mode in ("P", "PA", "LA", "La", "L", "1", "I", "I;16", "F", "RGB", "RGBA"):
+        return np.asarray(image)
+    return np.asarray(image.convert("RGB"))
+
+
+def mask_plane(array: np.ndarray, what: str = "mask") -> np.ndarray:
+    """The one rule for a mask with channels: H×W×C (C = 1, 2: value + alpha, 3: RGB,
+    4: RGBA) → H×W, non-zero where any colour channel is non-zero (the largest magnitude
+    over them, so a gray mask stored as RGB keeps its values). An alpha channel (the last
+    of 2 or 4) that is the same everywhere is ignored (an opaque image); one that varies is
+    used when the colour is empty (an alpha-only mask), and refused with
+    :class:`InvalidMask` when it marks other pixels than the colour does. Other shapes are
+    returned as they are."""
+    array = np.asarray(array)
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or array.dtype.kind not in "biuf":
+        return array
+    channels = array.shape[2]
+    colour = array[:, :, : (1 if channels <= 2 else 3)]
+    alpha = array[:, :, -1] if channels in (2, 4) else None
+    plane = _largest(colour)
+    if alpha is None or alpha.size == 0 or alpha.min() == alpha.max():
+        return plane
+    if not plane.any():
+        return alpha
+    if not np.array_equal(plane != 0, alpha != 0):
+        raise InvalidMask(f"{what}: its colour channels and its alpha channel mark different "
+                          "pixels as foreground, so which is the mask is unclear; save it with "
+                          "one gray channel (0 = background) or without alpha")
+    return plane
+
+
+def _largest(colour: np.ndarray) -> np.ndarray:
+    """H×W×C → H×W: channel 0 when every channel is equal (gray as RGB: values kept), else
+    the largest magnitude of any channel (non-zero where any channel is)."""
+    first = colour[:, :, 0]
+    if colour.shape[2] == 1 or all(np.array_equal(first, colour[:, :, c])
+                                   for c in range(1, colour.shape[2])):
+        return first
+    if colour.dtype.kind in "bu":
+        return colour.max(axis=2)
+    return np.abs(colour).max(axis=2)
 
 
 def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:

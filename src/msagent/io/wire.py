@@ -120,6 +120,36 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     return to_rgb_uint8(np.asarray(img), max_pixels=max_pixels)
 
 
+def decode_mask_upload(data: bytes, *, max_pixels: int, what: str = "mask") -> np.ndarray:
+    """Uploaded mask bytes (PNG/TIFF/BMP or .npy) → its H×W plane by the one mask rule
+    (:func:`msagent.io.images.mask_plane`: any channel, a palette's index, a varying alpha;
+    values kept), checked against ``max_pixels`` from the header before decoding. Raises
+    :class:`ImageTooLarge` or :class:`msagent.errors.InvalidMask`."""
+    from msagent.errors import InvalidMask
+    from msagent.io.images import mask_array
+
+    if not data:
+        raise InvalidMask(f"the {what} upload is empty")
+    try:
+        if data.startswith(b"\x93NUMPY"):
+            return mask_array(load_npy_bytes(data, max_pixels), what=what)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+            _check_pixels(img.width * img.height, max_pixels)
+            img.load()
+    except (InvalidMask, ImageTooLarge):
+        raise
+    except InvalidImage as exc:
+        raise InvalidMask(f"{what}: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"the {what} is too large to decode safely: {exc}") from None
+    except Exception as exc:
+        raise InvalidMask(f"the {what} is not a readable image (PNG, TIFF, BMP or .npy): "
+                          f"{type(exc).__name__}: {exc}") from None
+    return mask_array(img, what=what, max_pixels=max_pixels)
+
+
 def load_npy_bytes(data: bytes, max_pixels: int) -> np.ndarray:
     """A ``.npy`` upload as an array, its header checked before anything is allocated: the
     shape against ``max_pixels`` (height × width) and against the bytes actually sent

@@ -14,8 +14,8 @@ from fastapi import UploadFile
 
 from msagent.agent import episode
 from msagent.agent.refine import check_initial_mask, initial_state
-from msagent.errors import InvalidImage, InvalidInput
-from msagent.io.wire import ImageTooLarge, decode_upload, load_npy_bytes
+from msagent.errors import InvalidInput
+from msagent.io.wire import ImageTooLarge, decode_mask_upload
 from msagent.server.context import ServerContext
 from msagent.server.schemas import ErrorBody
 from msagent.server.sessions import Session
@@ -76,17 +76,9 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
 
 
 def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array."""
-    from msagent.errors import InvalidMask
-
-    if not data:
-        raise InvalidMask("the initial_mask upload is empty")
-    try:
-        if data.startswith(b"\x93NUMPY"):
-            return load_npy_bytes(data, max_pixels)
-        return decode_upload(data, max_pixels=max_pixels)[:, :, 0]
-    except InvalidImage as exc:
-        raise InvalidMask(f"initial_mask: {exc}") from None
+    """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array, its
+    foreground in any channel (:func:`msagent.io.wire.decode_mask_upload`)."""
+    return decode_mask_upload(data, max_pixels=max_pixels, what="initial_mask")
 
 
 async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,
