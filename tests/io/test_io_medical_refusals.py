@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from msagent import io
-from msagent.errors import InvalidMask
+from msagent.errors import InvalidImage, InvalidInput, InvalidMask
+from msagent.testing import write_dicom_series
 from msagent.volume.stack import build_stack, label_stack
 
 nib = pytest.importorskip("nibabel")
@@ -48,3 +49,120 @@ def test_the_cli_says_the_ground_truth_affine_differs(tmp_path, capsys):
                     "mybackbone", "--policy", "oracle-box", "--ground-truth", str(tmp_path / "gt.nii.gz")])
     err = capsys.readouterr().err
     assert code == 2 and "the affines (voxel → RAS+ mm) differ" in err and "its affine" in err
+
+
+# -- DICOM series ---------------------------------------------------------------------------
+pydicom = pytest.importorskip("pydicom")
+
+
+def rewrite(path, **values):
+    ds = pydicom.dcmread(path)
+    for key, value in values.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("spacing, shown", [((0, 0.9), "0"), ((0.7, -1), "-1"), ((0.7, float("nan")), "nan")])
+def test_a_pixel_spacing_that_is_not_positive_is_refused_at_read_time(tmp_path, spacing, shown):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4], spacing=spacing)
+    with pytest.raises(InvalidImage, match=rf"PixelSpacing \[.*{shown}.*\] is not two positive"):
+        io.read_volume(tmp_path / "ct")
+
+
+def test_an_unreadable_or_mixed_pixel_spacing_is_refused(tmp_path):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    files = sorted((tmp_path / "ct").glob("*.dcm"))
+    rewrite(files[0], PixelSpacing=[0.5, 0.5])
+    with pytest.raises(InvalidImage, match=r"mixes pixel spacings .*0\.5, 0\.5.*0\.7, 0\.9"):
+        io.read_volume(tmp_path / "ct")
+    rewrite(files[0], PixelSpacing=[0.7])
+    with pytest.raises(InvalidImage, match=r"PixelSpacing \[0\.7\] is not two positive"):
+        io.read_volume(tmp_path / "ct")
+
+
+def test_two_different_images_with_one_sop_instance_uid_are_refused(tmp_path):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    first, second, _ = sorted((tmp_path / "ct").glob("*.dcm"))
+    uid = pydicom.dcmread(first).SOPInstanceUID
+    rewrite(second, SOPInstanceUID=uid)
+    with pytest.raises(InvalidImage, match=rf"{first.name} and {second.name} .*SOPInstanceUID {uid}"):
+        io.read_volume(tmp_path / "ct")
+
+
+def test_an_exact_copy_of_an_instance_is_read_once(tmp_path, caplog):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    first = sorted((tmp_path / "ct").glob("*.dcm"))[0]
+    (tmp_path / "ct" / "copy").mkdir()
+    (tmp_path / "ct" / "copy" / first.name).write_bytes(first.read_bytes())
+    with caplog.at_level("WARNING"):
+        assert io.read_volume(tmp_path / "ct").shape == (128, 128, 3)
+    assert "a copy of" in caplog.text and first.name in caplog.text
+
+
+def test_a_series_mixing_modalities_is_refused(tmp_path):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    first = sorted((tmp_path / "ct").glob("*.dcm"))[0]
+    rewrite(first, Modality="MR")
+    with pytest.raises(InvalidImage, match=rf"mixes modalities CT .*and MR \({first.name}\)"):
+        io.read_volume(tmp_path / "ct")
+
+
+# -- DICOM SEG segment labels -----------------------------------------------------------------
+@pytest.fixture
+def series_volume(tmp_path):
+    pytest.importorskip("highdicom")
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    volume = io.read_volume(tmp_path / "ct")
+    mask = np.zeros(volume.shape, bool)
+    mask[30:60, 30:60, 1] = True
+    return volume, mask
+
+
+@pytest.mark.parametrize("label, message", [
+    ("liver\\spleen", "backslash"),
+    ("x" * 65, "65 characters"),
+    ("tab\there", "control character"),
+    ("line\nbreak", "control character"),
+    ("   ", "empty"),
+])
+def test_a_segment_label_that_dicom_cannot_hold_is_refused_before_writing(tmp_path, series_volume,
+                                                                         label, message):
+    from msagent.io.dicom_seg import check_segment_label
+
+    volume, mask = series_volume
+    with pytest.raises(InvalidInput, match=message):
+        check_segment_label(label)
+    with pytest.raises(InvalidInput, match=message):
+        io.write_dicom_seg(mask, volume, tmp_path / "seg.dcm", label=label)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.parametrize("label", ["肝臓", "Leber (größte)", "печень", "x" * 64])
+def test_a_segment_label_is_written_as_given(tmp_path, series_volume, label):
+    volume, mask = series_volume
+    io.write_dicom_seg(mask, volume, tmp_path / "seg.dcm", label=label)
+    ds = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert ds.SegmentSequence[0].SegmentLabel == label
+    if not label.isascii() and not all(ord(c) < 256 for c in label):
+        assert ds.SpecificCharacterSet == "ISO_IR 192"  # UTF-8: what the source's set cannot hold
+    assert ds.PatientName == volume.datasets[0].PatientName
+
+
+def test_the_cli_refuses_a_target_dicom_seg_cannot_label_before_the_run(tmp_path, capsys):
+    write_dicom_series(tmp_path / "ct", [0, 2, 4])
+    code = run_cli(["segment", str(tmp_path / "ct"), "liver\\spleen", "--3d", "--backbone",
+                    "mybackbone", "--policy", "oracle-box", "--dicom-seg", str(tmp_path / "seg.dcm")])
+    err = capsys.readouterr().err
+    assert code == 2 and "backslash" in err and "--dicom-seg" in err
+
+
+# -- a volume too wide to window ---------------------------------------------------------------
+def test_a_volume_whose_range_overflows_is_refused_with_a_hint():
+    data = np.zeros((16, 16, 8))
+    data[:8], data[8:] = -1e308, 1e308
+    with pytest.raises(InvalidImage, match=r"-1e\+308 to 1e\+308.*clip.*--window"):
+        io.percentile_window(data)
+    with pytest.raises(InvalidImage, match="too wide to window"):
+        build_stack(io.Volume(data, np.eye(4)))
+    sliced = build_stack(io.Volume(data, np.eye(4)), window="400/40")  # a window given: fine
+    assert sliced.slices.gray.min() == 0 and sliced.slices.gray.max() == 255

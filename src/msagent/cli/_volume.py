@@ -199,6 +199,15 @@ def check_output_names(args) -> None:
                            "or .dcm (DICOM SEG); PNG masks are for 2-D images")
     if args.dicom_seg and not str(args.dicom_seg).lower().endswith(".dcm"):
         raise InvalidInput(f"--dicom-seg {args.dicom_seg}: a DICOM SEG file name ends in .dcm")
+    seg = args.dicom_seg or (args.out if str(args.out or "").lower().endswith(".dcm") else None)
+    if seg:  # the target becomes the SEG's segment label: checked before the run, not after
+        from msagent.io.dicom_seg import check_segment_label
+
+        try:
+            check_segment_label(args.target)
+        except InvalidInput as exc:
+            flag = "--dicom-seg" if args.dicom_seg else "--out"
+            raise InvalidInput(f"{flag} {seg}: {exc}") from None
     if args.overlay:
         raise InvalidInput("--overlay is for 2-D images; for a volume, open the mask (--out) "
                            "over the input in a viewer")

@@ -5,9 +5,12 @@ Reading a series, in two passes so that nothing large is decoded before it is ch
 1. every file's header (no pixel data) is read; DICOM files are found in the folder and its
    subfolders (a .dcm suffix or the DICM marker). Non-image objects (SEG, RTSTRUCT, SR, ...)
    are skipped; files are grouped by SeriesInstanceUID, a copy of an instance (same
-   SOPInstanceUID) is read once. With several series, ``series_uid`` picks one; the error lists
-   them with their number, modality and description.
-2. the chosen series is checked from its headers: one image size and orientation,
+   SOPInstanceUID, series, position, number, size and modality) is read once, with a warning;
+   two different images under one SOPInstanceUID are refused, both files named. With several
+   series, ``series_uid`` picks one; the error lists them with their number, modality and
+   description.
+2. the chosen series is checked from its headers: one modality, one image size, orientation
+   and PixelSpacing (two positive sizes in mm; 1 × 1 mm when no file states it),
    single-frame files, the voxel limit (:mod:`msagent.io.limits`), and **even slice spacing**:
    a missing slice (a gap) or two slices at one position (zero spacing) is refused with the
    positions named, since one affine cannot place such slices. ``allow_irregular=True``
@@ -117,7 +120,7 @@ class _Header:
 def _headers(paths: list[Path]) -> dict[str, list[_Header]]:
     pydicom = _pydicom()
     groups: dict[str, list[_Header]] = {}
-    seen: set[str] = set()
+    seen: dict[str, _Header] = {}
     for path in paths:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -127,13 +130,34 @@ def _headers(paths: list[Path]) -> dict[str, list[_Header]]:
         if "Rows" not in ds or str(ds.get("Modality", "")).upper() in NON_IMAGE_MODALITIES:
             log.info("skipping %s: not an image (%s)", path, ds.get("Modality", "no Rows"))
             continue
+        header = _Header(path, ds)
         sop = str(ds.get("SOPInstanceUID", "")) or str(path)
         if sop in seen:
-            log.info("skipping %s: a copy of an instance already read", path)
+            _check_copy(seen[sop], header, sop)
             continue
-        seen.add(sop)
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(_Header(path, ds))
+        seen[sop] = header
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(header)
     return groups
+
+
+def _identity(header: _Header) -> tuple[str, ...]:
+    """What tells two instances apart: series, position, number, size, modality."""
+    return tuple(str(header.get(key, "")) for key in (
+        "SeriesInstanceUID", "ImagePositionPatient", "InstanceNumber", "Rows", "Columns", "Modality"))
+
+
+def _check_copy(kept: _Header, other: _Header, sop: str) -> None:
+    """A second file with a SOPInstanceUID already read: a copy of the same instance (same
+    series, position, number, size, modality) is skipped with a warning; a different image
+    under the same UID is refused, since one of the two would silently be lost."""
+    if _identity(kept) == _identity(other):
+        log.warning("skipping %s: a copy of %s (the same SOPInstanceUID %s)", other.path,
+                    kept.path, sop)
+        return
+    raise InvalidImage(f"{kept.path.name} and {other.path.name} ({kept.path.parent}) are different "
+                       f"images with the same SOPInstanceUID {sop}; every image must have its own "
+                       "UID, and one of them would be lost: remove the wrong file (a second export "
+                       "or an edited copy?)")
 
 
 def describe_series(groups: dict[str, list[_Header]]) -> str:
@@ -182,6 +206,7 @@ class _Geometry:
     row_dir: np.ndarray
     col_dir: np.ndarray
     normal: np.ndarray
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) in mm
 
 
 def _read_series(headers: list[_Header], allow_irregular: bool, max_voxels: int | None) -> Volume:
@@ -215,6 +240,14 @@ def _check_headers(headers: list[_Header], max_voxels: int | None) -> _Geometry:
     if len(shapes) > 1:
         raise InvalidImage(f"the series mixes image sizes {sorted(shapes)} (rows, columns); "
                            "it cannot be stacked into one volume")
+    modalities: dict[str, _Header] = {}
+    for h in headers:
+        modalities.setdefault(str(h.get("Modality", "") or "unknown"), h)
+    if len(modalities) > 1:
+        named = " and ".join(f"{m} ({h.path.name})" for m, h in sorted(modalities.items()))
+        raise InvalidImage(f"the series {first.get('SeriesInstanceUID', '')} mixes modalities "
+                           f"{named}; one volume holds one acquisition: separate the files (or "
+                           "fix their Modality)")
     rows, cols = shapes.pop()
     check_voxels((cols, rows, len(headers)), 4, f"the DICOM series ({len(headers)} images of "
                  f"{rows}×{cols})", max_voxels)
@@ -231,7 +264,32 @@ def _check_headers(headers: list[_Header], max_voxels: int | None) -> _Geometry:
     if len(headers) > 1 and any("ImagePositionPatient" not in h.ds for h in headers):
         raise InvalidImage("some files of the series have no ImagePositionPatient; the slices "
                            "cannot be placed")
-    return _Geometry(row_dir, col_dir, normal)
+    return _Geometry(row_dir, col_dir, normal, _pixel_spacing(headers))
+
+
+def _pixel_spacing(headers: list[_Header]) -> tuple[float, float]:
+    """The series' PixelSpacing (row, column) in mm: two positive finite numbers, the same in
+    every file; 1 mm × 1 mm when no file states it."""
+    found: dict[tuple[float, float], _Header] = {}
+    for h in headers:
+        raw = h.get("PixelSpacing")
+        if raw is None:
+            continue
+        shown = list(raw) if isinstance(raw, Iterable) and not isinstance(raw, str) else [raw]
+        try:
+            values = [float(v) for v in shown]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+            raise InvalidImage(f"{h.path}: PixelSpacing [{', '.join(map(str, shown))}] is not two "
+                               "positive sizes in mm (row, column); the slices cannot be placed: "
+                               "fix the file's PixelSpacing")
+        found.setdefault((values[0], values[1]), h)
+    if len(found) > 1:
+        named = "; ".join(f"{a:g}, {b:g} ({h.path.name})" for (a, b), h in sorted(found.items()))
+        raise InvalidImage(f"the series mixes pixel spacings {named}; it cannot be stacked into "
+                           "one volume")
+    return next(iter(found), (1.0, 1.0))
 
 
 def _position(header: _Header) -> np.ndarray:
@@ -289,18 +347,30 @@ def _pixels(headers: list[_Header]) -> tuple[list[Any], np.ndarray]:
 
 
 def _affine(first: _Header, geometry: _Geometry, positions: list[np.ndarray]) -> np.ndarray:
-    row_spacing, col_spacing = (float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
+    row_spacing, col_spacing = geometry.pixel_spacing
     if len(positions) > 1:
         step = (positions[-1] - positions[0]) / (len(positions) - 1)
     else:
-        thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
-        step = geometry.normal * thickness
+        step = geometry.normal * _thickness(first)
     lps = np.eye(4)
     lps[:3, 0] = geometry.row_dir * col_spacing
     lps[:3, 1] = geometry.col_dir * row_spacing
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
     return LPS_TO_RAS @ lps
+
+
+def _thickness(header: _Header) -> float:
+    """A single image's slice thickness in mm (SpacingBetweenSlices, else SliceThickness);
+    1 mm when neither is a positive number (it places no other slice)."""
+    for key in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(header.get(key) or 0)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(value) and value > 0:
+            return value
+    return 1.0
 
 
 def default_window(volume: Volume) -> tuple[float, float] | None:

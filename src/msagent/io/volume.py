@@ -237,14 +237,16 @@ def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:
     low = level - width / 2.0
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
-    scaled = (np.where(finite, values, low) - low) / width * 255.0
+    with np.errstate(over="ignore"):  # values near ±1e308 overflow to ±inf: clipped to 0/255
+        scaled = (np.where(finite, values, low) - low) / width * 255.0
     return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
 def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
     """(width, level) spanning the ``low``–``high`` percentiles of ``values`` (a whole volume,
     so every slice gets the same mapping). NaN/inf voxels are left out; a volume without
-    any finite voxel is refused."""
+    any finite voxel, or one whose percentiles are too far apart for a float64 width (e.g.
+    ±1e308), is refused with a hint."""
     # in memory order: a view of a Fortran-ordered (NIfTI) volume, not a C-ordered copy
     values = np.asarray(values).ravel(order="K")
     if values.dtype.kind in "iu":  # integers are finite and exact in float64: no float copy
@@ -254,8 +256,16 @@ def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) 
     if finite.size == 0:
         raise InvalidImage("the volume has no finite values (all NaN or infinite); nothing to "
                            "window or segment")
-    lo, hi = np.percentile(finite, [low, high])
+    lo, hi = (float(v) for v in np.percentile(finite, [low, high]))
     if hi <= lo:
         lo, hi = float(finite.min()), float(finite.max())
-    width = max(float(hi - lo), 1e-6)
-    return width, float(lo) + width / 2.0
+    with np.errstate(over="ignore"):
+        width = max(hi - lo, 1e-6)
+    if not np.isfinite(width):
+        raise InvalidImage(f"the volume's values run from {lo:.3g} to {hi:.3g} (its {low}th to "
+                           f"{high}th percentiles), too wide to window: their difference "
+                           "overflows float64, so no slice could be shown. The data are probably "
+                           "corrupt or not intensities; clip or rescale them (e.g. "
+                           "np.clip(data, -1e4, 1e4)), or give a window (window='W/L', CLI "
+                           "--window W/L)")
+    return width, lo + width / 2.0
