@@ -311,17 +311,15 @@ def test_hostile_requests_get_4xx_json_with_codes(client_for):
 
 
 def test_sessions_are_bounded_and_deleted(client_for):
-    from msagent.volume.session import MAX_VOLUME_SESSIONS
-
     volume, _ = tube(count=4)
-    with client_for() as client:
+    with client_for(max_volume_sessions=4, volume_sessions_per_client=4) as client:
         vid = upload(client, volume)
-        paths = [start(client, vid) for _ in range(MAX_VOLUME_SESSIONS + 1)]
-        error(client.get(paths[0]), 404, "volume_session_not_found")  # the oldest was dropped
+        paths = [start(client, vid) for _ in range(5)]
+        error(client.get(paths[0]), 404, "volume_session_not_found")  # the least recently used
         ok(client.get(paths[1]))
         assert client.delete(paths[1]).status_code == 204
         error(client.delete(paths[1]), 404, "volume_session_not_found")
-        assert len(client.app.state.msagent_volume_sessions) == MAX_VOLUME_SESSIONS - 1
+        assert len(client.app.state.msagent_volume_sessions) == 3
 
 
 def test_with_an_api_key_every_route_needs_it(client_for):

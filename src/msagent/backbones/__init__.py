@@ -13,7 +13,9 @@ doors. What SAM-family backbones share lives here too:
 - :mod:`msagent.backbones.weights` — checkpoint resolution (explicit path, environment
   variable, Hugging Face cache) and safe loading (``weights_only=True``);
 - :mod:`msagent.backbones.propagation` — the 3-D propagation contract (:class:`Propagator`,
-  :class:`Seed`, :class:`SliceStack`) a backbone with its own volume memory implements;
+  :class:`Seed`, :class:`SliceStack`) a backbone with its own volume memory implements
+  (calling :meth:`Propagator.checkpoint` between slices, so a caller can stop it:
+  :class:`PropagationStopped`);
 - :func:`check_prompts`, :func:`check_prev_logits`, ``LOW_RES`` — the prompt and mask-input
   contract;
 - :class:`BoundedLRU` — the one bounded, thread-safe LRU (single-flight ``get_or_compute``)
@@ -27,7 +29,7 @@ from __future__ import annotations
 from msagent._lru import BoundedLRU
 from msagent.backbones import weights
 from msagent.backbones.geometry import InputGeometry
-from msagent.backbones.propagation import Propagator, Seed, SliceStack
+from msagent.backbones.propagation import PropagationStopped, Propagator, Seed, SliceStack
 from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter, check_prev_logits, check_prompts
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 
@@ -40,6 +42,7 @@ __all__ = [
     "MaskPrediction",
     "Point",
     "Prompts",
+    "PropagationStopped",
     "Propagator",
     "Seed",
     "SliceStack",

@@ -14,6 +14,14 @@ A propagator is stateful and serves one target through one :class:`SliceStack`:
 :meth:`Propagator.add_seed` fixes a slice's result (what the agent decided there) and
 :meth:`Propagator.propagate` returns the result of every slice. ``encodes``/``decodes`` count
 the work done, so callers and benchmarks can check that each slice is encoded once per run.
+
+Stopping between slices: :meth:`Propagator.propagate_until` runs :meth:`~Propagator.propagate`
+with a stop rule (``should_stop()``, say a cancel flag or a deadline). An implementation calls
+:meth:`Propagator.checkpoint` before each slice it works on; that counts the slice in
+:attr:`Propagator.progress` and raises :class:`PropagationStopped` once ``should_stop()`` is
+true. After a stop, what the propagator holds is partial: the caller discards it (closes the
+propagator and starts a new one). A propagator that never calls :meth:`~Propagator.checkpoint`
+still works (it runs to the end); the stop rule is then checked once, before it starts.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 
-from msagent.errors import InvalidMask
+from msagent.errors import InvalidMask, MsAgentError
 from msagent.types import MaskPrediction, Prompts
 
 
@@ -69,12 +77,23 @@ class Seed:
     logits: np.ndarray | None = None
 
 
+class PropagationStopped(MsAgentError):
+    """:meth:`Propagator.propagate_until` stopped between slices because its ``should_stop()``
+    said so; ``done`` slices were worked on. The propagator's state is partial: discard it."""
+
+    def __init__(self, message: str, done: int = 0) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 class Propagator(ABC):
     """One target through one :class:`SliceStack` (see the module docstring).
 
     ``results`` holds the latest result of every slice propagation reached (seeds included);
     a slice missing from it has no target. ``encodes`` and ``decodes`` count image encodes and
     mask decodes (native: per-frame memory-conditioned decodes) done by this propagator.
+    ``progress`` counts the slices the running (or last) propagation worked on, through
+    :meth:`checkpoint`.
     """
 
     #: "generic" or "native"; recorded on the run's trajectory
@@ -86,6 +105,8 @@ class Propagator(ABC):
         self.results: dict[int, MaskPrediction] = {}
         self.encodes = 0
         self.decodes = 0
+        self.progress = 0
+        self._should_stop: Callable[[], bool] | None = None
 
     def add_seed(self, index: int, seed: Seed) -> None:
         """Fix slice ``index`` to ``seed`` (replacing an earlier seed there); takes effect at
@@ -103,6 +124,31 @@ class Propagator(ABC):
         """Carry the seeds to the other slices; return :attr:`results` (slice → prediction;
         slices the target does not reach are absent). Slices whose inputs did not change since
         the last call are not decoded again."""
+
+    def propagate_until(self, should_stop: Callable[[], bool] | None = None
+                        ) -> dict[int, MaskPrediction]:
+        """:meth:`propagate`, stopping between slices once ``should_stop()`` is true (then
+        :class:`PropagationStopped`; see the module docstring). ``should_stop`` runs in the
+        propagating thread; it must be cheap (an Event's ``is_set``, a clock comparison)."""
+        self.progress = 0
+        previous, self._should_stop = getattr(self, "_should_stop", None), should_stop
+        try:
+            self.checkpoint(count=False)
+            return self.propagate()
+        finally:
+            self._should_stop = previous
+
+    def checkpoint(self, *, count: bool = True) -> None:
+        """Called by an implementation before each slice it works on: counts it in
+        :attr:`progress` and raises :class:`PropagationStopped` when the caller's
+        ``should_stop()`` (:meth:`propagate_until`) is true. Outside :meth:`propagate_until`
+        it only counts."""
+        should_stop = getattr(self, "_should_stop", None)
+        if should_stop is not None and should_stop():
+            raise PropagationStopped(f"the propagation stopped after {self.progress} slices",
+                                     self.progress)
+        if count:
+            self.progress = getattr(self, "progress", 0) + 1
 
     def masks(self) -> np.ndarray:
         """The current result as a count × H × W bool array (display order)."""

@@ -97,6 +97,14 @@ class Segmenter(ABC):
         _check_image(image)
         return self._cache.get_or_compute(key, lambda: self._wrap(image, key))
 
+    def encode_uncached(self, image: np.ndarray) -> Embedding:
+        """:meth:`encode` without the embedding cache: neither a hit nor a stored entry. For
+        callers that keep their own embeddings (a volume's slices:
+        :class:`msagent.volume.embeddings.EmbeddingStore`), so they do not evict the images
+        other users keep in the shared cache."""
+        _check_image(image)
+        return self._wrap(image, image_key(image))
+
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[Embedding]:
         """Encode several images, running the misses through :meth:`encode_images` in one
         batch (backbones with a batched encoder override that). Misses go through the cache's

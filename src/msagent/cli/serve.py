@@ -45,6 +45,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image embeddings kept by the backbone's shared cache")
     parser.add_argument("--decode-workers", type=int, default=4)
     parser.add_argument("--encode-workers", type=int, default=2)
+    volumes = parser.add_argument_group("volume sessions (the web app's 3-D sessions)")
+    volumes.add_argument("--max-volume-sessions", type=int, default=4,
+                         help="volume sessions in all (default 4); past it a new one gets 429")
+    volumes.add_argument("--volume-sessions-per-client", type=int, default=2,
+                         help="volume sessions per client (default 2): a client's new session "
+                         "past it closes that client's least recently used idle one")
+    volumes.add_argument("--volume-sessions-per-minute", type=float, default=12.0,
+                         help="new volume sessions a client may start a minute (default 12; "
+                         "more: 429)")
+    volumes.add_argument("--max-propagations", type=int, default=1,
+                         help="propagations running at once (default 1; more: 429)")
+    volumes.add_argument("--propagation-timeout", type=float, default=600.0, metavar="SECONDS",
+                         help="a propagation stops between slices after this long (default "
+                         "600; 503, the session as before it)")
+    volumes.add_argument("--volume-embeddings-in-memory", type=int, default=32,
+                         help="slice embeddings each volume session keeps in memory (default "
+                         "32; older ones spill to disk)")
+    volumes.add_argument("--max-spill-mb", type=float, default=4096.0,
+                         help="disk for spilled slice embeddings, all sessions together "
+                         "(default 4096; each session at most its share)")
+    volumes.add_argument("--max-volumes", type=int, default=4,
+                         help="uploaded volumes in memory, those sessions hold included "
+                         "(default 4)")
     parser.add_argument("--no-compat", action="store_true",
                         help="do not serve upstream MedSAM-Agent's /session/* and /predict routes")
     parser.add_argument("--web", action=argparse.BooleanOptionalAction, default=None,
@@ -72,7 +95,8 @@ def _config(args: argparse.Namespace):
     from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS, max_voxels_limit
     from msagent.server import ServerConfig
 
-    for name in ("idle_timeout", "request_timeout", "max_upload_mb"):
+    for name in ("idle_timeout", "request_timeout", "max_upload_mb", "propagation_timeout",
+                 "volume_sessions_per_minute"):
         value = getattr(args, name)
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
@@ -84,7 +108,22 @@ def _config(args: argparse.Namespace):
         request_timeout_s=args.request_timeout, batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch, max_points=args.max_points, encode_workers=args.encode_workers,
         decode_workers=args.decode_workers, compat=not args.no_compat, static_dir=args.static_dir,
+        max_volume_sessions=args.max_volume_sessions,
+        volume_sessions_per_client=args.volume_sessions_per_client,
+        volume_sessions_per_minute=args.volume_sessions_per_minute,
+        max_propagations=args.max_propagations, propagation_timeout_s=args.propagation_timeout,
+        volume_embeddings_in_memory=args.volume_embeddings_in_memory,
+        max_spill_bytes=int(_non_negative(args.max_spill_mb, "--max-spill-mb") * 2**20),
+        max_volumes=args.max_volumes,
         policy_options=policy_options(args.policy_option), open_server=args.open)
+
+
+def _non_negative(value: float, flag: str) -> float:
+    import math
+
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{flag} must be a number >= 0, got {value}")
+    return value
 
 
 def policy_options(pairs: list[str]) -> dict[str, dict]:
@@ -161,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
         install(app)
     log.info("serving backbone %s on http://%s:%d (OpenAPI at /docs%s)", segmenter.name, args.host,
              args.port, "; the web page at /ui/" if web else "; no web page: --web adds it")
+    # SIGTERM/SIGINT: uvicorn waits for running requests at most this long (a running
+    # propagation is then cancelled between slices), runs the app's shutdown (which closes
+    # every volume session and removes its spill folder), then re-raises the signal
     uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                timeout_keep_alive=30)
+                timeout_keep_alive=30, timeout_graceful_shutdown=10)
     return 0

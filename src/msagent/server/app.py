@@ -42,11 +42,16 @@ def create_app(segmenter: Segmenter, config: ServerConfig | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        sweeper = asyncio.create_task(_expire_idle(ctx.store))
+        sweeper = asyncio.create_task(_expire_idle(ctx.store, ctx.sweeps))
         try:
             yield
         finally:
             sweeper.cancel()
+            for close in ctx.on_shutdown:  # SIGTERM/SIGINT too: uvicorn runs this first
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001  # one failure must not skip the others
+                    log.exception("shutdown step failed")
 
     # the spec and its pages are served by _install_docs, behind the API key when there is one
     app = FastAPI(title="msagent segmentation server", version=__version__,
@@ -90,9 +95,10 @@ def _install_docs(app: FastAPI) -> None:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
 
-async def _expire_idle(store: SessionStore) -> None:
+async def _expire_idle(store: SessionStore, sweeps: list) -> None:
     interval = min(max(store.idle_timeout_s / 4, 0.05), 30.0)
     while True:
         await asyncio.sleep(interval)
-        if expired := store.expire():
+        expired = store.expire() + sum(sweep() for sweep in sweeps)
+        if expired:
             log.info("expired %d idle session(s)", expired)

@@ -36,6 +36,18 @@ class ServerConfig:
     devices); an API client may add only what the policy declares in ``client_options``.
     ``open_server``: the operator's explicit choice to serve a non-loopback address without an
     API key (``msagent serve --open``); refused otherwise.
+
+    Volume sessions (the web app's 3-D sessions, :mod:`msagent.volume.session`):
+    ``max_volume_sessions`` in all and ``volume_sessions_per_client`` per client (a client's
+    new session past its quota closes its own least recently used idle one; past the total:
+    429), ``volume_sessions_per_minute`` new sessions per client (429 past it); they expire
+    after ``idle_timeout_s`` too. ``max_propagations``: propagations running at once (429 past
+    it); ``propagation_timeout_s``: a propagation stops between slices at this age (503, the
+    session as before it). ``volume_embeddings_in_memory``: slice embeddings in memory per
+    session; ``max_spill_bytes``: bytes of spilled embeddings on disk, all sessions together
+    (each session at most its share, ``max_spill_bytes / max_volume_sessions``; past them an
+    embedding is forgotten and encoded again if needed). ``max_volumes``: uploaded volumes in
+    memory, those that sessions hold included (429 past it when every one is held).
     """
 
     api_key: str | None = None
@@ -55,6 +67,14 @@ class ServerConfig:
     decode_workers: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     policy_options: Mapping[str, Mapping[str, Any]] = attrs.field(
         factory=dict, converter=lambda m: {k: dict(v) for k, v in dict(m).items()})
+    max_volume_sessions: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    volume_sessions_per_client: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    volume_sessions_per_minute: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
+    max_propagations: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    propagation_timeout_s: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
+    volume_embeddings_in_memory: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    max_spill_bytes: int = attrs.field(default=4 * 2**30, validator=attrs.validators.ge(0))
+    max_volumes: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     open_server: bool = False
     compat: bool = True  # also serve upstream MedSAM-Agent's /session/* and /predict routes
     static_dir: str | None = None  # the web app's page; default msagent/webapp/static, at /ui

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import attrs
 from fastapi import Depends, Request
@@ -23,10 +24,23 @@ class ServerContext:
     config: ServerConfig
     metrics: Metrics
     started: float = attrs.field(factory=time.time)
+    #: what the apps on top (the web app) add: live-session counts by kind for /health and
+    #: /metrics, sweeps the idle sweeper runs, and what shutdown closes (spill folders)
+    session_counts: dict[str, Callable[[], int]] = attrs.field(factory=dict)
+    sweeps: list[Callable[[], int]] = attrs.field(factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = attrs.field(factory=list)
 
     @property
     def multimask_default(self) -> bool:
         return bool(self.engine.segmenter.multimask_default)
+
+
+def client_id(request: Request, config: ServerConfig) -> str:
+    """Who a request comes from, for per-client quotas: the peer's address as the transport
+    gives it (never a header the client chooses; behind a reverse proxy every client is the
+    proxy's address), with the server's API key in force as a prefix (one tenant per key)."""
+    peer = request.client.host if request.client is not None else "unknown"
+    return f"key:{peer}" if config.api_key else f"peer:{peer}"
 
 
 def context(request: Request) -> ServerContext:

@@ -5,15 +5,22 @@
 - Encodes go through the segmenter's embedding cache; concurrent first requests for one
   image wait for a single encode (here, without holding a worker thread each).
 - Decodes go through the :class:`~msagent.server.batching.DecodeBatcher`.
+- Volume work (a 3-D session's slice encodes and decodes) goes through :meth:`Engine.work`:
+  the same pools, the same timeout, the same metrics; a propagation's driving thread runs in
+  :attr:`Engine.volume_pool` (``config.max_propagations`` threads), so it only ever holds one
+  encode or decode worker at a time and 2-D requests queue behind at most one of its slices.
 All model work runs in thread pools; the event loop never blocks on the backbone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +71,8 @@ class Engine:
         self.images = ImageStore(config.max_images, config.max_image_bytes)
         self.encode_pool = ThreadPoolExecutor(config.encode_workers, thread_name_prefix="msagent-encode")
         self.decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="msagent-decode")
+        self.volume_pool = ThreadPoolExecutor(config.max_propagations,
+                                              thread_name_prefix="msagent-volume")
         self.batcher = DecodeBatcher(
             segmenter, self.decode_pool,
             window=config.batch_window_s(str(getattr(segmenter, "device", "cpu"))),
@@ -164,6 +173,27 @@ class Engine:
         self.metrics.decode.add(elapsed)
         return predictions
 
+    def work(self, kind: str, fn: Callable[[], Any]) -> Any:
+        """Run one piece of volume work (``kind`` "encode" or "decode") in the encode or
+        decode pool from a worker thread (never the event loop: it blocks), at most
+        ``request_timeout_s`` (then :class:`Overloaded`, 503), counted in the metrics: the
+        encode/decode latency and the ``volume_encodes``/``volume_decodes`` counters."""
+        pool = self.encode_pool if kind == "encode" else self.decode_pool
+        started = time.perf_counter()
+        future = pool.submit(fn)
+        try:
+            result = future.result(timeout=self.config.request_timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self.metrics.count(f"{kind}_timeouts")
+            raise Overloaded(f"a volume {kind} took longer than "
+                             f"{self.config.request_timeout_s:g} s; the server is overloaded: "
+                             "retry later, or start it with a higher --request-timeout") from None
+        (self.metrics.encode if kind == "encode" else self.metrics.decode).add(
+            time.perf_counter() - started)
+        self.metrics.count(f"volume_{kind}s")
+        return result
+
     async def _bounded(self, awaitable, what: str):
         try:
             return await asyncio.wait_for(awaitable, self.config.request_timeout_s)
@@ -176,3 +206,4 @@ class Engine:
     def close(self) -> None:
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.volume_pool.shutdown(wait=False, cancel_futures=True)

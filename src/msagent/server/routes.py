@@ -31,10 +31,12 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], respon
 async def health(ctx: ServerContext = Depends(context)) -> Health:
     """Liveness and what this server runs (open without an API key)."""
     segmenter = ctx.engine.segmenter
-    sessions = len(ctx.store)
+    volume = sum(count() for count in ctx.session_counts.values())
+    sessions = len(ctx.store) + volume
     return Health(status="ok", backbone=segmenter.name or type(segmenter).__name__,
                   multimask_default=ctx.multimask_default,
                   accepts_text=bool(segmenter.accepts_text), version=__version__, sessions=sessions,
+                  volume_sessions=volume,
                   uptime_s=round(time.time() - ctx.started, 3), model_type=segmenter.name or "",
                   device=str(getattr(segmenter, "device", "unknown")), active_sessions=sessions,
                   timestamp=datetime.datetime.now(datetime.UTC).isoformat())
@@ -47,7 +49,8 @@ async def metrics(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
     store = ctx.store
     return {
         "sessions": {"active": len(store), "created": store.created, "deleted": store.deleted,
-                     "expired": store.expired, "max": store.max_sessions},
+                     "expired": store.expired, "max": store.max_sessions,
+                     **{f"{kind}_active": count() for kind, count in ctx.session_counts.items()}},
         "cache": {"hits": cache.hits, "misses": cache.misses, "size": cache.size,
                   "maxsize": cache.maxsize},
         "images": {"stored": len(ctx.engine.images), "max": ctx.config.max_images},

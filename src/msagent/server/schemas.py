@@ -184,7 +184,8 @@ class Health(BaseModel):
     multimask_default: bool
     accepts_text: bool
     version: str
-    sessions: int
+    sessions: int = Field(description="live sessions, 2-D and volume sessions together")
+    volume_sessions: int = Field(0, description="live volume (3-D) sessions of the web app")
     uptime_s: float
     model_loaded: bool = True
     model_type: str

@@ -19,6 +19,9 @@
 - after a new seed, a walk stops early at the first slice whose inputs (the neighbour it is
   prompted from, that neighbour's mask and logits) are the same as last time: from there on
   every result is the same, so nothing is decoded again ("until results stop changing").
+- it calls :meth:`~msagent.backbones.propagation.Propagator.checkpoint` before each slice it
+  decodes, so :meth:`~msagent.backbones.propagation.Propagator.propagate_until` can stop it
+  there; its decodes run through the store's ``work`` (a server's pools), as its encodes do.
 
 :func:`propagator_for` picks the backbone's native propagator (SAM2's video memory) when it
 has one, else this one.
@@ -27,6 +30,8 @@ has one, else this one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -124,6 +129,7 @@ class GenericPropagator(Propagator):
             inputs = (index - direction, previous.mask, previous.low_res_logits)
             if self._same_inputs(index, inputs):
                 return  # from here on every result is what it was
+            self.checkpoint()
             self._inputs[index] = inputs
             prediction = self._decode(index, previous)
             if prediction is None:
@@ -137,8 +143,10 @@ class GenericPropagator(Propagator):
             return None
         prev_logits = previous.low_res_logits if self.takes_mask_input else None
         box = grown_box(previous.mask, self.box_margin)
-        prediction = self.segmenter.decode(self.store[index], Prompts(box=box), prev_logits,
-                                           multimask=self.multimask)
+        embedding = self.store[index]
+        prediction = self.store.work("decode", functools.partial(
+            self.segmenter.decode, embedding, Prompts(box=box), prev_logits,
+            multimask=self.multimask))
         self.decodes += 1
         score, area = float(prediction.score), int(prediction.mask.sum())
         if area < max(self.min_area, 1) or score < self.min_score:

@@ -25,31 +25,48 @@ cannot drop a seed); the next propagation then gives it every prompted slice aga
 propagation then decodes the reached slices again but encodes nothing (the session keeps its
 embeddings); a native propagator (SAM2's video memory) also encodes its frames again.
 
-Bounds: the most recent :data:`MAX_VOLUME_SESSIONS` sessions (the oldest is closed for the
-next), :data:`MAX_HISTORY` undo steps, :data:`MAX_IN_MEMORY` embeddings in memory per session
-(older ones spill to a private temporary folder), the server's ``max_points`` clicks per slice.
+Stopping a propagation: :meth:`VolumeSession.propagate` takes a ``deadline``; it stops between
+slices once the deadline passes (:class:`PropagationTimedOut`), once :meth:`VolumeSession.cancel`
+is called (:class:`PropagationCancelled`: an undo, a client that went away) or once the session
+is dropped (:meth:`VolumeSession.drop`: deleted, evicted, expired; then
+:class:`VolumeSessionNotFound`). A stopped propagation leaves the session as it was before it
+(its partial result is discarded, the propagator rebuilt; the slices it encoded stay in the
+session's embeddings, so a generic propagation tried again goes further).
+:meth:`VolumeSession.propagation` reports progress while it runs and the outcome after.
+
+Ownership and bounds (:class:`VolumeSessionStore`): each session belongs to an ``owner`` (the
+caller's client identity); at most ``max_items`` sessions live in all and ``per_owner`` per
+owner. A new session past its owner's quota closes that owner's least recently used idle
+session; past the total it is refused (:class:`TooManyVolumeSessions`): one client never closes
+another's session. Sessions idle longer than ``idle_timeout_s`` are closed (never one that is
+running an operation); an owner creates at most ``creations_per_minute`` sessions a minute;
+at most ``max_propagations`` propagations run at once (:class:`TooManyPropagations` past it).
+Per session: :data:`MAX_HISTORY` undo steps, ``max_in_memory`` embeddings in memory (older ones
+spill to a private temporary folder within the spill budgets, else are encoded again when
+needed: :mod:`msagent.volume.embeddings`), the server's ``max_points`` clicks per slice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
 
-from msagent._lru import BoundedLRU
 from msagent.agent import episode
 from msagent.agent.episode import EpisodeState
 from msagent.agent.refine import initial_state
-from msagent.backbones.propagation import Propagator, Seed
+from msagent.backbones.propagation import PropagationStopped, Propagator, Seed
 from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.errors import InvalidInput, MsAgentError
 from msagent.types import BBox, MaskPrediction, Point, Prompts
-from msagent.volume.embeddings import EmbeddingStore
+from msagent.volume.embeddings import EmbeddingStore, SpillBudget, Work, direct
 from msagent.volume.propagation import GenericPropagator, propagator_for
 from msagent.volume.stack import SlicedVolume
 
@@ -72,6 +89,27 @@ class SliceOutOfRange(VolumeSessionError, InvalidInput):
 
 class NothingToDo(VolumeSessionError):
     """Propagate before any prompt, or undo with no step to undo."""
+
+
+class PropagationTimedOut(VolumeSessionError):
+    """A propagation reached its deadline and stopped; the session is as it was before it."""
+
+
+class PropagationCancelled(VolumeSessionError):
+    """A propagation was cancelled (:meth:`VolumeSession.cancel`); the session is as it was."""
+
+
+class TooManyVolumeSessions(VolumeSessionError):
+    """No room for another session: the total is reached with other owners' sessions, every
+    session of this owner is busy, or this owner creates sessions too fast."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyPropagations(VolumeSessionError):
+    """As many propagations as allowed are running; try again when one ends."""
 
 
 @attrs.frozen(eq=False)
@@ -129,12 +167,17 @@ class VolumeSession:
 
     def __init__(self, sliced: SlicedVolume, segmenter: Segmenter, *, method: str = "auto",
                  target: str, text: str | None = None, volume_id: str = "",
-                 source: object = None) -> None:
+                 source: object = None, owner: str = "", max_in_memory: int = MAX_IN_MEMORY,
+                 max_spill_bytes: int | None = None, spill_budget: SpillBudget | None = None,
+                 work: Work = direct) -> None:
         self.id = uuid.uuid4().hex
-        self.volume_id, self.source = volume_id, source
+        self.volume_id, self.source, self.owner = volume_id, source, owner
         self.sliced, self.segmenter = sliced, segmenter
         self.method, self.target, self.text = method, target, text
-        self.store = EmbeddingStore(segmenter, sliced.slices, max_in_memory=MAX_IN_MEMORY)
+        self.work = work
+        self.store = EmbeddingStore(segmenter, sliced.slices, max_in_memory=max_in_memory,
+                                    max_spill_bytes=max_spill_bytes, spill_budget=spill_budget,
+                                    work=work)
         self.propagator: Propagator = self._new_propagator()
         self.history: list[Snapshot] = [Snapshot()]
         self.lock = asyncio.Lock()
@@ -145,6 +188,12 @@ class VolumeSession:
         self._given: dict[int, EpisodeState] = {}  # the seeds the live propagator holds
         self._live: dict[int, tuple[MaskPrediction, SliceResult]] = {}
         self._closed = False
+        self.dropped: str | None = None  # why the session was dropped (deleted, evicted, ...)
+        self.last_used = time.monotonic()  # the store's clock: idle expiry, eviction order
+        self._stop = threading.Event()  # the running propagation's cancel flag
+        self._stop_reason = ""
+        self._progress: dict[str, Any] = {"running": False, "done": 0, "total": 0,
+                                          "outcome": None, "detail": None, "seconds": 0.0}
 
     # -- what it is -----------------------------------------------------------------------
     @property
@@ -185,8 +234,8 @@ class VolumeSession:
 
     def _add(self, index: int, prompt: BBox | Point) -> SliceView:
         state = self.slice_state(index)
-        self.add_prompted(index, episode.step(episode.segmenter_decoder(self.segmenter), state,
-                                              prompt))
+        decoder = episode.segmenter_decoder(self.segmenter)
+        self.add_prompted(index, self.work("decode", lambda: episode.step(decoder, state, prompt)))
         return self.slice_view(index)
 
     def slice_state(self, index: int) -> EpisodeState:
@@ -208,31 +257,56 @@ class VolumeSession:
         """Make ``state`` (a step's result) slice ``index``'s state: a new undo step."""
         self.prompt_decodes += 1
         # without its embedding: a state per prompted slice would otherwise keep every
-        # prompted slice's embedding in memory, past MAX_IN_MEMORY (slice_state puts it back)
-        state = attrs.evolve(state, embedding=None)
+        # prompted slice's embedding in memory, past MAX_IN_MEMORY (slice_state puts it back
+        # before any use: the None its type does not allow is never read)
+        state = attrs.evolve(state, embedding=None)  # type: ignore[arg-type]
         current = self.state
         self._push(attrs.evolve(current, prompted={**current.prompted, index: state},
                                 action="prompt"))
 
     # -- propagation -----------------------------------------------------------------------
-    def propagate(self) -> bool:
+    def propagate(self, *, deadline: float | None = None) -> bool:
         """Carry the prompted slices through the volume (blocking: run it in a thread).
-        Returns False when nothing changed since the last propagation."""
+        Returns False when nothing changed since the last propagation. Stops between slices
+        at ``deadline`` (``time.monotonic()``), on :meth:`cancel` or :meth:`drop` (see the
+        module docstring); :meth:`propagation` says how far it got."""
         current = self.state
         if not current.prompted:
             raise NothingToDo("nothing to propagate yet: add a box or a click on a slice with "
                               "the target first")
+        self._check_live()
         changed = {i: s for i, s in current.prompted.items() if self._given.get(i) is not s}
         if not changed and current.results is not None:
             return False
+        self._stop, self._stop_reason = threading.Event(), ""
+        stop = self._stop
+        started = time.monotonic()
+        self._progress = {"running": True, "done": 0, "total": self.count, "outcome": None,
+                          "detail": None, "seconds": 0.0, "_started": started}
+
+        def should_stop() -> bool:
+            if stop.is_set():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                self._stop_reason = "timeout"
+                return True
+            return False
+
         try:
             for index, state in sorted(changed.items()):
-                self.propagator.add_seed(index, Seed(state.prediction.mask, state.prompts))
+                self.propagator.add_seed(index, Seed(_prediction(state).mask, state.prompts))
                 self._given[index] = state
-            results = self.propagator.propagate()
-        except BaseException:
+            results = self.propagator.propagate_until(should_stop)
+        except PropagationStopped as exc:
+            self._rebuild()  # a partial result: start the propagator over
+            raise self._stopped(exc.done, time.monotonic() - started) from None
+        except BaseException as exc:
             self._rebuild()  # what the propagator holds is unknown now: start it over
+            self._finish("failed", f"{type(exc).__name__}: {exc}", started)
             raise
+        if stop.is_set():  # cancelled after its last slice: not kept either
+            self._rebuild()
+            raise self._stopped(self.propagator.progress, time.monotonic() - started)
         packed = {}
         for index, prediction in results.items():
             live = self._live.get(index)
@@ -240,7 +314,85 @@ class VolumeSession:
                 else SliceResult.of(prediction)  # generic keeps unchanged slices' objects
         self._live = {i: (p, packed[i]) for i, p in results.items()}
         self._push(Snapshot(current.prompted, packed, dict(self._given), "propagate"))
+        self._finish("complete", None, started, done=self.propagator.progress)
         return True
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Stop the running propagation at its next slice (thread-safe; True if one was
+        running). It raises :class:`PropagationCancelled` (``reason`` in its message)."""
+        running = bool(self._progress["running"])
+        if running:
+            self._stop_reason = reason
+            self._stop.set()
+        return running
+
+    def drop(self, reason: str) -> None:
+        """Mark the session dropped (``reason``: "deleted", "evicted", ...) and stop its
+        running propagation; the caller closes it once its running operation ends. An
+        operation that ends on a dropped session is not reported as done (its result is gone):
+        :meth:`check_live` raises :class:`VolumeSessionNotFound`."""
+        self.dropped = self.dropped or reason
+        self._stop_reason = reason
+        self._stop.set()
+
+    def check_live(self) -> None:
+        """Raise :class:`VolumeSessionNotFound` if the session was dropped or closed."""
+        self._check_live()
+
+    def _check_live(self) -> None:
+        if self.dropped is not None or self._closed:
+            raise VolumeSessionNotFound(
+                f"volume session {self.id!r} was {self.dropped or 'closed'}; what this request "
+                "did was not kept: start a new session")
+
+    @property
+    def running(self) -> bool:
+        """Whether a propagation is running."""
+        return bool(self._progress["running"])
+
+    def propagation(self) -> dict[str, Any]:
+        """The running or last propagation: ``running``, ``done`` (slices worked on so far),
+        ``total`` (the plane's slices: a walk may end earlier, where the target ends),
+        ``outcome`` (None while running or before the first; "complete", "timeout",
+        "cancelled", "deleted"/"evicted"/"expired"/"closed" (dropped), "failed"), ``detail``,
+        ``seconds`` and ``stopping`` (running, and asked to stop at its next slice)."""
+        progress = dict(self._progress)
+        started = progress.pop("_started", None)
+        progress["stopping"] = bool(progress["running"] and self._stop.is_set())
+        if progress["running"]:
+            progress["done"] = int(getattr(self.propagator, "progress", 0))
+            if started is not None:
+                progress["seconds"] = round(time.monotonic() - started, 3)
+        return progress
+
+    def _finish(self, outcome: str, detail: str | None, started: float, done: int = 0) -> None:
+        self._progress = {"running": False, "done": int(done), "total": self.count,
+                          "outcome": outcome, "detail": detail,
+                          "seconds": round(time.monotonic() - started, 3)}
+
+    def _stopped(self, done: int, seconds: float) -> VolumeSessionError:
+        """The error (and the recorded outcome) of a propagation stopped after ``done`` slices."""
+        reason = self._stop_reason or "cancelled"
+        outcome = "timeout" if reason == "timeout" else "cancelled"
+        if self.dropped is not None:
+            outcome = self.dropped.split()[0]  # deleted, evicted, expired, closed
+        where = f"after {done} of at most {self.count} slices ({seconds:.1f} s)"
+        if self.dropped is not None:
+            error: VolumeSessionError = VolumeSessionNotFound(
+                f"volume session {self.id!r} was {self.dropped} while propagating; the "
+                f"propagation stopped {where} and its result was not kept: start a new session")
+        elif reason == "timeout":
+            error = PropagationTimedOut(
+                f"the propagation reached its time limit and stopped {where}; the session is as "
+                "it was before it. Propagate again (slices already encoded are kept, so a generic "
+                "propagation goes further), or add seeds closer to the slices that matter")
+        else:
+            error = PropagationCancelled(f"the propagation was cancelled ({reason}) {where}; the "
+                                         "session is as it was before it")
+        self._progress = {"running": False, "done": int(done), "total": self.count,
+                          "outcome": outcome, "detail": str(error),
+                          "seconds": round(seconds, 3)}
+        return error
 
     # -- undo -------------------------------------------------------------------------------
     def undo(self) -> Snapshot:
@@ -278,7 +430,8 @@ class VolumeSession:
         current = self.state
         state = current.prompted.get(index)
         if state is not None:
-            return SliceView(state.prediction.mask, "seed", state.prediction.score, state.prompts)
+            prediction = _prediction(state)
+            return SliceView(prediction.mask, "seed", prediction.score, state.prompts)
         result = None if current.results is None else current.results.get(index)
         if result is not None:
             return SliceView(result.mask(self.image_size), "propagated", result.score, None)
@@ -289,9 +442,10 @@ class VolumeSession:
         current = self.state
         rows = {i: ("propagated", r.area, r.score) for i, r in (current.results or {}).items()}
         for index, state in current.prompted.items():
-            mask = state.prediction.mask
+            prediction = _prediction(state)
+            mask = prediction.mask
             if mask.any():
-                rows[index] = ("seed", int(np.count_nonzero(mask)), float(state.prediction.score))
+                rows[index] = ("seed", int(np.count_nonzero(mask)), float(prediction.score))
             else:
                 rows.pop(index, None)  # an empty seed: no target on this slice
         return [(i, *rows[i]) for i in sorted(rows)]
@@ -303,7 +457,7 @@ class VolumeSession:
         for index, result in (current.results or {}).items():
             out[index] = result.mask(self.image_size)
         for index, state in current.prompted.items():
-            out[index] = state.prediction.mask
+            out[index] = _prediction(state).mask
         return out
 
     @property
@@ -311,11 +465,20 @@ class VolumeSession:
         return self._closed
 
     def close(self) -> None:
+        """Release the propagator and the embeddings (the spill folder with them). Call it
+        when no operation runs (the store does), or at shutdown after :meth:`drop`."""
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
         self._drop_propagator()
         self.store.close()
+
+
+def _prediction(state: EpisodeState) -> MaskPrediction:
+    """A prompted slice's prediction: its state is a step's result, which always has one."""
+    assert state.prediction is not None
+    return state.prediction
 
 
 def _same_states(a: Mapping[int, EpisodeState], b: Mapping[int, EpisodeState]) -> bool:
@@ -323,50 +486,207 @@ def _same_states(a: Mapping[int, EpisodeState], b: Mapping[int, EpisodeState]) -
 
 
 class VolumeSessionStore:
-    """Live volume sessions by id, the most recent ``max_items``; a dropped one is closed once
-    its running operation (if any) ends."""
+    """Live volume sessions by id, with their owners' quotas (see the module docstring). A
+    dropped session (deleted, evicted, expired) stops its running propagation at once and is
+    closed once its running operation (if any) ends.
 
-    def __init__(self, max_items: int = MAX_VOLUME_SESSIONS) -> None:
+    ``clock`` is :func:`time.monotonic` (tests pass their own)."""
+
+    def __init__(self, max_items: int = MAX_VOLUME_SESSIONS, *, per_owner: int | None = None,
+                 idle_timeout_s: float = 3600.0, max_propagations: int = 1,
+                 creations_per_minute: float = 12.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_items < 1 or max_propagations < 1:
+            raise InvalidInput("a volume-session store holds at least 1 session and runs at least "
+                               "1 propagation")
         self.max_items = max_items
-        self._items: BoundedLRU[str, VolumeSession] = BoundedLRU(max_items)
+        self.per_owner = max_items if per_owner is None else max(1, min(per_owner, max_items))
+        self.idle_timeout_s, self.max_propagations = idle_timeout_s, max_propagations
+        self.creations_per_minute, self.clock = creations_per_minute, clock
+        self._items: dict[str, VolumeSession] = {}
+        self._creations: dict[str, list[float]] = {}  # owner → recent creation times
+        self._propagating = 0
+        self._lock = threading.Lock()
         self._closing: set[asyncio.Task] = set()
+        self.created = self.deleted = self.evicted = self.expired = 0
+        self._gone: dict[str, str] = {}  # recently dropped id → why (for a clear 404)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, session: VolumeSession) -> None:
-        for _, dropped in self._items.put(session.id, session):
-            self._close_later(dropped)
+    def sessions(self) -> list[VolumeSession]:
+        with self._lock:
+            return list(self._items.values())
 
+    @property
+    def propagating(self) -> int:
+        return self._propagating
+
+    # -- creation ------------------------------------------------------------------------
+    def check_room(self, owner: str = "") -> None:
+        """Raise :class:`TooManyVolumeSessions` before the work of making a session if
+        :meth:`put` would refuse it (and count the attempt against the owner's rate)."""
+        self.expire()
+        now = self.clock()
+        with self._lock:
+            recent = [t for t in self._creations.get(owner, []) if now - t < 60.0]
+            if len(recent) >= self.creations_per_minute:
+                retry = max(1.0, 60.0 - (now - recent[0]))
+                raise TooManyVolumeSessions(
+                    f"too many new volume sessions: at most {self.creations_per_minute:g} a "
+                    f"minute per client; retry in {retry:.0f} s (or keep using a session: its "
+                    "prompts and propagations are not limited this way)", retry_after=retry)
+            recent.append(now)
+            self._creations[owner] = recent
+            self._room_for(owner, evict=False)
+
+    def put(self, session: VolumeSession) -> None:
+        """Add ``session`` for its owner; past the owner's quota, that owner's least recently
+        used idle session is closed for it; refused past the total (other owners' sessions are
+        never closed for it)."""
+        self.expire()
+        with self._lock:
+            for dropped in self._room_for(session.owner, evict=True):
+                self._drop(dropped, "evicted", closed_for="a newer session of the same client")
+            session.last_used = self.clock()
+            self._items[session.id] = session
+            self.created += 1
+
+    def _room_for(self, owner: str, *, evict: bool) -> list[VolumeSession]:
+        """Sessions of ``owner`` to close so one more fits (raises if none can); lock held."""
+        mine = sorted((s for s in self._items.values() if s.owner == owner),
+                      key=lambda s: s.last_used)
+        idle = [s for s in mine if not _busy(s)]
+        over_quota = len(mine) + 1 - self.per_owner
+        over_total = len(self._items) + 1 - self.max_items
+        need = max(over_quota, over_total, 0)
+        if need > len(idle):
+            if over_total > 0 and over_quota <= 0:
+                raise TooManyVolumeSessions(
+                    f"the server holds its maximum of {self.max_items} volume sessions, none of "
+                    "them yours to close; retry later (idle sessions close after the idle "
+                    "timeout), or ask the operator for a higher --max-volume-sessions",
+                    retry_after=min(self.idle_timeout_s, 60.0))
+            raise TooManyVolumeSessions(
+                f"you hold {len(mine)} volume sessions (at most {self.per_owner} per client) and "
+                "they are all busy; wait for one to finish or delete one "
+                "(DELETE /v1/volumes/{id}/sessions/{sid})", retry_after=5.0)
+        return idle[:need] if evict else []
+
+    # -- lookups ---------------------------------------------------------------------------
     def get(self, volume_id: str, session_id: str) -> VolumeSession:
-        session = self._items.get(session_id)
-        if session is None or session.volume_id != volume_id or session.closed:
-            raise VolumeSessionNotFound(
-                f"no volume session {session_id!r} on volume {volume_id!r} (the server keeps the "
-                f"last {self.max_items}); start a new one")
-        return session
+        """The session, marked used now; :class:`VolumeSessionNotFound` (saying why) if it is
+        gone or idle past the timeout."""
+        now = self.clock()
+        with self._lock:
+            session = self._items.get(session_id)
+            if session is not None and not _busy(session) \
+                    and now - session.last_used > self.idle_timeout_s:
+                self._drop(session, "expired")
+                session = None
+            if session is None or session.volume_id != volume_id or session.closed:
+                raise VolumeSessionNotFound(self._missing(volume_id, session_id))
+            session.last_used = now
+            return session
 
     def delete(self, volume_id: str, session_id: str) -> None:
+        """Drop the session: a running propagation stops at its next slice."""
         session = self.get(volume_id, session_id)
-        self._items.pop(session_id)
-        self._close_later(session)
+        with self._lock:
+            if self._items.get(session_id) is session:
+                self._drop(session, "deleted")
 
+    def expire(self) -> int:
+        """Close sessions idle longer than the timeout (not one running an operation)."""
+        now = self.clock()
+        with self._lock:
+            stale = [s for s in self._items.values()
+                     if not _busy(s) and now - s.last_used > self.idle_timeout_s]
+            for session in stale:
+                self._drop(session, "expired")
+        return len(stale)
+
+    def held(self) -> list[Any]:
+        """The ``source`` of every live session (what they keep in memory: stored volumes)."""
+        with self._lock:
+            return [s.source for s in self._items.values() if s.source is not None]
+
+    # -- running operations ------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def using(self, session: VolumeSession) -> AsyncIterator[VolumeSession]:
-        """Hold ``session``'s lock; a session closed meanwhile (dropped for a newer one,
-        deleted) is not found."""
+        """Hold ``session``'s lock for an operation; a session dropped before or during it is
+        not found (:meth:`VolumeSession.check_live`), so a result it lost is never reported."""
         async with session.lock:
-            if session.closed:
-                raise VolumeSessionNotFound(f"volume session {session.id!r} was closed (deleted, "
-                                            f"or dropped for a newer one: the server keeps the "
-                                            f"last {self.max_items}); start a new one")
-            yield session
+            session.check_live()
+            try:
+                yield session
+            finally:
+                session.last_used = self.clock()
+            session.check_live()
+
+    @contextlib.contextmanager
+    def propagation_slot(self) -> Any:
+        """Count a running propagation; :class:`TooManyPropagations` past the bound."""
+        with self._lock:
+            if self._propagating >= self.max_propagations:
+                raise TooManyPropagations(
+                    f"{self._propagating} propagation(s) running, the most this server runs at "
+                    "once; retry when one ends (or ask the operator for a higher "
+                    "--max-propagations)")
+            self._propagating += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._propagating -= 1
+
+    # -- closing -----------------------------------------------------------------------------
+    def _drop(self, session: VolumeSession, reason: str, closed_for: str = "") -> None:
+        """Remove ``session`` (lock held), stop its propagation, close it after its operation."""
+        self._items.pop(session.id, None)
+        session.drop(reason if not closed_for else f"{reason} for {closed_for}")
+        counter = {"deleted": "deleted", "evicted": "evicted", "expired": "expired"}.get(reason)
+        if counter:
+            setattr(self, counter, getattr(self, counter) + 1)
+        self._gone[session.id] = session.dropped or reason
+        while len(self._gone) > 10_000:
+            self._gone.pop(next(iter(self._gone)))
+        self._close_later(session)
+
+    def _missing(self, volume_id: str, session_id: str) -> str:
+        why = self._gone.get(session_id)
+        if why is not None:
+            return f"volume session {session_id!r} was {why}; start a new one"
+        return (f"no volume session {session_id!r} on volume {volume_id!r} (never made, or "
+                "closed); start a new one")
 
     def _close_later(self, session: VolumeSession) -> None:
         async def close() -> None:
             async with session.lock:
                 await asyncio.to_thread(session.close)
 
-        task = asyncio.get_running_loop().create_task(close())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): nothing can be running
+            session.close()
+            return
+        task = loop.create_task(close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def close_all(self, wait_s: float = 10.0) -> None:
+        """Drop and close every session (shutdown): running propagations stop at their next
+        slice; a session still busy after ``wait_s`` is closed anyway (its spill folder goes)."""
+        with self._lock:
+            sessions = list(self._items.values())
+            for session in sessions:
+                self._drop(session, "closed")
+        pending = list(self._closing)
+        if pending:
+            await asyncio.wait(pending, timeout=wait_s)
+        for session in sessions:
+            session.close()
+
+
+def _busy(session: VolumeSession) -> bool:
+    return session.lock.locked() or session.running

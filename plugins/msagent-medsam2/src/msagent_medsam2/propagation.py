@@ -197,6 +197,10 @@ class Sam2VideoPropagator(Propagator):
     IoU; slices whose mask is empty are absent. Every propagation re-decodes every slice (a
     new conditioning frame changes every frame's memory); a call with no new seed does
     nothing.
+
+    It calls :meth:`~msagent.backbones.Propagator.checkpoint` after each tracked frame, so
+    :meth:`~msagent.backbones.Propagator.propagate_until` stops it between frames (then its
+    video states are partial: the caller closes it and starts a new one).
     """
 
     method = "native"
@@ -235,6 +239,7 @@ class Sam2VideoPropagator(Propagator):
                 for index in pending:
                     self._condition(state, index, self.seeds[index])
                 for index, _, masks in self.model.propagate_in_video(state, reverse=reverse):
+                    self.checkpoint()  # between frames: propagate_until may stop here
                     tracked[index] = self._prediction(state, index, masks)
         self._added.update((i, self.seeds[i]) for i in pending)
         for index, seed in self.seeds.items():

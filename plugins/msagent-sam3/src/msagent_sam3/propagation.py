@@ -136,6 +136,7 @@ class Sam3VideoPropagator(Propagator):
             for reverse in (False, True):
                 for output in self.model.propagate_in_video_iterator(
                         session, start_frame_idx=first, reverse=reverse):
+                    self.checkpoint()  # between frames: propagate_until may stop here
                     self.decodes += 1
                     tracked[output.frame_idx] = self._prediction(output)
         self._added = dict(self.seeds)

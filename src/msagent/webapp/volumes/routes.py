@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from msagent.io.wire import ImageTooLarge, png_bytes
 from msagent.server.context import ServerContext, context, require_api_key
 from msagent.server.schemas import RLE, ImageInfo
-from msagent.server.services import ERRORS, read_upload
+from msagent.server.services import ERRORS, attachment, read_upload
 from msagent.webapp.volumes.store import (
     EXPORT_FORMATS,
     Plane,
@@ -69,8 +69,13 @@ class ExportRequest(BaseModel):
 
 
 def install(app: FastAPI) -> None:
-    """Add these routes to ``app`` with a fresh volume store."""
-    app.state.msagent_volumes = VolumeStore()
+    """Add these routes to ``app`` with a fresh volume store (``--max-volumes``, counting the
+    volumes that volume sessions hold: install the session routes too)."""
+    def held() -> list:
+        sessions = getattr(app.state, "msagent_volume_sessions", None)
+        return [] if sessions is None else sessions.held()
+
+    app.state.msagent_volumes = VolumeStore(app.state.msagent.config.max_volumes, held=held)
     app.include_router(router)
 
 
@@ -87,7 +92,9 @@ async def upload_volume(files: list[UploadFile] = File(description=(
         "one .nii/.nii.gz file, or the .dcm files of one DICOM series (or a .zip of them)")),
         ctx: ServerContext = Depends(context),
         store: VolumeStore = Depends(volume_store)) -> VolumeInfo:
-    """Read a NIfTI file or a DICOM series and keep it for slicing and mask export."""
+    """Read a NIfTI file or a DICOM series and keep it for slicing and mask export (429 when
+    every volume the server keeps in memory is held by a volume session)."""
+    store.check_room()  # before reading it
     items, total = [], 0
     for upload in files:
         data = await read_upload(upload, ctx)
@@ -144,7 +151,7 @@ async def export(volume_id: str, body: ExportRequest,
     stored = store.get(volume_id)
     data, media, name = await asyncio.to_thread(_export, stored, body)
     return Response(data, media_type=media,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                    headers=attachment(name))
 
 
 def _export(stored: StoredVolume, body: ExportRequest) -> tuple[bytes, str, str]:

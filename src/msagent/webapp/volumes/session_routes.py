@@ -8,12 +8,23 @@ Under ``/v1/volumes/{volume_id}/sessions``: ``POST`` starts one, ``GET``/``DELET
 them and a :class:`~msagent.volume.session.VolumeSessionStore` at
 ``app.state.msagent_volume_sessions``; the session's errors map to HTTP here (:data:`HTTP`).
 Every route needs the API key when the server has one; the backbone is the server's.
+
+The server's bounds apply (:class:`~msagent.server.config.ServerConfig`): sessions belong to the
+client that made them (:func:`msagent.server.context.client_id`) with per-client quotas, idle
+expiry and a creation rate; slice encodes and decodes run through the engine's pools, timeout
+and metrics (:meth:`msagent.server.engine.Engine.work`); a propagation runs in the engine's
+volume pool, at most ``max_propagations`` at once, stops at ``propagation_timeout_s``, when its
+client disconnects, on an undo, a delete, an eviction or an expiry (between slices), and
+reports its progress in the session's ``progress``. Shutdown closes every session (their
+spill folders go with them).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, cast
+import contextlib
+import time
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,15 +32,20 @@ from pydantic import BaseModel, Field
 
 from msagent.errors import InvalidInput
 from msagent.io.wire import png_bytes
-from msagent.server.context import ServerContext, context, require_api_key
+from msagent.server.context import ServerContext, client_id, context, require_api_key
 from msagent.server.errors import Conflict, ServerError, error_response
 from msagent.server.schemas import RLE, Box, PointIn, Strict
-from msagent.server.services import ERRORS
+from msagent.server.services import ERRORS, attachment
 from msagent.server.views import finite
 from msagent.types import encode_mask
+from msagent.volume.embeddings import SpillBudget
 from msagent.volume.session import (
     NothingToDo,
+    PropagationCancelled,
+    PropagationTimedOut,
     SliceOutOfRange,
+    TooManyPropagations,
+    TooManyVolumeSessions,
     VolumeSession,
     VolumeSessionError,
     VolumeSessionNotFound,
@@ -78,6 +94,19 @@ class SliceSummary(BaseModel):
                                             "without one)")
 
 
+class PropagationProgress(BaseModel):
+    running: bool = Field(description="whether a propagation is running now")
+    done: int = Field(description="slices the running (or last) propagation worked on")
+    total: int = Field(description="slices in the plane (a walk may end earlier, where the "
+                                   "target ends)")
+    outcome: str | None = Field(description=(
+        "null while running or before the first; complete, timeout, cancelled (an undo, a "
+        "client that disconnected), failed"))
+    detail: str | None = Field(description="what happened, for an outcome other than complete")
+    seconds: float = Field(description="how long it has run (or ran)")
+    stopping: bool = Field(False, description="running, and asked to stop at its next slice")
+
+
 class VolumeSessionInfo(BaseModel):
     session_id: str
     volume_id: str
@@ -97,6 +126,8 @@ class VolumeSessionInfo(BaseModel):
     slices: list[SliceSummary] = Field(description="every slice showing a mask")
     encodes: int
     decodes: int
+    progress: PropagationProgress = Field(description=(
+        "the running or last propagation (GET the session while one runs to follow it)"))
 
 
 class SliceStep(BaseModel):
@@ -119,7 +150,12 @@ class ExportVolumeRequest(Strict):
 HTTP = {VolumeSessionNotFound: (404, "volume_session_not_found",
                                 "start one with POST /v1/volumes/{id}/sessions"),
         SliceOutOfRange: (422, "slice_out_of_range", ""),
-        NothingToDo: (409, "conflict", "")}
+        NothingToDo: (409, "conflict", ""),
+        PropagationTimedOut: (503, "propagation_timeout",
+                              "the server's limit is msagent serve --propagation-timeout"),
+        PropagationCancelled: (409, "propagation_cancelled", ""),
+        TooManyVolumeSessions: (429, "too_many_sessions", ""),
+        TooManyPropagations: (429, "too_many_propagations", "")}
 
 
 async def _session_error(request: Request, exc: VolumeSessionError) -> JSONResponse:
@@ -129,8 +165,21 @@ async def _session_error(request: Request, exc: VolumeSessionError) -> JSONRespo
 
 
 def install(app: FastAPI) -> None:
-    """Add these routes to ``app`` with a fresh volume-session store."""
-    app.state.msagent_volume_sessions = VolumeSessionStore()
+    """Add these routes to ``app`` with a fresh volume-session store under the server's bounds;
+    its live sessions count in ``/health`` and ``/metrics``, the idle sweeper expires them and
+    shutdown closes them."""
+    ctx: ServerContext = app.state.msagent
+    config = ctx.config
+    store = VolumeSessionStore(config.max_volume_sessions,
+                               per_owner=config.volume_sessions_per_client,
+                               idle_timeout_s=config.idle_timeout_s,
+                               max_propagations=config.max_propagations,
+                               creations_per_minute=config.volume_sessions_per_minute)
+    app.state.msagent_volume_sessions = store
+    app.state.msagent_spill_budget = SpillBudget(config.max_spill_bytes)
+    ctx.session_counts["volume"] = store.__len__
+    ctx.sweeps.append(store.expire)
+    ctx.on_shutdown.append(store.close_all)
     app.add_exception_handler(VolumeSessionError, _session_error)
     app.include_router(router)
 
@@ -150,14 +199,18 @@ def info(session: VolumeSession) -> VolumeSessionInfo:
         propagation=session.method, method=session.propagator.method, count=session.count,
         width=width, height=height, seeds=sorted(current.prompted), pending=current.pending,
         propagated=current.results is not None, undo=len(session.history) - 1,
-        version=session.version, slices=rows, encodes=session.encodes, decodes=session.decodes)
+        version=session.version, slices=rows, encodes=session.encodes, decodes=session.decodes,
+        progress=PropagationProgress(**session.propagation()))
 
 
 @router.post("", response_model=VolumeSessionInfo, status_code=201)
-async def create(volume_id: str, body: VolumeSessionRequest, ctx: ServerContext = Depends(context),
+async def create(volume_id: str, body: VolumeSessionRequest, request: Request,
+                 ctx: ServerContext = Depends(context),
                  volumes: VolumeStore = Depends(volume_store),
                  sessions: VolumeSessionStore = Depends(session_store)) -> VolumeSessionInfo:
-    """Start a volume session: the plane's slices windowed once, no slice encoded yet."""
+    """Start a volume session: the plane's slices windowed once, no slice encoded yet. It
+    belongs to the client that made it: past the client's quota its least recently used idle
+    session is closed for it; past the server's total, or too many a minute: 429."""
     stored = volumes.get(volume_id)
     segmenter = ctx.engine.segmenter
     if body.backbone is not None and body.backbone != segmenter.name:
@@ -168,11 +221,18 @@ async def create(volume_id: str, body: VolumeSessionRequest, ctx: ServerContext 
     if not target:
         raise InvalidInput("target must be a description, e.g. 'liver in abdomen CT'")
     window = stored.window_for(body.window)
+    owner = client_id(request, ctx.config)
+    sessions.check_room(owner)  # before the work of windowing the volume
     stack = await asyncio.to_thread(build_stack, stored.volume, plane=body.plane, window=window,
                                     max_voxels=ctx.config.max_voxels)
+    config = ctx.config
     session = VolumeSession(stack, segmenter, method=body.propagation, target=target,
                             text=target if segmenter.accepts_text else None,
-                            volume_id=stored.id, source=stored)
+                            volume_id=stored.id, source=stored, owner=owner,
+                            max_in_memory=config.volume_embeddings_in_memory,
+                            max_spill_bytes=config.max_spill_bytes // config.max_volume_sessions,
+                            spill_budget=request.app.state.msagent_spill_budget,
+                            work=ctx.engine.work)
     sessions.put(session)
     return info(session)
 
@@ -186,6 +246,7 @@ async def get(volume_id: str, session_id: str,
 @router.delete("/{session_id}", status_code=204, response_class=Response)
 async def delete(volume_id: str, session_id: str,
                  sessions: VolumeSessionStore = Depends(session_store)) -> Response:
+    """Delete the session; a running propagation stops at its next slice (and answers 404)."""
     sessions.delete(volume_id, session_id)
     return Response(status_code=204)
 
@@ -239,24 +300,57 @@ async def slice_mask(volume_id: str, session_id: str, index: int,
 
 
 @router.post("/{session_id}/propagate", response_model=VolumeSessionInfo)
-async def propagate(volume_id: str, session_id: str,
+async def propagate(volume_id: str, session_id: str, request: Request,
+                    ctx: ServerContext = Depends(context),
                     sessions: VolumeSessionStore = Depends(session_store)) -> VolumeSessionInfo:
     """Carry the prompted slices through the volume (the first time encodes every slice it
-    reaches; later, only slices whose inputs changed are decoded again). Runs in a worker
-    thread and is not bounded by the request timeout."""
+    reaches; later, only slices whose inputs changed are decoded again). At most
+    ``--max-propagations`` run at once (429 past it). It stops between slices after
+    ``--propagation-timeout`` seconds (503 ``propagation_timeout``), when the client
+    disconnects, on an undo (409 ``propagation_cancelled``) and when the session is deleted,
+    evicted or expires (404): each time the session stays as it was before it. ``GET`` the
+    session meanwhile for its ``progress``."""
     session = sessions.get(volume_id, session_id)
     async with sessions.using(session):
-        await asyncio.to_thread(session.propagate)
+        with sessions.propagation_slot():
+            deadline = time.monotonic() + ctx.config.propagation_timeout_s
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(ctx.engine.volume_pool,
+                                          lambda: session.propagate(deadline=deadline))
+            await _until_done(future, session, request)
         return info(session)
+
+
+async def _until_done(future: "asyncio.Future[Any]", session: VolumeSession,
+                      request: Request, poll_s: float = 0.2) -> Any:
+    """Wait for a propagation; cancel it (between slices) when the client disconnects or this
+    request is cancelled (shutdown), and wait for it to stop either way: the session's lock
+    stays held until its thread is done with the session."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=poll_s)
+            if done:
+                return future.result()
+            if await request.is_disconnected():
+                session.cancel("the client disconnected")
+    except asyncio.CancelledError:
+        session.cancel("the request was cancelled")
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(future)
+        raise
 
 
 @router.post("/{session_id}/undo", response_model=VolumeSessionInfo)
 async def undo(volume_id: str, session_id: str,
                sessions: VolumeSessionStore = Depends(session_store)) -> VolumeSessionInfo:
-    """Undo the last prompt or propagation (409 when there is none)."""
+    """Undo the last prompt or propagation (409 when there is none). During a propagation
+    it cancels that propagation instead (the step in flight, stopped at its next slice): the
+    session stays as it was before it, and nothing else is undone."""
     session = sessions.get(volume_id, session_id)
+    cancelled = session.cancel("undone")
     async with sessions.using(session):
-        await asyncio.to_thread(session.undo)
+        if not (cancelled and session.propagation()["outcome"] == "cancelled"):
+            await asyncio.to_thread(session.undo)
         return info(session)
 
 
@@ -271,7 +365,7 @@ async def export(volume_id: str, session_id: str, body: ExportVolumeRequest,
     async with sessions.using(session):
         data, media, name = await asyncio.to_thread(_export, session, body)
     return Response(data, media_type=media,
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                    headers=attachment(name))
 
 
 def _export(session: VolumeSession, body: ExportVolumeRequest) -> tuple[bytes, str, str]:

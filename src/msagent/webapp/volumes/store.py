@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import io as _io
 import tempfile
+import threading
 import uuid
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,15 +85,52 @@ class StoredVolume:
         return out
 
 
-class VolumeStore:
-    """Uploaded volumes by id, the most recent ``max_items``."""
+class TooManyVolumes(ServerError):
+    status, code = 429, "too_many_volumes"
 
-    def __init__(self, max_items: int = MAX_VOLUMES) -> None:
+
+class VolumeStore:
+    """Uploaded volumes by id: at most ``max_items`` in memory, counting those that live
+    sessions still hold after the store let them go (``held()``: their ``source`` values).
+    A new upload drops the least recently used volume no session holds; when every volume in
+    memory is held, it is refused (429) until a session ends."""
+
+    def __init__(self, max_items: int = MAX_VOLUMES,
+                 held: Callable[[], Sequence[object]] = list) -> None:
         self.max_items = max_items
-        self._items: BoundedLRU[str, StoredVolume] = BoundedLRU(max_items)
+        self.held = held
+        self._items: BoundedLRU[str, StoredVolume] = BoundedLRU(2**31)  # bounded by put()
+        self._lock = threading.Lock()
+
+    def resident(self) -> int:
+        """Volumes in memory: the stored ones and those only sessions hold."""
+        held = {id(v) for v in self.held() if isinstance(v, StoredVolume)}
+        return len(held | {id(v) for v in self._items.values()})
+
+    def check_room(self) -> None:
+        """Raise before reading an upload if :meth:`put` would refuse it."""
+        with self._lock:
+            self._make_room(dry_run=True)
 
     def put(self, stored: StoredVolume) -> None:
-        self._items.put(stored.id, stored)
+        with self._lock:
+            self._make_room(dry_run=False)
+            self._items.put(stored.id, stored)
+
+    def _make_room(self, *, dry_run: bool) -> None:
+        held = {id(v) for v in self.held() if isinstance(v, StoredVolume)}
+        stored = {key: self._items.peek(key) for key in self._items.keys()}  # LRU first
+        resident = held | {id(v) for v in stored.values()}
+        droppable = [key for key, v in stored.items() if id(v) not in held]
+        over = len(resident) + 1 - self.max_items
+        if over > len(droppable):
+            raise TooManyVolumes(
+                f"this server keeps {self.max_items} volumes in memory and volume sessions hold "
+                "all of them; end a volume session (DELETE /v1/volumes/{id}/sessions/{sid}) or "
+                "retry when one expires")
+        if not dry_run:
+            for key in droppable[:max(over, 0)]:
+                self._items.pop(key)
 
     def get(self, volume_id: str) -> StoredVolume:
         stored = self._items.get(volume_id)
@@ -102,6 +140,7 @@ class VolumeStore:
         return stored
 
     def delete(self, volume_id: str) -> None:
+        """Forget the volume (its sessions keep it, in memory and counted, until they end)."""
         if self._items.pop(volume_id) is None:
             raise VolumeNotFound(f"no volume {volume_id!r} on this server")
 
