@@ -120,23 +120,27 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
     return to_rgb_uint8(np.asarray(img), max_pixels=max_pixels)
 
 
-def decode_mask_upload(data: bytes, *, max_pixels: int, what: str = "mask") -> np.ndarray:
+def decode_mask_upload(data: bytes, *, max_pixels: int, what: str = "mask",
+                       size: tuple[int, int] | None = None) -> np.ndarray:
     """Uploaded mask bytes (PNG/TIFF/BMP or .npy) → its H×W plane by the one mask rule
     (:func:`msagent.io.images.mask_plane`: any channel, a palette's index, a varying alpha;
-    values kept), checked against ``max_pixels`` from the header before decoding. Raises
-    :class:`ImageTooLarge` or :class:`msagent.errors.InvalidMask`."""
+    values kept), checked against ``max_pixels`` and, with ``size``, against the image's
+    (height, width) from the header before decoding. Raises :class:`ImageTooLarge` or
+    :class:`msagent.errors.InvalidMask`."""
     from msagent.errors import InvalidMask
-    from msagent.io.images import mask_array
+    from msagent.io.images import check_mask_size, mask_array
 
     if not data:
         raise InvalidMask(f"the {what} upload is empty")
     try:
         if data.startswith(b"\x93NUMPY"):
-            return mask_array(load_npy_bytes(data, max_pixels), what=what)
+            return mask_array(load_npy_bytes(data, max_pixels), what=what)  # a view: no decoding
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
             _check_pixels(img.width * img.height, max_pixels)
+            if size is not None:
+                check_mask_size((img.height, img.width), size, f"the {what}")
             img.load()
     except (InvalidMask, ImageTooLarge):
         raise
@@ -187,5 +191,4 @@ def _load_npy(data: bytes, max_pixels: int) -> np.ndarray:
 def _check_pixels(count: int, limit: int) -> None:
     if count > limit:
         raise ImageTooLarge(f"the uploaded image has {count:,} pixels, over this server's limit "
-                            f"of {limit:,}; downsample it (or start the server with a higher "
-                            "--max-pixels)")
+                            f"of {limit:,}; downsample it (its operator sets the limit)")

@@ -78,7 +78,7 @@ class LimitsMiddleware:
     async def _too_large(self, send) -> None:
         await _json(send, 413, {
             "detail": f"the request body is over this server's limit of {self.max_body:,} bytes; "
-                      "send a smaller image (or start the server with a higher --max-upload-mb)",
+                      "send a smaller image (its operator sets the limit)",
             "code": "too_large"}, [(b"connection", b"close")])
 
 
