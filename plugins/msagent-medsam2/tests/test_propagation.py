@@ -265,3 +265,23 @@ def test_segment_volume_runs_native_propagation_end_to_end(checkpoint):
     assert COUNT <= trajectory.counts["encodes"] <= COUNT + episodes
     assert np.array_equal(result.trajectory.final_masks()[trajectory.key_slice],
                           trajectory.episodes[0].trajectory.final_mask)
+
+
+def test_propagate_until_stops_between_frames(seg, video):
+    """The contract's stop rule (issue 26): the propagator calls checkpoint() after each
+    tracked frame, so propagate_until stops it there; a new propagator then runs in full."""
+    from msagent.backbones import PropagationStopped
+
+    stack = video[1]
+    prop = seg.native_propagator(stack)
+    prop.add_seed(KEY, Seed(video[2][KEY]))
+    checks: list[int] = []
+
+    def should_stop() -> bool:
+        checks.append(1)
+        return len(checks) > 3  # the first check is before any frame
+
+    with pytest.raises(PropagationStopped) as stopped:
+        prop.propagate_until(should_stop)
+    assert stopped.value.done == 2 and prop.progress == 2 and prop.results == {}
+    prop.close()
