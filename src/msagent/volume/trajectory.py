@@ -9,6 +9,7 @@ a trajectory set, which ``msagent export`` turns into training rows).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,9 +48,13 @@ class VolumeEpisode:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "VolumeEpisode":
         trajectory = data.get("trajectory")
-        return cls(int(data["slice"]), data["role"],
+        index, seeded = data["slice"], data.get("seeded", False)
+        if not _is_int(index) or index < 0 or not isinstance(seeded, bool):
+            raise InvalidVolumeTrajectory(f"an episode's slice must be a whole number ≥ 0 and "
+                                          f"seeded true or false, got {index!r:.40}, {seeded!r:.40}")
+        return cls(index, data["role"],
                    None if trajectory is None else Trajectory.from_dict(trajectory),
-                   bool(data.get("seeded", False)), data.get("reason", ""), data.get("decision", ""))
+                   seeded, _text(data.get("reason", "")), _text(data.get("decision", "")))
 
 
 @attrs.frozen(eq=False)
@@ -111,28 +116,35 @@ class VolumeTrajectory:
         """The run :meth:`to_dict` wrote. Anything else is :class:`InvalidVolumeTrajectory`:
         the shape is checked against the voxel limit (``max_voxels``, see
         :mod:`msagent.io.limits`) and every mask's run-length code against the slice size
-        before it is decoded, so a small file cannot claim gigabytes."""
+        before it is decoded; every mask it decodes (the result's and the episodes') counts
+        against that one limit together, so a small file cannot claim more than the limit.
+        Slice numbers (the key slice, episodes', masks', scores') are whole numbers in
+        0..slices-1; spacing is three finite positive numbers; scores are finite numbers or
+        null; counts whole numbers ≥ 0; timings finite numbers."""
         try:
             shape = _shape(data["shape"], max_voxels)
             size = shape[1:]
             episodes = _list(data.get("episodes", []), "episodes")
-            pixels = 0
+            rles = _mapping(data.get("masks", {}), "masks")
+            pixels = len(rles) * size[0] * size[1]  # every mask, decoded, before any is
             for episode in episodes:
+                _slice_number(_mapping(episode, "an episode").get("slice"), shape[0], "an episode")
                 pixels += _check_episode_masks(episode, size)
-            check_voxels((max(pixels, 1),), 1, "the run's episode masks", max_voxels)
+            check_voxels((max(pixels, 1),), 1, "the run's masks (result and episodes)", max_voxels)
             masks = {}
-            for key, rle in _mapping(data.get("masks", {}), "masks").items():
+            for key, rle in rles.items():
                 masks[_slice_key(key, shape[0])] = _checked_mask(rle, size)
             return cls(
                 target=_text(data["target"]), shape=shape, where=_text(data["where"]),
-                spacing=_spacing(data["spacing"]), key_slice=int(data["key_slice"]),
+                spacing=_spacing(data["spacing"]),
+                key_slice=_slice_number(data["key_slice"], shape[0], "key_slice"),
                 key_rule=_text(data["key_rule"]), propagation=_text(data["propagation"]),
                 episodes=tuple(VolumeEpisode.from_dict(e) for e in episodes),
                 masks=masks,
-                scores={_slice_key(i, shape[0]): float("nan") if s is None else float(s)
+                scores={_slice_key(i, shape[0]): _score(s)
                         for i, s in _mapping(data.get("scores", {}), "scores").items()},
-                counts=dict(_mapping(data.get("counts", {}), "counts")),
-                timings=dict(_mapping(data.get("timings", {}), "timings")),
+                counts=_numbers(data.get("counts", {}), "counts", whole=True),
+                timings=_numbers(data.get("timings", {}), "timings", whole=False),
                 case_id=_text(data.get("case_id", "")),
                 meta=_mapping(data.get("meta", {}), "meta"),
             )
@@ -169,10 +181,42 @@ def _shape(value: Any, max_voxels: int | None) -> tuple[int, int, int]:
 
 
 def _spacing(value: Any) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in _list(value, "spacing"))
-    if len(values) != 3:
-        raise InvalidVolumeTrajectory(f"spacing must be three numbers (mm), got {value!r:.100}")
-    return values
+    values = _list(value, "spacing")
+    if len(values) != 3 or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in values):
+        raise InvalidVolumeTrajectory(f"spacing must be three finite positive numbers (mm), "
+                                      f"got {value!r:.100}")
+    return tuple(float(v) for v in values)  # type: ignore[return-value]  # three, checked
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _slice_number(value: Any, count: int, what: str) -> int:
+    if not _is_int(value) or not 0 <= value < count:
+        raise InvalidVolumeTrajectory(f"{what}: slice {value!r:.40} is not a whole number in the "
+                                      f"run's slices 0..{count - 1}")
+    return int(value)
+
+
+def _score(value: Any) -> float:
+    if value is None:
+        return float("nan")  # to_dict writes a seed's NaN score as null
+    if not _is_number(value) or not math.isfinite(value):
+        raise InvalidVolumeTrajectory(f"a score must be a finite number or null, got {value!r:.40}")
+    return float(value)
+
+
+def _numbers(value: Any, what: str, *, whole: bool) -> dict[str, Any]:
+    out = dict(_mapping(value, what))
+    for key, number in out.items():
+        good = (_is_int(number) and number >= 0) if whole else \
+            (_is_number(number) and math.isfinite(number))
+        if not isinstance(key, str) or not good:
+            kind = "whole numbers ≥ 0" if whole else "finite numbers"
+            raise InvalidVolumeTrajectory(f"{what} must map names to {kind}, got {key!r:.40}: "
+                                          f"{number!r:.40}")
+    return out
 
 
 def _list(value: Any, what: str) -> list:
