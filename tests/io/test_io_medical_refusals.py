@@ -166,3 +166,56 @@ def test_a_volume_whose_range_overflows_is_refused_with_a_hint():
         build_stack(io.Volume(data, np.eye(4)))
     sliced = build_stack(io.Volume(data, np.eye(4)), window="400/40")  # a window given: fine
     assert sliced.slices.gray.min() == 0 and sliced.slices.gray.max() == 255
+
+
+# -- a mask larger than its image is refused from its header ----------------------------------
+@pytest.fixture
+def big_mask_png(tmp_path):
+    """A 4000×3000 8-bit PNG of zeros: 12 MB decoded, a few KB on disk."""
+    from PIL import Image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (4000, 3000)).save(path)
+    return path
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many times PIL decoded an image's pixels."""
+    from PIL import ImageFile
+
+    calls = []
+    load = ImageFile.ImageFile.load
+
+    def counting(self):
+        calls.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
+    return calls
+
+
+def test_a_mask_file_of_another_size_is_refused_before_decoding(big_mask_png, decodes):
+    with pytest.raises(InvalidMask, match=r"has size 4000×3000 \(W×H\) but the image is 64×48"):
+        io.to_mask(big_mask_png, (48, 64))
+    assert decodes == []
+    with pytest.raises(InvalidMask, match="4000×3000"):
+        io.images.mask_array(big_mask_png, size=(48, 64))
+    from PIL import Image
+
+    with Image.open(big_mask_png) as lazy, pytest.raises(InvalidMask, match="4000×3000"):
+        io.to_mask(lazy, (48, 64))
+    assert decodes == []
+    assert io.to_mask(big_mask_png, (3000, 4000), allow_empty=True).shape == (3000, 4000)  # fits: read
+
+
+def test_a_mask_upload_of_another_size_is_refused_before_decoding(big_mask_png, decodes):
+    from msagent.io.wire import decode_mask_upload
+    from msagent.server.services import initial_mask_upload
+
+    data = big_mask_png.read_bytes()
+    with pytest.raises(InvalidMask, match=r"4000×3000 \(W×H\) but the image is 64×48"):
+        decode_mask_upload(data, max_pixels=64_000_000, size=(48, 64))
+    with pytest.raises(InvalidMask, match=r"initial_mask has size 4000×3000"):
+        initial_mask_upload(data, 64_000_000, size=(48, 64))
+    assert decodes == []

@@ -60,7 +60,8 @@ def load_array(source: Any, *, max_pixels: int | None = None) -> np.ndarray:
         raise InvalidImage(f"cannot interpret {type(source).__name__} as an image: {exc}") from None
 
 
-def _read_file(path: Path, limit: int, mask: bool = False) -> np.ndarray:
+def _read_file(path: Path, limit: int, mask: bool = False,
+               size: tuple[int, int] | None = None) -> np.ndarray:
     if not path.is_file():
         raise InvalidImage(f"image file not found: {path}")
     suffix = path.suffix.lower()
@@ -81,6 +82,8 @@ def _read_file(path: Path, limit: int, mask: bool = False) -> np.ndarray:
             with Image.open(path) as opened:
                 img: Image.Image = opened
                 _check_pixels(img.width * img.height, limit, str(path))
+                if size is not None:  # a mask must fit its image: known from the header
+                    check_mask_size((img.height, img.width), size, str(path))
                 _check_single_page(img, path)
                 if needs_full_depth(img, path):
                     return read_full_depth(path)
@@ -90,7 +93,7 @@ def _read_file(path: Path, limit: int, mask: bool = False) -> np.ndarray:
                 if img.mode in ("P", "CMYK", "LA", "PA", "YCbCr"):
                     img = img.convert("RGB")
                 return np.asarray(img)
-    except InvalidImage:
+    except (InvalidImage, InvalidMask):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"{path} is too large to decode safely: {exc}") from None
@@ -171,7 +174,7 @@ def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty
             what: str = "ground truth") -> np.ndarray:
     """A bool H×W mask from a path, PIL image or array (nonzero = foreground, in any channel:
     :func:`mask_plane`)."""
-    array = mask_array(mask, what=what)
+    array = mask_array(mask, what=what, size=image_size)
     if array.ndim != 2:
         raise InvalidMask(f"{what} must be a 2-D mask, got shape {array.shape}")
     if array.dtype.kind not in "biuf":  # strings or objects are not "nonzero = foreground"
@@ -180,25 +183,36 @@ def to_mask(mask: Any, image_size: tuple[int, int] | None = None, *, allow_empty
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidMask(f"{what} contains NaN or infinite values")
     out = np.asarray(array) != 0
-    if image_size is not None and out.shape != tuple(image_size):
-        raise InvalidMask(f"{what} has size {out.shape[1]}×{out.shape[0]} (W×H) but the image is "
-                          f"{image_size[1]}×{image_size[0]}; masks must match the image pixel for pixel")
+    if image_size is not None:
+        check_mask_size(out.shape, image_size, what)
     if not allow_empty and not out.any():
         raise InvalidMask(f"{what} is empty (no foreground pixels); IoU/Dice are undefined")
     return out
 
 
-def mask_array(source: Any, *, what: str = "mask", max_pixels: int | None = None) -> np.ndarray:
+def check_mask_size(shape: tuple[int, ...], image_size: tuple[int, int], what: str) -> None:
+    """Refuse a mask whose (height, width) ``shape`` is not the image's ``image_size``."""
+    if tuple(shape[:2]) != tuple(image_size):
+        raise InvalidMask(f"{what} has size {shape[1]}×{shape[0]} (W×H) but the image is "
+                          f"{image_size[1]}×{image_size[0]}; masks must match the image pixel "
+                          "for pixel")
+
+
+def mask_array(source: Any, *, what: str = "mask", max_pixels: int | None = None,
+               size: tuple[int, int] | None = None) -> np.ndarray:
     """A mask from a path (PNG/TIFF/BMP/.npy), a PIL image or an array, its channels reduced
     by :func:`mask_plane` (a palette image by its index): H×W with its own values (an array
     of another shape is returned as it is, for the caller's shape check). Unreadable input
-    is :class:`InvalidMask`."""
+    is :class:`InvalidMask`. With ``size`` (the image's height, width) a mask file or PIL
+    image of another size is refused from its header, before its pixels are decoded."""
     limit = max_pixels_limit(max_pixels)
     try:
         if isinstance(source, (str, os.PathLike)):
-            array = _read_file(Path(source), limit, mask=True)
+            array = _read_file(Path(source), limit, mask=True, size=size)
         elif isinstance(source, Image.Image):
             _check_pixels(source.width * source.height, limit, what)
+            if size is not None:
+                check_mask_size((source.height, source.width), size, what)
             array = _mask_pixels(source)
         else:
             array = load_array(source, max_pixels=limit)

@@ -51,9 +51,11 @@ async def read_upload(upload: UploadFile, ctx: ServerContext) -> bytes:
 async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id: str | None,
                        session_id: str | None, prompt_mode: str, multimask: bool | None,
                        text: str | None = None, replace: bool = False,
-                       initial_mask: np.ndarray | None = None) -> Session:
+                       initial_mask: np.ndarray | bytes | None = None) -> Session:
     """Create a session from an upload or a stored image's hash (encodes the image);
-    ``initial_mask`` (checked, H×W bool) is a prediction to refine: the session's first state."""
+    ``initial_mask`` (checked, H×W bool; or an upload's bytes, decoded once the image's size
+    is known, so a mask of another size is refused from its header) is a prediction to
+    refine: the session's first state."""
     if (image is None) == (image_id is None):
         raise InvalidInput("give exactly one of image (a file upload) and image_id (the hash of "
                            "an uploaded image)")
@@ -63,22 +65,29 @@ async def open_session(ctx: ServerContext, *, image: UploadFile | None, image_id
     if image is not None:
         image_id, _, _ = await ctx.engine.add_image(await read_upload(image, ctx))
     assert image_id is not None  # exactly one of image and image_id: checked above
+    mask = None
+    if initial_mask is not None:  # checked against the image's size before the encode
+        size = ctx.engine.images.get(image_id).shape[:2]
+        if isinstance(initial_mask, bytes):
+            initial_mask = await asyncio.to_thread(initial_mask_upload, initial_mask,
+                                                   ctx.config.max_pixels, size)
+        mask = await asyncio.to_thread(check_initial_mask, initial_mask, size)
     embedding = await ctx.engine.embed(image_id)
     session = Session(id=session_id, image_id=image_id, embedding=embedding,
                       prompt_mode=prompt_mode, multimask=multimask, text=text)
-    if initial_mask is not None:
-        mask = await asyncio.to_thread(check_initial_mask, initial_mask, embedding.image_size)
-        if mask is not None:
-            prediction, prompts = await asyncio.to_thread(initial_state, ctx.engine.segmenter, mask)
-            session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
-                                            initial=prediction, prompts=prompts)
+    if mask is not None:
+        prediction, prompts = await asyncio.to_thread(initial_state, ctx.engine.segmenter, mask)
+        session.initial = episode.start(embedding, prompt_mode=prompt_mode, text=text,
+                                        initial=prediction, prompts=prompts)
     return ctx.store.add(session, replace=replace)
 
 
-def initial_mask_upload(data: bytes, max_pixels: int) -> np.ndarray:
+def initial_mask_upload(data: bytes, max_pixels: int,
+                        size: tuple[int, int] | None = None) -> np.ndarray:
     """An uploaded initial mask (PNG/TIFF/BMP or .npy, header-checked) as an array, its
-    foreground in any channel (:func:`msagent.io.wire.decode_mask_upload`)."""
-    return decode_mask_upload(data, max_pixels=max_pixels, what="initial_mask")
+    foreground in any channel (:func:`msagent.io.wire.decode_mask_upload`). With ``size``
+    (the image's height, width) a mask of another size is refused before it is decoded."""
+    return decode_mask_upload(data, max_pixels=max_pixels, what="initial_mask", size=size)
 
 
 async def run_prompt(ctx: ServerContext, session: Session, prompt: BBox | Point,

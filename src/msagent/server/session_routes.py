@@ -20,7 +20,7 @@ from msagent.server.schemas import (
     SessionList,
     SessionStep,
 )
-from msagent.server.services import ERRORS, initial_mask_upload, open_session, read_upload, run_prompt
+from msagent.server.services import ERRORS, open_session, read_upload, run_prompt
 from msagent.server.views import finite, session_info, session_step
 from msagent.types import encode_mask
 
@@ -50,8 +50,7 @@ async def create_session(
     optionally from an existing mask to refine."""
     mask = None
     if initial_mask is not None and initial_mask.filename:
-        data = await read_upload(initial_mask, ctx)
-        mask = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels)
+        mask = await read_upload(initial_mask, ctx)  # decoded once the image's size is known
     session = await open_session(ctx, image=image, image_id=image_id, session_id=session_id,
                                  prompt_mode=prompt_mode, multimask=multimask, text=text,
                                  initial_mask=mask)

@@ -141,7 +141,8 @@ async def run_agent(
     initial = None
     if initial_mask is not None and initial_mask.filename:
         data = await read_upload(initial_mask, ctx)
-        raw = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels)
+        raw = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels,
+                                      image.shape[:2])  # another size: refused from the header
         initial = await asyncio.to_thread(check_initial_mask, raw, image.shape[:2])  # before the stream
     options = await asyncio.to_thread(run_options, policy, policy_options, ctx.config.policy_options)
     pooled = await asyncio.to_thread(state.policies.get, policy, options)
