@@ -15,8 +15,14 @@ the settings; a rerun with other settings into the same folder is refused
 (:mod:`msagent.export.job`).
 """
 
-from msagent.export.conversation import Conversation, ParsedConversation, conversation, parse_conversation
+from msagent.export.conversation import (
+    Conversation,
+    ParsedConversation,
+    check_size,
+    conversation,
+    parse_conversation,
+)
 from msagent.export.job import FORMATS, ExportSummary, export_rl_prompts, export_trajectories
 
-__all__ = ["Conversation", "ExportSummary", "FORMATS", "ParsedConversation", "conversation",
+__all__ = ["Conversation", "ExportSummary", "FORMATS", "ParsedConversation", "check_size", "conversation",
            "export_rl_prompts", "export_trajectories", "parse_conversation"]

@@ -18,12 +18,12 @@ import asyncio
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import numpy as np
+from msagent.backbones import BoundedLRU
 from msagent.errors import InvalidInput, SegmenterError
 from msagent.types import MaskPrediction, Prompts
 
@@ -107,26 +107,19 @@ class SegmenterActor:
         import msagent
 
         self.segmenter = msagent.load_backbone(backbone, **dict(backbone_options))
-        self._embeddings: OrderedDict[str, Any] = OrderedDict()
-        self._cache = cache
-        self._lock = threading.Lock()
+        self._embeddings: BoundedLRU[str, Any] = BoundedLRU(cache)
 
     def multimask_default(self) -> bool:
         return self.segmenter.multimask_default
 
     def encode(self, image: np.ndarray) -> str:
         embedding = self.segmenter.encode(image)  # the segmenter's own cache dedupes encodes
-        with self._lock:
-            self._embeddings[embedding.key] = embedding
-            self._embeddings.move_to_end(embedding.key)
-            while len(self._embeddings) > self._cache:
-                self._embeddings.popitem(last=False)
+        self._embeddings.put(embedding.key, embedding)
         return embedding.key
 
     def decode(self, key: str, prompts: Prompts, prev_logits: np.ndarray | None,
                multimask: bool, text: str | None = None) -> MaskPrediction | None:
-        with self._lock:
-            embedding = self._embeddings.get(key)
+        embedding = self._embeddings.get(key)
         if embedding is None:
             return None
         return _decode(self.segmenter, embedding, prompts, prev_logits, multimask, text)

@@ -17,14 +17,14 @@ import io
 import json
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import numpy as np
 from msagent import protocol, types
-from msagent.agent.episode import EpisodeState as CoreState
+from msagent.agent.episode import EpisodeState
+from msagent.backbones import BoundedLRU
 from msagent.errors import InvalidInput, PolicyOutputError
 from msagent.types import MaskPrediction, Prompts
 from PIL import Image
@@ -40,7 +40,7 @@ INVALID = "invalid"
 
 
 @attrs.define(eq=False)
-class EpisodeState:
+class ToolEpisode:
     """The segmentation state of one trajectory.
 
     ``image`` is the original H×W×3 uint8 image (the segmenter always works on it),
@@ -53,7 +53,7 @@ class EpisodeState:
     image: np.ndarray
     ground_truth: np.ndarray | None
     handle: Any = None
-    core: CoreState | None = None  # msagent's episode state: prompts in force, last prediction
+    core: EpisodeState | None = None  # msagent's episode state: prompts in force, last prediction
     ious: list[float] = attrs.field(factory=list)
     dices: list[float] = attrs.field(factory=list)
     scores: list[float] = attrs.field(factory=list)
@@ -73,34 +73,33 @@ class EpisodeState:
 
 
 class EpisodeStore:
-    """Process-wide ``request_id → EpisodeState`` map, bounded (oldest dropped with a warning)."""
+    """Process-wide ``request_id → ToolEpisode`` map, bounded: first in, first out (a read is
+    not a use), the oldest dropped with a warning."""
 
     def __init__(self, max_episodes: int = 4096) -> None:
         self.max_episodes = max_episodes
-        self._items: OrderedDict[str, EpisodeState] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: BoundedLRU[str, ToolEpisode] = BoundedLRU(max_episodes)
+        self._lock = threading.Lock()  # look-up and insert as one step
 
-    def get(self, request_id: str) -> EpisodeState | None:
-        with self._lock:
-            return self._items.get(request_id)
+    def get(self, request_id: str) -> ToolEpisode | None:
+        return self._items.peek(request_id)
 
-    def put(self, request_id: str, state: EpisodeState) -> EpisodeState:
+    def put(self, request_id: str, state: ToolEpisode) -> ToolEpisode:
         """Store ``state`` unless one exists already; return the stored one."""
         with self._lock:
-            existing = self._items.setdefault(request_id, state)
-            while len(self._items) > self.max_episodes:
-                dropped, _ = self._items.popitem(last=False)
+            existing = self._items.peek(request_id)
+            if existing is not None:
+                return existing
+            for dropped, _ in self._items.put(request_id, state):
                 log.warning("episode store full (%d): dropped %s; is the agent loop releasing "
                             "episodes?", self.max_episodes, dropped)
-            return existing
+            return state
 
-    def pop(self, request_id: str) -> EpisodeState | None:
-        with self._lock:
-            return self._items.pop(request_id, None)
+    def pop(self, request_id: str) -> ToolEpisode | None:
+        return self._items.pop(request_id)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
+        return len(self._items)
 
 
 #: the store every tool and agent loop of this process shares

@@ -35,7 +35,7 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
 from .backends import BackendConfig, get_client
-from .episode import DICES, EPISODES, IOUS, SCORES, EpisodeState, decode_image, decode_mask, record
+from .episode import DICES, EPISODES, IOUS, SCORES, ToolEpisode, decode_image, decode_mask, record
 
 log = logging.getLogger(__name__)
 _SCHEMAS = {schema["function"]["name"]: schema for schema in protocol.TOOL_SCHEMAS}
@@ -81,7 +81,7 @@ class MSAgentTool(BaseTool):
     async def release(self, instance_id: str, **kwargs) -> None:
         self._create_kwargs.pop(instance_id, None)
 
-    async def episode(self, instance_id: str, key: str) -> EpisodeState:
+    async def episode(self, instance_id: str, key: str) -> ToolEpisode:
         """The trajectory's state, built from this call's create_kwargs on its first add_* call."""
         state = EPISODES.get(key)
         if state is not None:
@@ -90,7 +90,7 @@ class MSAgentTool(BaseTool):
         if create_kwargs.get("image") is None:
             raise InvalidInput(f"{self.name}: create_kwargs has no 'image'; build the dataset with "
                                "`python -m msagent_training.data rl ...` (it fills tools_kwargs)")
-        return EPISODES.put(key, EpisodeState(
+        return EPISODES.put(key, ToolEpisode(
             case_id=str(create_kwargs.get("case_id") or ""),
             target=str(create_kwargs.get("target") or ""),
             image=decode_image(create_kwargs["image"]),
@@ -118,7 +118,7 @@ class SegmentingTool(MSAgentTool):
             mirror(agent_data.extra_fields, state)
         return result
 
-    async def _step(self, state: EpisodeState, action: Action) -> tuple[ToolResponse, float, dict]:
+    async def _step(self, state: ToolEpisode, action: Action) -> tuple[ToolResponse, float, dict]:
         client = await get_client(self.backend)
         if state.handle is None:  # the episode's first add_* call: encode once
             state.handle = await client.encode(state.image)
@@ -171,7 +171,7 @@ def parse_call(name: str, parameters: Any, image_size: tuple[int, int] | None = 
     return action
 
 
-def mirror(extra_fields: dict[str, Any], state: EpisodeState) -> None:
+def mirror(extra_fields: dict[str, Any], state: ToolEpisode) -> None:
     """Copy the per-step metrics the reward needs into ``agent_data.extra_fields``."""
     record(extra_fields)
     extra_fields[IOUS] = list(state.ious)

@@ -21,7 +21,7 @@ from msagent.types import Case
 
 
 def _cases_from_trajectories(root: str, kept_only: bool) -> Iterator[Case]:
-    from msagent.generation.records import read_trajectories
+    from msagent.generation import read_trajectories
 
     seen: set[str] = set()
     for record in read_trajectories(root, kept_only=kept_only):

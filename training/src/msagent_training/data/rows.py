@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from msagent.backbones.segmenter import image_key
 from msagent.errors import InvalidInput
+from msagent.export import check_size
 from msagent.export import verl as export
-from msagent.export.conversation import check_size
 from msagent.types import Case, Trajectory
 
 AGENT_NAME = "msagent"
