@@ -211,19 +211,33 @@ def _axis_of(codes: tuple[str, ...], letters: str) -> int:
 
 
 def parse_window(window: str | tuple[float, float]) -> tuple[float, float]:
-    """(width, level) from a preset name (:data:`CT_WINDOWS`), "W/L" text or a pair."""
-    if isinstance(window, tuple):
-        return float(window[0]), float(window[1])
-    if window in CT_WINDOWS:
-        return CT_WINDOWS[window]
-    width, sep, level = str(window).partition("/")
-    try:
+    """(width, level) from a preset name (:data:`CT_WINDOWS`), "W/L" text or a (width, level)
+    pair (a tuple of two numbers); both finite and the width positive. Anything else is
+    :class:`InvalidInput` naming the accepted forms."""
+    pair: Any = None
+    if isinstance(window, str):
+        if window in CT_WINDOWS:
+            return CT_WINDOWS[window]
+        width, sep, level = window.partition("/")
         if sep:
-            return float(width), float(level)
-    except ValueError:
-        pass
-    raise InvalidInput(f"unknown window {window!r}: use a preset ({', '.join(CT_WINDOWS)}) or "
-                       "WIDTH/LEVEL in HU, e.g. 400/40")
+            try:
+                pair = (float(width), float(level))
+            except ValueError:
+                pass
+    elif isinstance(window, tuple) and len(window) == 2 and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            for v in window):
+        pair = (float(window[0]), float(window[1]))
+    if pair is not None and np.isfinite(pair).all() and pair[0] > 0:
+        return pair
+    raise InvalidInput(f"unknown window {_shown(window)}: use a preset ({', '.join(CT_WINDOWS)}), "
+                       "WIDTH/LEVEL text in HU such as \"400/40\", or a (width, level) tuple of "
+                       "finite numbers with width > 0")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:59]}…"
 
 
 def apply_window(values: np.ndarray, width: float, level: float) -> np.ndarray:

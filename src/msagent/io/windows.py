@@ -33,7 +33,7 @@ class Window:
 def choose_window(volume: Volume, window: str | tuple[float, float] | None = None) -> Window:
     """The window for ``volume``: ``window`` when given, else the stored CT window, else the
     volume's percentiles (the same mapping for every slice)."""
-    if window is not None and window != "auto" and window != "":
+    if window is not None and not (isinstance(window, str) and window in ("auto", "")):
         width, level = parse_window(window)
         return Window(float(width), float(level), "given")
     stored = default_window(volume) if volume.modality == "CT" else None

@@ -35,6 +35,7 @@ import numpy as np
 
 from msagent import metrics
 from msagent.agent import Agent
+from msagent.agent.episode import PROMPT_MODES
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput, InvalidMask, SegmentationFailed
@@ -47,6 +48,8 @@ from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 KEY_RULES = ("given", "largest_gt_area", "survey")
 #: flat options that go to each slice's :class:`msagent.Agent` (a VolumeAgent's agent_options)
 AGENT_OPTIONS = ("prompt_mode", "multimask", "max_failures")
+#: the most slices ``survey_slices`` and ``review_slices`` may name (more is a mistake)
+MAX_SLICE_OPTION = 100_000
 
 
 @attrs.define
@@ -131,7 +134,8 @@ class VolumeAgent:
             raise InvalidMask("the ground truth is empty in every slice: nothing for the expert "
                               "to segment")
         if key_slice is not None:
-            if not isinstance(key_slice, (int, np.integer)) or not 0 <= key_slice < stack.count:
+            if isinstance(key_slice, (bool, np.bool_)) or not isinstance(key_slice, (int, np.integer)) \
+                    or not 0 <= key_slice < stack.count:
                 raise InvalidInput(f"key_slice {key_slice!r} is outside the volume's slices "
                                    f"0..{stack.count - 1}")
             if gt is not None and not gt[key_slice].any():
@@ -144,12 +148,17 @@ def check_options(max_turns: Any = 5, propagation: Any = "auto", review_slices: 
                   survey_slices: Any = 5, review_below: Any = 0.9, min_area: Any = 1,
                   min_score: Any = 0.0, max_in_memory: Any = 64) -> None:
     """Refuse :class:`VolumeAgent` options it cannot run with (:class:`InvalidInput`, naming
-    the option), so a bad count is one clear error before any work, not a stray exception."""
-    for name, value, least in (("max_turns", max_turns, 1), ("review_slices", review_slices, 0),
-                               ("survey_slices", survey_slices, 1), ("min_area", min_area, 0),
-                               ("max_in_memory", max_in_memory, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise InvalidInput(f"{name} must be a whole number of at least {least}, got {value!r}")
+    the option), so a bad count is one clear error before any work, not a stray exception.
+    Slice counts (``survey_slices``, ``review_slices``) are at most :data:`MAX_SLICE_OPTION`;
+    the survey never looks at more slices than the volume has."""
+    for name, value, least, most in (
+            ("max_turns", max_turns, 1, None), ("review_slices", review_slices, 0, MAX_SLICE_OPTION),
+            ("survey_slices", survey_slices, 1, MAX_SLICE_OPTION), ("min_area", min_area, 0, None),
+            ("max_in_memory", max_in_memory, 1, None)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                or value < least or (most is not None and value > most):
+            bound = f"from {least} to {most:,}" if most is not None else f"of at least {least}"
+            raise InvalidInput(f"{name} must be a whole number {bound}, got {value!r:.40}")
     for name, value in (("review_below", review_below), ("min_score", min_score)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
                 or not np.isfinite(value):
@@ -174,7 +183,22 @@ def split_options(options: Mapping[str, Any], *, caller: str = "segment_volume",
         raise InvalidInput(f"unknown option(s) {', '.join(unknown)} for {caller}; known: "
                            f"{', '.join(sorted(known | set(AGENT_OPTIONS)))}")
     check_options(**named, **own)
+    _check_agent_options(**agent_options)
     return own, agent_options
+
+
+def _check_agent_options(prompt_mode: Any = "accumulate", multimask: Any = None,
+                         max_failures: Any = 2) -> None:
+    """The :class:`msagent.Agent` options a 3-D run passes on, checked as :class:`InvalidInput`."""
+    if prompt_mode not in PROMPT_MODES:
+        raise InvalidInput(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, got "
+                           f"{prompt_mode!r:.40}")
+    if multimask is not None and not isinstance(multimask, (bool, np.bool_)):
+        raise InvalidInput(f"multimask must be true, false or None (the backbone's choice), got "
+                           f"{multimask!r:.40}")
+    if isinstance(max_failures, (bool, np.bool_)) or not isinstance(max_failures, (int, np.integer)) \
+            or max_failures < 0:
+        raise InvalidInput(f"max_failures must be a whole number of at least 0, got {max_failures!r:.40}")
 
 
 @attrs.define(eq=False)
@@ -216,8 +240,8 @@ class _Run:
             areas = gt.reshape(self.stack.count, -1).sum(axis=1)
             return int(np.argmax(areas)), "largest_gt_area"
         count, middle = self.stack.count, (self.stack.count - 1) / 2
-        candidates = sorted({int(round(f * (count - 1)))
-                             for f in np.linspace(0.2, 0.8, self.owner.survey_slices)})
+        candidates = sorted({int(round(f * (count - 1)))  # at most every slice once
+                             for f in np.linspace(0.2, 0.8, min(self.owner.survey_slices, count))})
         best, best_score = None, -np.inf
         for index in candidates:
             self.say(f"survey: slice {index}")

@@ -158,8 +158,13 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]
 
 
 def label_stack(labels: Any, sliced: SlicedVolume, what: str, label: int | None = None) -> np.ndarray:
-    """A label volume on the source's grid (a path, an io.Volume or an array; ``label`` picks
-    one value, else nonzero) as count × H × W bool slices in display order."""
+    """A label volume on the source's grid (a path, an io.Volume or an array; ``label``, a
+    whole number, picks one value, else nonzero) as count × H × W bool slices in display
+    order."""
+    if label is not None and (isinstance(label, (bool, np.bool_))
+                              or not isinstance(label, (int, np.integer))):
+        raise InvalidMask(f"label must be a whole number (the value of the target in the "
+                          f"{what}) or None for any nonzero value, got {label!r:.40}")
     if isinstance(labels, (str, bytes)) or hasattr(labels, "__fspath__"):
         labels = io.read_volume(labels)
     if isinstance(labels, io.Volume):
@@ -178,6 +183,10 @@ def label_stack(labels: Any, sliced: SlicedVolume, what: str, label: int | None 
                           "must match voxel for voxel")
     if array.dtype.kind not in "biuf":
         raise InvalidMask(f"the {what} must hold finite numbers (0 = background), got {array.dtype}")
+    if label is not None and array.dtype.kind in "iu" and not (
+            np.iinfo(array.dtype).min <= label <= np.iinfo(array.dtype).max):
+        raise InvalidMask(f"label {label} cannot occur in the {what}: it holds {array.dtype} "
+                          "values; give the label of the target")
 
     def target(index: int) -> np.ndarray:  # one slice at a time: no bool copy of the volume
         plane = sliced.slice_of(array, index)
