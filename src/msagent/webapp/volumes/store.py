@@ -11,15 +11,23 @@ or "W/L" (:func:`msagent.io.parse_window`), else the DICOM CT's stored window, e
 volume's 0.5–99.5th percentiles (as ``msagent segment VOLUME``). Masks drawn on slices go back
 into the voxel grid with :meth:`~msagent.io.Volume.put_slice` and are written as a NIfTI
 aligned with the input or, for DICOM input, as a DICOM SEG referencing the series.
+
+Uploads are written under generated names (a client's file name never names a file on the
+server); a .zip is checked from its directory before anything is extracted: at most
+:data:`MAX_ZIP_MEMBERS` files and the request-body limit unpacked (413). Errors name the
+client's own files, never the temporary folder, and say what a web client can do (no CLI
+flags).
 """
 
 from __future__ import annotations
 
 import io as _io
+import re
 import tempfile
 import threading
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,10 +39,10 @@ from PIL import Image
 
 from msagent import io
 from msagent._lru import BoundedLRU
-from msagent.errors import InvalidImage, InvalidInput, InvalidMask
+from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
 from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS
 from msagent.io.nifti import mask_nifti_bytes
-from msagent.io.wire import load_npy_bytes
+from msagent.io.wire import ImageTooLarge, load_npy_bytes
 from msagent.server.errors import ServerError
 
 MAX_VOLUMES = 4
@@ -150,66 +158,141 @@ def is_volume_name(name: str) -> bool:
     return io.is_nifti(name) or name.lower().endswith((".dcm", ".zip"))
 
 
-def _safe_name(name: str, index: int) -> str:
-    base = Path(name.replace("\\", "/")).name or f"file{index}"
-    return f"{index:05d}_{base}"
+#: the most files one .zip upload may hold (checked from its directory before extracting):
+#: a thin-slice whole-body CT series has about 2,000 images
+MAX_ZIP_MEMBERS = 10_000
+_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".zip")  # the only part of a client's name kept
 
 
-def _write_files(files: Sequence[tuple[str, bytes]], folder: Path, max_bytes: int) -> list[Path]:
-    paths, total = [], 0
+def _file_name(name: str, index: int, prefix: str = "") -> str:
+    """The server's own name for an uploaded file: generated, keeping only the suffix that
+    says what it is. A client's name never names a file (any length, any characters)."""
+    lower = name.lower()
+    return f"{prefix}{index:05d}{next((s for s in _SUFFIXES if lower.endswith(s)), '')}"
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    """A client's file name as error messages show it: at most ``limit`` characters."""
+    return name if len(name) <= limit else f"{name[:limit - 1]}…"
+
+
+def _write_files(files: Sequence[tuple[str, bytes]], folder: Path,
+                 max_bytes: int) -> dict[Path, str]:
+    """Write the uploads (and the members of .zip uploads) under generated names: each path
+    and the client's name for it."""
+    paths: dict[Path, str] = {}
+    total = 0
     for index, (name, data) in enumerate(files):
         if name.lower().endswith(".zip"):
-            unzipped = _unzip(data, folder, max_bytes - total, index)
+            unzipped = _unzip(name, data, folder, max_bytes - total, index)
             total += sum(p.stat().st_size for p in unzipped)
-            paths.extend(unzipped)
+            paths.update(unzipped)
             continue
-        path = folder / _safe_name(name, index)
+        path = folder / _file_name(name, index)
         path.write_bytes(data)
-        paths.append(path)
+        paths[path] = name
     return paths
 
 
-def _unzip(data: bytes, folder: Path, budget: int, offset: int) -> list[Path]:
+def _unzip(name: str, data: bytes, folder: Path, budget: int, offset: int) -> dict[Path, str]:
+    """Extract a .zip upload: its member count (:data:`MAX_ZIP_MEMBERS`) and unpacked size
+    (``budget``) are checked from its directory first (413), a damaged member is a 422."""
+    shown = _shown(name)
     try:
         archive = zipfile.ZipFile(_io.BytesIO(data))
-    except zipfile.BadZipFile:
-        raise InvalidImage("the .zip upload is not a readable zip archive") from None
-    members = [m for m in archive.infolist() if not m.is_dir()]
-    if sum(m.file_size for m in members) > budget:
-        raise InvalidImage("the .zip holds more data than this server accepts; upload fewer "
-                           "files (or start it with a higher --max-upload-mb)")
-    out = []
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
+        raise InvalidImage(f"{shown} is not a readable zip archive") from None
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise ImageTooLarge(f"{shown} holds {len(members):,} files, over this server's limit "
+                            f"of {MAX_ZIP_MEMBERS:,} per archive; zip the files of one series")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > budget:
+        raise ImageTooLarge(f"{shown} unpacks to {unpacked:,} bytes, over this server's upload "
+                            f"limit of {max(budget, 0):,} bytes; upload one series at a time")
+    out: dict[Path, str] = {}
     for index, member in enumerate(members):
-        path = folder / f"z{offset}_{_safe_name(member.filename, index)}"
-        path.write_bytes(archive.read(member))
-        out.append(path)
+        try:
+            content = archive.read(member)  # sizes and CRCs are checked as it is read
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError,
+                ValueError) as exc:
+            raise InvalidImage(f"{shown}: the file {_shown(member.filename)!r} in it cannot be "
+                               f"unpacked ({_shown(str(exc))}); zip the series again, without "
+                               "a password") from None
+        path = folder / _file_name(member.filename, index, prefix=f"z{offset}_")
+        path.write_bytes(content)
+        out[path] = f"{name}: {member.filename}"
     return out
+
+
+#: what io's messages tell a person at a terminal, as a web client reads it
+_WEB_WORDING = [
+    (re.compile(r"pick one with --series-uid UID \(series_uid= in Python\)"),
+     "upload the files of one series"),
+    (re.compile(r",? or read it with allow_irregular=True \(msagent segment "
+                r"--allow-irregular-slices\) and write a DICOM SEG, not NIfTI"),
+     " (the web page reads complete, evenly spaced series only)"),
+    (re.compile(r"raise the limit \([^()]*\)"), "ask the server's operator to raise the limit"),
+    (re.compile(r"\s*\((?:or )?start (?:it|the server) with a higher --[a-z-]+\)"), ""),
+    (re.compile(r"\s*\([^()]*(?:--[a-z]|msagent \w)[^()]*\)"), ""),  # any other CLI hint
+]
+
+
+def _for_web(exc: MsAgentError, paths: Mapping[Path, str], folder: str) -> MsAgentError:
+    """``exc`` with its message as a web client should read it: the client's file names in
+    place of the server's temporary paths, and no CLI flags."""
+    text = str(exc)
+    text = re.sub(r"\[(?:PosixPath|WindowsPath)\([^\]]*\]", "the upload", text)
+    for path, name in sorted(paths.items(), key=lambda item: -len(str(item[0]))):
+        text = text.replace(str(path), _shown(name))
+    text = text.replace(folder, "the upload")
+    for pattern, wording in _WEB_WORDING:
+        text = pattern.sub(wording, text)
+    if text == str(exc):
+        return exc
+    try:
+        error = type(exc)(text)
+    except TypeError:  # a subclass with another constructor
+        error = InvalidImage(text)
+    error.__dict__.update(exc.__dict__)
+    return error
 
 
 def read_volume_upload(files: Sequence[tuple[str, bytes]], max_bytes: int,
                        max_voxels: int | None = None) -> StoredVolume:
     """Read uploaded files (one NIfTI; or DICOM files, a .zip of them, or both) as a volume of
-    at most ``max_voxels`` voxels (default: :func:`msagent.io.max_voxels_limit`)."""
+    at most ``max_voxels`` voxels (default: :func:`msagent.io.max_voxels_limit`). Files are
+    written under generated names in a temporary folder deleted right after; errors name the
+    client's files, never that folder."""
     if not files:
         raise InvalidImage("no files uploaded; send a .nii/.nii.gz file or a DICOM series")
     names = [name for name, _ in files]
     with tempfile.TemporaryDirectory(prefix="msagent-volume-") as tmp:
-        paths = _write_files(files, Path(tmp), max_bytes)
-        nifti = [p for p in paths if io.is_nifti(p)]
-        if nifti and len(paths) > 1:
-            raise InvalidImage("upload one NIfTI file at a time (or the files of one DICOM series)")
-        if nifti:
-            volume, kind = io.read_nifti(nifti[0], max_voxels=max_voxels), "nifti"
-        else:
-            dicom = [p for p in paths if io.is_dicom(p)]
-            if not dicom:
-                raise InvalidImage(f"{', '.join(names)}: not a volume; open a .nii/.nii.gz file, "
-                                   "DICOM files (.dcm) or a .zip of a DICOM series")
-            volume, kind = io.read_volume(dicom, max_voxels=max_voxels), "dicom"
+        paths: dict[Path, str] = {}
+        try:
+            paths = _write_files(files, Path(tmp), max_bytes)
+            volume, kind = _read(list(paths), names, max_voxels)
+        except MsAgentError as exc:
+            raise _for_web(exc, paths, tmp) from None
     window = io.choose_window(volume)
     name = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
     return StoredVolume(id=uuid.uuid4().hex, volume=volume, kind=kind, name=name,
                         window=window.pair, window_source=window.source)
+
+
+def _read(paths: list[Path], names: list[str],
+          max_voxels: int | None) -> tuple[io.Volume, str]:
+    nifti = [p for p in paths if io.is_nifti(p)]
+    if nifti and len(paths) > 1:
+        raise InvalidImage("upload one NIfTI file at a time (or the files of one DICOM series)")
+    if nifti:
+        return io.read_nifti(nifti[0], max_voxels=max_voxels), "nifti"
+    dicom = [p for p in paths if io.is_dicom(p)]
+    if not dicom:
+        shown = ", ".join(_shown(n) for n in names[:5]) + (", …" if len(names) > 5 else "")
+        raise InvalidImage(f"{shown}: not a volume; open a .nii/.nii.gz file, DICOM files "
+                           "(.dcm) or a .zip of a DICOM series")
+    return io.read_volume(dicom, max_voxels=max_voxels), "dicom"
 
 
 # -- masks in and out ----------------------------------------------------------------------
