@@ -198,6 +198,7 @@ def _unzip(name: str, data: bytes, folder: Path, budget: int, offset: int) -> di
     """Extract a .zip upload: its member count (:data:`MAX_ZIP_MEMBERS`) and unpacked size
     (``budget``) are checked from its directory first (413), a damaged member is a 422."""
     shown = _shown(name)
+    _check_directory(data, shown)
     try:
         archive = zipfile.ZipFile(_io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir()]
@@ -223,6 +224,29 @@ def _unzip(name: str, data: bytes, folder: Path, budget: int, offset: int) -> di
         path.write_bytes(content)
         out[path] = f"{name}: {member.filename}"
     return out
+
+
+def _check_directory(data: bytes, shown: str) -> None:
+    """Refuse a .zip whose end record declares more than :data:`MAX_ZIP_MEMBERS` entries, or
+    a central directory larger than they need, before it is parsed (parsing 100,000 entries
+    took 1.6 s)."""
+    try:
+        end = zipfile._EndRecData(_io.BytesIO(data))  # type: ignore[attr-defined]  # stable since 2.x
+    except (OSError, ValueError, EOFError):
+        end = None
+    if not end:
+        return  # not a zip: zipfile.ZipFile says so
+    entries, size = int(end[zipfile._ECD_ENTRIES_TOTAL]), int(end[zipfile._ECD_SIZE])  # type: ignore[attr-defined]
+    if entries > MAX_ZIP_MEMBERS:
+        raise ImageTooLarge(f"{shown} holds {entries:,} files, over this server's limit of "
+                            f"{MAX_ZIP_MEMBERS:,} per archive; zip the files of one series")
+    if size > MAX_ZIP_MEMBERS * _MAX_ENTRY_BYTES:
+        raise ImageTooLarge(f"{shown} has a {size:,}-byte file list, more than "
+                            f"{MAX_ZIP_MEMBERS:,} files with short names need; zip the files of "
+                            "one series, with short names")
+
+
+_MAX_ENTRY_BYTES = 1024  # a directory entry: 46 bytes, the member's name and extra fields
 
 
 #: what io's messages tell a person at a terminal, as a web client reads it
