@@ -151,3 +151,12 @@ def test_voxel_limit_errors_tell_the_web_client_no_cli_flag(client_for):
     with client_for(max_voxels=100) as client:
         detail = clean(upload(client, ("big.nii.gz", nifti_bytes())), 422)
     assert "over the limit of 100" in detail and "operator" in detail
+
+
+def test_an_unexpected_agent_run_error_names_only_its_type():
+    """The streamed run's error line carried the exception's message (server paths)."""
+    from msagent.webapp.agent.routes import _error
+
+    line = _error(OSError(2, "No such file", "/tmp/msagent-secret/weights.pt"))
+    assert line["status"] == 500 and "FileNotFoundError" in line["detail"]
+    assert "/tmp" not in line["detail"] and "weights" not in line["detail"]

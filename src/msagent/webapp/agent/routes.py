@@ -245,7 +245,8 @@ def _error(exc: Exception) -> dict[str, Any]:
         return {"type": "error", "status": status, "code": code, "detail": str(exc)}
     log.exception("agent run failed", exc_info=exc)
     return {"type": "error", "status": 500, "code": "internal",
-            "detail": f"the agent run failed: {type(exc).__name__}: {exc} (see the server log)"}
+            "detail": f"the agent run failed ({type(exc).__name__}); the server log has the "
+                      "details"}  # its message may hold server paths: like the middleware's 500
 
 
 # -- finished runs -----------------------------------------------------------------------------
