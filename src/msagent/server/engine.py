@@ -9,6 +9,8 @@
   the same pools, the same timeout, the same metrics; a propagation's driving thread runs in
   :attr:`Engine.volume_pool` (``config.max_propagations`` threads), so it only ever holds one
   encode or decode worker at a time and 2-D requests queue behind at most one of its slices.
+  Interactive work comes first: while a 2-D encode or decode is in flight, volume work waits
+  (at most :data:`VOLUME_YIELD_S` per piece, so a propagation still advances under load).
 All model work runs in thread pools; the event loop never blocks on the backbone.
 """
 
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +37,9 @@ from msagent.server.config import ServerConfig
 from msagent.server.errors import ImageNotFound, Overloaded, TooManyPoints
 from msagent.server.metrics import Metrics
 from msagent.types import MaskPrediction, Prompts
+
+#: the longest one piece of volume work waits for interactive work in flight to finish
+VOLUME_YIELD_S = 0.25
 
 
 class ImageStore:
@@ -78,6 +85,21 @@ class Engine:
             window=config.batch_window_s(str(getattr(segmenter, "device", "cpu"))),
             max_batch=config.max_batch, workers=config.decode_workers, on_batch=metrics.record_batch)
         self._inflight: dict[str, asyncio.Future] = {}
+        self._interactive = 0  # 2-D encodes and decodes in flight
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def interactive(self):
+        """Mark 2-D work in flight: volume work (:meth:`work`) waits for it to finish."""
+        with self._idle:
+            self._interactive += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._interactive -= 1
+                if not self._interactive:
+                    self._idle.notify_all()
 
     def multimask(self, override: bool | None) -> bool:
         return bool(self.segmenter.multimask_default if override is None else override)
@@ -106,7 +128,8 @@ class Engine:
 
     async def _run_encode(self, image: np.ndarray, key: str) -> Embedding:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.encode_pool, self._encode, image, key)
+        with self.interactive():
+            return await loop.run_in_executor(self.encode_pool, self._encode, image, key)
 
     def _encode(self, image: np.ndarray, key: str) -> Embedding:
         misses = self.segmenter.cache_info().misses
@@ -142,8 +165,10 @@ class Engine:
         self.check(prompts, embedding.image_size, text)
         prev = check_prev_logits(prev_logits)
         started = time.perf_counter()
-        prediction = await self._bounded(
-            self.batcher.decode(embedding, prompts, prev, self.multimask(multimask), text), "decode")
+        with self.interactive():
+            prediction = await self._bounded(
+                self.batcher.decode(embedding, prompts, prev, self.multimask(multimask), text),
+                "decode")
         self.metrics.decode.add(time.perf_counter() - started)
         return prediction
 
@@ -167,7 +192,9 @@ class Engine:
         extra = {"text": texts} if any(t is not None for t in texts) else {}
         run = functools.partial(self.segmenter.decode_batch, embedding, prompt_sets, prev,
                                 multimask=self.multimask(multimask), **extra)
-        predictions = await self._bounded(loop.run_in_executor(self.decode_pool, run), "decode")
+        with self.interactive():
+            predictions = await self._bounded(loop.run_in_executor(self.decode_pool, run),
+                                              "decode")
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(prompt_sets), elapsed)
         self.metrics.decode.add(elapsed)
@@ -179,6 +206,8 @@ class Engine:
         ``request_timeout_s`` (then :class:`Overloaded`, 503), counted in the metrics: the
         encode/decode latency and the ``volume_encodes``/``volume_decodes`` counters."""
         pool = self.encode_pool if kind == "encode" else self.decode_pool
+        with self._idle:  # interactive requests first (bounded, so this one still advances)
+            self._idle.wait_for(lambda: not self._interactive, timeout=VOLUME_YIELD_S)
         started = time.perf_counter()
         future = pool.submit(fn)
         try:
