@@ -13,10 +13,12 @@ import numpy as np
 
 from msagent import _console, io
 from msagent.agent import Agent
+from msagent.agent.proposal import PROPOSAL, check_can_propose, wants_proposal
 from msagent.agent.refine import check_initial_mask
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidTarget, SegmentationFailed
 from msagent.plugins.loading import (
+    PAPER_BACKBONE,
     check_ground_truth,
     list_backbones,
     list_policies,
@@ -28,6 +30,7 @@ from msagent.plugins.loading import (
     load_policy_for,
     load_reward,
     load_trajectory_generator,
+    name_of,
 )
 from msagent.policies.base import Policy
 from msagent.types import FINISHED, Trajectory, failure_message
@@ -90,14 +93,21 @@ def segment(image: Any, target: str, *, backbone: str | Segmenter | None = None,
     (medsam2 + qwen). ``ground_truth`` (same size) adds per-turn IoU/Dice and drives the
     ``expert``/``oracle-box`` policies. ``initial_mask`` (same size, binary; a path or an
     array) is a prediction to refine instead of starting from nothing (see
-    :mod:`msagent.agent.refine`); ``result.trajectory.initial`` keeps it with its IoU/Dice. Extra
-    keyword options go to :class:`msagent.Agent`.
+    :mod:`msagent.agent.refine`); ``result.trajectory.initial`` keeps it with its IoU/Dice.
+    ``initial_mask="proposal"`` starts from the backbone's own mask for ``target`` (a backbone
+    that can propose, e.g. ``sam3``; :mod:`msagent.agent.proposal`). Extra keyword options go to
+    :class:`msagent.Agent`.
     """
     if not isinstance(target, str) or not target.strip():
         raise InvalidTarget("target must be a non-empty description, e.g. 'liver in abdomen CT'")
     rgb = io.to_rgb_uint8(image, max_pixels=max_pixels)
     gt = None if ground_truth is None else io.to_mask(ground_truth, rgb.shape[:2])
-    initial = check_initial_mask(initial_mask, rgb.shape[:2])  # InvalidMask before loading
+    if wants_proposal(initial_mask):  # the backbone proposes turn 0 from the target
+        initial: Any = PROPOSAL
+        check_can_propose(name_of(backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE)
+                          if backbone is None or isinstance(backbone, str) else backbone)
+    else:
+        initial = check_initial_mask(initial_mask, rgb.shape[:2])  # InvalidMask before loading
     check_ground_truth(policy, gt)  # before anything heavy loads
     agent_policy = load_policy_for(policy, policy_options or {})  # policies fail fast; first
     segmenter = load_backbone_for(backbone, backbone_options or {})

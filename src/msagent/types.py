@@ -184,21 +184,26 @@ class Step:
 @attrs.frozen(eq=False)
 class InitialMask:
     """The mask an episode refined (turn 0): H×W bool, its IoU/Dice when a ground truth was
-    given, and where it came from (``source``, e.g. "nnunet" or "degraded:erode")."""
+    given, where it came from (``source``, e.g. "nnunet", "degraded:erode" or
+    "proposal:sam3") and, for a backbone's proposal, its predicted ``score``."""
 
     mask: np.ndarray
     iou: float | None = None
     dice: float | None = None
     source: str = ""
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mask": encode_mask(self.mask), "iou": self.iou, "dice": self.dice,
+        data = {"mask": encode_mask(self.mask), "iou": self.iou, "dice": self.dice,
                 "source": self.source}
+        if self.score is not None:  # only proposals have one
+            data["score"] = self.score
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "InitialMask":
         return cls(decode_mask(data["mask"]), data.get("iou"), data.get("dice"),
-                   data.get("source", ""))
+                   data.get("source", ""), data.get("score"))
 
 
 @attrs.frozen(eq=False)

@@ -24,6 +24,7 @@ import numpy as np
 from msagent import metrics, protocol
 from msagent.agent import episode as episode_core
 from msagent.agent.episode import PROMPT_MODES, EpisodeState
+from msagent.agent.proposal import check_can_propose, propose, wants_proposal
 from msagent.agent.refine import check_initial_mask, initial_state
 from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.errors import PolicyError, PolicyOutputError
@@ -70,6 +71,8 @@ class Agent:
         (``trajectory.initial``, with its IoU/Dice), shown to the policy first and given to the
         backbone as the first decode's mask input (see :mod:`msagent.agent.refine`). An empty one is
         no initial mask. With it, stopping at once is allowed: the result is then that mask.
+        ``initial_mask="proposal"`` starts from the backbone's best mask for ``target`` instead
+        (a backbone with ``can_propose``; see :mod:`msagent.agent.proposal`).
 
         ``embedding`` is ``image``'s embedding when the caller already holds it (a 3-D run
         keeps one per slice); by default the image is encoded through the backbone's cache.
@@ -128,14 +131,17 @@ class Agent:
                               "ground_truth=")
         if ground_truth is not None:  # bool or numeric, the image's size (InvalidMask otherwise)
             ground_truth = to_mask(ground_truth, np.shape(image)[:2], allow_empty=True)
-        initial = check_initial_mask(initial_mask, np.shape(image)[:2])
+        start_from_proposal = wants_proposal(initial_mask)
+        if start_from_proposal:
+            check_can_propose(self.segmenter)  # before anything is encoded
+        initial = None if start_from_proposal else check_initial_mask(initial_mask, np.shape(image)[:2])
         episode = Episode(id=uuid.uuid4().hex, image=image, target=target,
                           max_turns=self.max_turns, ground_truth=ground_truth, initial_mask=initial)
         info = {"backbone": self.segmenter.name, "policy": self.policy.name,
                 "max_turns": self.max_turns, "prompt_mode": self.prompt_mode,
                 "multimask": self.use_multimask, **(meta or {})}
         return _Runner(self, episode, case_id, info, initial_source=initial_source,
-                       on_step=on_step, cancel=cancel)
+                       on_step=on_step, cancel=cancel, propose=start_from_proposal)
 
 
 @attrs.define(eq=False)
@@ -150,6 +156,8 @@ class _Runner:
     initial_source: str = ""
     on_step: OnStep | None = None
     cancel: threading.Event | None = None
+    propose: bool = False  # start from the backbone's proposal for the target
+    initial_score: float | None = None
     state: EpisodeState | None = None
     decode: episode_core.Decoder | None = None
     failures: int = 0
@@ -169,6 +177,12 @@ class _Runner:
 
     def start(self, embedding: Embedding) -> None:
         segmenter = self.agent.segmenter
+        if self.propose:  # on this embedding: no second encode
+            proposal = propose(segmenter, embedding, self.episode.target)
+            self.meta["proposal"] = proposal.note(self.episode.target)
+            if proposal.mask is not None:
+                self.episode.initial_mask = proposal.mask
+                self.initial_source, self.initial_score = proposal.source, proposal.score
         initial = prompts = None
         if self.episode.initial_mask is not None:
             initial, prompts = initial_state(segmenter, self.episode.initial_mask)
@@ -258,4 +272,5 @@ class _Runner:
         if mask is None:
             return None
         return InitialMask(mask, None if gt is None else metrics.iou(mask, gt),
-                           None if gt is None else metrics.dice(mask, gt), self.initial_source)
+                           None if gt is None else metrics.dice(mask, gt), self.initial_source,
+                           self.initial_score)

@@ -84,13 +84,19 @@ def run_volume(args: argparse.Namespace) -> int:
     if args.key_slice is not None:
         raise InvalidInput("--key-slice applies to 3-D runs: add --3d")
     gt_volume = _label_volume(args.ground_truth, "ground truth", volume, args.label)
-    initial_volume = _label_volume(args.initial_mask, "initial mask", volume, args.label)
+    from msagent.agent.proposal import PROPOSAL, check_can_propose, wants_proposal
+
+    proposals = wants_proposal(args.initial_mask)  # each slice starts from its own proposal
+    initial_volume = None if proposals else \
+        _label_volume(args.initial_mask, "initial mask", volume, args.label)
     width, level = window_for(volume, args.window)
     indices = parse_slices(args.slices or "all", volume.n_slices(args.plane))
     segmenter = resolve("segmenter", args.backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE,
                         parse_options(args.backbone_option))
     policy = resolve("policy", args.policy, "MSAGENT_POLICY", PAPER_POLICY,
                      parse_options(args.policy_option))
+    if proposals:
+        check_can_propose(segmenter)
     agent = Agent(policy, segmenter, max_turns=args.max_turns)
     masks = np.zeros(volume.shape, dtype=bool)
     trajectories = []
@@ -102,10 +108,11 @@ def run_volume(args: argparse.Namespace) -> int:
             if policy.needs_ground_truth:
                 continue  # nothing to segment for a simulated expert
             gt = None
-        initial = None if initial_volume is None else initial_volume.slice(index, args.plane)
+        initial = PROPOSAL if proposals else \
+            None if initial_volume is None else initial_volume.slice(index, args.plane)
         trajectory = agent.run(image, args.target, gt, case_id=f"{args.plane}-{index}",
                                meta={"slice": index, "plane": args.plane}, initial_mask=initial,
-                               initial_source=args.initial_mask or "")
+                               initial_source="" if proposals else args.initial_mask or "")
         volume.put_slice(masks, trajectory.final_mask, index, args.plane)
         trajectories.append(trajectory)
         steps = trajectory.executed_steps

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ground-truth", help="mask of the same size: per-turn IoU/Dice; needed by expert")
     parser.add_argument("--initial-mask", help="a prediction to refine instead of starting from "
                         "nothing (e.g. nnU-Net's): a binary mask of the same size, or for a volume "
-                        "a label volume on its voxel grid (nonzero, or --label, is the target)")
+                        "a label volume on its voxel grid (nonzero, or --label, is the target); "
+                        "'proposal': the backbone's own mask for the target (sam3; a file named "
+                        "proposal: ./proposal)")
     parser.add_argument("--max-turns", type=at_least(1), default=5)
     parser.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                         help="option for the backbone (repeatable), e.g. device=cuda")

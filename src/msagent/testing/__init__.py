@@ -7,7 +7,13 @@ entry point).
 and its brain, grey- and white-matter masks, so no download is involved.
 """
 
-from msagent.testing.backbones import BoxBackbone, BrightBackbone, ComponentBackbone, logits_of
+from msagent.testing.backbones import (
+    BoxBackbone,
+    BrightBackbone,
+    ComponentBackbone,
+    ProposingBackbone,
+    logits_of,
+)
 from msagent.testing.conformance import CHECKS, ConformanceRun, check_segmenter, run_check
 from msagent.testing.data import (
     HF_REVISION,
@@ -22,7 +28,7 @@ from msagent.testing.data import (
     zyx_to_nifti,
 )
 
-__all__ = ["CHECKS", "HF_REVISION", "MNI_TARGETS", "BoxBackbone", "BrightBackbone",
+__all__ = ["CHECKS", "HF_REVISION", "MNI_TARGETS", "BoxBackbone", "BrightBackbone", "ProposingBackbone",
            "ComponentBackbone", "ConformanceRun", "add_to_hf_cache", "check_segmenter",
            "logits_of", "make_phantom", "make_tube", "mni152_slice", "run_check",
            "TUBE_AFFINE", "write_dicom_series", "write_msd_tubes", "zyx_to_nifti"]

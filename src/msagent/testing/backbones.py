@@ -157,4 +157,33 @@ class ComponentBackbone(_Counting):
         return MaskPrediction(mask, _zero_logits(), 1.0)
 
 
-__all__ = ["BRIGHT", "BoxBackbone", "BrightBackbone", "ComponentBackbone", "logits_of"]
+class ProposingBackbone(BrightBackbone):
+    """:class:`BrightBackbone` that also proposes from text (``can_propose``): the largest
+    connected bright region, eroded by ``erode`` px (a rough first mask for the agent to
+    refine), score 0.9; a description containing ``"nothing"`` matches nothing."""
+
+    name = "proposing"
+    can_propose = True
+
+    def __init__(self, *, erode: int = 3, radius: float = 2, cache_size: int = 4) -> None:
+        super().__init__(radius=radius, cache_size=cache_size)
+        self.erode, self.proposals = erode, 0
+
+    def propose_masks(self, embedding, text, *, max_candidates):
+        from scipy import ndimage
+
+        self.proposals += 1
+        if "nothing" in text:
+            return []
+        labels, count = ndimage.label(embedding.features)
+        if not count:
+            return []
+        sizes = ndimage.sum(embedding.features, labels, range(1, count + 1))
+        mask = labels == 1 + int(np.argmax(sizes))
+        if self.erode:
+            mask = ndimage.binary_erosion(mask, iterations=self.erode)
+        return [MaskPrediction(mask, logits_of(mask), 0.9)][:max_candidates]
+
+
+__all__ = ["BRIGHT", "BoxBackbone", "BrightBackbone", "ComponentBackbone", "ProposingBackbone",
+           "logits_of"]
