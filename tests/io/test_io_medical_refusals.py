@@ -219,3 +219,19 @@ def test_a_mask_upload_of_another_size_is_refused_before_decoding(big_mask_png, 
     with pytest.raises(InvalidMask, match=r"initial_mask has size 4000×3000"):
         initial_mask_upload(data, 64_000_000, size=(48, 64))
     assert decodes == []
+
+
+def test_a_web_ground_truth_is_checked_for_size_before_decoding_and_for_its_affine(
+        tmp_path, big_mask_png, decodes):
+    from msagent.webapp.volumes.store import StoredVolume, ground_truth_upload
+
+    with pytest.raises(InvalidMask, match=r"4000×3000 \(W×H\) but the image is 64×48"):
+        ground_truth_upload(big_mask_png.read_bytes(), "gt.png", (48, 64), max_pixels=64_000_000)
+    assert decodes == []
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    stored = StoredVolume("v", io.Volume(np.zeros((8, 8, 4), np.int16), affine), "nifti",
+                          "ct.nii.gz", (400.0, 40.0), "given")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.uint8), shifted(affine)), tmp_path / "gt.nii.gz")
+    with pytest.raises(InvalidMask, match=r"the shapes agree \(\(8, 8, 4\)\) but the affines"):
+        ground_truth_upload((tmp_path / "gt.nii.gz").read_bytes(), "gt.nii.gz", (8, 8),
+                            volume=stored, index=1, max_pixels=10_000)

@@ -40,6 +40,7 @@ from PIL import Image
 from msagent import io
 from msagent._lru import BoundedLRU
 from msagent.errors import InvalidImage, InvalidInput, InvalidMask, MsAgentError
+from msagent.io.images import check_mask_size
 from msagent.io.limits import DEFAULT_SERVER_MAX_VOXELS
 from msagent.io.nifti import mask_nifti_bytes
 from msagent.io.wire import ImageTooLarge, load_npy_bytes
@@ -371,9 +372,10 @@ def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
                               "image in the page first (or upload a 2-D mask)")
         limit = io.max_voxels_limit(max_voxels, DEFAULT_SERVER_MAX_VOXELS)
         labels = read_volume_upload([(name, data)], 4 * len(data) + 2**20, limit).volume
-        if labels.shape != volume.volume.shape:
-            raise InvalidMask(f"the ground-truth volume {labels.shape} is not on the image's voxel "
-                              f"grid {volume.volume.shape}; resample it first")
+        mismatch = io.grid_mismatch(labels, volume.volume)  # the shapes, else the affines
+        if mismatch:
+            raise InvalidMask(f"the ground-truth volume is not on the image's voxel grid: "
+                              f"{mismatch}; resample it onto the image first")
         return io.to_mask(labels.slice(index, plane), image_size, what=f"ground truth ({plane} {index})")
     if data.startswith(b"\x93NUMPY"):
         try:
@@ -385,6 +387,7 @@ def ground_truth_upload(data: bytes, name: str, image_size: tuple[int, int], *,
         image = Image.open(_io.BytesIO(data))
         if image.width * image.height > max_pixels:
             raise InvalidMask(f"ground truth: {image.width}×{image.height} is over the pixel limit")
+        check_mask_size((image.height, image.width), image_size, "ground truth")  # before decoding
         image.load()
     except InvalidMask:
         raise
