@@ -15,7 +15,7 @@ from pathlib import Path
 
 from msagent import _console, io, render
 from msagent._console import turn_lines
-from msagent.api import segment
+from msagent.agent.segment import segment
 from msagent.io.atomic import atomic_write
 from msagent.testing import MNI_TARGETS, mni152_slice
 

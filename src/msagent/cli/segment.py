@@ -81,7 +81,8 @@ def at_least(least: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    from msagent import _console, api, io, render
+    from msagent import _console, io, render
+    from msagent.agent.segment import segment
     from msagent._console import turn_lines
     from msagent.cli._volume import is_volume, run_volume
     from msagent.errors import SegmentationFailed
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                            "is a 2-D image")
 
     try:
-        result = api.segment(
+        result = segment(
             args.image, args.target, backbone=args.backbone, policy=args.policy,
             ground_truth=args.ground_truth, max_turns=args.max_turns,
             initial_mask=args.initial_mask, backbone_options=parse_options(args.backbone_option),

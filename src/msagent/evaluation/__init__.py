@@ -20,10 +20,11 @@ recorded as skipped), one record per volume, in summary groups of their own ("ba
 - ``plots/*.png`` and ``report.html`` (self-contained).
 """
 
+from msagent.evaluation.config import EvalConfig, Method, methods_from
 from msagent.evaluation.job import evaluate, finish
 from msagent.evaluation.protocols import Outcome, cvpr_click, ritm_click, run_agent, run_cvpr, run_noc
 from msagent.evaluation.records import CaseRecord, RecordStore
-from msagent.evaluation.runner import EvalConfig, Evaluation, Method, methods_from
+from msagent.evaluation.runner import Evaluation
 from msagent.evaluation.summary import markdown_table, summarize
 
 __all__ = ["CaseRecord", "EvalConfig", "Evaluation", "Method", "Outcome", "RecordStore",

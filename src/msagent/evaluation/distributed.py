@@ -18,6 +18,7 @@ from msagent.errors import InvalidInput
 from msagent.evaluation.runner import Evaluation
 from msagent.evaluation.storage import UnitResult
 from msagent.evaluation.units import load_case
+from msagent.plugins.loading import name_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _pending(job: Evaluation, cases: Iterable[Any], limit: int | None):
             break
         case_id = str(getattr(item, "id", index))
         todo = [(b, m) for b, backbone in enumerate(job.backbones) for m, method in enumerate(job.methods)
-                if (job._backbone_name(backbone), method.name, case_id) not in done]
+                if (name_of(backbone), method.name, case_id) not in done]
         if todo:
             yield item, todo
 

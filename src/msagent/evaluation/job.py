@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from msagent.errors import InvalidInput
+from msagent.evaluation.config import EvalConfig, methods_from
 from msagent.evaluation.records import CaseRecord, write_tables
-from msagent.evaluation.runner import EvalConfig, Evaluation, methods_from
+from msagent.evaluation.runner import Evaluation
 from msagent.evaluation.summary import summarize
 from msagent.io.atomic import atomic_write
 

@@ -37,76 +37,18 @@ from msagent.backbones.segmenter import Segmenter
 from msagent.datasets.volumes import LoadedVolume
 from msagent.errors import InvalidInput
 from msagent.evaluation import protocols, volume_protocols
+from msagent.evaluation.config import EvalConfig, Method
 from msagent.evaluation.records import CaseRecord, RecordStore
 from msagent.evaluation.storage import UnitResult, package, store_result
 from msagent.evaluation.units import case_kind, checked_case, checked_volume, pending_units, volume_skip
 from msagent.io.atomic import atomic_write, read_json_file
-from msagent.plugins.loading import load_backbone, load_policy
+from msagent.plugins.loading import instance_of, name_of
 from msagent.policies.base import Policy
 from msagent.types import Case
 from msagent.volume.agent import VolumeAgent
-from msagent.volume.propagation import METHODS as PROPAGATION_METHODS
 from msagent.volume.trajectory import VolumeTrajectory
 
 log = logging.getLogger(__name__)
-PROTOCOLS = ("agent", "noc", "cvpr")
-
-
-@attrs.frozen
-class Method:
-    """What drives the backbone: ``protocol`` "agent" with a ``policy`` (name or instance),
-    or the click protocols "noc" / "cvpr" (no policy)."""
-
-    protocol: str = attrs.field(validator=attrs.validators.in_(PROTOCOLS))
-    policy: Any = None
-    options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, hash=False)
-
-    @property
-    def name(self) -> str:
-        if self.protocol != "agent":
-            return self.protocol
-        return self.policy if isinstance(self.policy, str) else (self.policy.name or "policy")
-
-
-def methods_from(policies: Sequence[Any] = (), protocols_: Sequence[str] = (),
-                 policy_options: Mapping[str, Any] | None = None) -> list[Method]:
-    """Agent methods for ``policies`` plus the click ``protocols_`` ("noc", "cvpr")."""
-    out = [Method("agent", p, policy_options or {}) for p in policies]
-    for name in protocols_:
-        if name not in ("noc", "cvpr"):
-            raise InvalidInput(f"unknown protocol {name!r}; use noc (RITM NoC@85/90) or cvpr "
-                               "(CVPR 2025: box + 5 clicks)")
-        out.append(Method(name))
-    return out
-
-
-@attrs.frozen
-class EvalConfig:
-    """Settings that change results (stored in ``run.json``; a resume must match them)."""
-
-    max_turns: int = 5
-    prompt_mode: str = "accumulate"
-    multimask: bool | None = None
-    max_clicks: int = 20
-    noc_thresholds: tuple[float, ...] = attrs.field(default=protocols.NOC_THRESHOLDS, converter=tuple)
-    noc_stop_iou: float | None = None
-    cvpr_clicks: int = protocols.CVPR_CLICKS
-    nsd_tolerance: float = 2.0
-    # the refine protocol: agent episodes start from an initial mask (msagent.agent.refine)
-    refine_from: str | None = None  # "degrade:erode,dilate,..." or a folder of predictions
-    refine_strength: float = 0.15
-    refine_seed: int = 0
-    # whole-volume cases (msagent.VolumeAgent, run_cvpr_3d)
-    review_slices: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    propagation: str = attrs.field(default="auto", validator=attrs.validators.in_(PROPAGATION_METHODS))
-
-    def initial(self, case: Case) -> tuple[np.ndarray, str] | None:
-        """The initial mask of ``case`` under the refine protocol (None without it)."""
-        if self.refine_from is None:
-            return None
-        from msagent.agent.refine import initial_for_case
-
-        return initial_for_case(case, self.refine_from, self.refine_strength, self.refine_seed)
 
 
 @attrs.define
@@ -147,7 +89,7 @@ class Evaluation:
         assert self.out_dir is not None  # called by __attrs_post_init__ when there is one
         path = self.out_dir / "run.json"
         config = _config_dict(self.config)
-        names = {"backbones": [self._backbone_name(b) for b in self.backbones],
+        names = {"backbones": [name_of(b) for b in self.backbones],
                  "methods": [m.name for m in self.methods]}
         if path.exists():
             previous = read_json_file(path, "evaluation settings file",
@@ -162,23 +104,16 @@ class Evaluation:
                 names[key] = list(dict.fromkeys(previous.get(key, []) + names[key]))
         atomic_write(path, json.dumps({"config": config, **names}, indent=1).encode())
 
-    @staticmethod
-    def _backbone_name(backbone: Any) -> str:
-        return backbone if isinstance(backbone, str) else (backbone.name or type(backbone).__name__)
-
     def segmenter(self, backbone: Any) -> Segmenter:
-        name = self._backbone_name(backbone)
+        name = name_of(backbone)
         if name not in self._segmenters:
-            self._segmenters[name] = (load_backbone(backbone, **self.backbone_options)
-                                      if isinstance(backbone, str) else backbone)
+            self._segmenters[name] = instance_of("segmenter", backbone, self.backbone_options)
         return self._segmenters[name]
 
     def agent(self, backbone: Any, method: Method) -> Agent:
-        key = (self._backbone_name(backbone), method.name)
+        key = (name_of(backbone), method.name)
         if key not in self._agents:
-            policy = method.policy
-            if isinstance(policy, str):
-                policy = load_policy(policy, **method.options)
+            policy = instance_of("policy", method.policy, method.options)
             if not isinstance(policy, Policy):
                 raise InvalidInput(f"{policy!r} is not a Policy or a registered policy name")
             self._agents[key] = Agent(policy, self.segmenter(backbone), max_turns=self.config.max_turns,
@@ -188,7 +123,7 @@ class Evaluation:
     def volume_agent(self, backbone: Any, method: Method) -> VolumeAgent:
         """The 3-D agent of an agent method: its policy and backbone, this config's turns,
         prompt mode, multimask, review slices and propagation."""
-        key = (self._backbone_name(backbone), method.name, "volume")
+        key = (name_of(backbone), method.name, "volume")
         if key not in self._agents:
             cfg = self.config
             self._agents[key] = VolumeAgent(
@@ -211,7 +146,7 @@ class Evaluation:
         """(case, backbone, method) triples still to run, case-major; skips done keys
         (:func:`msagent.evaluation.units.pending_units`)."""
         return pending_units(cases, self.backbones, self.methods, self.config,
-                             self.record_store().done(self.retry_errors), self._backbone_name, limit)
+                             self.record_store().done(self.retry_errors), name_of, limit)
 
     def compute(self, case: Any, backbone: Any, method: Method) -> tuple[CaseRecord, Any]:
         """Run one unit; never raises for a case's own failure (the record says why)."""
@@ -293,7 +228,7 @@ class Evaluation:
         label = (meta.get("class") if kind == "volume" else None) or meta.get("label") \
             or meta.get("class") or target
         return CaseRecord(
-            backbone=self._backbone_name(backbone), method=method.name, case_id=str(case.id),
+            backbone=name_of(backbone), method=method.name, case_id=str(case.id),
             protocol=method.protocol, dataset=str(meta.get("dataset", "")),
             modality=str(meta.get("modality", "")), label=str(label), target=target,
             height=int(height), width=int(width), kind=kind, slices=int(slices))

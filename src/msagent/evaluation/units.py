@@ -20,7 +20,7 @@ from msagent.errors import InvalidInput
 from msagent.types import Case
 
 if TYPE_CHECKING:
-    from msagent.evaluation.runner import EvalConfig, Method
+    from msagent.evaluation.config import EvalConfig, Method
 
 log = logging.getLogger(__name__)
 NOC_ON_VOLUME = "noc has no 3-D form: run it on slice cases (without --volumes)"

@@ -34,7 +34,7 @@ from msagent.generation.shards import (
     torch_threads,
 )
 from msagent.io.atomic import atomic_write, parquet_is_complete, read_json_file
-from msagent.plugins import get_registry
+from msagent.plugins.loading import instance_of, name_of
 
 log = logging.getLogger(__name__)
 FORMAT = "msagent-trajectories/1"
@@ -72,8 +72,7 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
     if shard_size < 1:
         raise InvalidInput(f"shard_size must be at least 1, got {shard_size}")
     dataset = _dataset(sources, split, limit)
-    gen = generator if isinstance(generator, TrajectoryGenerator) else \
-        get_registry().load("trajectory_generator", generator, **dict(generator_options or {}))
+    gen = instance_of("trajectory_generator", generator, generator_options)
     manifest = make_manifest(sources, dataset, backbone, backbone_options, gen, generator,
                              split, limit, shard_size, threads, overlays)
     _claim(out, manifest)
@@ -135,8 +134,8 @@ def make_manifest(sources, dataset, backbone, backbone_options, gen, generator, 
     else:
         paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
         source_list = [str(Path(p).resolve()) for p in paths]
-    backbone_name = backbone if isinstance(backbone, str) else (backbone.name or type(backbone).__name__)
-    generator_name = generator if isinstance(generator, str) else (gen.name or type(gen).__name__)
+    backbone_name = name_of(backbone)
+    generator_name = name_of(generator if isinstance(generator, str) else gen)
     return {
         "format": FORMAT, "sources": source_list, "split": split, "limit": limit,
         "backbone": backbone_name, "backbone_options": dict(backbone_options or {}),
@@ -173,8 +172,7 @@ def _claim(out: Path, manifest: dict[str, Any]) -> None:
 def _run_local(out, dataset, todo, shard_size, backbone, backbone_options, gen, manifest, bar) -> None:
     if not todo:
         return
-    segmenter = backbone if isinstance(backbone, Segmenter) else \
-        get_registry().load("segmenter", backbone, **dict(backbone_options or {}))
+    segmenter = instance_of("segmenter", backbone, backbone_options)
     worker = ShardWorker(segmenter, gen, manifest["overlays"], manifest["backbone"],
                          manifest["generator"])
     with torch_threads(manifest["threads"]):

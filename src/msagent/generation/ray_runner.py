@@ -26,10 +26,9 @@ class _RayShardWorker:
     """The actor body: one segmenter and one generator per Ray worker process."""
 
     def __init__(self, manifest: dict[str, Any], generator, threads: int | None) -> None:
-        from msagent.plugins import get_registry
+        from msagent.plugins.loading import instance_of
 
-        segmenter = get_registry().load("segmenter", manifest["backbone"],
-                                        **manifest["backbone_options"])
+        segmenter = instance_of("segmenter", manifest["backbone"], manifest["backbone_options"])
         self.threads = threads
         self.worker = ShardWorker(segmenter, generator, manifest["overlays"],
                                   manifest["backbone"], manifest["generator"])

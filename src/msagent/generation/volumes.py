@@ -100,13 +100,12 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
     ``agent_options`` go to :class:`msagent.VolumeAgent` (``review_slices``, ``max_turns``,
     ``propagation``, ...); they, the backbone, the policy and the case ids are the job's
     identity (``manifest.json``). Returns (out, volumes, volumes written now)."""
-    from msagent.plugins.loading import load_backbone, load_policy
+    from msagent.plugins.loading import instance_of, name_of
     from msagent.volume.agent import VolumeAgent
 
     out = Path(out)
     cases = list(cases)[:limit]
-    names = {"backbone": backbone if isinstance(backbone, str) else backbone.name,
-             "policy": policy if isinstance(policy, str) else policy.name}
+    names = {"backbone": name_of(backbone), "policy": name_of(policy)}
     settings = {**names, "backbone_options": dict(backbone_options or {}),
                 "policy_options": dict(policy_options or {}), "agent": dict(agent_options)}
     ids = [case.id for case in cases]
@@ -115,8 +114,8 @@ def generate_volume_set(cases: Iterable[Any], out: str | os.PathLike, *,
     todo = [i for i in range(len(cases)) if not parquet_is_complete(shard_path(out, i))]
     if not todo:
         return out, len(cases), 0
-    segmenter = load_backbone(backbone, **(backbone_options or {})) if isinstance(backbone, str) else backbone
-    agent_policy = load_policy(policy, **(policy_options or {})) if isinstance(policy, str) else policy
+    segmenter = instance_of("segmenter", backbone, backbone_options)
+    agent_policy = instance_of("policy", policy, policy_options)
     agent = VolumeAgent(agent_policy, segmenter, **agent_options)
     bar = _bar(len(todo), progress)
     for index in todo:

@@ -121,14 +121,24 @@ def load_backbone_for(backbone: str | Segmenter | None, options: Mapping[str, An
         return resolve("segmenter", backbone, "MSAGENT_BACKBONE", PAPER_BACKBONE, options)
 
 
-def name_of(value: Any, env: str, paper: str) -> str:
-    """The name a value resolves to: an instance's ``name``, else the name, ``$env`` or ``paper``."""
+def name_of(value: Any, env: str | None = None, paper: str = "") -> str:
+    """The name a value resolves to: an instance's ``name`` (else its class name), else the
+    name, ``$env`` or ``paper``."""
     if value is not None and not isinstance(value, str):
         return getattr(value, "name", "") or type(value).__name__
-    return value or os.environ.get(env) or paper
+    return value or (os.environ.get(env) if env else None) or paper
+
+
+def instance_of(kind: str, value: Any, options: Mapping[str, Any] | None = None) -> Any:
+    """``value`` itself when it is an instance, else the registered ``kind`` named ``value``
+    built with ``options`` (the jobs' rule: they name what they run, no defaults)."""
+    if isinstance(value, str):
+        return get_registry().load(kind, value, **dict(options or {}))
+    return value
 
 
 __all__ = ["OFFLINE_HINT", "PAPER_BACKBONE", "PAPER_POLICY", "POLICY_HINT", "check_ground_truth",
            "list_backbones", "list_plugins", "list_policies", "list_rewards",
-           "list_trajectory_generators", "load_backbone", "load_backbone_for", "load_policy",
+           "list_trajectory_generators", "instance_of", "load_backbone", "load_backbone_for",
+           "load_policy",
            "load_policy_for", "load_reward", "load_trajectory_generator", "name_of", "resolve"]
