@@ -79,7 +79,7 @@ def run(client, **form) -> list[dict]:
 def test_plugins_lists_the_served_backbone_and_policies(server):
     body = server.get("/v1/plugins").json()
     assert body["backbone"] == "litemedsam"
-    assert [s["name"] for s in body["segmenters"] if s["served"]] == ["litemedsam"]
+    assert [s["name"] for s in body["backbones"] if s["served"]] == ["litemedsam"]
     policies = {p["name"]: p for p in body["policies"]}
     assert policies["expert"]["needs_ground_truth"] is True
     assert policies["slow-clicker"]["needs_ground_truth"] is False

@@ -17,9 +17,9 @@ class Scripted(msagent.Policy):
         return msagent.Reply([BOX, POINT, STOP][len(episode.steps)])
 
 
-# Not an msagent.testing stand-in: it must be a first-contract segmenter (decode without text).
+# Not an msagent.testing stand-in: it counts decodes and answers a full mask, whatever it is given.
 class Plain(msagent.Segmenter):
-    """A contract-v1 segmenter: its decode has no ``text`` parameter at all."""
+    """A segmenter without text: ``prompts.text`` never reaches it."""
 
     def __init__(self):
         super().__init__()

@@ -77,9 +77,7 @@ def initial_state(segmenter: Segmenter, mask: np.ndarray) -> tuple[MaskPredictio
     box, which a box action of the policy replaces.
 
     Why the box too: SAM-family decoders trained mostly on boxes do poorly on a mask input and
-    a click alone. LiteMedSAM on an MNI152 brain slice with an eroded initial mask (IoU 0.71):
-    mask + a corrective click gave IoU 0.14-0.19, mask + box + the click 0.43-0.47; dilated
-    (IoU 0.75): 0.25-0.33 against 0.82-0.83.
+    a click alone (measured in docs/refine.md).
     """
     logits = segmenter.mask_logits(mask)
     # None for a backbone without mask input (MaskPrediction.low_res_logits is then None too)

@@ -98,12 +98,14 @@ class Propagator(ABC):
 
     #: "generic" or "native"; recorded on the run's trajectory
     method: str = ""
+    #: counts start at 0 here; ``self.encodes += 1`` keeps one per instance (a subclass whose
+    #: encodes live elsewhere, the generic propagator's store, defines a property instead)
+    encodes: int = 0
 
     def __init__(self, stack: SliceStack) -> None:
         self.stack = stack
         self.seeds: dict[int, Seed] = {}
         self.results: dict[int, MaskPrediction] = {}
-        self.encodes = 0
         self.decodes = 0
         self.progress = 0
         self._should_stop: Callable[[], bool] | None = None

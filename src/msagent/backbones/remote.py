@@ -177,7 +177,7 @@ class RemoteSegmenter(Segmenter):
     def _handle(self, embedding: Embedding) -> RemoteImage:
         if not isinstance(embedding.features, RemoteImage):
             raise SegmenterError("this embedding comes from another backbone; encode the image "
-                                 "with the remote segmenter first")
+                                 "with the remote backbone first")
         return embedding.features
 
     def _prompt_set(self, prompts: Prompts, prev: np.ndarray | None) -> dict:

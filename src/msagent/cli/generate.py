@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N cases")
     parser.add_argument("--shard-size", type=int, default=16, help="cases per shard (default 16)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per segmenter (default 1); part of the job's identity")
+                        help="torch threads per backbone (default 1); part of the job's identity")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on Ray: a local cluster without ADDRESS, else join ADDRESS "

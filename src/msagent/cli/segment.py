@@ -82,8 +82,8 @@ def at_least(least: int):
 
 def run(args: argparse.Namespace) -> int:
     from msagent import _console, io, render
-    from msagent.agent.segment import segment
     from msagent._console import turn_lines
+    from msagent.agent.segment import segment
     from msagent.cli._volume import is_volume, run_volume
     from msagent.errors import SegmentationFailed
     from msagent.io.atomic import atomic_write

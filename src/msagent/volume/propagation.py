@@ -72,13 +72,9 @@ class GenericPropagator(Propagator):
         self.takes_mask_input = segmenter.input_geometry(stack.image_size) is not None
         self._inputs: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
 
-    @property
-    def encodes(self) -> int:
+    @property  # the store counts this run's encodes
+    def encodes(self) -> int:  # type: ignore[override]  # read-only here: nothing sets it
         return self.store.encodes
-
-    @encodes.setter
-    def encodes(self, value: int) -> None:  # the base sets it; the store counts
-        pass
 
     def propagate(self) -> dict[int, MaskPrediction]:
         starts = {index: self._seed_prediction(seed) for index, seed in sorted(self.seeds.items())}

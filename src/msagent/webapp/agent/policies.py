@@ -87,7 +87,7 @@ def _declared(cls: type) -> Mapping[str, Option]:
     return declared if isinstance(declared, Mapping) else {}
 
 
-def segmenter_listing(served: str) -> list[dict[str, Any]]:
+def backbone_listing(served: str) -> list[dict[str, Any]]:
     return [{"name": name, "package": reg.package, "version": reg.version,
              "description": reg.description, "served": name == served}
             for name, reg in sorted(get_registry().registrations("segmenter").items())]

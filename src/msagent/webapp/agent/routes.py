@@ -54,9 +54,9 @@ from msagent.types import MaskPrediction, encode_mask
 from msagent.webapp.agent.policies import (
     PolicyPool,
     PooledPolicy,
+    backbone_listing,
     policy_listing,
     run_options,
-    segmenter_listing,
 )
 from msagent.webapp.agent.runs import RunNotFound, RunRecord, RunStore
 from msagent.webapp.agent.streaming import TurnEncoder
@@ -99,10 +99,10 @@ async def plugins(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
     """Installed backbones (``served``: the one this server runs) and policies
     (``needs_ground_truth``: null when it cannot be told without loading the plugin)."""
     served = ctx.engine.segmenter.name
-    segmenters, policies = await asyncio.to_thread(
-        lambda: (segmenter_listing(served), policy_listing()))
+    backbones, policies = await asyncio.to_thread(
+        lambda: (backbone_listing(served), policy_listing()))
     return {"backbone": served, "accepts_text": bool(ctx.engine.segmenter.accepts_text),
-            "segmenters": segmenters, "policies": policies, "max_turns": MAX_TURNS}
+            "backbones": backbones, "policies": policies, "max_turns": MAX_TURNS}
 
 
 @router.post("/agent/run", response_class=StreamingResponse, responses={

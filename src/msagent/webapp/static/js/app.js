@@ -37,7 +37,7 @@ async function loadServer() {
 function fillPlugins(plugins) {
   const backbone = $("backbone");
   backbone.innerHTML = "";
-  for (const seg of plugins.segmenters) {
+  for (const seg of plugins.backbones) {
     const label = seg.served ? seg.name : `${seg.name} (restart: msagent serve --backbone ${seg.name})`;
     const option = new Option(label, seg.name, seg.served, seg.served);
     option.disabled = !seg.served;
