@@ -12,11 +12,11 @@ import asyncio
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import attrs
 
+from msagent._lru import BoundedLRU
 from msagent.agent import episode
 from msagent.agent.episode import PROMPT_MODES, EpisodeState
 from msagent.backbones.segmenter import Embedding
@@ -24,6 +24,7 @@ from msagent.errors import InvalidInput
 from msagent.server.errors import Conflict, SessionNotFound, TooManySessions
 
 MAX_HISTORY = 64  # undo depth; older states are dropped
+MAX_EXPIRED_IDS = 10_000  # expired session ids remembered, to say they expired
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -87,7 +88,8 @@ class SessionStore:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self._sessions: dict[str, Session] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()  # recent, to say "expired"
+        # recently expired ids, to say "expired" (first in, first out)
+        self._expired: BoundedLRU[str, bool] = BoundedLRU(MAX_EXPIRED_IDS)
         self._lock = threading.Lock()
         self.created = self.deleted = self.expired = 0
 
@@ -162,9 +164,7 @@ class SessionStore:
     def _drop_expired(self, session_id: str) -> None:
         del self._sessions[session_id]
         self.expired += 1
-        self._expired[session_id] = None
-        while len(self._expired) > 10_000:
-            self._expired.popitem(last=False)
+        self._expired.put(session_id, True)
 
     def _missing_message(self, session_id: str) -> str:
         if session_id in self._expired:

@@ -59,6 +59,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from msagent._lru import BoundedLRU
 from msagent.agent import episode
 from msagent.agent.episode import EpisodeState
 from msagent.agent.refine import initial_state
@@ -73,6 +74,7 @@ from msagent.volume.stack import SlicedVolume
 MAX_VOLUME_SESSIONS = 4
 MAX_HISTORY = 16
 MAX_IN_MEMORY = 32
+MAX_GONE = 10_000  # dropped session ids remembered, to say why they are gone
 
 
 class VolumeSessionError(MsAgentError):
@@ -509,7 +511,8 @@ class VolumeSessionStore:
         self._lock = threading.Lock()
         self._closing: set[asyncio.Task] = set()
         self.created = self.deleted = self.evicted = self.expired = 0
-        self._gone: dict[str, str] = {}  # recently dropped id → why (for a clear 404)
+        # recently dropped id → why (for a clear 404); first in, first out
+        self._gone: BoundedLRU[str, str] = BoundedLRU(MAX_GONE)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -648,13 +651,11 @@ class VolumeSessionStore:
         counter = {"deleted": "deleted", "evicted": "evicted", "expired": "expired"}.get(reason)
         if counter:
             setattr(self, counter, getattr(self, counter) + 1)
-        self._gone[session.id] = session.dropped or reason
-        while len(self._gone) > 10_000:
-            self._gone.pop(next(iter(self._gone)))
+        self._gone.put(session.id, session.dropped or reason)
         self._close_later(session)
 
     def _missing(self, volume_id: str, session_id: str) -> str:
-        why = self._gone.get(session_id)
+        why = self._gone.peek(session_id)
         if why is not None:
             return f"volume session {session_id!r} was {why}; start a new one"
         return (f"no volume session {session_id!r} on volume {volume_id!r} (never made, or "

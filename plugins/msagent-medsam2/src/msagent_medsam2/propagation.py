@@ -80,7 +80,9 @@ class FrameFeatures:
         self.device_frames = max(1, int(device_frames))
         self.encodes = 0
         self.decodes = 0
-        self._fpn: OrderedDict[int, list[torch.Tensor]] = OrderedDict()  # least recent first
+        # one entry per slice of this stack (bounded by it, so not an LRU that drops): the
+        # order only decides which device_frames stay on the accelerator (least recent first)
+        self._fpn: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
         self._pos: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
