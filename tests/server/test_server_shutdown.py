@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
+from msagent.testing import make_tube, zyx_to_nifti
+
 httpx = pytest.importorskip("httpx")
 nib = pytest.importorskip("nibabel")
-
-from msagent.testing import make_tube, zyx_to_nifti  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-nib = pytest.importorskip("nibabel")
+import msagent
+from msagent.server import ServerConfig
+from msagent.webapp import create_web_app
 
-import msagent  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
+nib = pytest.importorskip("nibabel")
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ import time
 import numpy as np
 import pytest
 
-nib = pytest.importorskip("nibabel")
+from msagent.backbones.propagation import Propagator
+from msagent.server import ServerConfig
+from msagent.testing import BrightBackbone, logits_of, make_phantom, make_tube, zyx_to_nifti
+from msagent.types import MaskPrediction
+from msagent.webapp import create_web_app
 
-from msagent.backbones.propagation import Propagator  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.testing import BrightBackbone, logits_of, make_phantom, make_tube, zyx_to_nifti  # noqa: E402
-from msagent.types import MaskPrediction  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
+nib = pytest.importorskip("nibabel")
 
 WINDOW = "200/110"
 WAIT = 10  # seconds an event may take before the test fails (never reached when it passes)

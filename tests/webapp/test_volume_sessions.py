@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-nib = pytest.importorskip("nibabel")
+from msagent import io as msio
+from msagent.agent.refine import mask_box
+from msagent.backbones.propagation import Propagator
+from msagent.server import ServerConfig
+from msagent.testing import BrightBackbone, logits_of
+from msagent.types import MaskPrediction, decode_mask
+from msagent.webapp import STATIC_DIR, create_web_app
 
-from msagent import io as msio  # noqa: E402
-from msagent.agent.refine import mask_box  # noqa: E402
-from msagent.backbones.propagation import Propagator  # noqa: E402
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.testing import BrightBackbone, logits_of  # noqa: E402
-from msagent.types import MaskPrediction, decode_mask  # noqa: E402
-from msagent.webapp import STATIC_DIR, create_web_app  # noqa: E402
+nib = pytest.importorskip("nibabel")
 
 AFFINE = np.diag([1.0, 1.0, 2.5, 1.0])
 WINDOW = "200/110"  # background (20-50) → dark, the target (200) → bright

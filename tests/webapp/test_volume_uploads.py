@@ -1,4 +1,4 @@
-"""Hostile volume uploads (issue 26, "Also"): names of any length never name a file on the
+"""Hostile volume uploads: names of any length never name a file on the
 server, zip archives are bounded in members and checked while extracted, and error details
 name the client's own files, never the server's temporary folder or a CLI flag."""
 
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-nib = pytest.importorskip("nibabel")
+from msagent.server import ServerConfig
+from msagent.testing import BrightBackbone
+from msagent.webapp import create_web_app
 
-from msagent.server import ServerConfig  # noqa: E402
-from msagent.testing import BrightBackbone  # noqa: E402
-from msagent.webapp import create_web_app  # noqa: E402
+nib = pytest.importorskip("nibabel")
 
 LONG = "ü" * 200  # 400 bytes in UTF-8: over any file-name limit (255 bytes)
 
