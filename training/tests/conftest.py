@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+from msagent_training.testing import IMAGE_SIZE, SCRIPT, SFT_STEPS
 
 
 @pytest.fixture(scope="session")
@@ -59,57 +60,11 @@ def parquet_dir(tmp_path_factory, cases, expert_runs):
     return out
 
 
-class ScriptedPolicy:
-    """Replies with fixed texts in order (built lazily to avoid importing msagent here)."""
-
-    def __new__(cls, replies):
-        import msagent
-
-        class _Scripted(msagent.Policy):
-            name = "scripted"
-
-            def __init__(self, replies):
-                self.replies = list(replies)
-                self.turn = 0
-
-            def act(self, episode):
-                reply = self.replies[min(self.turn, len(self.replies) - 1)]
-                self.turn += 1
-                return msagent.Reply(reply)
-
-        return _Scripted(replies)
-
-
-def agent_data(request_id: str):
-    """The parts of verl's AgentData the tools read."""
-    return SimpleNamespace(request_id=request_id, extra_fields={})
-
-
-#: a fixed episode in the 0–999 frame: box, positive click, negative click, stop
-_CALL = '{}\n<tool_call>\n{{"name": "{}", "arguments": {}}}\n</tool_call>'
-SCRIPT = tuple(_CALL.format(text, name, args) for text, name, args in (
-    ("Box the ellipse.", "add_bbox", '{"bbox_2d": [180, 150, 820, 860]}'),
-    ("Grow it.", "add_point", '{"point_2d": [500, 500], "point_type": "positive"}'),
-    ("Trim the corner.", "add_point", '{"point_2d": [20, 30], "point_type": "negative"}'),
-    ("Done.", "stop_action", "{}"),
-))
-
-
 @pytest.fixture()
 def script():
     return SCRIPT
 
 
-def png_array(data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(data)))
-
-
-SFT_STEPS = 60  # enough for valid calls in some sampled replies, not all (probe.py)
-IMAGE_SIZE = 256
 LOSS = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
 
 

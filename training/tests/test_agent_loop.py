@@ -10,11 +10,11 @@ from pathlib import Path
 import msagent
 import numpy as np
 import pytest
-from conftest import SCRIPT, ScriptedPolicy
 from msagent import protocol
 
 from msagent_training.episode import CALLS, EPISODES, IOUS
 from msagent_training.reward import compute_score, trajectory_extra_info
+from msagent_training.testing import SCRIPT, ScriptedPolicy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOKENS_PER_IMAGE = 256

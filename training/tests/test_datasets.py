@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import png_array
 from msagent import protocol
 from omegaconf import OmegaConf
 
 from msagent_training.episode import decode_mask
+from msagent_training.testing import png_array
 
 IMAGE_PAD = "<|image_pad|>"
 TOKENS_PER_IMAGE = (512 // 32) ** 2  # 16-px patches, 2×2 merge

@@ -16,10 +16,10 @@ import json
 import re
 
 import pytest
-from conftest import IMAGE_SIZE, SFT_STEPS
 
 from msagent_training.cpu_runs import grpo_command, run
 from msagent_training.metrics import console_steps
+from msagent_training.testing import IMAGE_SIZE, SFT_STEPS
 
 STEPS = 2
 ROLLOUTS = 4  # per prompt: one GRPO group

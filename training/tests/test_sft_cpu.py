@@ -13,7 +13,8 @@ machine.
 from __future__ import annotations
 
 import numpy as np
-from conftest import IMAGE_SIZE, SFT_STEPS
+
+from msagent_training.testing import IMAGE_SIZE, SFT_STEPS
 
 
 def test_loss_falls_clearly(sft_run):

@@ -9,11 +9,11 @@ import json
 import msagent
 import numpy as np
 import pytest
-from conftest import ScriptedPolicy, agent_data
 from msagent import protocol
 
 from msagent_training.data import tools_kwargs
 from msagent_training.episode import DICES, EPISODES, IOUS, SCORES
+from msagent_training.testing import ScriptedPolicy, agent_data
 from msagent_training.tools import AddBboxTool, AddPointTool, StopActionTool
 
 CONFIG = {"type": "native", "backbone": "litemedsam", "backbone_options": {"device": "cpu"},
