@@ -2,7 +2,10 @@
 
 - ``GET /v1/plugins``: the installed backbones (which one this server runs) and policies;
 - ``POST /v1/agent/run``: one :class:`msagent.Agent` episode on a stored image with the
-  server's segmenter (its shared embedding cache), streamed as NDJSON: a ``start`` line, one
+  server's segmenter (its shared embedding cache), from nothing, an uploaded mask or the
+  backbone's proposal for the target (``initial_mask=proposal``: made in the decode pool
+  before the stream; the ``start`` line carries it as ``initial`` with its source and score,
+  and ``proposal`` says what matched), streamed as NDJSON: a ``start`` line, one
   ``turn`` line per policy reply (see :class:`~.streaming.TurnEncoder`), then ``done`` (or
   ``error``). The episode runs in a worker thread; closing the stream stops it (the run is
   kept with the steps it made);
@@ -34,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from msagent import metrics
 from msagent.agent import Agent
+from msagent.agent.proposal import Proposal
 from msagent.agent.refine import check_initial_mask
 from msagent.errors import InvalidInput, InvalidTarget, MsAgentError
 from msagent.io.wire import png_bytes
@@ -44,7 +48,9 @@ from msagent.server.schemas import MaskFormat, SessionStep
 from msagent.server.services import (
     ERRORS,
     attachment,
+    check_proposal_request,
     initial_mask_upload,
+    make_proposal,
     open_session,
     read_upload,
     run_prompt,
@@ -90,7 +96,8 @@ def agent_state(request: Request) -> AgentState:
     return request.app.state.msagent_agent
 
 
-def volume_store(request: Request) -> VolumeStore | None:
+def volume_store_if_installed(request: Request) -> VolumeStore | None:
+    """The web page's volume store, or None on an app without the volume routes."""
     return getattr(request.app.state, "msagent_volumes", None)
 
 
@@ -101,7 +108,9 @@ async def plugins(ctx: ServerContext = Depends(context)) -> dict[str, Any]:
     served = ctx.engine.segmenter.name
     backbones, policies = await asyncio.to_thread(
         lambda: (backbone_listing(served), policy_listing()))
-    return {"backbone": served, "accepts_text": bool(ctx.engine.segmenter.accepts_text),
+    segmenter = ctx.engine.segmenter
+    return {"backbone": served, "accepts_text": bool(segmenter.accepts_text),
+            "can_propose": bool(getattr(segmenter, "can_propose", False)),
             "backbones": backbones, "policies": policies, "max_turns": MAX_TURNS}
 
 
@@ -118,19 +127,21 @@ async def run_agent(
     ground_truth: UploadFile | None = File(None, description=(
         "optional mask: PNG/TIFF/BMP/.npy (nonzero = foreground), or a label volume when the "
         "image is a slice of volume_id")),
-    initial_mask: UploadFile | None = File(None, description=(
+    initial_mask: UploadFile | str | None = File(None, description=(
         "optional prediction to refine (PNG/TIFF/BMP/.npy, the image's size, binary): the run "
-        "starts from it (turn 0)")),
+        "starts from it (turn 0). Or the word 'proposal' (a plain form field): the run starts "
+        "from the served backbone's proposal for `target` (can_propose in GET /v1/plugins)")),
     volume_id: str | None = Form(None, max_length=64),
     plane: Literal["axial", "coronal", "sagittal"] = Form("axial"),
     index: int | None = Form(None, ge=0, description="the slice of volume_id the image is"),
     ctx: ServerContext = Depends(context), state: AgentState = Depends(agent_state),
-    volumes: VolumeStore | None = Depends(volume_store),
+    volumes: VolumeStore | None = Depends(volume_store_if_installed),
 ) -> StreamingResponse:
     """Run the agent on a stored image and stream its turns (NDJSON)."""
     image = ctx.engine.images.get(image_id)
     if not target.strip():
         raise InvalidTarget("target must be a description, e.g. 'liver in abdomen CT'")
+    from_proposal = check_proposal_request(ctx, initial_mask, target, "target")  # before uploads
     gt = None
     if ground_truth is not None and ground_truth.filename:
         volume = volumes.get(volume_id) if volume_id and volumes is not None else None
@@ -139,7 +150,7 @@ async def run_agent(
             image.shape[:2], volume=volume, plane=plane, index=index, max_pixels=ctx.config.max_pixels,
             max_voxels=ctx.config.max_voxels)
     initial = None
-    if initial_mask is not None and initial_mask.filename:
+    if initial_mask is not None and not isinstance(initial_mask, str) and initial_mask.filename:
         data = await read_upload(initial_mask, ctx)
         raw = await asyncio.to_thread(initial_mask_upload, data, ctx.config.max_pixels,
                                       image.shape[:2])  # another size: refused from the header
@@ -149,9 +160,12 @@ async def run_agent(
     if pooled.policy.needs_ground_truth and gt is None:
         raise InvalidInput(f"policy {policy!r} simulates an expert from the ground truth: upload "
                            "a ground-truth mask, or pick a policy that needs none")
-    await ctx.engine.embed(image_id)  # through the shared cache, in the encode pool
+    embedding = await ctx.engine.embed(image_id)  # through the shared cache, in the encode pool
+    proposal = None
+    if from_proposal:  # in the decode pool, before the stream: turn 0 is on the start line
+        proposal = await make_proposal(ctx, embedding, target.strip())
     run = _Run(uuid.uuid4().hex, image_id, image, target.strip(), gt, pooled, max_turns, policy,
-               initial)
+               initial, proposal)
     return StreamingResponse(_stream(run, ctx, state), media_type="application/x-ndjson",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no",
                                       "X-Run-Id": run.id})
@@ -168,6 +182,28 @@ class _Run:
     max_turns: int
     policy_name: str
     initial_mask: np.ndarray | None = None
+    proposal: Proposal | None = None
+
+    @property
+    def start(self) -> tuple[Any, str]:
+        """What the agent starts from, and its source: the proposal, an upload, or nothing."""
+        if self.proposal is not None:
+            return self.proposal, self.proposal.source
+        return self.initial_mask, "upload"
+
+    def initial_json(self) -> dict[str, Any] | None:
+        """The start line's ``initial`` (turn 0): the mask, its IoU/Dice, source and score."""
+        gt = self.ground_truth
+        if self.proposal is not None:
+            mask = self.proposal.mask
+            extra = {"source": self.proposal.source,
+                     "score": self.proposal.to_dict(self.target)["score"]}
+        else:
+            mask, extra = self.initial_mask, {"source": "upload"}
+        if mask is None:
+            return None
+        return {"mask": encode_mask(mask), "iou": None if gt is None else metrics.iou(mask, gt),
+                "dice": None if gt is None else metrics.dice(mask, gt), **extra}
 
 
 def _line(payload: dict[str, Any]) -> bytes:
@@ -191,11 +227,12 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
     def work() -> None:
         encoder = TurnEncoder()
         with run.pooled.lock:
+            start, source = run.start
             try:
                 trajectory = Agent(run.pooled.policy, segmenter, max_turns=run.max_turns).run(
                     run.image, run.target, gt, case_id=run.id,
                     meta={"run_id": run.id, "image_id": run.image_id},
-                    initial_mask=run.initial_mask, initial_source="upload",
+                    initial_mask=start, initial_source=source,
                     on_step=lambda step: put("turn", encoder.encode(step)), cancel=cancel)
                 state.runs.put(RunRecord(run.id, run.image_id, trajectory, gt))  # stopped ones too
                 put("done", trajectory)
@@ -206,7 +243,8 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
                  "height": height, "backbone": segmenter.name, "policy": run.policy_name,
                  "target": run.target, "max_turns": run.max_turns,
                  "ground_truth": None if gt is None else encode_mask(gt),
-                 "initial": None if run.initial_mask is None else _initial_json(run.initial_mask, gt)})
+                 "initial": run.initial_json(),
+                 "proposal": None if run.proposal is None else run.proposal.to_dict(run.target)})
     loop.run_in_executor(state.executor, work)
     try:
         while True:
@@ -221,11 +259,6 @@ async def _stream(run: _Run, ctx: ServerContext, state: AgentState):
                 return
     finally:
         cancel.set()
-
-
-def _initial_json(mask: np.ndarray, gt: np.ndarray | None) -> dict[str, Any]:
-    return {"mask": encode_mask(mask), "iou": None if gt is None else metrics.iou(mask, gt),
-            "dice": None if gt is None else metrics.dice(mask, gt)}
 
 
 def _done(run_id: str, trajectory) -> dict[str, Any]:
@@ -316,7 +349,9 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
             run = state.runs.get(origin.run_id)
         except RunNotFound:
             origin = None
-    target = target.strip() or (run.trajectory.target if run is not None else "")
+    proposal = session.proposal or {}
+    target = target.strip() or (run.trajectory.target if run is not None else "") \
+        or proposal.get("target", "")
     if not target:
         raise InvalidTarget("give the target (?target=...) for a session not started from a run")
     trajectory = await asyncio.to_thread(
@@ -324,5 +359,7 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
         origin=origin, image_id=session.image_id,
         ground_truth=None if run is None else run.ground_truth,
         initial=None if session.initial is None
-        else cast(MaskPrediction, session.initial.prediction).mask)
+        else cast(MaskPrediction, session.initial.prediction).mask,
+        **({"initial_source": proposal["source"], "initial_score": proposal["score"]}
+           if proposal.get("matched") else {}))
     return JSONResponse(trajectory.to_dict(), headers=attachment(f"trajectory-{session_id[:8]}.json"))
