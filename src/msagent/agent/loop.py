@@ -24,10 +24,10 @@ import numpy as np
 from msagent import metrics, protocol
 from msagent.agent import episode as episode_core
 from msagent.agent.episode import PROMPT_MODES, EpisodeState
-from msagent.agent.proposal import check_can_propose, propose, wants_proposal
+from msagent.agent.proposal import Proposal, check_can_propose, propose, wants_proposal
 from msagent.agent.refine import check_initial_mask, initial_state
 from msagent.backbones.segmenter import Embedding, Segmenter
-from msagent.errors import PolicyError, PolicyOutputError
+from msagent.errors import InvalidInput, PolicyError, PolicyOutputError
 from msagent.io.images import to_mask
 from msagent.policies.base import Episode, Policy, Reply
 from msagent.types import Action, InitialMask, MaskPrediction, Step, Trajectory
@@ -72,7 +72,9 @@ class Agent:
         backbone as the first decode's mask input (see :mod:`msagent.agent.refine`). An empty one is
         no initial mask. With it, stopping at once is allowed: the result is then that mask.
         ``initial_mask="proposal"`` starts from the backbone's best mask for ``target`` instead
-        (a backbone with ``can_propose``; see :mod:`msagent.agent.proposal`).
+        (a backbone with ``can_propose``; see :mod:`msagent.agent.proposal`); a
+        :class:`~msagent.agent.proposal.Proposal` the caller already made (the server makes it
+        in its decode pool) starts from that one.
 
         ``embedding`` is ``image``'s embedding when the caller already holds it (a 3-D run
         keeps one per slice); by default the image is encoded through the backbone's cache.
@@ -131,17 +133,26 @@ class Agent:
                               "ground_truth=")
         if ground_truth is not None:  # bool or numeric, the image's size (InvalidMask otherwise)
             ground_truth = to_mask(ground_truth, np.shape(image)[:2], allow_empty=True)
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise InvalidInput(f"cancel must be a threading.Event (or anything with is_set()), "
+                               f"got {type(cancel).__name__}")
+        if on_step is not None and not callable(on_step):
+            raise InvalidInput(f"on_step must be callable, got {type(on_step).__name__}")
         start_from_proposal = wants_proposal(initial_mask)
         if start_from_proposal:
             check_can_propose(self.segmenter)  # before anything is encoded
-        initial = None if start_from_proposal else check_initial_mask(initial_mask, np.shape(image)[:2])
+        made = initial_mask if isinstance(initial_mask, Proposal) else None  # proposed already
+        initial = None if start_from_proposal or made is not None else \
+            check_initial_mask(initial_mask, np.shape(image)[:2])
+        if made is not None and made.mask is not None:
+            check_initial_mask(made.mask, np.shape(image)[:2])
         episode = Episode(id=uuid.uuid4().hex, image=image, target=target,
                           max_turns=self.max_turns, ground_truth=ground_truth, initial_mask=initial)
         info = {"backbone": self.segmenter.name, "policy": self.policy.name,
                 "max_turns": self.max_turns, "prompt_mode": self.prompt_mode,
                 "multimask": self.use_multimask, **(meta or {})}
         return _Runner(self, episode, case_id, info, initial_source=initial_source,
-                       on_step=on_step, cancel=cancel, propose=start_from_proposal)
+                       on_step=on_step, cancel=cancel, propose=start_from_proposal, proposal=made)
 
 
 @attrs.define(eq=False)
@@ -157,6 +168,7 @@ class _Runner:
     on_step: OnStep | None = None
     cancel: threading.Event | None = None
     propose: bool = False  # start from the backbone's proposal for the target
+    proposal: Proposal | None = None  # ... or from one the caller already made (the server)
     initial_score: float | None = None
     state: EpisodeState | None = None
     decode: episode_core.Decoder | None = None
@@ -177,8 +189,10 @@ class _Runner:
 
     def start(self, embedding: Embedding) -> None:
         segmenter = self.agent.segmenter
+        proposal = self.proposal
         if self.propose:  # on this embedding: no second encode
             proposal = propose(segmenter, embedding, self.episode.target)
+        if proposal is not None:
             self.meta["proposal"] = proposal.note(self.episode.target)
             if proposal.mask is not None:
                 self.episode.initial_mask = proposal.mask

@@ -11,6 +11,8 @@ so. The proposal uses the episode's own embedding: no second encode.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -19,6 +21,7 @@ import numpy as np
 from msagent.backbones.segmenter import Embedding, Segmenter
 from msagent.errors import InvalidInput
 from msagent.plugins import factory_class, get_registry
+from msagent.types import MaskPrediction
 
 #: the value of ``initial_mask`` (API), ``--initial-mask`` / ``--refine-from`` (CLI) that asks
 #: for a proposal
@@ -30,11 +33,20 @@ def wants_proposal(initial_mask: Any) -> bool:
     return isinstance(initial_mask, str) and initial_mask == PROPOSAL
 
 
+def declares_proposals(cls: Any) -> bool | None:
+    """Whether a backbone class declares ``can_propose`` (without loading it): None when the
+    class decides per instance (a property, as the ``remote`` backbone asks its server)."""
+    value = getattr(cls, "can_propose", False)
+    if isinstance(value, property):
+        return None
+    return value is True
+
+
 def proposing_backbones() -> list[str]:
     """The installed backbones that can propose a mask from text (without loading them)."""
     registry = get_registry()
     return sorted(name for name, registration in registry.registrations("segmenter").items()
-                  if getattr(factory_class(registration), "can_propose", False))
+                  if declares_proposals(factory_class(registration)))
 
 
 def check_can_propose(segmenter: Segmenter | str) -> None:
@@ -45,7 +57,9 @@ def check_can_propose(segmenter: Segmenter | str) -> None:
         registrations = get_registry().registrations("segmenter")
         if segmenter not in registrations:
             return
-        able, name = getattr(factory_class(registrations[segmenter]), "can_propose", False), segmenter
+        able, name = declares_proposals(factory_class(registrations[segmenter])), segmenter
+        if able is None:  # decided once loaded (the remote backbone asks its server)
+            return
     else:
         able, name = getattr(segmenter, "can_propose", False), segmenter.name or type(segmenter).__name__
     if able:
@@ -74,13 +88,25 @@ class Proposal:
                     "initial mask")
         return f"best of {self.candidates} candidate(s), score {self.score:.3f}"
 
+    def to_dict(self, target: str) -> dict[str, Any]:
+        """What a server answers about the proposal (the mask travels on its own)."""
+        score = None if self.score is None or not math.isfinite(self.score) else self.score
+        return {"source": self.source, "matched": self.mask is not None, "score": score,
+                "candidates": self.candidates, "note": self.note(target)}
+
 
 def propose(segmenter: Segmenter, embedding: Embedding, target: str) -> Proposal:
     """The backbone's best non-empty candidate for ``target`` on ``embedding``."""
     check_can_propose(segmenter)
-    candidates = segmenter.propose(embedding, target)
+    return best_candidate(segmenter, segmenter.propose(embedding, target))
+
+
+def best_candidate(segmenter: Segmenter, candidates: Sequence[MaskPrediction]) -> Proposal:
+    """The first usable one of ``candidates`` (from ``segmenter.propose``, best first) as a
+    :class:`Proposal`: some foreground, not all (an initial mask's rule,
+    :mod:`msagent.agent.refine`). For callers that run ``propose`` themselves (the server
+    runs it in its decode pool)."""
     source = f"{PROPOSAL}:{segmenter.name or type(segmenter).__name__}"
-    # a usable start: some foreground, not all (an initial mask's rule, msagent.agent.refine)
     best = next((c for c in candidates if np.asarray(c.mask).any() and not np.asarray(c.mask).all()),
                 None)
     if best is None:
@@ -88,5 +114,5 @@ def propose(segmenter: Segmenter, embedding: Embedding, target: str) -> Proposal
     return Proposal(np.asarray(best.mask, bool), float(best.score), len(candidates), source)
 
 
-__all__ = ["PROPOSAL", "Proposal", "check_can_propose", "propose", "proposing_backbones",
-           "wants_proposal"]
+__all__ = ["PROPOSAL", "Proposal", "best_candidate", "check_can_propose", "declares_proposals",
+           "propose", "proposing_backbones", "wants_proposal"]

@@ -11,6 +11,8 @@ evaluation, trajectory generation and the verl tools use like any local one:
   returns a :class:`~msagent.MaskPrediction`. Logits travel as base64 ``float16`` by default
   (half the bytes; the returned logits are then float16-exact); ``logits_dtype="float32"``
   makes results bit-identical to in-process decoding.
+- :meth:`propose` (when the served backbone can: ``can_propose`` comes from ``/health``)
+  posts the text to ``/v1/propose`` and returns its candidates the same way.
 - :meth:`aencode`, :meth:`adecode` and :meth:`adecode_batch` are the asyncio versions
   (``httpx.AsyncClient``), for async agent loops and verl tools.
 """
@@ -107,6 +109,11 @@ class RemoteSegmenter(Segmenter):
         return bool(self.info().get("accepts_text", False))
 
     @property
+    def can_propose(self) -> bool:  # type: ignore[override]
+        """Whether the served backbone proposes masks from text alone (e.g. sam3)."""
+        return bool(self.info().get("can_propose", False))
+
+    @property
     def backbone(self) -> str:
         """The name of the backbone the server runs."""
         return str(self.info().get("backbone", ""))
@@ -129,6 +136,21 @@ class RemoteSegmenter(Segmenter):
         data = self._with_image(embedding,
                                 lambda: self._request("POST", "/v1/predict/batch", json=body))
         return [self._prediction(p, embedding.image_size) for p in data["predictions"]]
+
+    def propose_masks(self, embedding: Embedding, text: str, *,
+                      max_candidates: int) -> list[MaskPrediction]:
+        """The server's proposal for ``text`` (``/v1/propose``), at most ``max_candidates``
+        and at most as many as the server answers (its ``/health`` ``max_candidates``)."""
+        limit = int(self.info().get("max_candidates", 1) or 1)
+        body = {"image_id": self._handle(embedding).image_id, "text": text,
+                "max_candidates": max(1, min(int(max_candidates), limit)),
+                "mask_format": "rle", "return_logits": True, "logits_dtype": self.logits_dtype}
+        data = self._with_image(embedding, lambda: self._request("POST", "/v1/propose", json=body))
+        candidates = data.get("candidates") if isinstance(data, dict) else None
+        if not isinstance(candidates, list) or not all(isinstance(c, dict) for c in candidates):
+            raise SegmenterError(f"the server at {self.url} answered /v1/propose without a "
+                                 "candidates list")
+        return [self._prediction(c, embedding.image_size) for c in candidates]
 
     # -- async API ------------------------------------------------------------------
     async def aencode(self, image: np.ndarray) -> Embedding:

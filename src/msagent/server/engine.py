@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from msagent._lru import BoundedLRU
-from msagent.backbones.segmenter import Embedding, Segmenter, check_prev_logits, check_prompts, image_key
+from msagent.agent.proposal import check_can_propose
+from msagent.backbones.segmenter import (
+    Embedding,
+    Segmenter,
+    check_prev_logits,
+    check_prompts,
+    check_proposal_text,
+    image_key,
+)
 from msagent.errors import InvalidInput, SegmenterError
 from msagent.io.wire import decode_upload
 from msagent.server.batching import DecodeBatcher
@@ -199,6 +207,29 @@ class Engine:
         self.metrics.record_batch(len(prompt_sets), elapsed)
         self.metrics.decode.add(elapsed)
         return predictions
+
+    def check_can_propose(self) -> None:
+        """InvalidInput (422) naming the installed backbones that can, when the served one
+        cannot propose a mask from text (:func:`msagent.agent.proposal.check_can_propose`)."""
+        check_can_propose(self.segmenter)
+
+    async def propose(self, embedding: Embedding, text: str,
+                      max_candidates: int = 5) -> list[MaskPrediction]:
+        """The served backbone's candidate masks for ``text`` (:meth:`Segmenter.propose`:
+        checked text, best first, at most ``max_candidates``), run in the decode pool like a
+        decode: at most ``request_timeout_s`` (then 503), as interactive work (volume work
+        waits for it), its latency in the ``propose`` metrics."""
+        self.check_can_propose()
+        text = check_proposal_text(text)
+        loop = asyncio.get_running_loop()
+        run = functools.partial(self.segmenter.propose, embedding, text,
+                                max_candidates=max_candidates)
+        started = time.perf_counter()
+        with self.interactive():
+            candidates = await self._bounded(loop.run_in_executor(self.decode_pool, run), "propose")
+        self.metrics.propose.add(time.perf_counter() - started)
+        self.metrics.count("proposals")
+        return candidates
 
     def work(self, kind: str, fn: Callable[[], Any]) -> Any:
         """Run one piece of volume work (``kind`` "encode" or "decode") in the encode or

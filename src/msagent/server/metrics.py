@@ -43,6 +43,7 @@ class Metrics:
         self.encode = Latency()  # actual encoder runs (cache misses)
         self.decode = Latency()  # per request, queueing for a batch included
         self.batch = Latency()  # per decoder run (one batch)
+        self.propose = Latency()  # per proposal from text (Engine.propose)
         self.batch_sizes: Counter[int] = Counter()
         self.statuses: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -71,6 +72,7 @@ class Metrics:
         return {
             "encode": self.encode.summary(),
             "decode": self.decode.summary(),
+            "propose": self.propose.summary(),
             "batches": {**self.batch.summary(),
                         "mean_size": round(decoded / runs, 3) if runs else 0.0,
                         "max_size": max(sizes, default=0)},

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from msagent._version import __version__
+from msagent.backbones.segmenter import check_proposal_text
 from msagent.errors import InvalidInput
 from msagent.io.wire import decode_b64, unpack_array
 from msagent.server.context import ServerContext, context, require_api_key
@@ -19,6 +20,8 @@ from msagent.server.schemas import (
     PredictBatchResponse,
     PredictRequest,
     PredictResponse,
+    ProposeRequest,
+    ProposeResponse,
 )
 from msagent.server.services import ERRORS, read_upload
 from msagent.server.views import prediction
@@ -35,7 +38,9 @@ async def health(ctx: ServerContext = Depends(context)) -> Health:
     sessions = len(ctx.store) + volume
     return Health(status="ok", backbone=segmenter.name or type(segmenter).__name__,
                   multimask_default=ctx.multimask_default,
-                  accepts_text=bool(segmenter.accepts_text), version=__version__, sessions=sessions,
+                  accepts_text=bool(segmenter.accepts_text),
+                  can_propose=bool(getattr(segmenter, "can_propose", False)),
+                  version=__version__, sessions=sessions,
                   volume_sessions=volume,
                   uptime_s=round(time.time() - ctx.started, 3), model_type=segmenter.name or "",
                   device=str(getattr(segmenter, "device", "unknown")), active_sessions=sessions,
@@ -109,6 +114,23 @@ async def predict(request: PredictRequest, ctx: ServerContext = Depends(context)
     height, width = embedding.image_size
     out = prediction(pred, request.mask_format, request.return_logits, request.logits_dtype)
     return PredictResponse(image_id=key, width=width, height=height, **dict(out))
+
+
+@router.post("/propose", response_model=ProposeResponse)
+async def propose(request: ProposeRequest, ctx: ServerContext = Depends(context)) -> ProposeResponse:
+    """Candidate masks for a text alone (no box or click), best first: every instance of the
+    target the served backbone finds (a backbone with ``can_propose``; 422 otherwise, naming
+    those that can). An empty list: nothing matched. Each candidate has its mask, its score
+    and its low-res logits (a later decode's ``prev_logits``)."""
+    ctx.engine.check_can_propose()
+    check_proposal_text(request.text)  # before the encode
+    embedding = await ctx.engine.embed(request.image_id)
+    candidates = await ctx.engine.propose(embedding, request.text, request.max_candidates)
+    height, width = embedding.image_size
+    return ProposeResponse(
+        image_id=request.image_id, width=width, height=height,
+        candidates=[prediction(c, request.mask_format, request.return_logits, request.logits_dtype)
+                    for c in candidates])
 
 
 @router.post("/predict/batch", response_model=PredictBatchResponse)

@@ -10,7 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from msagent.backbones.segmenter import MAX_PROPOSAL_TEXT
 from msagent.types import BBox, Point, Prompts
+
+#: the most candidates one ``POST /v1/propose`` answers (each carries a mask and 256×256 logits)
+MAX_CANDIDATES = 16
 
 MaskFormat = Literal["rle", "png", "none"]
 ArrayDType = Literal["float16", "float32"]
@@ -106,6 +110,21 @@ class PredictBatchRequest(OutputOptions):
     items: list[PromptSet] = Field(min_length=1, max_length=256)
 
 
+class ProposeRequest(Strict):
+    """Candidate masks for a text alone, from a backbone that can propose (``can_propose`` in
+    ``/health``): every matching instance, best first, at most ``max_candidates``."""
+
+    image_id: str = Field(pattern=IMAGE_ID, description="an uploaded image's hash")
+    text: str = Field(min_length=1, max_length=MAX_PROPOSAL_TEXT, description=(
+        "a short noun phrase naming the target, e.g. 'liver' (printable, at most "
+        f"{MAX_PROPOSAL_TEXT} characters)"))
+    max_candidates: int = Field(5, ge=1, le=MAX_CANDIDATES, description=(
+        f"at most this many candidates (this server answers at most {MAX_CANDIDATES})"))
+    mask_format: MaskFormat = "rle"
+    return_logits: bool = True
+    logits_dtype: ArrayDType = "float16"
+
+
 class Prediction(BaseModel):
     score: float | None = Field(description="the backbone's predicted IoU of the mask")
     mask: RLE | None = None
@@ -118,6 +137,13 @@ class PredictResponse(Prediction):
     image_id: str
     width: int
     height: int
+
+
+class ProposeResponse(BaseModel):
+    image_id: str
+    width: int
+    height: int
+    candidates: list[Prediction] = Field(description="best first; empty: nothing matched")
 
 
 class PredictBatchResponse(BaseModel):
@@ -144,6 +170,17 @@ class AddPoint(PointIn):
     mask_format: MaskFormat = "rle"
 
 
+class ProposalInfo(BaseModel):
+    """What the backbone proposed for a session's start (``initial_mask=proposal``)."""
+
+    target: str = Field(description="the text the backbone proposed from")
+    source: str = Field(description="proposal:<backbone>, as on a trajectory's turn 0")
+    matched: bool = Field(description="false: no candidate matched; the session started empty")
+    score: float | None = Field(description="the kept candidate's score (null when none)")
+    candidates: int = Field(description="how many candidates the backbone returned")
+    note: str = Field(description="the same in words")
+
+
 class SessionInfo(BaseModel):
     session_id: str
     image_id: str
@@ -160,6 +197,8 @@ class SessionInfo(BaseModel):
     has_mask: bool
     created_at: float = Field(description="Unix time")
     idle_s: float
+    proposal: ProposalInfo | None = Field(None, description=(
+        "set when the session started from the backbone's proposal (initial_mask=proposal)"))
 
 
 class SessionStep(BaseModel):
@@ -183,6 +222,10 @@ class Health(BaseModel):
     backbone: str
     multimask_default: bool
     accepts_text: bool
+    can_propose: bool = Field(False, description=(
+        "the backbone proposes masks from text alone (POST /v1/propose, initial_mask=proposal)"))
+    max_candidates: int = Field(MAX_CANDIDATES, description="the most candidates one "
+                                                            "POST /v1/propose answers")
     version: str
     sessions: int = Field(description="live sessions, 2-D and volume sessions together")
     volume_sessions: int = Field(0, description="live volume (3-D) sessions of the web app")

@@ -41,15 +41,20 @@ async def create_session(
     multimask: bool | None = Form(None, description="default: the backbone's"),
     text: str | None = Form(None, min_length=1, max_length=500,
                             description="the target, for backbones that accept a text prompt"),
-    initial_mask: UploadFile | None = File(None, description=(
+    initial_mask: UploadFile | str | None = File(None, description=(
         "a prediction to refine (PNG/TIFF/BMP/.npy, the image's size, binary): the session "
-        "starts from it; undo and reset go back to it")),
+        "starts from it; undo and reset go back to it. Or the word 'proposal' (a plain form "
+        "field): the session starts from the backbone's proposal for `text` (a backbone "
+        "with can_propose in /health); when nothing matches it starts empty and `proposal` "
+        "in the response says so")),
     ctx: ServerContext = Depends(context),
 ) -> SessionInfo:
     """Start a session on an image (uploaded now, or by the hash of an earlier upload),
-    optionally from an existing mask to refine."""
-    mask = None
-    if initial_mask is not None and initial_mask.filename:
+    optionally from an existing mask to refine or from the backbone's proposal for ``text``."""
+    mask: bytes | str | None = None
+    if isinstance(initial_mask, str):
+        mask = initial_mask  # "proposal" (open_session refuses any other word)
+    elif initial_mask is not None and initial_mask.filename:
         mask = await read_upload(initial_mask, ctx)  # decoded once the image's size is known
     session = await open_session(ctx, image=image, image_id=image_id, session_id=session_id,
                                  prompt_mode=prompt_mode, multimask=multimask, text=text,

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -48,6 +49,7 @@ class Session:
     last_used: float = 0.0
     history: list[EpisodeState] = attrs.field(factory=list)
     initial: EpisodeState | None = None  # the state of an initial mask to refine (undo's floor)
+    proposal: dict[str, Any] | None = None  # what the backbone proposed, when it started from that
     actions: int = 0  # prompts ever executed (upstream's round number)
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 
 from msagent.io.wire import mask_png_b64, pack_array
-from msagent.server.schemas import Box, PackedArray, PointIn, Prediction, SessionInfo, SessionStep
+from msagent.server.schemas import (
+    Box,
+    PackedArray,
+    PointIn,
+    Prediction,
+    ProposalInfo,
+    SessionInfo,
+    SessionStep,
+)
 from msagent.server.sessions import Session, SessionStore
 from msagent.types import MaskPrediction, encode_mask
 
@@ -43,7 +51,8 @@ def session_info(session: Session, store: SessionStore, default_multimask: bool)
         points=[PointIn.of(p) for p in state.prompts.points], text=session.text,
         score=None if state.prediction is None else finite(state.prediction.score),
         has_mask=state.prediction is not None, created_at=session.created_at,
-        idle_s=store.idle_seconds(session))
+        idle_s=store.idle_seconds(session),
+        proposal=None if session.proposal is None else ProposalInfo(**session.proposal))
 
 
 def session_step(session: Session, store: SessionStore, default_multimask: bool,
