@@ -5,9 +5,11 @@ import asyncio
 import threading
 
 import numpy as np
+import pytest
 from my_msagent_plugin import MySegmenter
 
 import msagent
+from msagent.errors import InvalidInput
 from msagent.testing import make_phantom
 
 BOX = '<tool_call>{"name": "add_bbox", "arguments": {"bbox_2d": [250, 250, 700, 700]}}</tool_call>'
@@ -67,3 +69,30 @@ def test_arun_takes_the_same_callbacks():
     trajectory = asyncio.run(msagent.Agent(Scripted([BOX, POS, POS, STOP]), MySegmenter(threshold=100))
                              .arun(image, "blob", gt, on_step=on_step, cancel=cancel))
     assert seen == [0, 1] and trajectory.turns == 2 and trajectory.stop_reason == "cancelled"
+
+
+def test_callbacks_of_the_wrong_kind_are_refused_before_anything_runs():
+    image, _ = make_phantom()
+    policy, backbone = Scripted([BOX, STOP]), MySegmenter(threshold=100)
+    agent = msagent.Agent(policy, backbone)
+    with pytest.raises(InvalidInput, match="cancel must be a threading.Event"):
+        agent.run(image, "blob", cancel=True)
+    with pytest.raises(InvalidInput, match="on_step must be callable"):
+        agent.run(image, "blob", on_step="print")
+    assert policy.asked == 0
+
+
+def test_an_on_step_that_raises_ends_the_run_and_the_policy_still_ends_its_episode():
+    image, _ = make_phantom()
+    ended = []
+
+    class Ending(Scripted):
+        def end_episode(self, episode):
+            ended.append(episode.id)
+
+    def boom(step):
+        raise RuntimeError("the caller's callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        msagent.Agent(Ending([BOX, STOP]), MySegmenter(threshold=100)).run(image, "blob", on_step=boom)
+    assert len(ended) == 1

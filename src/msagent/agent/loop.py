@@ -82,7 +82,8 @@ class Agent:
         ``on_step(step)`` is called with each reply's step as it is recorded (executed or
         rejected), in order, from the thread that handles the reply. ``cancel``: once set, the
         episode ends before the next policy call with stop reason ``cancelled``. Neither
-        touches the policy object.
+        touches the policy object; an exception raised by ``on_step`` ends the run (the policy's
+        ``end_episode`` still runs).
         """
         runner = self._runner(image, target, ground_truth, case_id, meta, initial_mask,
                               initial_source, on_step, cancel)
