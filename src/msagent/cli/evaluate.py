@@ -33,8 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-clicks", type=int, default=20, help="NoC protocol click limit")
     parser.add_argument("--refine-from", metavar="SPEC", help="the refine protocol: every --policy "
                         "episode starts from an initial mask, from a folder of predictions named "
-                        "by case id (<id>.png/.npy/.tif), or degrade:KINDS (seeded degradations "
-                        "of the ground truth: erode, dilate, shift, drop, add; one per case)")
+                        "by case id (<id>.png/.npy/.tif), degrade:KINDS (seeded degradations "
+                        "of the ground truth: erode, dilate, shift, drop, add; one per case), or "
+                        "proposal (the backbone's own mask for the case's target: a backbone "
+                        "that proposes from text, e.g. sam3; a folder named proposal: ./proposal)")
     parser.add_argument("--refine-strength", type=float, default=0.15,
                         help="degradation size as a fraction of the target's diameter (0.15)")
     parser.add_argument("--refine-seed", type=int, default=0)
@@ -98,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     if args.refine_from and args.volumes:
         raise InvalidInput("--refine-from has no 3-D form: evaluate volumes without it, or "
                            "refine their slices (without --volumes)")
+    if config.refines_proposals:  # before any data is read: names, without loading them
+        from msagent.agent.proposal import check_can_propose
+
+        for backbone in args.backbone:
+            check_can_propose(backbone)
     data = open_data(args.data, args.out, volumes=args.volumes)
     cases = getattr(data, "refs", data)  # lazy refs: a failing file becomes an error record
     summary = evaluate(

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from msagent.agent.proposal import PROPOSAL, wants_proposal
 from msagent.errors import InvalidInput
 from msagent.evaluation import protocols
 from msagent.types import Case
@@ -57,18 +58,30 @@ class EvalConfig:
     noc_stop_iou: float | None = None
     cvpr_clicks: int = protocols.CVPR_CLICKS
     nsd_tolerance: float = 2.0
-    # the refine protocol: agent episodes start from an initial mask (msagent.agent.refine)
-    refine_from: str | None = None  # "degrade:erode,dilate,..." or a folder of predictions
+    # the refine protocol: agent episodes start from an initial mask (msagent.agent.refine):
+    # "degrade:erode,dilate,...", a folder of predictions, or "proposal" (the backbone's own
+    # proposal for the case's target, msagent.agent.proposal)
+    refine_from: str | None = None
     refine_strength: float = 0.15
     refine_seed: int = 0
     # whole-volume cases (msagent.VolumeAgent, run_cvpr_3d)
     review_slices: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     propagation: str = attrs.field(default="auto", validator=attrs.validators.in_(PROPAGATION_METHODS))
 
-    def initial(self, case: Case) -> tuple[np.ndarray, str] | None:
-        """The initial mask of ``case`` under the refine protocol (None without it)."""
+    @property
+    def refines_proposals(self) -> bool:
+        """Whether agent episodes start from the backbone's proposal (``refine_from``
+        "proposal")."""
+        return wants_proposal(self.refine_from)
+
+    def initial(self, case: Case) -> tuple[np.ndarray, str] | str | None:
+        """The initial mask of ``case`` under the refine protocol (None without it): (mask,
+        source), or :data:`~msagent.agent.proposal.PROPOSAL` when the episode asks the backbone
+        for it (on the episode's own embedding)."""
         if self.refine_from is None:
             return None
+        if self.refines_proposals:
+            return PROPOSAL
         from msagent.agent.refine import initial_for_case
 
         return initial_for_case(case, self.refine_from, self.refine_strength, self.refine_seed)

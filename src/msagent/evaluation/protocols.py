@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from msagent import clicker, metrics
 from msagent.agent import Agent
+from msagent.agent.proposal import PROPOSAL, wants_proposal
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
 from msagent.policies.expert import mask_bbox
@@ -78,21 +79,32 @@ def _final_metrics(mask: np.ndarray, gt: np.ndarray, spacing, tolerance: float) 
 
 
 def agent_outcome(trajectory: Trajectory, gt: np.ndarray, spacing=(1.0, 1.0),
-                  tolerance: float = 2.0) -> Outcome:
+                  tolerance: float = 2.0, *, proposal: bool = False) -> Outcome:
     """Score a finished agent episode against the ground truth. A refining episode's curves
-    start with its initial mask (turn 0), and ``values`` gain ``*_before`` and ``dice_gain``."""
+    start with its initial mask (turn 0), and ``values`` gain ``*_before``, ``dice_gain`` and
+    ``initial_source``. ``proposal``: the episode asked the backbone for its proposal
+    (``refine_from`` "proposal"); ``values`` add ``proposal_matched`` and ``proposal_score``,
+    and when nothing matched the target the start was an empty mask: turn 0 scores 0
+    (``dice_before`` 0), never a record without its "before"."""
     masks = [s.mask for s in trajectory.executed_steps if s.mask is not None]  # all: executed
-    if trajectory.initial is not None:
-        masks.insert(0, trajectory.initial.mask)
+    initial = trajectory.initial
+    start = initial.mask if initial is not None else np.zeros_like(gt, dtype=bool) if proposal \
+        else None
+    if start is not None:
+        masks.insert(0, start)
     curves = {"dice": [metrics.dice(m, gt) for m in masks],
               "iou": [metrics.iou(m, gt) for m in masks],
               "nsd": [metrics.nsd(m, gt, tolerance, spacing) for m in masks]}
     mask = trajectory.final_mask
     values: dict[str, Any] = _final_metrics(mask, gt, spacing, tolerance)
-    if trajectory.initial is not None:
+    if start is not None:
+        source = initial.source if initial is not None else \
+            f"{PROPOSAL}:{trajectory.meta.get('backbone') or 'backbone'}"
         values.update({f"{k}_before": curves[k][0] for k in ("dice", "iou", "nsd")},
-                      dice_gain=values["dice"] - curves["dice"][0],
-                      initial_source=trajectory.initial.source)
+                      dice_gain=values["dice"] - curves["dice"][0], initial_source=source)
+    if proposal:
+        values.update(proposal_matched=initial is not None,
+                      proposal_score=None if initial is None else initial.score)
     values["invalid_replies"] = sum(1 for s in trajectory.steps if s.error is not None)
     return Outcome(mask=mask, turns=trajectory.turns, stop_reason=trajectory.stop_reason,
                    curves=curves, values=values, usage=trajectory.usage, trajectory=trajectory)
@@ -110,29 +122,41 @@ def check_answered(trajectory: Trajectory) -> None:
         raise SegmentationFailed(failure_message(trajectory), trajectory)
 
 
-def run_agent(agent: Agent, case: Case, tolerance: float = 2.0,
-              initial: tuple[np.ndarray, str] | None = None) -> Outcome:
+#: what the refine protocol starts an episode from: (mask, source), or
+#: :data:`~msagent.agent.proposal.PROPOSAL` (the backbone's proposal for the target)
+Initial = tuple[np.ndarray, str] | str | None
+
+
+def _initial_arguments(initial: Initial) -> dict[str, Any]:
+    """:meth:`msagent.Agent.run`'s ``initial_mask``/``initial_source`` for ``initial``."""
+    if wants_proposal(initial):
+        return {"initial_mask": PROPOSAL}
+    mask, source = initial if isinstance(initial, tuple) else (None, "")
+    return {"initial_mask": mask, "initial_source": source}
+
+
+def run_agent(agent: Agent, case: Case, tolerance: float = 2.0, initial: Initial = None) -> Outcome:
     """One episode of ``agent`` on ``case`` (the ground truth scores it; experts also read it);
-    ``initial``: (mask, source) to refine (the ``refine`` protocol)."""
+    ``initial``: (mask, source) to refine, or "proposal" (the ``refine`` protocol)."""
     gt = ground_truth(case)
-    mask, source = initial if initial is not None else (None, "")
     trajectory = agent.run(case.image, case.target, gt, case_id=case.id,
-                           initial_mask=mask, initial_source=source)
+                           **_initial_arguments(initial))
     check_answered(trajectory)
-    return agent_outcome(trajectory, gt, case_spacing(case), tolerance)
+    return agent_outcome(trajectory, gt, case_spacing(case), tolerance,
+                         proposal=wants_proposal(initial))
 
 
 async def arun_agent(agent: Agent, case: Case, tolerance: float = 2.0,
-                     initial: tuple[np.ndarray, str] | None = None) -> Outcome:
+                     initial: Initial = None) -> Outcome:
     """Async :func:`run_agent` (:meth:`msagent.Agent.arun`): for API policies."""
     import asyncio
 
     gt = ground_truth(case)
     trajectory = await agent.arun(case.image, case.target, gt, case_id=case.id,
-                                  initial_mask=None if initial is None else initial[0],
-                                  initial_source="" if initial is None else initial[1])
+                                  **_initial_arguments(initial))
     check_answered(trajectory)
-    return await asyncio.to_thread(agent_outcome, trajectory, gt, case_spacing(case), tolerance)
+    return await asyncio.to_thread(agent_outcome, trajectory, gt, case_spacing(case), tolerance,
+                                   proposal=wants_proposal(initial))
 
 
 ritm_click = clicker.next_click  # one rule: RITM's click (a tie goes to the false positives)

@@ -11,7 +11,9 @@ thumbnail that links to its full-size picture in ``overlays/``.
 Whole-volume runs (``msagent eval --volumes``) have a "Volumes" section of their own: the
 headline table of their groups (3-D scores, encodes, seconds) and one row per volume (its key
 slice, 3-D scores, AUCs, encodes, seconds, a link to its mask); their best and worst cases
-show the key slice, apart from the slice groups.
+show the key slice, apart from the slice groups. Groups run under the refine protocol have a
+"Refine" section (Dice before, the initial mask's, and after, the agent's; the cases where no
+proposal matched), and their cases' captions read "Dice before → after".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import cv2
 import numpy as np
 
 from msagent.evaluation.records import CaseRecord
-from msagent.evaluation.summary import group_name, table_rows
+from msagent.evaluation.summary import group_name, refine_rows, table_rows
 from msagent.io.atomic import atomic_write
 from msagent.render import LEGEND, annotate
 from msagent.types import Trajectory
@@ -160,7 +162,8 @@ def _fmt(value: Any) -> str:
 
 HEADERS = {"noc85": "NoC@85", "noc90": "NoC@90", "dsc_auc": "DSC AUC", "nsd_auc": "NSD AUC",
            "dice": "Dice", "iou": "IoU", "nsd": "NSD", "n": "cases", "key_slice": "key slice",
-           "case_id": "case"}
+           "case_id": "case", "dice_before": "Dice before", "dice_gain": "gain",
+           "not_worse": "not worse", "unmatched": "no proposal"}
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str], raw: Sequence[str] = ()) -> str:
@@ -207,6 +210,21 @@ def _volumes_section(records: Sequence[CaseRecord], summary: dict[str, Any]) -> 
             "<h3>Per volume</h3>", _table(rows, VOLUME_ROW_COLUMNS, raw=("mask",))]
 
 
+REFINE_COLUMNS = ["backbone", "method", "n", "dice_before", "dice", "dice_gain", "not_worse",
+                  "unmatched"]
+
+
+def _refine_section(summary: dict[str, Any]) -> list[str]:
+    rows = refine_rows(summary)
+    if not rows:
+        return []
+    return ["<h2>Refine</h2>",
+            "<p>Episodes started from an initial mask (turn 0): Dice before is the initial "
+            "mask's, Dice after the agent's. From proposals, a case where no candidate matched "
+            "the target started empty (Dice before 0): counted under no proposal.</p>",
+            _table(rows, REFINE_COLUMNS)]
+
+
 def _group_table(summary: dict[str, Any], key: str) -> str:
     rows = [{"method": name, "group": group, **values}
             for name, s in summary.items() for group, values in s.get(key, {}).items()]
@@ -228,12 +246,18 @@ def _cases(records: Sequence[CaseRecord], out_dir: Path, count: int) -> str:
             figures = "".join(
                 f'<figure><a href="{html.escape(Path(overlay).as_posix())}">'
                 f'{_img(out_dir / overlay, r.case_id, THUMB)}</a><figcaption>'
-                f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>Dice {dice:.3f}"
+                f"{html.escape(r.case_id)}<br>{html.escape(r.label[:40])}<br>{_dice(r, dice)}"
                 f"{f', {r.turns} turn(s)' if r.protocol == 'agent' else ''}"
                 f"{_key_slice(r)}</figcaption></figure>"
                 for dice, overlay, r in chosen)
             parts.append(f"<h3>{html.escape(name)}: {title}</h3><div class='cases'>{figures}</div>")
     return "".join(parts)
+
+
+def _dice(record: CaseRecord, dice: float) -> str:
+    """A case's Dice; under the refine protocol, from the initial mask's."""
+    before = record.values.get("dice_before")
+    return f"Dice {dice:.3f}" if before is None else f"Dice {float(before):.3f} → {dice:.3f}"
 
 
 def _key_slice(record: CaseRecord) -> str:
@@ -264,6 +288,7 @@ def write_report(records: Sequence[CaseRecord], summary: dict[str, Any], out_dir
         f"<p>{len(records)} case runs; Dice/IoU/NSD are means over the cases that ran.</p>",
         *(["<h2>Summary</h2>", _table(images, columns)] if images or not volumes else []),
         *_volumes_section(records, summary),
+        *_refine_section(summary),
         "<h2>Failures and stops</h2>",
         _table(failures, ["method", "errors", "no_mask", "invalid_replies", "stop_reasons"]),
         "<h2>Plots</h2><div class='plots'>" + "".join(_img(p, p.stem) for p in plots) + "</div>",

@@ -33,6 +33,7 @@ import attrs
 import numpy as np
 
 from msagent.agent import Agent
+from msagent.agent.proposal import check_can_propose
 from msagent.backbones.segmenter import Segmenter
 from msagent.datasets.volumes import LoadedVolume
 from msagent.errors import InvalidInput
@@ -71,6 +72,7 @@ class Evaluation:
     def __attrs_post_init__(self) -> None:
         if not self.backbones or not self.methods:
             raise InvalidInput("an evaluation needs at least one backbone and one policy or protocol")
+        self._check_proposals()
         if self.out_dir is None:  # a compute-only worker (Ray)
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,15 @@ class Evaluation:
             for key in names:
                 names[key] = list(dict.fromkeys(previous.get(key, []) + names[key]))
         atomic_write(path, json.dumps({"config": config, **names}, indent=1).encode())
+
+    def _check_proposals(self, loaded: bool = False) -> None:
+        """Under ``refine_from="proposal"`` every backbone must propose (``can_propose``):
+        refused before any case runs (names are checked without loading them; ``loaded``:
+        the loaded instances, once :meth:`prepare` has them)."""
+        if not self.config.refines_proposals or not any(m.protocol == "agent" for m in self.methods):
+            return
+        for backbone in self.backbones:
+            check_can_propose(self.segmenter(backbone) if loaded else backbone)
 
     def segmenter(self, backbone: Any) -> Segmenter:
         name = name_of(backbone)
@@ -140,6 +151,7 @@ class Evaluation:
             for method in self.methods:
                 if method.protocol == "agent":
                     self.agent(backbone, method)
+        self._check_proposals(loaded=True)
 
     # -- the units of work -----------------------------------------------------
     def units(self, cases: Iterable[Any], limit: int | None = None) -> Iterator[tuple[Any, Any, Method]]:

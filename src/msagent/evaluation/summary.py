@@ -12,7 +12,11 @@ is averaged in):
   ``dice_by_turn``: mean Dice after turn t, an episode that stopped keeping its final mask;
 - noc: mean NoC@85/90 and ``noc85_over_max``/``noc90_over_max`` (RITM's count of cases with
   NoC = max clicks), ``iou_by_click`` (mean IoU after click k, carried forward);
-- cvpr: mean DSC_AUC, NSD_AUC, final DSC/NSD and the mean DSC/NSD after each step.
+- cvpr: mean DSC_AUC, NSD_AUC, final DSC/NSD and the mean DSC/NSD after each step;
+- the refine protocol (``refine_from``): ``dice_before``/``iou_before``/``nsd_before`` (the
+  initial mask's, turn 0), ``dice_gain``, ``refine_not_worse``, ``refine_cases`` and the
+  curves from turn 0; from proposals also ``proposal_cases`` and ``proposal_unmatched`` (the
+  cases where no candidate matched: they start empty and count Dice 0 before).
 
 Whole-volume records (``kind`` "volume") form their own groups, ``"backbone/method
 (volumes)"``, never averaged with slice rows; their means are of 3-D scores, and they add
@@ -132,6 +136,11 @@ def _turn_stats(ok: Sequence[CaseRecord]) -> dict[str, Any]:
                       for key in ("dice_before", "iou_before", "nsd_before", "dice_gain")})
         stats["refine_not_worse"] = sum(1 for r in refined if r.values["dice_gain"] >= -1e-12)
         stats["refine_cases"] = len(refined)
+        proposals = [r for r in refined if "proposal_matched" in r.values]
+        if proposals:  # refine_from "proposal": how often nothing matched the target
+            stats["proposal_cases"] = len(proposals)
+            stats["proposal_unmatched"] = sum(1 for r in proposals
+                                              if not r.values["proposal_matched"])
         stats["refine_dice_by_turn"] = stats.pop("dice_by_turn")
         stats["refine_iou_by_turn"] = stats.pop("iou_by_turn")
     invalid = [r.values["invalid_replies"] for r in ok if "invalid_replies" in r.values]
@@ -213,11 +222,36 @@ def _markdown(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+REFINE_COLUMNS = {"backbone": "Backbone", "method": "Method", "n": "Cases",
+                  "dice_before": "Dice before", "dice": "Dice after", "dice_gain": "Gain",
+                  "not_worse": "Not worse", "unmatched": "No proposal"}
+
+
+def refine_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per backbone/method run under the refine protocol: Dice before (the initial
+    mask's, turn 0) and after (the agent's), the gain, the cases not made worse and, for
+    proposals, the cases where no candidate matched."""
+    rows = []
+    for name, s in summary.items():
+        if "dice_before" not in s:
+            continue
+        backbone, _, method = name.removesuffix(VOLUMES).partition("/")
+        rows.append({"backbone": backbone, "method": method, "n": s["refine_cases"],
+                     "dice_before": s["dice_before"], "dice": s["dice"],
+                     "dice_gain": s["dice_gain"], "not_worse": s["refine_not_worse"],
+                     "unmatched": s.get("proposal_unmatched")})
+    return rows
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """The headline table as Markdown (blank where a metric does not apply); whole-volume
-    groups follow in a table of their own (3-D scores, one row per backbone/method)."""
+    groups follow in a table of their own (3-D scores, one row per backbone/method), and
+    groups run under the refine protocol in one with Dice before and after."""
     images, volumes = table_rows(summary, "image"), table_rows(summary, "volume")
     parts = [_markdown(images, IMAGE_COLUMNS)] if images or not volumes else []
     if volumes:
         parts.append("Volumes (3-D scores):\n\n" + _markdown(volumes, VOLUME_COLUMNS))
+    if refined := refine_rows(summary):
+        parts.append("Refine (before: the initial mask, turn 0; after: the agent's):\n\n"
+                     + _markdown(refined, REFINE_COLUMNS))
     return "\n\n".join(parts)
