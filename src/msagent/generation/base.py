@@ -46,3 +46,8 @@ class TrajectoryGenerator(ABC):
     def options(self) -> dict:
         """The generator's settings as JSON-safe values (recorded in a job's manifest)."""
         return {}
+
+    def check_backbone(self, segmenter: Segmenter | str) -> None:
+        """Refuse, before any case runs, a backbone (an instance or a registered name) this
+        generator cannot run with (:class:`~msagent.errors.InvalidInput`). The default accepts
+        every backbone."""

@@ -23,7 +23,13 @@ by :class:`msagent.policies.expert.ExpertPolicy`:
   degradation of the ground truth (:mod:`msagent.agent.refine`, one of ``refine_kinds`` at
   ``refine_strength``) and the expert corrects it — by redrawing the box or clicking, each
   action kept only if it gains ``tau`` — or stops at once when nothing improves it (that
-  teaches stopping on a good mask). Its meta records ``degradation``.
+  teaches stopping on a good mask). Its meta records ``degradation``. With
+  ``refine_from="proposal"`` the refine episode starts from the backbone's own proposal for
+  the case's target instead (:mod:`msagent.agent.proposal`; a backbone that proposes from
+  text, e.g. ``sam3``; on the episode's own embedding): trajectories that refine proposals,
+  turn 0 the proposal with its source and score. When no candidate matches, the episode runs
+  from nothing as Box-to-Point; its meta records ``requested_strategy: "refine"`` and the
+  agent's ``proposal`` note.
 
 Everything is deterministic for a seed (see :func:`msagent.policies.expert.episode_rng`).
 """
@@ -40,6 +46,7 @@ import numpy as np
 
 from msagent.agent import Agent
 from msagent.agent.episode import PROMPT_MODES
+from msagent.agent.proposal import PROPOSAL, check_can_propose
 from msagent.agent.refine import DEGRADATIONS, Degradation
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput
@@ -47,6 +54,8 @@ from msagent.generation.base import Attempt, TrajectoryGenerator
 from msagent.policies.expert import ExpertPolicy
 from msagent.types import Case, InitialMask, Trajectory
 
+#: what a refine episode starts from: a degraded ground truth, or the backbone's proposal
+REFINE_FROM = ("degrade", PROPOSAL)
 _unit = attrs.validators.and_(attrs.validators.ge(0.0), attrs.validators.le(1.0))
 
 
@@ -70,6 +79,9 @@ class HybridConfig:
     ``refine_ratio``: probability of the refine strategy, default 0; ``refine_kinds``: the
     degradations it draws from (default all: erode, dilate, shift, drop, add);
     ``refine_strength``: their size as a fraction of the target's diameter, default 0.15.
+    ``refine_from``: what a refine episode starts from, "degrade" (default: a degradation of
+    the ground truth) or "proposal" (the backbone's proposal for the target; needs
+    ``refine_ratio`` > 0 and a backbone that proposes).
     """
 
     box_ratio: float = attrs.field(default=0.5, validator=_unit)
@@ -90,6 +102,12 @@ class HybridConfig:
         default=DEGRADATIONS, converter=lambda v: tuple(v.split(",")) if isinstance(v, str) else tuple(v),
         validator=attrs.validators.deep_iterable(attrs.validators.in_(DEGRADATIONS)))
     refine_strength: float = attrs.field(default=0.15, validator=_unit)
+    refine_from: str = attrs.field(default="degrade", validator=attrs.validators.in_(REFINE_FROM))
+
+    def __attrs_post_init__(self) -> None:
+        if self.refine_from == PROPOSAL and not self.refine_ratio:
+            raise ValueError("refine_from=proposal starts the refine strategy's episodes from "
+                             "proposals: set refine_ratio too (1 for every episode)")
 
 
 def make_config(config: HybridConfig | None = None, **options) -> HybridConfig:
@@ -113,13 +131,27 @@ class HybridGenerator(TrajectoryGenerator):
         self.config = make_config(config, **options)
 
     def options(self) -> dict:
-        """The options as JSON values (the job manifest's ``generator_options``); the refine
-        options only when the strategy is on, so that sets made without it still resume."""
+        """The options as JSON values (the job manifest's ``generator_options``): the refine
+        options only when the strategy is on, so that sets made without it still resume;
+        ``refine_from`` only when it is "proposal" (then without the degradations' options,
+        which do not apply)."""
         options = json.loads(json.dumps(attrs.asdict(self.config)))
         if not self.config.refine_ratio:
-            for name in ("refine_ratio", "refine_kinds", "refine_strength"):
-                options.pop(name)
+            drop: tuple[str, ...] = ("refine_ratio", "refine_kinds", "refine_strength", "refine_from")
+        elif self.config.refine_from == PROPOSAL:
+            drop = ("refine_kinds", "refine_strength")
+        else:
+            drop = ("refine_from",)
+        for name in drop:
+            options.pop(name)
         return options
+
+    def check_backbone(self, segmenter: Segmenter | str) -> None:
+        """Refuse a backbone that cannot propose when refine episodes start from proposals
+        (:class:`InvalidInput` naming those that can; a registered name is checked without
+        loading it)."""
+        if self.config.refine_ratio and self.config.refine_from == PROPOSAL:
+            check_can_propose(segmenter)
 
     def strategy(self, case_id: str, sample: int = 0) -> str:
         """"box" (Box-to-Point), "click" (Sequential-Click) or "refine" for this case and sample."""
@@ -159,6 +191,13 @@ class HybridGenerator(TrajectoryGenerator):
 
     def _run(self, case: Case, gt: np.ndarray, strategy: str, sample: int,
              segmenter: Segmenter, meta: dict) -> Trajectory:
+        if strategy == "refine" and self.config.refine_from == PROPOSAL:
+            trajectory = self._agent("box", sample, segmenter).run(
+                case.image, case.target, gt, case_id=case.id, meta=meta, initial_mask=PROPOSAL)
+            if trajectory.initial is None:  # nothing matched: Box-to-Point from nothing
+                trajectory = attrs.evolve(trajectory, meta={
+                    **trajectory.meta, "strategy": "box", "requested_strategy": "refine"})
+            return trajectory
         if strategy == "refine":
             rng = np.random.default_rng(_seed_words(self.config.seed + 1, case.id, sample))
             kind = self.config.refine_kinds[int(rng.integers(len(self.config.refine_kinds)))]

@@ -73,6 +73,7 @@ def generate(sources: Sequence[str | os.PathLike] | str | os.PathLike | Dataset,
         raise InvalidInput(f"shard_size must be at least 1, got {shard_size}")
     dataset = _dataset(sources, split, limit)
     gen = instance_of("trajectory_generator", generator, generator_options)
+    gen.check_backbone(backbone)  # before the manifest: a name is checked without loading it
     manifest = make_manifest(sources, dataset, backbone, backbone_options, gen, generator,
                              split, limit, shard_size, threads, overlays)
     _claim(out, manifest)
@@ -173,6 +174,7 @@ def _run_local(out, dataset, todo, shard_size, backbone, backbone_options, gen, 
     if not todo:
         return
     segmenter = instance_of("segmenter", backbone, backbone_options)
+    gen.check_backbone(segmenter)
     worker = ShardWorker(segmenter, gen, manifest["overlays"], manifest["backbone"],
                          manifest["generator"])
     with torch_threads(manifest["threads"]):

@@ -29,6 +29,7 @@ class _RayShardWorker:
         from msagent.plugins.loading import instance_of
 
         segmenter = instance_of("segmenter", manifest["backbone"], manifest["backbone_options"])
+        generator.check_backbone(segmenter)
         self.threads = threads
         self.worker = ShardWorker(segmenter, generator, manifest["overlays"],
                                   manifest["backbone"], manifest["generator"])
