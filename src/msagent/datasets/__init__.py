@@ -43,25 +43,33 @@ __all__ = ["CaseRef", "Dataset", "ImageMaskFiles", "LoadedVolume", "NiftiSlice",
            "read_nifti_volumes", "resolve_dataset", "write_folder"]
 
 LAYOUTS = ("biomedparse", "folder", "nifti")
-#: dataset names every command accepts in place of a path (built offline on first use)
-BUILTIN = ("mni152",)
+#: dataset names every command accepts in place of a path (built offline on first use):
+#: ``mni152`` (the MNI152 T1 template, nilearn) and ``ct-phantom`` (a synthetic abdominal CT,
+#: :func:`msagent.testing.make_ct_phantom`: NIfTI volumes whatever the form)
+BUILTIN = ("mni152", "ct-phantom")
 
 
 def resolve_dataset(spec: str | os.PathLike, build_in: str | os.PathLike | None = None, *,
                     volumes: bool = False) -> Path:
-    """The path of dataset ``spec``: a path as given, or a built-in name (``mni152``) built
+    """The path of dataset ``spec``: a path as given, or a built-in name (:data:`BUILTIN`) built
     once, offline, into the folder ``build_in`` or, without one, ``$MSAGENT_DATA_DIR/<name>``
     (default ``~/.cache/msagent/datasets/<name>``). Every command and reader resolves here.
-    With ``volumes`` a built-in name is built as a NIfTI folder of whole volumes
-    (``<name>-volumes``: :func:`make_mni152_volumes`)."""
+    With ``volumes`` ``mni152`` is built as a NIfTI folder of whole volumes
+    (``<name>-volumes``: :func:`make_mni152_volumes`); ``ct-phantom`` is one NIfTI folder
+    (:func:`msagent.testing.write_ct_phantom`, 100 × 512 × 512) for both forms."""
     name = str(spec).lower()
     if name not in BUILTIN:
         return Path(spec)
     if build_in is None:
         root = os.environ.get("MSAGENT_DATA_DIR") or Path.home() / ".cache" / "msagent" / "datasets"
-        build_in = Path(root) / (f"{name}-volumes" if volumes else name)
+        build_in = Path(root) / (f"{name}-volumes" if volumes and name == "mni152" else name)
     folder = Path(build_in)
-    if volumes and not (folder / "dataset.json").is_file():
+    if name == "ct-phantom":
+        if not (folder / "dataset.json").is_file():
+            from msagent.testing.data import write_ct_phantom
+
+            write_ct_phantom(folder)
+    elif volumes and not (folder / "dataset.json").is_file():
         make_mni152_volumes(folder)
     elif not volumes and not (folder / DEFAULT_CSV).is_file():
         make_mni152_dataset(folder)

@@ -162,8 +162,9 @@ def _header_info(path: str) -> dict:
 
 def read_nifti_folder(root: str | os.PathLike, *, volumes: bool = False, **options) -> Dataset:
     """A Medical Segmentation Decathlon / nnU-Net folder: ``dataset.json`` with ``labels``
-    ({"1": "liver"} or nnU-Net v2's {"liver": 1}), ``modality``/``channel_names``, and the
-    pairs in ``training`` (MSD) or ``imagesTr/{case}_0000.nii.gz`` + ``labelsTr/{case}.nii.gz``.
+    ({"1": "liver"} or nnU-Net v2's {"liver": 1}), ``modality``/``channel_names``, an
+    optional ``window`` (a CT preset or "W/L": the default of ``window=``), and the pairs in
+    ``training`` (MSD) or ``imagesTr/{case}_0000.nii.gz`` + ``labelsTr/{case}.nii.gz``.
     ``options`` go to :func:`read_nifti_pair`, or with ``volumes`` to
     :func:`read_nifti_volumes` (whole-volume cases; regions included)."""
     root = Path(root)
@@ -174,6 +175,8 @@ def read_nifti_folder(root: str | os.PathLike, *, volumes: bool = False, **optio
             raise InvalidInput(f"{', '.join(unused)} choose slices; a volume case is the whole "
                                "volume: leave them out with volumes=True")
     label_names = _label_names(info, regions=volumes)
+    if not options.get("window") and isinstance(info.get("window"), str):
+        options["window"] = info["window"]  # the folder's own default (msagent's phantom)
     modality = options.pop("modality", None) or _modality(info)
     dataset = options.pop("dataset", None) or info.get("name") or root.name
     reader = read_nifti_volumes if volumes else read_nifti_pair

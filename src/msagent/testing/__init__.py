@@ -8,6 +8,7 @@ and its brain, grey- and white-matter masks, so no download is involved.
 """
 
 from msagent.testing.backbones import (
+    BandBackbone,
     BoxBackbone,
     BrightBackbone,
     ComponentBackbone,
@@ -16,19 +17,24 @@ from msagent.testing.backbones import (
 )
 from msagent.testing.conformance import CHECKS, ConformanceRun, check_segmenter, run_check
 from msagent.testing.data import (
+    CT_PHANTOM_ORGANS,
+    CT_PHANTOM_SPACING,
     HF_REVISION,
     MNI_TARGETS,
     TUBE_AFFINE,
     add_to_hf_cache,
+    make_ct_phantom,
     make_phantom,
     make_tube,
     mni152_slice,
+    write_ct_phantom,
     write_dicom_series,
     write_msd_tubes,
     zyx_to_nifti,
 )
 
-__all__ = ["CHECKS", "HF_REVISION", "MNI_TARGETS", "BoxBackbone", "BrightBackbone", "ProposingBackbone",
+__all__ = ["CHECKS", "CT_PHANTOM_ORGANS", "CT_PHANTOM_SPACING", "HF_REVISION", "MNI_TARGETS",
+           "BandBackbone", "BoxBackbone", "BrightBackbone", "ProposingBackbone",
            "ComponentBackbone", "ConformanceRun", "add_to_hf_cache", "check_segmenter",
-           "logits_of", "make_phantom", "make_tube", "mni152_slice", "run_check",
-           "TUBE_AFFINE", "write_dicom_series", "write_msd_tubes", "zyx_to_nifti"]
+           "logits_of", "make_ct_phantom", "make_phantom", "make_tube", "mni152_slice", "run_check",
+           "TUBE_AFFINE", "write_ct_phantom", "write_dicom_series", "write_msd_tubes", "zyx_to_nifti"]

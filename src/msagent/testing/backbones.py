@@ -8,6 +8,10 @@
   :func:`make_tube`).
 - :class:`ComponentBackbone` — a box selects the bright pixels inside it; a click adds or
   removes the whole bright connected component under it. For tests of click placement.
+- :class:`BandBackbone` — region growing in an intensity band from the prompts: a box grows
+  from its centre, a positive click from itself, a negative click carves away the part of
+  the region nearer to it. Clicks are informative (unlike a box-trained model's), so the 3-D
+  correction rules are developed and tested where a click can help.
 
 Each counts what it did (``encodes``, ``decodes``) and passes :func:`check_segmenter`.
 """
@@ -157,6 +161,100 @@ class ComponentBackbone(_Counting):
         return MaskPrediction(mask, _zero_logits(), 1.0)
 
 
+class BandBackbone(_Counting):
+    """Region growing in an intensity band (deterministic; a click-responsive stand-in).
+
+    The image (channel 0) is median-filtered (``smooth`` px) at encode time. Each positive
+    seed grows the 8-connected region of pixels within ``band`` grey levels of the seed's
+    intensity (the median of a 5×5 window; for a box, the median of its central half):
+
+    - a box seeds its central half and grows inside the box only;
+    - a positive click grows from itself, inside the box when it is in the box, else anywhere;
+    - a negative click removes the pixels of the region nearer (Euclidean) to it than to any
+      positive seed, and whatever that cuts off from the seeds;
+    - holes in the region are filled.
+
+    No mask input (``prev_logits`` is ignored); logits: :func:`logits_of` the mask. Score: 1
+    minus the fraction of the box's border covered by the mask (a region that runs along the
+    box's edges has leaked into what surrounds the target), 1.0 without a box, 0 when empty."""
+
+    name = "band"
+
+    def __init__(self, *, band: int = 24, smooth: int = 5, cache_size: int = 4) -> None:
+        super().__init__(cache_size=cache_size)
+        self.band, self.smooth = int(band), int(smooth)
+
+    def encode_image(self, image):
+        import cv2
+
+        self._count_encode(image)
+        gray = np.ascontiguousarray(image[:, :, 0])
+        return cv2.medianBlur(gray, self.smooth) if self.smooth > 1 else gray
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        self._count_decodes(len(prompt_sets))
+        return [self._decode_one(embedding.features, prompts) for prompts in prompt_sets]
+
+    def _grow(self, gray: np.ndarray, seeds: np.ndarray, reference: float,
+              limit: np.ndarray | None) -> np.ndarray:
+        from scipy import ndimage
+
+        band = np.abs(gray.astype(np.int16) - int(round(reference))) <= self.band
+        if limit is not None:
+            band &= limit
+        labels, _ = ndimage.label(band, structure=np.ones((3, 3), bool))
+        keep = np.unique(labels[seeds & band])
+        return np.isin(labels, keep[keep > 0])
+
+    def _decode_one(self, gray: np.ndarray, prompts) -> MaskPrediction:
+        from scipy import ndimage
+
+        height, width = gray.shape
+        mask = np.zeros(gray.shape, bool)
+        seeds = np.zeros(gray.shape, bool)  # every positive seed pixel
+        inside = None
+        box = prompts.box
+        if box is not None:
+            inside = np.zeros(gray.shape, bool)
+            inside[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = True
+            qy, qx = (box.y2 - box.y1 + 1) // 4, (box.x2 - box.x1 + 1) // 4
+            core = np.zeros(gray.shape, bool)
+            core[box.y1 + qy:box.y2 - qy + 1, box.x1 + qx:box.x2 - qx + 1] = True
+            mask |= self._grow(gray, core, float(np.median(gray[core])), inside)
+            seeds |= core
+        for p in prompts.points:
+            if not p.positive:
+                continue
+            y, x = min(max(p.y, 0), height - 1), min(max(p.x, 0), width - 1)
+            window = gray[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]
+            point = np.zeros(gray.shape, bool)
+            point[y, x] = True
+            limit = inside if inside is not None and inside[y, x] else None
+            mask |= self._grow(gray, point, float(np.median(window)), limit) | point
+            seeds |= point
+        negatives = [p for p in prompts.points if not p.positive]
+        if negatives and mask.any():
+            away = np.ones(gray.shape, bool)
+            for p in negatives:
+                away[min(max(p.y, 0), height - 1), min(max(p.x, 0), width - 1)] = False
+            to_negative = ndimage.distance_transform_edt(away)
+            to_positive = ndimage.distance_transform_edt(~seeds) if seeds.any() else np.inf
+            mask &= to_positive < to_negative
+            labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+            keep = np.unique(labels[seeds & mask])
+            mask = np.isin(labels, keep[keep > 0])
+        mask = ndimage.binary_fill_holes(mask)
+        if not mask.any():
+            return MaskPrediction(mask, logits_of(mask), 0.0)
+        score = 1.0
+        if box is not None:
+            edge = np.zeros(gray.shape, bool)
+            edge[box.y1:box.y2 + 1, box.x1:box.x2 + 1] = True
+            edge[box.y1 + 1:box.y2, box.x1 + 1:box.x2] = False
+            score = 1.0 - float((mask & edge).sum()) / max(int(edge.sum()), 1)
+        return MaskPrediction(mask, logits_of(mask), score)
+
+
 class ProposingBackbone(BrightBackbone):
     """:class:`BrightBackbone` that also proposes from text (``can_propose``): the largest
     connected bright region, eroded by ``erode`` px (a rough first mask for the agent to
@@ -185,5 +283,5 @@ class ProposingBackbone(BrightBackbone):
         return [MaskPrediction(mask, logits_of(mask), 0.9)][:max_candidates]
 
 
-__all__ = ["BRIGHT", "BoxBackbone", "BrightBackbone", "ComponentBackbone", "ProposingBackbone",
-           "logits_of"]
+__all__ = ["BRIGHT", "BandBackbone", "BoxBackbone", "BrightBackbone", "ComponentBackbone",
+           "ProposingBackbone", "logits_of"]

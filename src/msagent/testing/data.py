@@ -77,6 +77,102 @@ def write_msd_tubes(root: Path) -> Path:
     return root
 
 
+#: The organs of :func:`make_ct_phantom`: label value → (name, HU). Distinct intensities under
+#: the abdomen window (400/40): fat −100, body soft tissue 30, and each organ brighter.
+CT_PHANTOM_ORGANS = {1: ("liver", 90), 2: ("spleen", 130), 3: ("left kidney", 190),
+                     4: ("right kidney", 190), 5: ("aorta", 230)}
+#: The voxel spacing of :func:`make_ct_phantom` in mm (slice, row, column).
+CT_PHANTOM_SPACING = (2.5, 0.8, 0.8)
+
+
+def make_ct_phantom(shape: tuple[int, int, int] = (100, 512, 512), *, seed: int = 0,
+                    noise: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic abdominal CT: (int16 HU volume, uint8 label volume), both (slices, H, W)
+    in display order (anterior up, the patient's right on the image's left).
+
+    An elliptic body (soft tissue in a fat rim, air outside) holds the organs of
+    :data:`CT_PHANTOM_ORGANS`, each a union of ellipsoids (the liver has two lobes, so its
+    outline changes shape from slice to slice), and a bony vertebra (700 HU) behind the aorta.
+    Edges are partial-volume: a voxel's intensity mixes the organ's and its surroundings' by
+    the fraction of the voxel inside (a linear ramp one voxel wide across the surface); the
+    label is where that fraction is at least 0.5. Gaussian noise of ``noise`` HU is added.
+    Sizes scale with ``shape`` (the geometry is defined on the unit cube), so a smaller
+    ``shape`` is the same phantom at a coarser resolution. Deterministic for a ``seed``."""
+    depth, height, width = (int(v) for v in shape)
+    if depth < 8 or height < 32 or width < 32:
+        raise ValueError(f"a CT phantom needs at least 8×32×32 voxels, got {shape}")
+    rng = np.random.default_rng(seed)
+    zz = (np.arange(depth) + 0.5) / depth
+    yy = (np.arange(height) + 0.5) / height
+    xx = (np.arange(width) + 0.5) / width
+    hu = np.full((depth, height, width), -1000.0, np.float32)
+    labels = np.zeros((depth, height, width), np.uint8)
+    step = np.array([1 / depth, 1 / height, 1 / width])
+
+    def paint(parts, value: float, label: int = 0) -> None:
+        """Blend ``value`` into the voxels of a union of ellipsoids ``parts``: each
+        ((cz, cy, cx), (rz, ry, rx)) on the unit cube."""
+        lo = np.min([np.subtract(c, r) for c, r in parts], axis=0)
+        hi = np.max([np.add(c, r) for c, r in parts], axis=0)
+        box = tuple(slice(max(0, int(a * n) - 2), min(n, int(np.ceil(b * n)) + 2))
+                    for a, b, n in zip(lo, hi, (depth, height, width)))
+        z, y, x = np.meshgrid(zz[box[0]], yy[box[1]], xx[box[2]], indexing="ij")
+        inside = np.zeros(z.shape, np.float32)
+        for (cz, cy, cx), (rz, ry, rx) in parts:
+            radius = np.sqrt(((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2)
+            # distance to the surface in voxels, along the ellipsoid's smallest in-plane radius
+            voxels = min(ry / step[1], rx / step[2])
+            inside = np.maximum(inside, np.clip((1.0 - radius) * voxels + 0.5, 0.0, 1.0))
+        region = hu[box]
+        region[...] = region * (1 - inside) + value * inside
+        if label:
+            labels[box][inside >= 0.5] = label
+
+    paint([((0.5, 0.5, 0.5), (0.75, 0.36, 0.46))], -100.0)  # fat
+    paint([((0.5, 0.5, 0.5), (0.75, 0.33, 0.43))], 30.0)  # soft tissue
+    organs = {
+        1: [((0.55, 0.42, 0.32), (0.32, 0.16, 0.15)), ((0.40, 0.36, 0.42), (0.22, 0.10, 0.12))],
+        2: [((0.58, 0.50, 0.74), (0.18, 0.09, 0.06))],
+        3: [((0.40, 0.60, 0.68), (0.16, 0.07, 0.045))],
+        4: [((0.35, 0.60, 0.32), (0.16, 0.07, 0.045))],
+        5: [((0.50, 0.55, 0.50), (0.45, 0.028, 0.028))],
+    }
+    for label, parts in organs.items():
+        paint(parts, float(CT_PHANTOM_ORGANS[label][1]), label)
+    paint([((0.5, 0.66, 0.5), (0.45, 0.045, 0.05))], 700.0)  # a vertebra, no label
+    hu += rng.normal(0.0, noise, hu.shape).astype(np.float32)
+    return np.clip(np.round(hu), -1024, 3071).astype(np.int16), labels
+
+
+def write_ct_phantom(root: Path, shape: tuple[int, int, int] = (100, 512, 512), *,
+                     seed: int = 0) -> Path:
+    """:func:`make_ct_phantom` as a one-volume MSD / nnU-Net NIfTI folder at ``root`` (needs
+    nibabel): ``imagesTr/ct_phantom_0000.nii.gz``, ``labelsTr/ct_phantom.nii.gz`` (RAS, the
+    spacing of :data:`CT_PHANTOM_SPACING` scaled to ``shape``) and ``dataset.json`` (written
+    last: a folder with it is complete; its ``window`` is the abdomen preset). Read back
+    axially it shows the arrays as made."""
+    import nibabel as nib
+
+    root = Path(root)
+    volume, labels = make_ct_phantom(shape, seed=seed)
+    scale = [base * full / n for base, full, n in zip(CT_PHANTOM_SPACING, (100, 512, 512), shape)]
+    # the radiological display flips a RAS volume's rows and columns: flip them here, so that
+    # the slices read back show the arrays as made
+    affine = np.diag([scale[2], scale[1], scale[0], 1.0])
+    for folder, data in (("imagesTr", volume), ("labelsTr", labels)):
+        name = "ct_phantom_0000.nii.gz" if folder == "imagesTr" else "ct_phantom.nii.gz"
+        path = root / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(zyx_to_nifti(data[:, ::-1, ::-1]), affine), str(path))
+    info = {"name": "ct_phantom", "channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+            "labels": {"background": 0, **{name: label for label, (name, _) in
+                                            CT_PHANTOM_ORGANS.items()}},
+            "window": "abdomen", "numTraining": 1,
+            "description": "synthetic abdominal CT phantom, msagent.testing"}
+    (root / "dataset.json").write_text(json.dumps(info, indent=1))
+    return root
+
+
 def mni152_slice(target: str = "brain", z: int | None = None,
                  resolution: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """An axial slice of the MNI152 T1 template (float image, as displayed: anterior up) and
