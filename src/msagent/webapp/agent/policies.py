@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from msagent._lru import BoundedLRU
+from msagent.agent.proposal import declares_proposals
 from msagent.errors import PolicyError
 from msagent.options import Option, client_options, split_pairs
 from msagent.plugins import factory_class, get_registry
@@ -88,8 +89,15 @@ def _declared(cls: type) -> Mapping[str, Option]:
 
 
 def backbone_listing(served: str) -> list[dict[str, Any]]:
-    return [{"name": name, "package": reg.package, "version": reg.version,
-             "description": reg.description, "served": name == served}
-            for name, reg in sorted(get_registry().registrations("segmenter").items())]
+    """Registered backbones; ``can_propose``: whether the class declares proposals from text
+    (null where it cannot be told without loading: a plugin that does not import, or one
+    that decides per instance, as ``remote``)."""
+    out = []
+    for name, reg in sorted(get_registry().registrations("segmenter").items()):
+        cls = factory_class(reg)
+        out.append({"name": name, "package": reg.package, "version": reg.version,
+                    "description": reg.description, "served": name == served,
+                    "can_propose": None if cls is None else declares_proposals(cls)})
+    return out
 
 

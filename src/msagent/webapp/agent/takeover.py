@@ -42,13 +42,16 @@ class OriginStore:
 def session_trajectory(states: list, image_size: tuple[int, int], target: str, *,
                        run: RunRecord | None = None, origin: SessionOrigin | None = None,
                        image_id: str = "", ground_truth: np.ndarray | None = None,
-                       initial: np.ndarray | None = None) -> Trajectory:
+                       initial: np.ndarray | None = None, initial_source: str = "session",
+                       initial_score: float | None = None) -> Trajectory:
     """A Trajectory of a session's undo stack (``states``: its EpisodeStates, oldest first).
 
     Each state is one step: the action is the prompt it added (for a state pushed by a whole
     prompt set, upstream's ``/session/segment``, its box or else its newest click). States that
     a run replayed keep the agent's reply text; the others are marked
-    ``usage["source"] = "human"``. IoU/Dice come from ``ground_truth`` when given.
+    ``usage["source"] = "human"``. IoU/Dice come from ``ground_truth`` when given. ``initial``
+    (the session's starting mask) is turn 0, with ``initial_source`` and ``initial_score``
+    (a proposal's).
     """
     replayed = _replayed_texts(run, origin)
     steps = []
@@ -73,7 +76,8 @@ def session_trajectory(states: list, image_size: tuple[int, int], target: str, *
                     takeover_after_steps=origin.steps)
     start = None if initial is None else InitialMask(
         initial, None if ground_truth is None else metrics.iou(initial, ground_truth),
-        None if ground_truth is None else metrics.dice(initial, ground_truth), "session")
+        None if ground_truth is None else metrics.dice(initial, ground_truth), initial_source,
+        initial_score)
     return Trajectory(target=target, image_size=cast(tuple[int, int], tuple(image_size)), steps=tuple(steps),
                       stop_reason="human", image_sha256=image_id, meta=meta, initial=start)
 

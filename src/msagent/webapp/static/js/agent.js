@@ -48,7 +48,8 @@ export async function runAgent() {
     form.append("policy_options", $("policy-options").value);
     if (gtFile) form.append("ground_truth", gtFile, gtFile.name);
     const initialFile = $("initial-file").files[0];
-    if (initialFile) form.append("initial_mask", initialFile, initialFile.name);
+    if (fromProposal()) form.append("initial_mask", "proposal"); // the backbone proposes turn 0
+    else if (initialFile) form.append("initial_mask", initialFile, initialFile.name);
     if (state.volume) {
       form.append("volume_id", state.volume.volume_id);
       form.append("plane", state.volume.plane);
@@ -80,8 +81,13 @@ function onItem(run, item) {
     run.backbone = item.backbone;
     run.policy = item.policy;
     run.gt = item.ground_truth ? decodeMask(item.ground_truth) : null;
-    // a run that refines an existing mask shows it before turn 1
-    run.initial = item.initial ? { maskBits: decodeMask(item.initial.mask), mask: item.initial.mask } : null;
+    // a run that refines an existing mask (uploaded, or the backbone's proposal) shows it
+    // before turn 1, with its source and score
+    run.initial = item.initial ? { ...item.initial, maskBits: decodeMask(item.initial.mask) } : null;
+    run.proposal = item.proposal || null; // { matched, note, … } when asked for a proposal
+    if (run.proposal && !run.proposal.matched) {
+      setStatus("run-status", `Running ${run.policy}… ${run.proposal.note}`, "running");
+    }
     $("canvas").dataset.runId = item.run_id;
   } else if (item.type === "turn") {
     item.maskBits = item.mask ? decodeMask(item.mask) : null;
@@ -124,6 +130,12 @@ function setRunning(running) {
   $("run").disabled = running;
   $("stop").hidden = !running;
   for (const id of ["image-file", "slice", "plane", "window"]) $(id).disabled = running;
+}
+
+// Whether the run starts from the backbone's proposal: offered only when the served backbone
+// can propose (GET /v1/plugins' can_propose); it replaces an uploaded initial mask.
+export function fromProposal() {
+  return !$("proposal-label").hidden && $("start-proposal").checked;
 }
 
 export function stopAgent() {

@@ -1,7 +1,7 @@
 // The msagent web page: wiring and rendering. See index.html for the layout.
 
 import { getJSON, getKey, request, setKey } from "./api.js";
-import { runAgent, runView, selectedPolicy, setView, stopAgent } from "./agent.js";
+import { fromProposal, runAgent, runView, selectedPolicy, setView, stopAgent } from "./agent.js";
 import { downloadPng, downloadTrajectory, downloadVolume } from "./downloads.js";
 import { addBox, addPoint, leaveSession, reset, takeOver, undo } from "./editing.js";
 import { initMedia } from "./media.js";
@@ -55,7 +55,15 @@ function fillPlugins(plugins) {
   const names = plugins.policies.map((p) => p.name);
   policy.value = names.includes(previous) ? previous : names.includes("expert") ? "expert" : names[0] || "";
   $("max-turns").max = plugins.max_turns;
+  $("proposal-label").hidden = !plugins.can_propose;
+  if (!plugins.can_propose) $("start-proposal").checked = false;
+  describeStart();
   describePolicy();
+}
+
+// a proposal replaces an uploaded initial mask
+function describeStart() {
+  $("initial-file").disabled = fromProposal();
 }
 
 function describePolicy() {
@@ -92,7 +100,7 @@ function render() {
   if (!active3d()) rememberSliceMask(shown.maskRle);
   renderNav(run);
   if (active3d()) render3dDetails(slice3d);
-  else renderDetails(view.turn, session, run ? run.gt : null, view.last);
+  else renderDetails(view.turn, session, run ? run.gt : null, view.last, run);
   renderTurnList(run);
   renderButtons(run, session, shown);
   $("canvas").dataset.source3d = slice3d ? `${slice3d.index}:${slice3d.source}` : "";
@@ -132,7 +140,7 @@ function describeAction(turn) {
   return turn.action.kind;
 }
 
-function renderDetails(turn, session, gt, last) {
+function renderDetails(turn, session, gt, last, run) {
   const rows = [];
   if (session) {
     const info = session.info;
@@ -149,6 +157,12 @@ function renderDetails(turn, session, gt, last) {
       ["score", fmt(shown.score)], ["IoU", fmt(shown.iou)], ["Dice", fmt(shown.dice)],
       ["area", shown.area === null ? "–" : `${shown.area} px`]);
     if (turn.error) rows.push(["error", turn.error]);
+  } else if (run && run.initial) { // turn 0: the mask the run started from
+    const start = run.initial;
+    rows.push(["start", start.source === "upload" ? "the uploaded mask" : start.source],
+      ["score", fmt(start.score)], ["IoU", fmt(start.iou)], ["Dice", fmt(start.dice)]);
+  } else if (run && run.proposal) { // asked for a proposal, and nothing matched
+    rows.push(["start", run.proposal.note]);
   }
   showDetails(rows, session ? "(your edits)" : turn ? turn.rationale || "(no rationale text)" : "");
 }
@@ -232,6 +246,7 @@ function wire() {
   });
   $("error-close").addEventListener("click", clearError);
   $("policy").addEventListener("change", describePolicy);
+  $("start-proposal").addEventListener("change", describeStart);
   $("run").addEventListener("click", runAgent);
   $("stop").addEventListener("click", stopAgent);
   $("prev").addEventListener("click", () => setView(state.view - 1));
