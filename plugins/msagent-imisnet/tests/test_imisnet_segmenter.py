@@ -150,6 +150,26 @@ def test_text_prompt_changes_the_output_and_works_alone(seg, embedding):
         seg.decode(embedding, BOX, text="  ")
 
 
+@pytest.mark.slow  # two decodes of a ViT-B's decoder with the text model
+def test_a_text_alone_is_the_proposal(seg, embedding, monkeypatch):
+    from msagent.agent.proposal import best_candidate, check_can_propose, proposing_backbones
+
+    assert seg.can_propose and "imisnet" in proposing_backbones()
+    check_can_propose(seg)
+    alone = seg.decode(embedding, Prompts(), text="liver", multimask=True)
+    candidates = seg.propose(embedding, " liver ", max_candidates=3)  # the SDK strips the text
+    assert len(candidates) == int(alone.mask.any()) == 1
+    assert np.array_equal(candidates[0].mask, alone.mask)
+    np.testing.assert_array_equal(candidates[0].low_res_logits, alone.low_res_logits)
+    assert candidates[0].score == pytest.approx(alone.score)
+    start = best_candidate(seg, candidates)  # turn 0 of an episode from the proposal
+    assert start.source == "proposal:imisnet" and start.score == pytest.approx(alone.score)
+    # an empty mask is no candidate: the episode starts from nothing
+    empty = msagent.MaskPrediction(np.zeros_like(alone.mask), alone.low_res_logits, alone.score)
+    monkeypatch.setattr(seg, "decode_prompts", lambda *args, **kwargs: [empty])
+    assert seg.propose(embedding, "liver") == []
+
+
 @pytest.mark.slow
 def test_batched_decode_equals_one_by_one(seg, embedding):
     first = seg.decode(embedding, BOX)
@@ -193,11 +213,13 @@ def test_text_option(reference, monkeypatch, tmp_path):
     monkeypatch.setattr(imis, "load_into", lambda model, state, path: None)
     path = reference[1]
     off = imis.IMISNetSegmenter(path, device="cpu", use_text_prompt=False)
-    assert not off.accepts_text
+    assert not off.accepts_text and not off.can_propose  # no text, no proposals
+    with pytest.raises(SegmenterError, match="cannot propose"):
+        off.propose(msagent.Embedding(None, (8, 8), "k"), "liver")
     with pytest.raises(SegmenterError, match="text prompts are off"):
         off.text_embedding("liver")
     auto = imis.IMISNetSegmenter(path, device="cpu")  # no tokenizer on this machine: a warning
-    assert not auto.accepts_text
+    assert not auto.accepts_text and not auto.can_propose
     with pytest.raises(WeightsNotFound, match="use_text_prompt=True"):
         imis.IMISNetSegmenter(path, device="cpu", use_text_prompt=True)
 

@@ -59,11 +59,15 @@ class IMISNetSegmenter(Segmenter):
     folder; see :func:`msagent_imisnet.text.resolve_tokenizer`), ``encode_batch_size``.
 
     Decoding always yields IMIS-Net's three multimask candidates and keeps the one with the
-    best predicted IoU (``multimask=False`` gives the single-mask token instead).
+    best predicted IoU (``multimask=False`` gives the single-mask token instead). With text
+    prompts on it can propose (``can_propose``): a text-only decode is one candidate.
     """
 
     multimask_default = True
     accepts_text = True
+    #: proposals from text: a text-only decode (:meth:`propose_masks`); per instance, only
+    #: with text prompts on (a tokenizer loaded)
+    can_propose = True
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, device: str | None = None,
                  dtype: str | None = None, cache_size: int = 16, *,
@@ -89,7 +93,7 @@ class IMISNetSegmenter(Segmenter):
             self.tokenizer = resolve_tokenizer(tokenizer, required=use_text_prompt is True)
             if self.tokenizer is None:
                 log.warning("IMIS-Net text prompts are off: %s", TOKENIZER_HINT)
-        self.accepts_text = self.tokenizer is not None
+        self.accepts_text = self.can_propose = self.tokenizer is not None
         self._text_cache: BoundedLRU[str, torch.Tensor] = BoundedLRU(text_cache_size)
         log.info("loaded IMIS-Net from %s on %s (%s)", path, self.device, self.dtype)
 
@@ -126,6 +130,15 @@ class IMISNetSegmenter(Segmenter):
     def _embed_text(self, text: str) -> torch.Tensor:
         ids, mask = tokenize(self.tokenizer, [text], self.device)
         return self.model.embed_text(ids, mask)[0]
+
+    # -- proposals from text ----------------------------------------------------------
+    def propose_masks(self, embedding: Embedding, text: str, *,
+                      max_candidates: int) -> list[MaskPrediction]:
+        """IMIS-Net's text prompt alone (no box or click): one candidate, the best of its three
+        masks by predicted IoU, with that score; none when the mask is empty. IMIS-Net finds
+        one region per prompt, not every instance."""
+        prediction = self.decode_prompts(embedding, [Prompts(text=text)], [None], multimask=True)[0]
+        return [prediction] if prediction.mask.any() else []
 
     # -- decoder -----------------------------------------------------------------
     def input_geometry(self, image_size: tuple[int, int]) -> InputGeometry:
