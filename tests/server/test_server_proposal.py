@@ -144,7 +144,8 @@ def test_health_and_the_propose_route(phantom):
 def test_remote_propose_round_trip(phantom):
     image, gt = phantom
     served_backbone = ProposingBackbone()
-    with serve_in_thread(create_app(served_backbone, ServerConfig(batch_window_ms=0))) as url:
+    app = create_app(served_backbone, ServerConfig(batch_window_ms=0))
+    with serve_in_thread(app) as url:
         remote = RemoteSegmenter(url, logits_dtype="float32")
         try:
             assert remote.can_propose and not remote.accepts_text
@@ -155,6 +156,9 @@ def test_remote_propose_round_trip(phantom):
             assert np.array_equal(got[0].low_res_logits, reference.low_res_logits)
             assert got[0].score == pytest.approx(0.9)
             assert remote.propose(embedding, "nothing") == []
+            app.state.msagent.engine.images._items.clear()  # as after a restart: upload again
+            assert np.array_equal(remote.propose(embedding, "tumour")[0].mask, reference.mask)
+            assert app.state.msagent.metrics.counters["images_uploaded"] == 2
             with pytest.raises(SegmenterError, match="non-empty text"):
                 remote.propose(embedding, "  ")  # the SDK's checks, before any request
             # an episode from the served proposal: turn 0 recorded with its source and score
