@@ -69,6 +69,13 @@ def test_a_run_starts_from_the_proposal(phantom):
         assert trajectory.initial.score == pytest.approx(0.9)
         assert np.array_equal(trajectory.initial.mask, proposed)
         assert trajectory.meta["proposal"] == "best of 1 candidate(s), score 0.900"
+        # taking over after turn 0 keeps where turn 0 came from
+        seeded = client.post(f"/v1/agent/runs/{start['run_id']}/session", json={"steps": 0})
+        assert seeded.status_code == 201 and seeded.json()["session"]["has_mask"]
+        sid = seeded.json()["session"]["session_id"]
+        taken = client.get(f"/v1/agent/sessions/{sid}/trajectory").json()
+        assert taken["initial"]["source"] == "proposal:proposing"
+        assert taken["initial"]["score"] == pytest.approx(0.9)
     assert segmenter.proposals == 2 and segmenter.encodes == 1  # the run's one, and ours above
 
 
@@ -83,6 +90,15 @@ def test_a_run_whose_concept_matches_nothing_starts_empty(phantom):
         assert lines[-1]["type"] == "done" and lines[-1]["turns"] >= 1  # the expert starts anew
         meta = client.get(f"/v1/agent/runs/{start['run_id']}").json()["meta"]
         assert meta["proposal"].startswith("no candidate matched")
+
+
+def test_a_session_from_a_proposal_exports_it_as_turn_0(phantom):
+    with page(ProposingBackbone()) as client:
+        info = client.post("/v1/sessions", data={"image_id": upload(client, phantom[0]),
+                                                 "text": "tumour", "initial_mask": "proposal"}).json()
+        body = client.get(f"/v1/agent/sessions/{info['session_id']}/trajectory").json()
+        assert body["target"] == "tumour"  # the proposal's text, when no target is given
+        assert body["initial"]["source"] == "proposal:proposing" and body["steps"] == []
 
 
 @pytest.mark.parametrize("segmenter, target, words", [

@@ -354,12 +354,16 @@ async def session_to_trajectory(session_id: str, target: str = Query("", max_len
         or proposal.get("target", "")
     if not target:
         raise InvalidTarget("give the target (?target=...) for a session not started from a run")
+    start: dict[str, Any] = {}  # where turn 0 came from: the session's proposal, or the run's
+    if proposal.get("matched"):
+        start = {"initial_source": proposal["source"], "initial_score": proposal["score"]}
+    elif run is not None and run.trajectory.initial is not None:
+        start = {"initial_source": run.trajectory.initial.source,
+                 "initial_score": run.trajectory.initial.score}
     trajectory = await asyncio.to_thread(
         session_trajectory, list(session.history), session.image_size, target, run=run,
         origin=origin, image_id=session.image_id,
         ground_truth=None if run is None else run.ground_truth,
         initial=None if session.initial is None
-        else cast(MaskPrediction, session.initial.prediction).mask,
-        **({"initial_source": proposal["source"], "initial_score": proposal["score"]}
-           if proposal.get("matched") else {}))
+        else cast(MaskPrediction, session.initial.prediction).mask, **start)
     return JSONResponse(trajectory.to_dict(), headers=attachment(f"trajectory-{session_id[:8]}.json"))
