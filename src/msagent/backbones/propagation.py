@@ -28,12 +28,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
 
 from msagent.errors import InvalidMask, MsAgentError
 from msagent.types import MaskPrediction, Prompts
+
+if TYPE_CHECKING:  # the segmenter module names Propagator: no import at run time
+    from msagent.backbones.segmenter import Embedding
 
 
 @attrs.frozen(eq=False)
@@ -101,6 +105,16 @@ class Propagator(ABC):
     #: counts start at 0 here; ``self.encodes += 1`` keeps one per instance (a subclass whose
     #: encodes live elsewhere, the generic propagator's store, defines a property instead)
     encodes: int = 0
+    #: whether the propagator can read the run's slice embeddings (:attr:`embeddings`): a
+    #: native propagator whose frames are the backbone's own :meth:`~msagent.Segmenter.encode`
+    #: (``sam3``); one with preprocessing of its own (SAM2's video predictor) cannot
+    shares_embeddings: bool = False
+    #: set by a 3-D run when :attr:`shares_embeddings` (see
+    #: :func:`msagent.volume.propagation.propagator_for`): slice index → that slice's
+    #: :class:`~msagent.Embedding`, from the run's store, so that each slice is encoded once per
+    #: run whether an episode, a proposal or the propagator needs it first (the store counts
+    #: those encodes, not the propagator)
+    embeddings: Callable[[int], Embedding] | None = None
 
     def __init__(self, stack: SliceStack) -> None:
         self.stack = stack

@@ -76,8 +76,10 @@ def segment_volume(volume: Any, target: str, *, backbone: str | Segmenter | None
     stored window, else the volume's percentiles), applied once to the whole volume.
     ``ground_truth``: a label volume on the same grid (``label`` picks a value), for 3-D scores
     and the ``expert``/``oracle-box`` policies. ``propagation``: "auto" (the backbone's own
-    3-D memory where it has one: medsam2, sam2), "native" or "generic". Other options
-    (``survey_slices``, ``review_below``, ``min_score``, ``min_area``, ``max_in_memory``, and
+    3-D memory where it has one: medsam2, sam2, sam3), "native" or "generic". Other options
+    (``key_rule``: "auto", "survey" or "proposal", the slice whose proposal for ``target``
+    scores best, for a backbone that proposes; ``proposal_slices``, ``survey_slices``,
+    ``review_below``, ``min_score``, ``min_area``, ``max_in_memory``, and
     :class:`msagent.Agent`'s ``prompt_mode``/``multimask``) go to
     :class:`~msagent.volume.agent.VolumeAgent`.
     """

@@ -63,7 +63,9 @@ class VolumeTrajectory:
 
     ``shape`` is (slices, height, width) in display order and ``where`` how the slices were
     taken ("axial", "axis 0"); ``spacing`` (slice, row, column) in mm. ``key_slice`` and
-    ``key_rule`` ("given", "largest_gt_area", "survey") say where the agent started;
+    ``key_rule`` ("given", "largest_gt_area", "survey", "proposal") say where the agent started
+    (the proposal rule's search: ``meta["key_proposals"]``, slice → its best proposal's score,
+    None where nothing matched; ``counts["proposals"]``);
     ``episodes`` are in the order they ran; ``masks`` the final result per slice (slices
     without target absent); ``scores`` the backbone's predicted score per slice (NaN for
     seeds made by an episode). ``counts``: encodes, decodes, episodes; ``timings``: seconds.

@@ -13,7 +13,10 @@ an already tracked slice would otherwise be taken as a correction of that slice,
 fixed frame), and both passes run again; the slices' features are kept, so nothing is encoded
 again. Frames are preprocessed as the image path does (the official image and video
 processors give identical pixels: stretch to S×S, mean = std = 0.5), so each slice is encoded
-once, by the segmenter, and an image the agent already encoded is not encoded again.
+once, by the segmenter. In a 3-D run the frames come from the run's embedding store (the
+embeddings the key and review episodes and the key-slice proposals use), so a slice the agent
+already encoded is not encoded again; alone, the propagator encodes through the segmenter's
+cache.
 """
 
 from __future__ import annotations
@@ -81,10 +84,14 @@ class Sam3VideoPropagator(Propagator):
     frame's S/3.5 logits resized) and, as score, the tracker's object-presence probability
     (sigmoid of its object score; the video tracker predicts no IoU per frame). Slices whose
     mask is empty are absent. ``encodes`` counts the slices this propagator had encoded (a
-    slice already in the segmenter's cache costs none); ``decodes`` the tracking steps.
+    slice already in the segmenter's cache costs none); in a 3-D run the frames come from the
+    run's embedding store instead (:attr:`embeddings`, set by ``propagator_for``), which
+    counts them, so each slice is encoded once per run. ``decodes`` counts the tracking steps.
     """
 
     method = "native"
+    #: its frames are the segmenter's own encodes: a 3-D run's store serves them
+    shares_embeddings = True
 
     def __init__(self, segmenter: Any, stack: SliceStack) -> None:
         super().__init__(stack)
@@ -114,9 +121,12 @@ class Sam3VideoPropagator(Propagator):
     def frame_features(self, index: int) -> dict:
         """Slice ``index``'s tracker features (encoded on first use, then kept)."""
         if index not in self._features:
-            before = self.segmenter.encodes
-            embedding = self.segmenter.encode(self.stack.image(index))
-            self.encodes += self.segmenter.encodes - before
+            if self.embeddings is not None:  # the 3-D run's store: it counts the encodes
+                embedding = self.embeddings(index)
+            else:
+                before = self.segmenter.encodes
+                embedding = self.segmenter.encode(self.stack.image(index))
+                self.encodes += self.segmenter.encodes - before
             self._features[index] = embedding.features.tracker
         return {"vision_feats": list(self._features[index]),
                 "vision_pos_embeds": list(self.segmenter.tracker_positions())}
