@@ -80,8 +80,9 @@ def _client(monkeypatch, max_in_memory: int):
     from msagent.volume import session as volume_sessions
     from msagent.webapp import create_web_app
 
-    monkeypatch.setattr(volume_sessions, "MAX_IN_MEMORY", max_in_memory)
-    return TestClient(create_web_app(BrightBackbone(cache_size=1), ServerConfig(batch_window_ms=0)))
+    monkeypatch.setattr(volume_sessions, "MAX_IN_MEMORY", max_in_memory)  # the core's default
+    return TestClient(create_web_app(BrightBackbone(cache_size=1), ServerConfig(
+        batch_window_ms=0, volume_embeddings_in_memory=max_in_memory)))
 
 
 def _upload_tube(client, count: int) -> str:
