@@ -12,17 +12,21 @@ import pytest
 import msagent
 from msagent.testing import (
     CHECKS,
+    CT_PHANTOM_ORGANS,
+    BandBackbone,
     BoxBackbone,
     BrightBackbone,
     ComponentBackbone,
     check_segmenter,
+    make_ct_phantom,
     make_phantom,
     make_tube,
+    write_ct_phantom,
 )
 from msagent.types import BBox, Point, Prompts
 
 
-@pytest.mark.parametrize("backbone", [BoxBackbone, BrightBackbone, ComponentBackbone])
+@pytest.mark.parametrize("backbone", [BoxBackbone, BrightBackbone, ComponentBackbone, BandBackbone])
 def test_every_stand_in_passes_the_conformance_suite(backbone):
     check_segmenter(backbone(), thin=True)
 
@@ -106,3 +110,34 @@ def test_the_pytest_plugin_imports_nothing_heavy():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_the_ct_phantom_reads_back_as_made_and_is_a_built_in_dataset(tmp_path, monkeypatch):
+    from msagent.datasets import open_dataset
+    from msagent.volume.stack import build_stack, label_stack
+
+    volume, labels = make_ct_phantom((12, 64, 64))
+    assert volume.dtype == np.int16 and labels.shape == (12, 64, 64)
+    assert set(np.unique(labels)) == {0, *CT_PHANTOM_ORGANS}
+    write_ct_phantom(tmp_path / "ph", (12, 64, 64))
+    sliced = build_stack(tmp_path / "ph" / "imagesTr" / "ct_phantom_0000.nii.gz")
+    assert np.array_equal(label_stack(tmp_path / "ph" / "labelsTr" / "ct_phantom.nii.gz", sliced,
+                                      "labels"), labels > 0)
+    monkeypatch.setenv("MSAGENT_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr("msagent.testing.data.write_ct_phantom.__defaults__", ((12, 64, 64),))
+    cases = open_dataset("ct-phantom", volumes=True).refs
+    assert sorted(c.meta["class"] for c in cases) == sorted(n for n, _ in CT_PHANTOM_ORGANS.values())
+    assert {c.meta["window"] for c in cases} == {"abdomen"}
+
+
+def test_the_band_stand_in_grows_from_its_prompts():
+    image, mask = make_phantom()
+    band = BandBackbone()
+    embedding = band.encode(image)
+    grown = band.decode(embedding, Prompts(box=BBox(60, 45, 180, 135))).mask
+    assert (grown & mask).sum() / mask.sum() > 0.95 and not (grown & ~mask).any()
+    clicked = band.decode(embedding, Prompts(points=(Point(120, 90),))).mask
+    assert (clicked & grown).sum() > 0.95 * grown.sum()  # a click inside grows the region
+    carved = band.decode(embedding, Prompts(box=BBox(60, 45, 180, 135),
+                                            points=(Point(170, 90, False),))).mask
+    assert carved.sum() < grown.sum() and not carved[85:95, 165:175].any()
