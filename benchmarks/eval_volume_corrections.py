@@ -141,8 +141,7 @@ def run_target(seg, calls: Calls, stack, gt, target: str, rules) -> dict:
             row[f"review{reviews}"] = float(result.values["dice"])
             row[f"review{reviews}_encodes"], row[f"review{reviews}_decodes"] = calls.take()
             episodes = [e for e in result.trajectory.episodes if e.role == "review"]
-            row[f"review{reviews}_unchanged"] = sum(1 for e in episodes
-                                                    if not e.seeded and e.decision != "no_target")
+            row[f"review{reviews}_unchanged"] = sum(1 for e in episodes if not e.seeded)
             row[f"review{reviews}_slices"] = [e.slice for e in episodes]
         out[rule] = row
         print(f"  {target:12s} {rule:6s} cvpr {' '.join(f'{v:.3f}' for v in row['dsc_by_step'])} "
@@ -186,7 +185,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--backbones", default="litemedsam,band")
@@ -220,6 +219,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     (args.out / "results.md").write_text(text)
+    return result
 
 
 if __name__ == "__main__":

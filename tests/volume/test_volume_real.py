@@ -41,7 +41,7 @@ def test_expert_key_slice_propagation_and_review_on_mni152(brain, litemedsam, mo
     assert result.dice == pytest.approx(metrics.dice(result.mask, gt))
     # each of the 8 slices encoded once, the key and review episodes included
     assert trajectory.counts["encodes"] == len(encoded) == 8
-    (review,) = [e for e in trajectory.episodes if e.role == "review"]
+    review, *_ = [e for e in trajectory.episodes if e.role == "review"]  # unchanged ones are free
     key_dice = result.slice_dice[trajectory.key_slice]
     assert key_dice > 0.6 and review.slice != trajectory.key_slice
 

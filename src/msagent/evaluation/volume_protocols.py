@@ -15,7 +15,12 @@ in display order.
   (:func:`msagent.clicker.cvpr_click_3d`: the centre of the largest 26-connected 3-D error
   component, the challenge's tie rule): each is added to the prompts of its slice (the
   slice's box, or its propagated mask's box, plus its clicks so far; the slice's current
-  logits as the mask input), decoded, made a seed and propagated again. DSC and NSD after
+  logits as the mask input) and decoded; under ``correction="local"`` (the default) the
+  slice keeps only the parts of that decode's change that reach the click
+  (:func:`msagent.volume.propagation.local_change`; a decode that changes nothing there is no
+  correction), and the slice is made a seed and re-propagated by the propagator's correction
+  rule (:mod:`msagent.volume.propagation`); ``"nearest"``: the whole decode is the seed and
+  its walks replace the slices up to the midpoints with the other seeds. DSC and NSD after
   each of the 6 steps, NSD 0 when DSC ≤ 0.2; DSC_AUC/NSD_AUC the raw trapezoid over the 5
   click steps; final DSC/NSD.
 """
@@ -32,7 +37,13 @@ from msagent.evaluation.protocols import CVPR_CLICKS, CVPR_NSD_MIN_DICE, Outcome
 from msagent.types import Prompts
 from msagent.volume.agent import VolumeAgent
 from msagent.volume.embeddings import EmbeddingStore
-from msagent.volume.propagation import METHODS, GenericPropagator, propagator_for
+from msagent.volume.propagation import (
+    CORRECTIONS,
+    METHODS,
+    GenericPropagator,
+    local_change,
+    propagator_for,
+)
 
 
 def run_volume_agent(agent: VolumeAgent, stack: SliceStack, target: str, gt: np.ndarray, *,
@@ -58,15 +69,19 @@ def score_volume_run(trajectory, stack: SliceStack, gt: np.ndarray,
 
 def run_cvpr_3d(segmenter: Segmenter, stack: SliceStack, gt: np.ndarray, *,
                 clicks: int = CVPR_CLICKS, propagation: str = "auto",
-                multimask: bool | None = None, tolerance: float = 2.0) -> Outcome:
+                multimask: bool | None = None, tolerance: float = 2.0,
+                correction: str = "local") -> Outcome:
     """The CVPR 2025 interactive protocol on a volume; see the module docstring."""
     if propagation not in METHODS:
         raise ValueError(f"unknown propagation {propagation!r}")
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction rule {correction!r}")
     gt = np.asarray(gt, bool)
     box = clicker.cvpr_initial_box_3d(gt)
     store = EmbeddingStore(segmenter, stack)
     extent = (box.z_min, box.z_max)
-    propagator = propagator_for(segmenter, stack, propagation, store=store, multimask=multimask)
+    propagator = propagator_for(segmenter, stack, propagation, store=store, multimask=multimask,
+                                correction=correction)
     if isinstance(propagator, GenericPropagator):  # a native one is limited afterwards
         propagator.extent = extent
     slice_prompts: dict[int, Prompts] = {}
@@ -80,7 +95,8 @@ def run_cvpr_3d(segmenter: Segmenter, stack: SliceStack, gt: np.ndarray, *,
             if step > 0:
                 click = clicker.cvpr_click_3d(gt, mask)
                 if click is not None:  # a perfect result gets no click and stays as it is
-                    _correct(segmenter, store, propagator, slice_prompts, click, multimask)
+                    _correct(segmenter, store, propagator, slice_prompts, click, multimask,
+                             correction)
                     mask = _within(propagator, extent)
             scores = metrics.volume_metrics(mask, gt, stack.spacing, tolerance,
                                             nsd_min_dice=CVPR_NSD_MIN_DICE)
@@ -111,9 +127,9 @@ def _within(propagator, extent: tuple[int, int]) -> np.ndarray:
 
 
 def _correct(segmenter: Segmenter, store: EmbeddingStore, propagator, slice_prompts: dict,
-             click: clicker.VoxelClick, multimask: bool | None) -> None:
+             click: clicker.VoxelClick, multimask: bool | None, correction: str) -> None:
     """Add ``click`` to its slice's prompts, decode there, seed and (at the next
-    propagate) propagate the corrected slice."""
+    propagate) propagate the corrected slice (see the module docstring)."""
     index = click.z
     current = propagator.results.get(index)
     prompts = slice_prompts.get(index)
@@ -125,4 +141,13 @@ def _correct(segmenter: Segmenter, store: EmbeddingStore, propagator, slice_prom
         logits = None
     prediction = segmenter.decode(store[index], prompts, logits, multimask=multimask)
     slice_prompts[index] = prompts
-    propagator.add_seed(index, Seed(prediction.mask, prompts, prediction.low_res_logits))
+    mask, logits = prediction.mask, prediction.low_res_logits
+    if correction == "local":
+        before = None if current is None else current.mask
+        mask = local_change(before, prediction.mask, (click.x, click.y),
+                            getattr(propagator, "reach", 0))
+        if np.array_equal(mask, np.zeros_like(mask) if before is None else before):
+            return  # the decode changed nothing where the click is: no correction
+        if not np.array_equal(mask, prediction.mask):
+            logits = None  # part old, part new: the seed's logits come from its mask
+    propagator.add_seed(index, Seed(mask, prompts, logits))

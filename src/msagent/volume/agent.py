@@ -5,23 +5,32 @@ A run (:meth:`VolumeAgent.run`) on a :class:`~msagent.backbones.propagation.Slic
 1. **Key slice.** Given, or for a policy that reads the ground truth (the expert) the slice
    of largest target area, or else a survey: a first action on ``survey_slices`` evenly
    spaced slices (20 %–80 % of the stack), keeping the slice whose first prediction has the
-   best predicted score (a tie to the one nearest the middle). The rule is recorded.
-2. **Key episode.** A full agent episode there; its result is the first seed.
+   best predicted score (a tie to the one nearest the middle). ``key_rule="proposal"`` (a
+   backbone that proposes from text, e.g. ``sam3``) picks the slice whose proposal for the
+   target scores best instead (:func:`proposal_search`: ``proposal_slices`` evenly spaced
+   slices, then halving steps around the best), without reading the ground truth. The rule is
+   recorded (``key_rule``; the proposal search's scores in ``meta["key_proposals"]``).
+2. **Key episode.** A full agent episode there; its result is the first seed. Under the
+   proposal rule it starts from that slice's proposal (turn 0, source and score).
 3. **Propagation** (:func:`msagent.volume.propagation.propagator_for`: native for backbones with a
    3-D memory, else slice by slice).
-4. **Review.** Up to ``review_slices`` times, the slice most likely wrong gets a refinement
-   episode starting from its propagated mask (:mod:`msagent.agent.refine`; from nothing when
-   propagation left it empty). Most likely wrong: for the expert, the worst Dice (slices whose
-   Dice is under ``review_below``, among those where the target or the prediction is);
-   otherwise the highest suspicion, the largest of (1 − predicted score), the area change to
-   the mean of its neighbours relative to the larger of the two, and 0.5 at the first and last
-   slice of the extent. A correction that changed the mask becomes a seed and is propagated
-   again. The expert settles a review slice where the ground truth is empty without an
+4. **Review.** ``review_slices`` corrections: the slice with the most expected wrong voxels
+   (:func:`rank_reviews`, from the result alone, the same ranking for every policy: the
+   expert reads the ground truth only to act) gets a refinement episode starting from its
+   propagated mask (:mod:`msagent.agent.refine`; from nothing on a slice just beyond the
+   result's extent). A correction that changed the mask becomes a seed and is propagated
+   again by the propagator's correction rule (:mod:`msagent.volume.propagation`); a review
+   that changes nothing does not count against ``review_slices`` (at most as many again are
+   looked at). The expert settles a review slice where the ground truth is empty without an
    episode: it marks the slice as having no target (an empty seed: propagation ends there).
+   ``review_rank="dice"`` is the ranking before it: for the expert the worst Dice (under
+   ``review_below``), otherwise :func:`pick_suspicious`, every review counted.
 
 Each slice is encoded once per run (:class:`msagent.volume.embeddings.EmbeddingStore`); the
-episodes and generic propagation share the embeddings. A native propagator encodes its frames
-with its own preprocessing, so there the key and review slices are encoded once more.
+episodes, the key-slice proposals, generic propagation and a native propagator that shares
+embeddings (``sam3``) use the same embeddings. A native propagator with preprocessing of its
+own (SAM2's video predictor: ``medsam2``) encodes its frames itself, so there the key and
+review slices are encoded once more.
 """
 
 from __future__ import annotations
@@ -36,18 +45,26 @@ import numpy as np
 from msagent import metrics
 from msagent.agent import Agent
 from msagent.agent.episode import PROMPT_MODES
+from msagent.agent.proposal import Proposal, check_can_propose, propose
 from msagent.backbones.propagation import Propagator, Seed, SliceStack
 from msagent.backbones.segmenter import Segmenter
 from msagent.errors import InvalidInput, InvalidMask, SegmentationFailed
 from msagent.policies.base import Policy
 from msagent.types import Trajectory
 from msagent.volume.embeddings import EmbeddingStore
-from msagent.volume.propagation import METHODS, propagator_for
+from msagent.volume.propagation import CORRECTIONS, METHODS, propagator_for
 from msagent.volume.trajectory import VolumeEpisode, VolumeTrajectory
 
-KEY_RULES = ("given", "largest_gt_area", "survey")
+#: how the key slice of a run was chosen (``VolumeTrajectory.key_rule``)
+KEY_RULES = ("given", "largest_gt_area", "survey", "proposal")
+#: ``VolumeAgent.key_rule``: "auto" (largest_gt_area for a policy that reads the ground truth,
+#: else survey), "survey" or "proposal"
+KEY_CHOICES = ("auto", "survey", "proposal")
 #: flat options that go to each slice's :class:`msagent.Agent` (a VolumeAgent's agent_options)
 AGENT_OPTIONS = ("prompt_mode", "multimask", "max_failures")
+#: ``VolumeAgent.review_rank``: "expected" (expected wrong voxels, :func:`rank_reviews`) or
+#: "dice" (the expert's worst Dice, else :func:`pick_suspicious`)
+REVIEW_RANKS = ("expected", "dice")
 #: the most slices ``survey_slices`` and ``review_slices`` may name (more is a mistake)
 MAX_SLICE_OPTION = 100_000
 
@@ -58,7 +75,9 @@ class VolumeAgent:
 
     ``agent_options`` go to each slice's :class:`msagent.Agent` (``prompt_mode``,
     ``multimask``, ...); ``min_area``/``min_score`` end generic propagation (see
-    :mod:`msagent.volume.propagation`); ``max_in_memory`` bounds the embeddings kept in memory."""
+    :mod:`msagent.volume.propagation`); ``max_in_memory`` bounds the embeddings kept in memory.
+    ``key_rule`` ("auto", "survey", "proposal") chooses the key slice when none is given;
+    ``proposal_slices`` is the proposal search's first, evenly spaced round."""
 
     policy: Policy
     segmenter: Segmenter
@@ -70,11 +89,18 @@ class VolumeAgent:
     min_area: int = 1
     min_score: float = 0.0
     max_in_memory: int = 64
+    key_rule: str = "auto"
+    proposal_slices: int = 8
+    correction: str = "local"
+    review_rank: str = "expected"
     agent_options: Mapping[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         check_options(self.max_turns, self.propagation, self.review_slices, self.survey_slices,
-                      self.review_below, self.min_area, self.min_score, self.max_in_memory)
+                      self.review_below, self.min_area, self.min_score, self.max_in_memory,
+                      self.key_rule, self.proposal_slices, self.correction, self.review_rank)
+        if self.key_rule == "proposal":  # before any slice is encoded
+            check_can_propose(self.segmenter)
 
     def run(self, stack: SliceStack, target: str, ground_truth: np.ndarray | None = None, *,
             key_slice: int | None = None, case_id: str = "", meta: Mapping[str, Any] | None = None,
@@ -87,7 +113,8 @@ class VolumeAgent:
         store = EmbeddingStore(self.segmenter, stack, max_in_memory=self.max_in_memory)
         propagator = propagator_for(self.segmenter, stack, self.propagation, store=store,
                                     min_area=self.min_area, min_score=self.min_score,
-                                    multimask=self.agent_options.get("multimask"))
+                                    multimask=self.agent_options.get("multimask"),
+                                    correction=self.correction)
         run = _Run(self, stack, target, gt, store, propagator, case_id, say)
         try:
             key, rule = run.choose_key(key_slice)
@@ -105,6 +132,10 @@ class VolumeAgent:
                   "propagation_decodes": propagator.decodes,
                   "episodes": len(run.episodes),
                   "turns": sum(e.trajectory.turns for e in run.episodes if e.trajectory)}
+        searched: dict[str, Any] = {}
+        if run.proposals:  # the proposal search: every slice it looked at, its best score
+            counts["proposals"] = len(run.proposals)
+            searched["key_proposals"] = {str(i): p.score for i, p in sorted(run.proposals.items())}
         return VolumeTrajectory(
             target=target, shape=stack.gray.shape, where=where, spacing=stack.spacing,
             key_slice=key, key_rule=rule, propagation=propagator.method,
@@ -114,7 +145,7 @@ class VolumeAgent:
             counts=counts, timings=timings, case_id=case_id,
             meta={"backbone": self.segmenter.name, "policy": self.policy.name,
                   "max_turns": self.max_turns, "review_slices": self.review_slices,
-                  **(meta or {})})
+                  **searched, **(meta or {})})
 
     def _check(self, stack: SliceStack, ground_truth, key_slice) -> np.ndarray | None:
         if not isinstance(stack, SliceStack):
@@ -146,14 +177,18 @@ class VolumeAgent:
 
 def check_options(max_turns: Any = 5, propagation: Any = "auto", review_slices: Any = 3,
                   survey_slices: Any = 5, review_below: Any = 0.9, min_area: Any = 1,
-                  min_score: Any = 0.0, max_in_memory: Any = 64) -> None:
+                  min_score: Any = 0.0, max_in_memory: Any = 64, key_rule: Any = "auto",
+                  proposal_slices: Any = 8, correction: Any = "local",
+                  review_rank: Any = "expected") -> None:
     """Refuse :class:`VolumeAgent` options it cannot run with (:class:`InvalidInput`, naming
     the option), so a bad count is one clear error before any work, not a stray exception.
-    Slice counts (``survey_slices``, ``review_slices``) are at most :data:`MAX_SLICE_OPTION`;
-    the survey never looks at more slices than the volume has."""
+    Slice counts (``survey_slices``, ``proposal_slices``, ``review_slices``) are at most
+    :data:`MAX_SLICE_OPTION`; the survey and the proposal search never look at more slices
+    than the volume has."""
     for name, value, least, most in (
             ("max_turns", max_turns, 1, None), ("review_slices", review_slices, 0, MAX_SLICE_OPTION),
-            ("survey_slices", survey_slices, 1, MAX_SLICE_OPTION), ("min_area", min_area, 0, None),
+            ("survey_slices", survey_slices, 1, MAX_SLICE_OPTION),
+            ("proposal_slices", proposal_slices, 1, MAX_SLICE_OPTION), ("min_area", min_area, 0, None),
             ("max_in_memory", max_in_memory, 1, None)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
                 or value < least or (most is not None and value > most):
@@ -165,6 +200,12 @@ def check_options(max_turns: Any = 5, propagation: Any = "auto", review_slices: 
             raise InvalidInput(f"{name} must be a finite number, got {value!r}")
     if propagation not in METHODS:
         raise InvalidInput(f"unknown propagation {propagation!r}; use one of {', '.join(METHODS)}")
+    if not isinstance(key_rule, str) or key_rule not in KEY_CHOICES:
+        raise InvalidInput(f"unknown key_rule {key_rule!r:.40}; use one of {', '.join(KEY_CHOICES)}")
+    for name, value, known in (("correction", correction, CORRECTIONS),
+                               ("review_rank", review_rank, REVIEW_RANKS)):
+        if not isinstance(value, str) or value not in known:
+            raise InvalidInput(f"unknown {name} {value!r:.40}; use one of {', '.join(known)}")
 
 
 def split_options(options: Mapping[str, Any], *, caller: str = "segment_volume",
@@ -215,6 +256,8 @@ class _Run:
     say: Callable[[str], None]
     episodes: list[VolumeEpisode] = attrs.field(factory=list)
     reviewed: set[int] = attrs.field(factory=set)
+    proposals: dict[int, Proposal] = attrs.field(factory=dict)  # the key-slice search's
+    key_proposal: Proposal | None = None  # the key episode starts from it (key_rule "proposal")
 
     @property
     def expert_gt(self) -> np.ndarray | None:
@@ -222,21 +265,25 @@ class _Run:
         return self.gt if self.owner.policy.needs_ground_truth else None
 
     def episode(self, index: int, role: str, *, max_turns: int | None = None,
-                initial: np.ndarray | None = None) -> Trajectory:
+                initial: np.ndarray | Proposal | None = None) -> Trajectory:
         agent = Agent(self.owner.policy, self.owner.segmenter,
                       max_turns=max_turns or self.owner.max_turns, **self.owner.agent_options)
         gt = None if self.gt is None else self.gt[index]
         return agent.run(self.stack.image(index), self.target, gt,
                          case_id=f"{self.case_id}{'/' if self.case_id else ''}slice-{index}",
                          meta={"slice": index, "role": role}, initial_mask=initial,
-                         initial_source="propagated" if initial is not None else "",
+                         initial_source="propagated" if isinstance(initial, np.ndarray) else "",
                          embedding=self.store[index])
 
     # -- 1. the key slice ----------------------------------------------------------
     def choose_key(self, given: int | None) -> tuple[int, str]:
         if given is not None:
             return int(given), "given"
-        if (gt := self.expert_gt) is not None:
+        rule = self.owner.key_rule
+        if rule == "proposal" and (index := self.proposal_key()) is not None:
+            return index, "proposal"
+        # no proposal matched anywhere it looked: the rule a run would use without it
+        if rule != "survey" and (gt := self.expert_gt) is not None:
             areas = gt.reshape(self.stack.count, -1).sum(axis=1)
             return int(np.argmax(areas)), "largest_gt_area"
         count, middle = self.stack.count, (self.stack.count - 1) / 2
@@ -262,10 +309,21 @@ class _Run:
                                      "a mask; pass key_slice= (a slice showing the target)")
         return best, "survey"
 
+    def proposal_key(self) -> int | None:
+        """The slice whose proposal for the target scores best (:func:`proposal_search` on the
+        run's embeddings), or None when none matched."""
+        def at(index: int) -> Proposal:
+            self.say(f"proposal: slice {index}")
+            return propose(self.owner.segmenter, self.store[index], self.target)
+
+        best, self.proposals = proposal_search(at, self.stack.count, self.owner.proposal_slices)
+        self.key_proposal = None if best is None else self.proposals[best]
+        return best
+
     # -- 2-3. the key episode and the first propagation -----------------------------
     def key_episode(self, index: int) -> None:
         self.say(f"key slice {index}: episode")
-        trajectory = self.episode(index, "key")
+        trajectory = self.episode(index, "key", initial=self.key_proposal)
         self.reviewed.add(index)
         if not trajectory.final_mask.any():
             from msagent.types import failure_message
@@ -288,17 +346,25 @@ class _Run:
     # -- 4. review -------------------------------------------------------------------
     def review(self) -> None:
         gt = self.expert_gt
-        for _ in range(self.owner.review_slices):
+        budget = self.owner.review_slices
+        free = self.owner.review_rank == "expected"  # reviews that change nothing are free
+        counted = looked = 0
+        while counted < budget and looked < (2 * budget if free else budget):
             pick = self.pick_review()
             if pick is None:
                 return
             index, reason = pick
+            looked += 1
             self.reviewed.add(index)
             current = self.propagator.results.get(index)
             if gt is not None and not gt[index].any():  # the expert marks "no target here"
-                self.episodes.append(VolumeEpisode(index, "review", None, True, reason, "no_target"))
+                changed = current is not None or not free
+                self.episodes.append(VolumeEpisode(index, "review", None, changed, reason,
+                                                   "no_target"))
                 self.say(f"review slice {index} ({reason}): no target")
-                self.seed(index, None)
+                if changed:
+                    self.seed(index, None)
+                counted += 1 if changed else 0
                 continue
             self.say(f"review slice {index} ({reason}): episode")
             before = None if current is None else current.mask
@@ -308,9 +374,13 @@ class _Run:
             self.episodes.append(VolumeEpisode(index, "review", trajectory, changed, reason))
             if changed:
                 self.seed(index, trajectory)
+            counted += 1 if changed or not free else 0
 
     def pick_review(self) -> tuple[int, str] | None:
         results = self.propagator.results
+        if self.owner.review_rank == "expected":
+            ranked = rank_reviews(results, self.reviewed, self.propagator.seeds, self.stack.count)
+            return None if not ranked else (ranked[0][0], ranked[0][1])
         if (gt := self.expert_gt) is not None:
             candidates = {i for i in results} | set(np.flatnonzero(
                 gt.reshape(self.stack.count, -1).any(axis=1)).tolist())
@@ -322,6 +392,100 @@ class _Run:
                     worst = (index, value)
             return None if worst is None else (worst[0], f"dice {worst[1]:.3f}")
         return pick_suspicious(results, self.reviewed)
+
+
+def proposal_search(propose_at: Callable[[int], Proposal], count: int,
+                    first: int = 8) -> tuple[int | None, dict[int, Proposal]]:
+    """The slice of ``count`` whose proposal scores best, looking at a bounded set of slices:
+    ``first`` evenly spaced ones (slice centres of ``first`` equal parts; every slice when the
+    stack has no more), then, around the best so far, the two slices half the spacing away,
+    halving again until neighbours: at most ``first`` + 2·⌈log2(count / first)⌉ proposals
+    (8 + 10 for 200 slices), each slice at most once. Best: the highest score among proposals
+    that matched (a tie to the larger mask, then to the slice nearer the middle). Returns
+    (best or None when nothing matched in the first round, every proposal made by slice)."""
+    tried: dict[int, Proposal] = {}
+    parts = min(int(first), count)
+
+    def look(index: int) -> None:
+        if 0 <= index < count and index not in tried:
+            tried[index] = propose_at(index)
+
+    for part in range(parts):
+        look(int((part + 0.5) * count / parts))
+    step, best = count / parts, _best_proposal(tried, count)
+    while best is not None and step > 1:
+        step /= 2
+        offset = max(1, int(round(step)))
+        look(best - offset)
+        look(best + offset)
+        best = _best_proposal(tried, count)
+    return best, tried
+
+
+def _best_proposal(tried: Mapping[int, Proposal], count: int) -> int | None:
+    middle = (count - 1) / 2
+    matched = [(float(p.score) if p.score is not None and np.isfinite(p.score) else 0.0,
+                int(np.count_nonzero(p.mask)), -abs(i - middle), i)
+               for i, p in tried.items() if p.mask is not None]
+    return max(matched)[3] if matched else None
+
+
+def rank_reviews(results: Mapping[int, Any], exclude: set[int], seeds: Mapping[int, Any] | set[int],
+                 count: int) -> list[tuple[int, str, float]]:
+    """Review candidates, most expected wrong voxels first: (slice, reason, value). From the
+    result alone (slice → prediction with ``mask`` and ``score``; ``seeds``, the slices the
+    agent fixed), never the ground truth. Per propagated slice ``i``, made by the walk from
+    its nearest seed:
+
+    - wrong voxels on the slice: (1 − relative score) × area, plus half the area change from
+      the neighbour it was prompted from (an area jump). The relative score is the predicted
+      score over the result's median score, at most 1 (backbones' scores are not calibrated:
+      a slice is suspect where its score falls below the others'; an unknown score counts as
+      the median);
+    - what a correction there carries outward: (1 − its relative score) × the sum of that
+      over the slices the same walk made beyond it;
+    - the slice just beyond each end of the result (no mask: the target may go on): half the
+      area of the end slice.
+
+    Seeds and ``exclude`` are left out; ties go to the slice nearer a seed."""
+    areas = {int(i): int(np.count_nonzero(p.mask)) for i, p in results.items()}
+    raw = {int(i): float(p.score) if p.score is not None else float("nan")
+           for i, p in results.items()}
+    known = [v for v in raw.values() if np.isfinite(v)]
+    median = float(np.median(known)) if known else float("nan")
+    scores = {i: min(max(v / median, 0.0), 1.0) if np.isfinite(v) and median > 0 else 1.0
+              for i, v in raw.items()}
+    filled = sorted(i for i in seeds if areas.get(i, 0) > 0)
+    if not filled:
+        return []
+    ranked: dict[int, tuple[float, str]] = {}
+    for seed in filled:
+        for direction in (+1, -1):
+            walk = []  # the slices this seed's walk made, outward, until a gap or a seed
+            index = seed + direction
+            while areas.get(index, 0) > 0 and index not in seeds:
+                walk.append(index)
+                index += direction
+            after_walk, local = index, []
+            for index in walk:
+                jump = 0.5 * abs(areas[index] - areas[index - direction])
+                local.append(((1.0 - scores[index]) * areas[index], jump))
+            beyond = 0.0
+            for position in range(len(walk) - 1, -1, -1):
+                index = walk[position]
+                wrong, jump = local[position]
+                carried = (1.0 - scores[index]) * beyond
+                terms = {"low score": wrong, "area jump": jump, "carried": carried}
+                reason = max(terms, key=lambda k: terms[k])
+                ranked[index] = (wrong + jump + carried, reason)
+                beyond += wrong + jump
+            end = walk[-1] if walk else seed
+            if 0 <= after_walk < count and after_walk not in areas:  # beyond the extent's end
+                ranked.setdefault(after_walk, (0.5 * areas[end], "end of extent"))
+    nearest = {i: min(abs(i - s) for s in filled) for i in ranked}
+    order = sorted((i for i in ranked if i not in exclude and i not in seeds),
+                   key=lambda i: (-ranked[i][0], nearest[i], i))
+    return [(i, f"{ranked[i][1]}: {ranked[i][0]:.0f} voxels", ranked[i][0]) for i in order]
 
 
 def pick_suspicious(results: Mapping[int, Any], exclude: set[int]) -> tuple[int, str] | None:

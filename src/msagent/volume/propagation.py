@@ -16,9 +16,21 @@
 - between two seeds each slice belongs to the nearer one (a tie to the lower slice), so a
   correction changes only its own neighbourhood; an empty seed ("no target here") ends the
   walks that reach it and claims no slice: the slices beyond it have no target;
-- after a new seed, a walk stops early at the first slice whose inputs (the neighbour it is
-  prompted from, that neighbour's mask and logits) are the same as last time: from there on
-  every result is the same, so nothing is decoded again ("until results stop changing").
+- a **correction** (a seed added after the first propagation: a click, a review) changes
+  only what it should (``correction="local"``, the default; the measurements that chose the
+  rule are in docs/volumes.md). On its own slice the change is the seed against the slice's
+  result; from there the walk goes outward as before, but on each slice it keeps only the
+  part of (new prediction XOR current result) within ``reach`` pixels of the change it kept
+  on the slice before, and it stops at the first slice where that part is empty, at another
+  seed, or at the extent's end. The slices beyond keep their results. An empty correction
+  ("no target here") clears the slices beyond it, away from the seeds with target.
+  ``correction="nearest"`` is the rule before it: the new seed's walks replace every slice
+  up to the midpoint with the next seed, stopping early only at the first slice whose
+  inputs (the neighbour it is prompted from, that neighbour's mask and logits) are the same
+  as last time.
+- the first propagation (and every one under ``"nearest"``) walks from each seed to the
+  midpoints as described above; a later one under ``"nearest"`` stops early where inputs
+  repeat ("until results stop changing").
 - it calls :meth:`~msagent.backbones.propagation.Propagator.checkpoint` before each slice it
   decodes, so :meth:`~msagent.backbones.propagation.Propagator.propagate_until` can stop it
   there; its decodes run through the store's ``work`` (a server's pools), as its encodes do.
@@ -43,6 +55,13 @@ from msagent.types import BBox, MaskPrediction, Prompts
 from msagent.volume.embeddings import EmbeddingStore
 
 METHODS = ("auto", "native", "generic")
+#: how a correction re-propagates (see the module docstring)
+CORRECTIONS = ("local", "nearest")
+#: a correction's walk stops where its prediction departs from the current result, outside
+#: the change it carries, by more than this fraction of the current area
+DEPART = 0.2
+#: ... or where its predicted score falls more than this below the current result's
+SCORE_DROP = 0.1
 #: areas (pixels) below which a jump in area is not read as the target's end
 GROWTH_FLOOR = 64
 
@@ -55,8 +74,17 @@ class GenericPropagator(Propagator):
     def __init__(self, segmenter: Segmenter, stack: SliceStack, *,
                  store: EmbeddingStore | None = None, min_area: int = 1,
                  min_score: float = 0.0, box_margin: float = 0.1, max_growth: float = 2.0,
-                 multimask: bool | None = None, extent: tuple[int, int] | None = None) -> None:
+                 multimask: bool | None = None, extent: tuple[int, int] | None = None,
+                 correction: str = "local", reach: int | None = None,
+                 depart: float = DEPART, score_drop: float = SCORE_DROP) -> None:
         super().__init__(stack)
+        if correction not in CORRECTIONS:
+            raise InvalidInput(f"unknown correction rule {correction!r}; use one of "
+                               f"{', '.join(CORRECTIONS)}")
+        self.correction = correction
+        #: how far (pixels) a correction's change may move from one slice to the next
+        self.reach = default_reach(stack.image_size) if reach is None else int(reach)
+        self.depart, self.score_drop = float(depart), float(score_drop)
         if not 0 <= box_margin <= 1:
             raise InvalidInput(f"box_margin is a fraction of the box side in [0, 1], got {box_margin}")
         self.segmenter = segmenter
@@ -71,12 +99,31 @@ class GenericPropagator(Propagator):
             (max(0, int(extent[0])), min(stack.count - 1, int(extent[1])))
         self.takes_mask_input = segmenter.input_geometry(stack.image_size) is not None
         self._inputs: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
+        self._propagated: dict[int, Seed] = {}  # the seeds the results carry
 
     @property  # the store counts this run's encodes
     def encodes(self) -> int:  # type: ignore[override]  # read-only here: nothing sets it
         return self.store.encodes
 
+    def resume(self, results: dict[int, MaskPrediction], seeds: dict[int, Seed]) -> None:
+        """Start from a result made earlier (an undo restored it): ``results`` carry ``seeds``;
+        seeds added after this are corrections of ``results``."""
+        self.results = dict(results)
+        self.seeds = dict(seeds)
+        self._propagated = dict(seeds)
+        self._inputs.clear()
+
     def propagate(self) -> dict[int, MaskPrediction]:
+        if self.correction == "local" and self._propagated:
+            for index, seed in sorted(self.seeds.items()):
+                if self._propagated.get(index) is not seed:
+                    self._correct(index, seed)
+                    self._propagated[index] = seed
+            return self.results
+        self._propagated = dict(self.seeds)
+        return self._propagate_all()
+
+    def _propagate_all(self) -> dict[int, MaskPrediction]:
         starts = {index: self._seed_prediction(seed) for index, seed in sorted(self.seeds.items())}
         filled = sorted(i for i, p in starts.items() if p.mask.any())
         empty = sorted(i for i, p in starts.items() if not p.mask.any())
@@ -109,6 +156,75 @@ class GenericPropagator(Propagator):
         high = min([high] + [e - 1 for e in empty if e > seed])
         low = max([low] + [e + 1 for e in empty if e < seed])
         return high, low
+
+    # -- a correction ------------------------------------------------------------------
+    def _correct(self, index: int, seed: Seed) -> None:
+        """Re-propagate the correction at ``index`` locally (see the module docstring)."""
+        start = self._seed_prediction(seed)
+        before = self.results.get(index)
+        others = sorted(i for i in self._propagated if i != index)
+        low_end, high_end = self.extent
+        below = max([i for i in others if i < index], default=None)
+        above = min([i for i in others if i > index], default=None)
+        if not start.mask.any():  # no target here: none beyond it, away from the target
+            self.results.pop(index, None)
+            filled = [i for i in others if self._propagated[i].mask.any()]
+            if not any(i < index for i in filled):
+                self._clear_range(low_end if below is None else below + 1, index - 1)
+            if not any(i > index for i in filled):
+                self._clear_range(index + 1, high_end if above is None else above - 1)
+            return
+        self.results[index] = start
+        changed = start.mask ^ (before.mask if before is not None else False)
+        if not changed.any():
+            return
+        self._walk_change(start, changed, index, +1, high_end if above is None else above - 1)
+        self._walk_change(start, changed, index, -1, low_end if below is None else below + 1)
+
+    def _walk_change(self, previous: MaskPrediction, changed: np.ndarray, start: int,
+                     direction: int, limit: int) -> None:
+        index = start + direction
+        while (index <= limit) if direction > 0 else (index >= limit):
+            self.checkpoint()
+            current = self.results.get(index)
+            old = current.mask if current is not None else np.zeros(self.stack.image_size, bool)
+            prediction = self._decode(index, previous)
+            new = prediction.mask if prediction is not None else np.zeros_like(old)
+            zone = dilate(changed, self.reach)
+            if self._departs(new ^ old, zone, old, prediction, current):
+                return  # the walk no longer follows the correction: the slices keep theirs
+            changed = (new ^ old) & zone
+            if not changed.any():
+                return  # the correction's change ends here: the slices beyond keep theirs
+            mask = old ^ changed
+            if not mask.any():
+                self.results.pop(index, None)
+                previous = MaskPrediction(mask, np.zeros((LOW_RES, LOW_RES), np.float32), 0.0)
+            elif prediction is not None and np.array_equal(mask, new):
+                self.results[index] = previous = prediction
+            else:  # part old, part new: the old slice's score, logits of the mask
+                score = float(current.score) if current is not None else float(prediction.score) \
+                    if prediction is not None else float("nan")
+                previous = self._seed_prediction(Seed(mask))
+                self.results[index] = previous = MaskPrediction(previous.mask,
+                                                                previous.low_res_logits, score)
+            index += direction
+
+    def _departs(self, difference: np.ndarray, zone: np.ndarray, old: np.ndarray,
+                 prediction: MaskPrediction | None, current: MaskPrediction | None) -> bool:
+        """Whether a correction's walk stops here (see the module docstring)."""
+        outside = np.count_nonzero(difference & ~zone)
+        if outside > self.depart * max(int(np.count_nonzero(old)), GROWTH_FLOOR):
+            return True
+        if prediction is None or current is None:
+            return False
+        new_score, old_score = float(prediction.score), float(current.score)
+        return bool(np.isfinite(new_score) and np.isfinite(old_score)
+                    and new_score < old_score - self.score_drop)
+
+    def _clear_range(self, low: int, high: int) -> None:
+        for index in range(low, high + 1):
+            self.results.pop(index, None)
 
     def _seed_prediction(self, seed: Seed) -> MaskPrediction:
         logits = seed.logits
@@ -172,6 +288,43 @@ class GenericPropagator(Propagator):
         self.store.close()
 
 
+def default_reach(image_size: tuple[int, int]) -> int:
+    """How far (pixels) a correction's change may move between neighbouring slices by
+    default: 1.5 % of the larger image side, at least 2 (8 px on a 512-pixel CT slice)."""
+    return max(2, int(round(0.015 * max(image_size))))
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` grown by ``radius`` pixels (a square neighbourhood), as a new bool array."""
+    if radius <= 0 or not mask.any():
+        return np.array(mask, bool)
+    import cv2
+
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def local_change(before: np.ndarray | None, after: np.ndarray, point: tuple[int, int],
+                 reach: int) -> np.ndarray:
+    """A click's correction on its own slice: ``before`` with only the parts of its
+    difference to ``after`` (8-connected) that come within ``reach`` pixels of the click
+    ``point`` (x, y) flipped; ``before`` unchanged when the decode did not change anything
+    there. ``before`` None: an empty slice."""
+    from scipy import ndimage
+
+    old = np.zeros(after.shape, bool) if before is None else np.asarray(before, bool)
+    difference = old ^ np.asarray(after, bool)
+    if not difference.any():
+        return old.copy()
+    labels, _ = ndimage.label(difference, structure=np.ones((3, 3), bool))
+    x, y = point
+    height, width = difference.shape
+    near = labels[max(0, y - reach):min(height, y + reach + 1),
+                  max(0, x - reach):min(width, x + reach + 1)]
+    keep = np.unique(near[near > 0])
+    return old ^ np.isin(labels, keep)
+
+
 def grown_box(mask: np.ndarray, margin: float) -> BBox:
     """The box of a non-empty mask grown by ``margin`` of its width/height on each side (at
     least one pixel when ``margin`` > 0), inside the image."""
@@ -189,12 +342,15 @@ def propagator_for(segmenter: Segmenter, stack: SliceStack, method: str = "auto"
                    store: EmbeddingStore | None = None, **options) -> Propagator:
     """The propagator a 3-D run uses: ``auto`` (the backbone's native one when it declares it,
     else generic), ``native`` (an error for a backbone without one) or ``generic``. ``options``
-    go to :class:`GenericPropagator`."""
+    go to :class:`GenericPropagator`. A native propagator that
+    :attr:`~msagent.backbones.propagation.Propagator.shares_embeddings` reads ``store``'s."""
     if method not in METHODS:
         raise InvalidInput(f"unknown propagation {method!r}; use one of {', '.join(METHODS)}")
     if method != "generic":
         native = segmenter.native_propagator(stack)
         if native is not None:
+            if store is not None and native.shares_embeddings:  # each slice encoded once per run
+                native.embeddings = store.__getitem__
             return native
         if method == "native":
             raise InvalidInput(f"backbone {segmenter.name or type(segmenter).__name__!r} has no "

@@ -18,12 +18,20 @@ A :class:`VolumeSession` holds one target through one plane of a volume:
 - a history of :class:`Snapshot` values (the prompted slices, the last propagation's result
   and the seeds it carried), one per prompt or propagation.
 
+Propagation after the first is a correction: a generic propagator re-propagates each
+changed prompted slice by its correction rule (:mod:`msagent.volume.propagation`: only as far
+as the change carries, the same rule as the review corrections of
+:mod:`msagent.volume.agent` and the clicks of the CVPR 3-D protocol), so a click changes the
+slices near it and keeps the rest of the result.
+
 The undo rule: undo restores the previous snapshot at once (its result was kept, packed one
 bit per pixel). When the restored snapshot's propagation carried other seeds than the live
-propagator holds (an undone propagation), the propagator is rebuilt empty (a propagator
-cannot drop a seed); the next propagation then gives it every prompted slice again. Generic
-propagation then decodes the reached slices again but encodes nothing (the session keeps its
-embeddings); a native propagator (SAM2's video memory) also encodes its frames again.
+propagator holds (an undone propagation), the propagator is rebuilt (a propagator cannot drop
+a seed): a generic one resumes from the restored result and its seeds
+(:meth:`~msagent.volume.propagation.GenericPropagator.resume`), so the next propagation
+corrects that result; a native one (SAM2's video memory) starts empty and the next
+propagation gives it every prompted slice again (it encodes its frames again; generic
+propagation encodes nothing again: the session keeps its embeddings).
 
 Stopping a propagation: :meth:`VolumeSession.propagate` takes a ``deadline``; it stops between
 slices once the deadline passes (:class:`PropagationTimedOut`), once :meth:`VolumeSession.cancel`
@@ -64,7 +72,7 @@ from msagent.agent import episode
 from msagent.agent.episode import EpisodeState
 from msagent.agent.refine import initial_state
 from msagent.backbones.propagation import PropagationStopped, Propagator, Seed
-from msagent.backbones.segmenter import Embedding, Segmenter
+from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter
 from msagent.errors import InvalidInput, MsAgentError
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 from msagent.volume.embeddings import EmbeddingStore, SpillBudget, Work, direct
@@ -412,6 +420,21 @@ class VolumeSession:
         self._drop_propagator()
         self.propagator = self._new_propagator()
         self._given, self._live = {}, {}
+        current = self.state
+        if isinstance(self.propagator, GenericPropagator) and current.results is not None \
+                and current.propagated:  # resume from the result the session shows
+            shape = self.image_size
+            results = {}
+            for index, result in current.results.items():
+                mask = result.mask(shape)
+                logits = self.segmenter.mask_logits(mask)
+                results[index] = MaskPrediction(
+                    mask, np.zeros((LOW_RES, LOW_RES), np.float32) if logits is None else logits,
+                    result.score)
+            seeds = {i: Seed(_prediction(s).mask, s.prompts) for i, s in current.propagated.items()}
+            self.propagator.resume(results, seeds)
+            self._given = dict(current.propagated)
+            self._live = {i: (p, current.results[i]) for i, p in results.items()}
 
     def _new_propagator(self) -> Propagator:
         return propagator_for(self.segmenter, self.sliced.slices, self.method, store=self.store)
