@@ -105,6 +105,8 @@ class Propagator(ABC):
     #: counts start at 0 here; ``self.encodes += 1`` keeps one per instance (a subclass whose
     #: encodes live elsewhere, the generic propagator's store, defines a property instead)
     encodes: int = 0
+    #: seeds' masks must be bool arrays (a native video memory takes them as they are)
+    bool_seed_masks: bool = False
     #: whether the propagator can read the run's slice embeddings (:attr:`embeddings`): a
     #: native propagator whose frames are the backbone's own :meth:`~msagent.Segmenter.encode`
     #: (``sam3``); one with preprocessing of its own (SAM2's video predictor) cannot
@@ -130,8 +132,14 @@ class Propagator(ABC):
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) \
                 or not 0 <= index < self.stack.count:
             raise IndexError(f"slice {index!r} is outside 0..{self.stack.count - 1}")
-        if np.shape(seed.mask) != self.stack.image_size:
-            raise InvalidMask(f"a seed mask is {np.shape(seed.mask)} but the slices are "
+        mask = seed.mask
+        if self.bool_seed_masks and not (isinstance(mask, np.ndarray) and mask.dtype == bool
+                                         and mask.shape == self.stack.image_size):
+            raise InvalidMask(f"a seed's mask must be a {self.stack.image_size[0]}×"
+                              f"{self.stack.image_size[1]} bool array (the slice's size), got "
+                              f"{getattr(mask, 'shape', None)} {getattr(mask, 'dtype', None)}")
+        if np.shape(mask) != self.stack.image_size:
+            raise InvalidMask(f"a seed mask is {np.shape(mask)} but the slices are "
                               f"{self.stack.image_size} (H, W)")
         self.seeds[int(index)] = seed
 

@@ -206,6 +206,7 @@ class Sam2VideoPropagator(Propagator):
     """
 
     method = "native"
+    bool_seed_masks = True
 
     def __init__(self, segmenter: Any, stack: SliceStack, *, seed_with: str = "mask",
                  device_frames: int = DEVICE_FRAMES, offload_state_to_cpu: bool = False) -> None:
@@ -221,14 +222,6 @@ class Sam2VideoPropagator(Propagator):
         self._states: dict[bool, dict] = {}  # reverse → inference state
         self._added: dict[int, Seed] = {}  # the seeds the states hold
 
-    def add_seed(self, index: int, seed: Seed) -> None:
-        mask = seed.mask
-        if not isinstance(mask, np.ndarray) or mask.shape != self.stack.image_size \
-                or mask.dtype != bool:
-            raise ValueError(f"a seed's mask must be a {self.stack.image_size[0]}×"
-                             f"{self.stack.image_size[1]} bool array (the slice's size), got "
-                             f"{getattr(mask, 'shape', None)} {getattr(mask, 'dtype', None)}")
-        super().add_seed(index, seed)
 
     def propagate(self) -> dict[int, MaskPrediction]:
         pending = sorted(i for i, seed in self.seeds.items() if self._added.get(i) is not seed)

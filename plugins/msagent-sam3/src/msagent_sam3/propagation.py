@@ -90,6 +90,7 @@ class Sam3VideoPropagator(Propagator):
     """
 
     method = "native"
+    bool_seed_masks = True
     #: its frames are the segmenter's own encodes: a 3-D run's store serves them
     shares_embeddings = True
 
@@ -109,14 +110,6 @@ class Sam3VideoPropagator(Propagator):
         self._features: dict[int, tuple[torch.Tensor, ...]] = {}
         self._added: dict[int, Seed] = {}
 
-    def add_seed(self, index: int, seed: Seed) -> None:
-        mask = seed.mask
-        if not isinstance(mask, np.ndarray) or mask.shape != self.stack.image_size \
-                or mask.dtype != bool:
-            raise ValueError(f"a seed's mask must be a {self.stack.image_size[0]}×"
-                             f"{self.stack.image_size[1]} bool array (the slice's size), got "
-                             f"{getattr(mask, 'shape', None)} {getattr(mask, 'dtype', None)}")
-        super().add_seed(index, seed)
 
     def frame_features(self, index: int) -> dict:
         """Slice ``index``'s tracker features (encoded on first use, then kept)."""
