@@ -20,9 +20,10 @@ from msagent.testing import (
     make_ct_phantom,
     make_tube,
 )
-from msagent.types import BBox, MaskPrediction
+from msagent.types import BBox, MaskPrediction, Point
 from msagent.volume.agent import rank_reviews
 from msagent.volume.propagation import GenericPropagator, local_change
+from msagent.volume.session import VolumeSession
 from msagent.volume.stack import build_stack
 
 
@@ -100,6 +101,38 @@ def test_a_click_keeps_only_the_change_that_reaches_it():
     kept = local_change(before, after, (11, 7), reach=1)
     assert kept[5:10, 10:13].all() and not kept[15:, 15:].any() and kept[5:10, 5:10].all()
     assert np.array_equal(local_change(before, before, (11, 7), 1), before)
+
+
+class StrayBackbone(BrightBackbone):
+    """A click's decode also marks a corner far from it (a decode that moves the outline
+    everywhere, as a box-trained model's click decodes do)."""
+
+    def decode_prompts(self, embedding, prompt_sets, prev_logits, *, multimask):
+        out = super().decode_prompts(embedding, prompt_sets, prev_logits, multimask=multimask)
+        for prompts, prediction in zip(prompt_sets, out):
+            if prompts.points:
+                prediction.mask[:3, :3] = True
+        return out
+
+
+@pytest.mark.parametrize("method", ["generic", "auto"])
+def test_a_click_in_the_3d_session_keeps_only_the_change_that_reaches_it(method):
+    volume, mask = make_tube()
+    session = VolumeSession(build_stack(volume, window=(200, 110)), StrayBackbone(radius=3),
+                            method=method, target="tube")
+    height, width = session.image_size
+    session.add_box(8, BBox(0, 0, width - 1, height - 1))
+    session.propagate()
+    edge = np.argwhere(mask[10])[:, ::-1].max(axis=0)  # the disk's lower-right edge (x, y)
+    before = session.slice_view(10).mask
+    after = session.add_point(10, Point(int(edge[0]) + 2, int(edge[1]), 1)).mask
+    assert (after & ~before).any()  # the disk the click adds...
+    assert not after[:3, :3].any()  # ...but not the corner the decode also marked
+    assert np.array_equal(after & ~before, (after ^ before))  # nothing else moved
+    # a click whose decode changes nothing near it leaves the slice as it was
+    inside = np.argwhere(mask[10]).mean(axis=0).astype(int)
+    again = session.add_point(10, Point(int(inside[1]), int(inside[0]), 1)).mask
+    assert np.array_equal(again, after)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from msagent.volume.propagation import (
     CORRECTIONS,
     METHODS,
     GenericPropagator,
-    local_change,
+    click_correction,
     propagator_for,
 )
 
@@ -141,13 +141,10 @@ def _correct(segmenter: Segmenter, store: EmbeddingStore, propagator, slice_prom
         logits = None
     prediction = segmenter.decode(store[index], prompts, logits, multimask=multimask)
     slice_prompts[index] = prompts
-    mask, logits = prediction.mask, prediction.low_res_logits
     if correction == "local":
-        before = None if current is None else current.mask
-        mask = local_change(before, prediction.mask, (click.x, click.y),
-                            getattr(propagator, "reach", 0))
-        if np.array_equal(mask, np.zeros_like(mask) if before is None else before):
+        kept = click_correction(segmenter, current, prediction, (click.x, click.y),
+                                getattr(propagator, "reach", 0))
+        if kept is None:
             return  # the decode changed nothing where the click is: no correction
-        if not np.array_equal(mask, prediction.mask):
-            logits = None  # part old, part new: the seed's logits come from its mask
-    propagator.add_seed(index, Seed(mask, prompts, logits))
+        prediction = kept
+    propagator.add_seed(index, Seed(prediction.mask, prompts, prediction.low_res_logits))

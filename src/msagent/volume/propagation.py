@@ -325,6 +325,22 @@ def local_change(before: np.ndarray | None, after: np.ndarray, point: tuple[int,
     return old ^ np.isin(labels, keep)
 
 
+def click_correction(segmenter: Segmenter, before: MaskPrediction | None,
+                     after: MaskPrediction, point: tuple[int, int],
+                     reach: int) -> MaskPrediction | None:
+    """What a click leaves on its own slice under ``correction="local"``: ``after`` (the
+    click's decode) where all of its change reaches the click, else ``before`` with only
+    those parts flipped (:func:`local_change`; logits from that mask, no score: no decode
+    made it), or None when the decode changed nothing near the click (no correction). The
+    same rule for the CVPR 3-D protocol's clicks and the 3-D session's."""
+    mask = local_change(None if before is None else before.mask, after.mask, point, reach)
+    if np.array_equal(mask, after.mask):
+        return after
+    if np.array_equal(mask, np.zeros_like(mask) if before is None else before.mask):
+        return None
+    return MaskPrediction(mask, segmenter.mask_logits(mask), float("nan"))  # type: ignore[arg-type]
+
+
 def grown_box(mask: np.ndarray, margin: float) -> BBox:
     """The box of a non-empty mask grown by ``margin`` of its width/height on each side (at
     least one pixel when ``margin`` > 0), inside the image."""

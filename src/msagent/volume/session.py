@@ -13,8 +13,10 @@ A :class:`VolumeSession` holds one target through one plane of a volume:
 - per prompted slice an :class:`msagent.agent.episode.EpisodeState` (the episode core's rule: the
   box and every click so far, the previous logits). A slice's first prompt starts from its
   propagated mask when it has one (:func:`msagent.agent.refine.initial_state`, as the review
-  episodes of :mod:`msagent.volume.agent` do), so a click corrects that mask; a prompted
-  slice's mask is its seed (``Seed(mask, prompts)``) at the next propagation;
+  episodes of :mod:`msagent.volume.agent` do), so a click corrects that mask; under generic
+  propagation's ``correction="local"`` a click keeps only the parts of its decode's change
+  that reach it (:func:`msagent.volume.propagation.click_correction`); a prompted slice's
+  mask is its seed (``Seed(mask, prompts)``) at the next propagation;
 - a history of :class:`Snapshot` values (the prompted slices, the last propagation's result
   and the seeds it carried), one per prompt or propagation.
 
@@ -76,7 +78,7 @@ from msagent.backbones.segmenter import LOW_RES, Embedding, Segmenter
 from msagent.errors import InvalidInput, MsAgentError
 from msagent.types import BBox, MaskPrediction, Point, Prompts
 from msagent.volume.embeddings import EmbeddingStore, SpillBudget, Work, direct
-from msagent.volume.propagation import GenericPropagator, propagator_for
+from msagent.volume.propagation import GenericPropagator, click_correction, propagator_for
 from msagent.volume.stack import SlicedVolume
 
 MAX_VOLUME_SESSIONS = 4
@@ -245,7 +247,15 @@ class VolumeSession:
     def _add(self, index: int, prompt: BBox | Point) -> SliceView:
         state = self.slice_state(index)
         decoder = episode.segmenter_decoder(self.segmenter)
-        self.add_prompted(index, self.work("decode", lambda: episode.step(decoder, state, prompt)))
+        after = self.work("decode", lambda: episode.step(decoder, state, prompt))
+        local = isinstance(self.propagator, GenericPropagator) and \
+            self.propagator.correction == "local"
+        if local and isinstance(prompt, Point) and state.prediction is not None \
+                and after.prediction is not None:  # a click corrects its slice near it only
+            kept = click_correction(self.segmenter, state.prediction, after.prediction,
+                                    (prompt.x, prompt.y), self.propagator.reach)
+            after = attrs.evolve(after, prediction=kept or state.prediction)
+        self.add_prompted(index, after)
         return self.slice_view(index)
 
     def slice_state(self, index: int) -> EpisodeState:
