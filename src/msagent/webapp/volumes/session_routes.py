@@ -5,7 +5,7 @@ Under ``/v1/volumes/{volume_id}/sessions``: ``POST`` starts one, ``GET``/``DELET
 ``POST .../{sid}/slices/{index}/prompts`` (a box or a click on that slice), ``GET
 .../{sid}/slices/{index}/mask``, ``POST .../{sid}/propagate``, ``POST .../{sid}/undo`` and
 ``POST .../{sid}/export`` (NIfTI or DICOM SEG of the whole volume). ``install(app)`` adds
-them and a :class:`~msagent.volume.session.VolumeSessionStore` at
+them and a :class:`~msagent.volume.session_store.VolumeSessionStore` at
 ``app.state.msagent_volume_sessions``; the session's errors map to HTTP here (:data:`HTTP`).
 Every route needs the API key when the server has one; the backbone is the server's.
 
@@ -44,11 +44,13 @@ from msagent.volume.session import (
     PropagationCancelled,
     PropagationTimedOut,
     SliceOutOfRange,
-    TooManyPropagations,
-    TooManyVolumeSessions,
     VolumeSession,
     VolumeSessionError,
     VolumeSessionNotFound,
+)
+from msagent.volume.session_store import (
+    TooManyPropagations,
+    TooManyVolumeSessions,
     VolumeSessionStore,
 )
 from msagent.volume.stack import build_stack
