@@ -205,3 +205,26 @@ def test_the_expert_and_other_policies_look_at_the_same_slice_first():
                                         review_slices=1, key_slice=7)
         firsts.append(next(e.slice for e in result.episodes if e.role == "review"))
     assert firsts == [11, 11]
+
+
+def test_each_seeded_episode_records_what_it_did_to_the_volume():
+    volume, mask = make_tube(shift_at=11, shift=40)
+    result = msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy="expert",
+                                    ground_truth=mask, review_slices=3, key_slice=7)
+    seeded = [e for e in result.episodes if e.seeded]
+    key = seeded[0]
+    assert key.role == "key" and key.slices_changed == 4 + 7  # slices 0..10 from nothing
+    assert key.dice_after < 0.9  # the propagation lost the tube past its jump at slice 11
+    # the review beyond the end fixes slices 11.. : its effect is what the volume gained
+    first_review = seeded[1]
+    assert first_review.slice == 11 and first_review.slices_changed >= 1
+    assert first_review.dice_after > key.dice_after
+    assert seeded[-1].dice_after == pytest.approx(result.dice)
+    for episode in result.episodes:
+        if not episode.seeded:
+            assert episode.slices_changed == 0 and episode.dice_after is None
+    # without a ground truth nothing is measured, and nothing else changes
+    blind = msagent.segment_volume(volume, "tube", backbone=BrightBackbone(), policy=CentreBox(),
+                                   review_slices=1, key_slice=7)
+    assert all(e.dice_after is None for e in blind.episodes)
+    assert next(e for e in blind.episodes if e.role == "key").slices_changed > 0

@@ -198,6 +198,10 @@ def test_a_run_reads_back_and_bad_runs_are_invalid_volume_trajectory():
         _edited(text, scores={"0": "abc"}), _edited(text, key_slice="a"), _edited(text, meta=[1]),
         _edited(text, counts=[1]), _edited(text, episodes=[5]),
         _edited(text, episodes=[{"slice": 0, "role": "boss"}]),
+        *(_edited(text, episodes=[{**data["episodes"][0], field: value}])
+          for field, value in [("slices_changed", -1), ("slices_changed", True),
+                               ("slices_changed", "3"), ("dice_after", 1.5),
+                               ("dice_after", "0.5"), ("dice_after", float("nan"))]),
         _edited(text, episodes=[{**data["episodes"][0], "trajectory": {
             **data["episodes"][0]["trajectory"],
             "steps": [{**step, "mask": {"size": [10**5, 10**5], "counts": [10**10]}}]}}]),

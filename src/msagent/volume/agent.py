@@ -329,19 +329,26 @@ class _Run:
             from msagent.types import failure_message
 
             raise SegmentationFailed(f"key slice {index}: {failure_message(trajectory)}", trajectory)
-        self.episodes.append(VolumeEpisode(index, "key", trajectory, seeded=True))
-        self.seed(index, trajectory)
+        effect = self.seed(index, trajectory)
+        self.episodes.append(VolumeEpisode(index, "key", trajectory, True, **effect))
 
-    def seed(self, index: int, trajectory: Trajectory | None) -> None:
+    def seed(self, index: int, trajectory: Trajectory | None) -> dict[str, Any]:
+        """Seed ``index`` with the episode's mask (none: no target there) and propagate; what
+        that did to the volume (:class:`VolumeEpisode`'s ``slices_changed`` and ``dice_after``)."""
         if trajectory is None:
             seed = Seed(np.zeros(self.stack.image_size, bool))
         else:
             steps = trajectory.executed_steps
             prompts = steps[-1].prompts if steps and steps[-1].prompts is not None else None
             seed = Seed(trajectory.final_mask, prompts) if prompts else Seed(trajectory.final_mask)
+        before = dict(self.propagator.results)
         self.propagator.add_seed(index, seed)
         self.say(f"propagating from slice {index} ({self.propagator.method})")
-        self.propagator.propagate()
+        after = self.propagator.propagate()
+        changed = sum(1 for i in before.keys() | after.keys()
+                      if not _same_prediction(before.get(i), after.get(i)))
+        return {"slices_changed": changed,
+                "dice_after": None if self.gt is None else results_dice(after, self.gt)}
 
     # -- 4. review -------------------------------------------------------------------
     def review(self) -> None:
@@ -359,11 +366,10 @@ class _Run:
             current = self.propagator.results.get(index)
             if gt is not None and not gt[index].any():  # the expert marks "no target here"
                 changed = current is not None or not free
-                self.episodes.append(VolumeEpisode(index, "review", None, changed, reason,
-                                                   "no_target"))
                 self.say(f"review slice {index} ({reason}): no target")
-                if changed:
-                    self.seed(index, None)
+                effect = self.seed(index, None) if changed else {}
+                self.episodes.append(VolumeEpisode(index, "review", None, changed, reason,
+                                                   "no_target", **effect))
                 counted += 1 if changed else 0
                 continue
             self.say(f"review slice {index} ({reason}): episode")
@@ -371,9 +377,9 @@ class _Run:
             trajectory = self.episode(index, "review", initial=before)
             after = trajectory.final_mask
             changed = bool(after.any()) and (before is None or not np.array_equal(after, before))
-            self.episodes.append(VolumeEpisode(index, "review", trajectory, changed, reason))
-            if changed:
-                self.seed(index, trajectory)
+            effect = self.seed(index, trajectory) if changed else {}
+            self.episodes.append(VolumeEpisode(index, "review", trajectory, changed, reason,
+                                               **effect))
             counted += 1 if changed or not free else 0
 
     def pick_review(self) -> tuple[int, str] | None:
@@ -392,6 +398,24 @@ class _Run:
                     worst = (index, value)
             return None if worst is None else (worst[0], f"dice {worst[1]:.3f}")
         return pick_suspicious(results, self.reviewed)
+
+
+def _same_prediction(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    return a is not None and b is not None and np.array_equal(a.mask, b.mask)
+
+
+def results_dice(results: Mapping[int, Any], gt: np.ndarray) -> float:
+    """The 3-D Dice of a propagator's ``results`` (slice → prediction) against ``gt``
+    (slices × H × W), slice by slice (no volume-sized mask is built)."""
+    inter = area = 0
+    for index, prediction in results.items():
+        mask = np.asarray(prediction.mask, bool)
+        inter += int(np.count_nonzero(mask & gt[index]))
+        area += int(np.count_nonzero(mask))
+    total = area + int(np.count_nonzero(gt))
+    return 1.0 if total == 0 else 2.0 * inter / total
 
 
 def proposal_search(propose_at: Callable[[int], Proposal], count: int,

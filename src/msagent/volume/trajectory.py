@@ -31,7 +31,10 @@ class VolumeEpisode:
     the key slice) or "review" (a correction of a propagated slice). ``trajectory`` is the
     episode (None for a review the expert settled without one: ``decision`` "no_target", the
     slice has no target). ``seeded``: its result became a seed and was propagated. ``reason``
-    says why a review slice was chosen."""
+    says why a review slice was chosen. What a seeded episode did to the volume:
+    ``slices_changed``, the slices whose mask its propagation changed (its own included), and
+    ``dice_after``, the 3-D Dice after it when the run had a ground truth (measured only:
+    nothing in the run reads it)."""
 
     slice: int
     role: str = attrs.field(validator=attrs.validators.in_(ROLES))
@@ -39,10 +42,13 @@ class VolumeEpisode:
     seeded: bool = False
     reason: str = ""
     decision: str = ""
+    slices_changed: int = 0
+    dice_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"slice": self.slice, "role": self.role, "seeded": self.seeded,
                 "reason": self.reason, "decision": self.decision,
+                "slices_changed": self.slices_changed, "dice_after": self.dice_after,
                 "trajectory": None if self.trajectory is None else self.trajectory.to_dict()}
 
     @classmethod
@@ -52,9 +58,17 @@ class VolumeEpisode:
         if not _is_int(index) or index < 0 or not isinstance(seeded, bool):
             raise InvalidVolumeTrajectory(f"an episode's slice must be a whole number ≥ 0 and "
                                           f"seeded true or false, got {index!r:.40}, {seeded!r:.40}")
+        changed, dice = data.get("slices_changed", 0), data.get("dice_after")
+        if not _is_int(changed) or changed < 0:
+            raise InvalidVolumeTrajectory(f"an episode's slices_changed must be a whole number "
+                                          f"≥ 0, got {changed!r:.40}")
+        if dice is not None and not (_is_number(dice) and 0 <= dice <= 1):
+            raise InvalidVolumeTrajectory(f"an episode's dice_after must be a number in [0, 1] "
+                                          f"or null, got {dice!r:.40}")
         return cls(index, data["role"],
                    None if trajectory is None else Trajectory.from_dict(trajectory),
-                   seeded, _text(data.get("reason", "")), _text(data.get("decision", "")))
+                   seeded, _text(data.get("reason", "")), _text(data.get("decision", "")),
+                   changed, None if dice is None else float(dice))
 
 
 @attrs.frozen(eq=False)
