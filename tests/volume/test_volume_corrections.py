@@ -82,6 +82,32 @@ def test_a_correction_stops_where_the_predicted_score_falls():
         assert kept == (rule == "local"), rule
 
 
+def disks(radii) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disk per slice of the given radius (0: none), on distinct backgrounds."""
+    volume = np.full((len(radii), 40, 80), 20.0) + np.arange(len(radii))[:, None, None] * 2.0
+    yy, xx = np.mgrid[:40, :80]
+    mask = np.stack([(yy - 20) ** 2 + (xx - 30) ** 2 <= r * r if r else np.zeros((40, 80), bool)
+                     for r in radii])
+    volume[mask] = 200.0
+    return volume, mask
+
+
+@pytest.mark.parametrize("beyond, extended", [((5, 4, 3, 0, 0), (11, 12, 13)),  # it narrows
+                                              ((10, 12, 14, 16, 18), ())])  # something grows
+def test_past_the_results_end_a_correction_extends_a_narrowing_target_only(beyond, extended):
+    volume, mask = disks((6,) * 10 + (8,) + beyond)
+    propagator = GenericPropagator(BrightBackbone(), build_stack(volume).slices)
+    propagator.add_seed(4, Seed(mask[4]))
+    propagator.add_seed(10, Seed(np.zeros_like(mask[10])))  # "no target here" at first
+    propagator.propagate()
+    assert sorted(propagator.results) == list(range(10))
+    propagator.add_seed(10, Seed(mask[10]))  # a review finds the target there after all
+    propagator.propagate()
+    assert sorted(propagator.results) == [*range(11), *extended]
+    for index in extended:
+        assert np.array_equal(propagator.results[index].mask, mask[index])
+
+
 def test_an_empty_correction_clears_only_beyond_it():
     volume, mask = make_tube()
     propagator = propagated(BrightBackbone(), volume, mask)

@@ -21,8 +21,11 @@
   rule are in docs/volumes.md). On its own slice the change is the seed against the slice's
   result; from there the walk goes outward as before, but on each slice it keeps only the
   part of (new prediction XOR current result) within ``reach`` pixels of the change it kept
-  on the slice before, and it stops at the first slice where that part is empty, at another
-  seed, or at the extent's end. The slices beyond keep their results. An empty correction
+  on the slice before, and it stops at the first slice where that part is empty, where the
+  new prediction departs from the current result outside that region (``depart``) or its
+  score falls (``score_drop``), where past the result's end (a slice without a result) the
+  new prediction is larger than the slice before it (a correction extends a narrowing target
+  only), at another seed, or at the extent's end. The slices beyond keep their results. An empty correction
   ("no target here") clears the slices beyond it, away from the seeds with target.
   ``correction="nearest"`` is the rule before it: the new seed's walks replace every slice
   up to the midpoint with the next seed, stopping early only at the first slice whose
@@ -193,6 +196,9 @@ class GenericPropagator(Propagator):
             zone = dilate(changed, self.reach)
             if self._departs(new ^ old, zone, old, prediction, current):
                 return  # the walk no longer follows the correction: the slices keep theirs
+            if current is None and np.count_nonzero(new) > max(
+                    np.count_nonzero(previous.mask), GROWTH_FLOOR):
+                return  # past the result's end a correction extends a narrowing target only
             changed = (new ^ old) & zone
             if not changed.any():
                 return  # the correction's change ends here: the slices beyond keep theirs
