@@ -3,7 +3,8 @@ expert's review corrections under the correction rule before issue 28 (``today``
 local rule (``local``), in one run, on MNI152 (2 mm) and a 48×256×256 CT phantom with the
 click-responsive stand-in (:class:`msagent.testing.BandBackbone`); about a minute on 2 CPU
 cores. Goals, per target under ``local``: the DSC after the 5 clicks ≥ after the box; 10
-reviews ≥ 3 reviews; and the mean DSC_AUC ≥ ``today``'s. Each goal is printed OK or FAIL
+reviews ≥ 3 reviews; none of the 10 reviews lowers the 3-D Dice; and the mean DSC_AUC ≥
+``today``'s. Each goal is printed OK or FAIL
 (never a non-zero exit: run_all goes on). The full measurement, LiteMedSAM included, is
 ``benchmarks/eval_volume_corrections.py`` (docs/volumes.md, "Corrections").
 
@@ -29,10 +30,12 @@ def goals(result: dict) -> list[str]:
             rows = {t: v["local"] for t, v in targets.items()}
             clicks = [t for t, r in rows.items() if r["dsc_by_step"][-1] < r["dsc_by_step"][0]]
             reviews = [t for t, r in rows.items() if r["review10"] < r["review3"]]
+            harmful = [t for t, r in rows.items() if r["review10_worse"]]
             before = np.mean([v["today"]["dsc_auc"] for v in targets.values()])
             after = np.mean([r["dsc_auc"] for r in rows.values()])
             for goal, failed in (("clicks ≥ box on every target", clicks),
-                                 ("10 reviews ≥ 3 on every target", reviews)):
+                                 ("10 reviews ≥ 3 on every target", reviews),
+                                 ("no review lowers the 3-D Dice", harmful)):
                 lines.append(f"{'OK' if not failed else 'FAIL'}  {volume}, {name}: {goal}"
                              + (f" (not: {', '.join(failed)})" if failed else ""))
             lines.append(f"{'OK' if after >= before else 'FAIL'}  {volume}, {name}: mean DSC_AUC "
