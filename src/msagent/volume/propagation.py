@@ -228,9 +228,7 @@ class GenericPropagator(Propagator):
             return True
         if prediction is None or current is None:
             return False
-        new_score, old_score = float(prediction.score), float(current.score)
-        return bool(np.isfinite(new_score) and np.isfinite(old_score)
-                    and new_score < old_score - self.score_drop)
+        return _score_falls(prediction.score, current.score, self.score_drop)
 
     def _clear_range(self, low: int, high: int) -> None:
         for index in range(low, high + 1):
@@ -298,6 +296,15 @@ class GenericPropagator(Propagator):
         self.store.close()
 
 
+def _score_falls(new: float | None, old: float | None, drop: float) -> bool:
+    """Whether the predicted score ``new`` is more than ``drop`` below ``old`` (an unknown
+    score, None or NaN, never falls)."""
+    if new is None or old is None:
+        return False
+    new, old = float(new), float(old)
+    return bool(np.isfinite(new) and np.isfinite(old) and new < old - drop)
+
+
 def default_reach(image_size: tuple[int, int]) -> int:
     """How far (pixels) a correction's change may move between neighbouring slices by
     default: 1.5 % of the larger image side, at least 2 (8 px on a 512-pixel CT slice)."""
@@ -336,13 +343,17 @@ def local_change(before: np.ndarray | None, after: np.ndarray, point: tuple[int,
 
 
 def click_correction(segmenter: Segmenter, before: MaskPrediction | None,
-                     after: MaskPrediction, point: tuple[int, int],
-                     reach: int) -> MaskPrediction | None:
+                     after: MaskPrediction, point: tuple[int, int], reach: int,
+                     score_drop: float = SCORE_DROP) -> MaskPrediction | None:
     """What a click leaves on its own slice under ``correction="local"``: ``after`` (the
     click's decode) where all of its change reaches the click, else ``before`` with only
     those parts flipped (:func:`local_change`; logits from that mask, no score: no decode
-    made it), or None when the decode changed nothing near the click (no correction). The
-    same rule for the CVPR 3-D protocol's clicks and the 3-D session's."""
+    made it), or None when the decode changed nothing near the click or its predicted score
+    falls more than ``score_drop`` below ``before``'s (the backbone rates it worse: no
+    correction, as a correction's walk stops there). The same rule for the CVPR 3-D
+    protocol's clicks and the 3-D session's."""
+    if before is not None and _score_falls(after.score, before.score, score_drop):
+        return None
     mask = local_change(None if before is None else before.mask, after.mask, point, reach)
     if np.array_equal(mask, after.mask):
         return after

@@ -53,6 +53,7 @@ slice. Owners, quotas and the sessions a server keeps: :mod:`msagent.volume.sess
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -229,8 +230,10 @@ class VolumeSession:
         if isinstance(propagator, GenericPropagator) and propagator.correction == "local" \
                 and isinstance(prompt, Point) and state.prediction is not None \
                 and after.prediction is not None:  # a click corrects its slice near it only
+            # the user judges their own slice (and can undo): a decode is not refused for
+            # its score here, only trimmed to what reaches the click
             kept = click_correction(self.segmenter, state.prediction, after.prediction,
-                                    (prompt.x, prompt.y), propagator.reach)
+                                    (prompt.x, prompt.y), propagator.reach, math.inf)
             after = attrs.evolve(after, prediction=kept or state.prediction)
         self.add_prompted(index, after)
         return self.slice_view(index)
