@@ -22,6 +22,7 @@ from msagent.testing import (
 )
 from msagent.types import BBox, MaskPrediction, Point
 from msagent.volume.agent import rank_reviews
+from msagent.volume import propagation
 from msagent.volume.propagation import GenericPropagator, click_correction, local_change
 from msagent.volume.session import VolumeSession
 from msagent.volume.stack import build_stack
@@ -106,6 +107,27 @@ def test_past_the_results_end_a_correction_extends_a_narrowing_target_only(beyon
     assert sorted(propagator.results) == [*range(11), *extended]
     for index in extended:
         assert np.array_equal(propagator.results[index].mask, mask[index])
+
+
+@pytest.mark.parametrize("growth", [1.25, 100.0])
+def test_a_correction_whose_change_grows_as_it_walks_stops(monkeypatch, growth):
+    # a bright wedge beside the disk, wider slice by slice from slice 8 on: a review adds
+    # slice 8's part; walking on, each box takes more of the wedge (the change grows: the
+    # backbone's drift, not the correction), so the walk stops at once
+    monkeypatch.setattr(propagation, "WALK_GROWTH", growth)
+    volume, mask = disks((6,) * 16)
+    for index in range(8, 16):
+        volume[index, 10:31, 37:41 + 3 * (index - 8)] = 200.0
+    propagator = GenericPropagator(BrightBackbone(), build_stack(volume).slices, score_drop=1.0)
+    propagator.add_seed(4, Seed(mask[4]))
+    propagator.propagate()
+    before = dict(propagator.results)
+    corrected = mask[8].copy()
+    corrected[10:31, 37:41] = True
+    propagator.add_seed(8, Seed(corrected))
+    propagator.propagate()
+    walked = [i for i in range(9, 16) if propagator.results[i] is not before[i]]
+    assert walked == ([] if growth == 1.25 else [9, 10, 11, 12, 13, 14, 15]), walked
 
 
 def test_an_empty_correction_clears_only_beyond_it():

@@ -23,9 +23,11 @@
   part of (new prediction XOR current result) within ``reach`` pixels of the change it kept
   on the slice before, and it stops at the first slice where that part is empty, where the
   new prediction departs from the current result outside that region (``depart``) or its
-  score falls (``score_drop``), where past the result's end (a slice without a result) the
-  new prediction is over :data:`EXTEND_GROWTH` (1.25) times the slice before it (a correction
-  extends a narrowing target only), at another seed, or at the extent's end. The slices beyond keep their results. An empty correction
+  score falls (``score_drop``), where that part is over :data:`WALK_GROWTH` (1.25) times the
+  change it kept on the slice before (a correction's effect fades as it moves away), where
+  past the result's end (a slice without a result) the new prediction is over
+  :data:`WALK_GROWTH` times the slice before it (a correction extends a narrowing target
+  only), at another seed, or at the extent's end. The slices beyond keep their results. An empty correction
   ("no target here") clears the slices beyond it, away from the seeds with target.
   ``correction="nearest"`` is the rule before it: the new seed's walks replace every slice
   up to the midpoint with the next seed, stopping early only at the first slice whose
@@ -67,10 +69,11 @@ DEPART = 0.2
 SCORE_DROP = 0.1
 #: areas (pixels) below which a jump in area is not read as the target's end
 GROWTH_FLOOR = 64
-#: past the result's end (slices without a result) a correction's walk stops at an area over
-#: this many times the slice before: a target that ends narrows (slice-to-slice noise aside),
-#: while a box-prompted backbone past the end grows a region slice by slice (docs/volumes.md)
-EXTEND_GROWTH = 1.25
+#: how much a correction's walk may grow from one slice to the next: the change it carries
+#: (a correction's effect holds or fades as it moves away; a change that grows is the
+#: backbone's drift) and, past the result's end, the mask itself (a target narrows toward its
+#: end, while a box-prompted backbone grows a region slice by slice); docs/volumes.md
+WALK_GROWTH = 1.25
 
 
 class GenericPropagator(Propagator):
@@ -200,10 +203,14 @@ class GenericPropagator(Propagator):
             zone = dilate(changed, self.reach)
             if self._departs(new ^ old, zone, old, prediction, current):
                 return  # the walk no longer follows the correction: the slices keep theirs
-            if current is None and np.count_nonzero(new) > EXTEND_GROWTH * max(
+            if current is None and np.count_nonzero(new) > WALK_GROWTH * max(
                     np.count_nonzero(previous.mask), GROWTH_FLOOR):
                 return  # past the result's end a correction extends a narrowing target only
-            changed = (new ^ old) & zone
+            carried = (new ^ old) & zone
+            if np.count_nonzero(carried) > WALK_GROWTH * max(
+                    np.count_nonzero(changed), GROWTH_FLOOR):
+                return  # the change grows as it walks: the backbone's drift, not the correction
+            changed = carried
             if not changed.any():
                 return  # the correction's change ends here: the slices beyond keep theirs
             mask = old ^ changed
