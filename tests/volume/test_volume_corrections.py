@@ -21,8 +21,8 @@ from msagent.testing import (
     make_tube,
 )
 from msagent.types import BBox, MaskPrediction, Point
-from msagent.volume.agent import rank_reviews
 from msagent.volume import propagation
+from msagent.volume.agent import rank_reviews
 from msagent.volume.propagation import GenericPropagator, click_correction, local_change
 from msagent.volume.session import VolumeSession
 from msagent.volume.stack import build_stack

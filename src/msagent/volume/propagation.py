@@ -204,11 +204,11 @@ class GenericPropagator(Propagator):
             if self._departs(new ^ old, zone, old, prediction, current):
                 return  # the walk no longer follows the correction: the slices keep theirs
             if current is None and np.count_nonzero(new) > WALK_GROWTH * max(
-                    np.count_nonzero(previous.mask), GROWTH_FLOOR):
+                    int(np.count_nonzero(previous.mask)), GROWTH_FLOOR):
                 return  # past the result's end a correction extends a narrowing target only
             carried = (new ^ old) & zone
             if np.count_nonzero(carried) > WALK_GROWTH * max(
-                    np.count_nonzero(changed), GROWTH_FLOOR):
+                    int(np.count_nonzero(changed)), GROWTH_FLOOR):
                 return  # the change grows as it walks: the backbone's drift, not the correction
             changed = carried
             if not changed.any():
