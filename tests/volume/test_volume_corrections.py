@@ -130,6 +130,34 @@ def test_a_correction_whose_change_grows_as_it_walks_stops(monkeypatch, growth):
     assert walked == ([] if growth == 1.25 else [9, 10, 11, 12, 13, 14, 15]), walked
 
 
+def test_past_the_results_end_a_correction_that_shrank_the_end_does_not_grow_beyond():
+    # a result that ends at slice 10 (a large disk) while a smaller disk goes on beyond; a
+    # review shrinks slice 10 to a disk smaller still: past the end the next slice's mask
+    # would grow (113 px against 81) although the change carried (the 172 px the review
+    # removed) would allow it; the departure stop, which would also stop it here, is off
+    volume, mask = disks((9,) * 11 + (6, 6, 6))
+    propagator = GenericPropagator(BrightBackbone(), build_stack(volume).slices, depart=100.0)
+    zeros = np.zeros((256, 256), np.float32)
+    propagator.resume({i: MaskPrediction(mask[i], zeros, 1.0) for i in range(11)},
+                      {4: Seed(mask[4])})
+    small = disks((5,))[1][0]
+    propagator.add_seed(10, Seed(small))
+    propagator.propagate()
+    assert sorted(propagator.results) == list(range(11))
+    assert np.array_equal(propagator.results[10].mask, small)
+
+
+def test_a_click_whose_decode_equals_the_slice_is_no_correction():
+    segmenter = BrightBackbone()
+    before = np.zeros((20, 20), bool)
+    before[5:10, 5:10] = True
+    same = MaskPrediction(before.copy(), np.zeros((256, 256), np.float32), 0.9)
+    old = MaskPrediction(before, np.zeros((256, 256), np.float32), 0.9)
+    assert click_correction(segmenter, old, same, (7, 7), reach=1) is None
+    empty = MaskPrediction(np.zeros((20, 20), bool), np.zeros((256, 256), np.float32), 0.0)
+    assert click_correction(segmenter, None, empty, (7, 7), reach=1) is None
+
+
 def test_an_empty_correction_clears_only_beyond_it():
     volume, mask = make_tube()
     propagator = propagated(BrightBackbone(), volume, mask)

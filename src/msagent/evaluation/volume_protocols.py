@@ -17,8 +17,9 @@ in display order.
   slice's box, or its propagated mask's box, plus its clicks so far; the slice's current
   logits as the mask input) and decoded; under ``correction="local"`` (the default) the
   slice keeps only the parts of that decode's change that reach the click
-  (:func:`msagent.volume.propagation.local_change`; a decode that changes nothing there is no
-  correction), and the slice is made a seed and re-propagated by the propagator's correction
+  (:func:`msagent.volume.propagation.click_correction`; a decode that changes nothing there,
+  or, under generic propagation, one whose predicted score falls more than 0.1 below the
+  slice's, is no correction), and the slice is made a seed and re-propagated by the propagator's correction
   rule (:mod:`msagent.volume.propagation`); ``"nearest"``: the whole decode is the seed and
   its walks replace the slices up to the midpoints with the other seeds. DSC and NSD after
   each of the 6 steps, NSD 0 when DSC ≤ 0.2; DSC_AUC/NSD_AUC the raw trapezoid over the 5
@@ -26,6 +27,8 @@ in display order.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -40,6 +43,7 @@ from msagent.volume.embeddings import EmbeddingStore
 from msagent.volume.propagation import (
     CORRECTIONS,
     METHODS,
+    SCORE_DROP,
     GenericPropagator,
     click_correction,
     propagator_for,
@@ -142,8 +146,12 @@ def _correct(segmenter: Segmenter, store: EmbeddingStore, propagator, slice_prom
     prediction = segmenter.decode(store[index], prompts, logits, multimask=multimask)
     slice_prompts[index] = prompts
     if correction == "local":
+        generic = isinstance(propagator, GenericPropagator)
+        # a native propagator's scores are its own (SAM2's memory, SAM 3's presence), not
+        # comparable to a 2-D decode's: no score refusal there
         kept = click_correction(segmenter, current, prediction, (click.x, click.y),
-                                getattr(propagator, "reach", 0))
+                                propagator.reach if generic else 0,
+                                SCORE_DROP if generic else math.inf)
         if kept is None:
             return  # the decode changed nothing where the click is: no correction
         prediction = kept

@@ -362,10 +362,10 @@ def click_correction(segmenter: Segmenter, before: MaskPrediction | None,
     if before is not None and _score_falls(after.score, before.score, score_drop):
         return None
     mask = local_change(None if before is None else before.mask, after.mask, point, reach)
+    if np.array_equal(mask, np.zeros_like(mask) if before is None else before.mask):
+        return None  # first: a decode equal to the slice's mask is no correction either
     if np.array_equal(mask, after.mask):
         return after
-    if np.array_equal(mask, np.zeros_like(mask) if before is None else before.mask):
-        return None
     return MaskPrediction(mask, segmenter.mask_logits(mask), float("nan"))  # type: ignore[arg-type]
 
 
