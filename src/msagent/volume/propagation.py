@@ -27,8 +27,9 @@
   change it kept on the slice before (a correction's effect fades as it moves away), where
   past the result's end (a slice without a result) the new prediction is over
   :data:`WALK_GROWTH` times the slice before it (a correction extends a narrowing target
-  only), at another seed, or at the extent's end. The slices beyond keep their results. An empty correction
-  ("no target here") clears the slices beyond it, away from the seeds with target.
+  only), at another seed, or at the extent's end (areas under :data:`GROWTH_FLOOR` count as
+  that). The slices beyond keep their results. An empty correction ("no target here") clears
+  the slices beyond it, away from the seeds with target.
   ``correction="nearest"`` is the rule before it: the new seed's walks replace every slice
   up to the midpoint with the next seed, stopping early only at the first slice whose
   inputs (the neighbour it is prompted from, that neighbour's mask and logits) are the same
