@@ -20,10 +20,10 @@ in display order.
   (:func:`msagent.volume.propagation.click_correction`; a decode that changes nothing there,
   or, under generic propagation, one whose predicted score falls more than 0.1 below the
   slice's, is no correction), and the slice is made a seed and re-propagated by the
-  propagator's correction rule (:mod:`msagent.volume.propagation`); ``"nearest"``: the whole decode is the seed and
-  its walks replace the slices up to the midpoints with the other seeds. DSC and NSD after
-  each of the 6 steps, NSD 0 when DSC ≤ 0.2; DSC_AUC/NSD_AUC the raw trapezoid over the 5
-  click steps; final DSC/NSD.
+  propagator's correction rule (:mod:`msagent.volume.propagation`); ``"nearest"``: the
+  whole decode is the seed and its walks replace the slices up to the midpoints with the
+  other seeds. DSC and NSD after each of the 6 steps, NSD 0 when DSC ≤ 0.2; DSC_AUC/NSD_AUC
+  the raw trapezoid over the 5 click steps; final DSC/NSD.
 """
 
 from __future__ import annotations
