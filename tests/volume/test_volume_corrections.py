@@ -1,7 +1,7 @@
 """3-D corrections (issue 28): a correction re-propagates only as far as its change carries
 (msagent.volume.propagation, ``correction="local"``), clicks in the CVPR 3-D protocol never
 make the volume worse, and reviews are ranked by expected wrong voxels
-(msagent.volume.agent.rank_reviews). On the deterministic stand-ins of msagent.testing."""
+(msagent.volume.reviews.rank_reviews). On the deterministic stand-ins of msagent.testing."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from msagent.testing import (
 )
 from msagent.types import BBox, MaskPrediction, Point
 from msagent.volume import propagation
-from msagent.volume.agent import rank_reviews
 from msagent.volume.propagation import GenericPropagator, click_correction, local_change
+from msagent.volume.reviews import rank_reviews
 from msagent.volume.session import VolumeSession
 from msagent.volume.stack import build_stack
 
